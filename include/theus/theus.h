@@ -1,0 +1,338 @@
+/* theus: a transactional state runtime for tensors — the public C API.
+ * Every name and code here is a contract (see docs/guide.md); nothing in this header
+ * depends on CUDA or jansson. */
+#ifndef THEUS_THEUS_H
+#define THEUS_THEUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define THEUS_VERSION_MAJOR 0
+#define THEUS_VERSION_MINOR 1
+#define THEUS_VERSION_PATCH 0
+
+/** Most dimensions a field may have (a scalar has 0). */
+#define THEUS_MAX_DIMS 8
+/** Longest field or state name, in bytes, without the terminating NUL. */
+#define THEUS_NAME_MAX 63
+
+/* ---------------------------------------------------------------------------------------
+ * Status codes. Every fallible call returns THEUS_OK or one of these; they are never
+ * renumbered. THEUS_ECONFLICT is an expected outcome of optimistic concurrency, not a bug.
+ * ------------------------------------------------------------------------------------ */
+#define THEUS_OK         0
+#define THEUS_EINVAL    -1  /**< misuse: bad argument, bad region, wrong rank, unknown option */
+#define THEUS_ENOMEM    -2  /**< an allocation failed; nothing was changed */
+#define THEUS_ECONFLICT -3  /**< a concurrent commit touched what this transaction relies on */
+#define THEUS_ESCHEMA   -4  /**< a schema is malformed, or a commit breaks a field constraint */
+#define THEUS_EPERM     -5  /**< a process contract or a const zone forbids the access */
+#define THEUS_ENOENT    -6  /**< no such field or file */
+#define THEUS_EIO       -7  /**< reading or writing a file failed */
+#define THEUS_EDEVICE   -8  /**< the GPU runtime reported an error */
+#define THEUS_ENODEV    -9  /**< a GPU placement was asked for, no GPU answers, fallback is off */
+#define THEUS_EBUSY    -10  /**< the operation is not allowed now (retry budget spent, state in use) */
+#define THEUS_ECORRUPT -11  /**< stored data failed a magic, version or checksum test */
+
+/** @brief Name of a status code ("THEUS_ECONFLICT: ..."); never NULL, static storage.
+ *  @note Thread-safe. Unknown codes give "unknown theus status". */
+const char *theus_strerror(int status);
+
+/* ---------------------------------------------------------------------------------------
+ * Enumerations (numbered in the order of docs/guide.md, from 0).
+ * ------------------------------------------------------------------------------------ */
+typedef enum theus_dtype {
+    THEUS_DTYPE_BOOL = 0, THEUS_DTYPE_U8, THEUS_DTYPE_I8, THEUS_DTYPE_U16, THEUS_DTYPE_I16,
+    THEUS_DTYPE_U32, THEUS_DTYPE_I32, THEUS_DTYPE_U64, THEUS_DTYPE_I64, THEUS_DTYPE_F16,
+    THEUS_DTYPE_BF16, THEUS_DTYPE_F32, THEUS_DTYPE_F64,
+    THEUS_DTYPE_COUNT
+} theus_dtype;
+
+typedef enum theus_placement {
+    THEUS_PLACEMENT_DEVICE = 0, THEUS_PLACEMENT_PINNED, THEUS_PLACEMENT_HOST
+} theus_placement;
+
+typedef enum theus_zone {
+    THEUS_ZONE_DATA = 0, THEUS_ZONE_SIGNAL, THEUS_ZONE_META, THEUS_ZONE_CONST
+} theus_zone;
+
+typedef enum theus_isolation {
+    THEUS_ISOLATION_SERIALIZABLE = 0, /**< write and read sets validated (default) */
+    THEUS_ISOLATION_SNAPSHOT,         /**< write-write conflicts only */
+    THEUS_ISOLATION_STRICT            /**< any commit after the base version conflicts */
+} theus_isolation;
+
+/** Where a caller's buffer lives. THEUS_MEM_DEVICE needs the CUDA backend. */
+typedef enum theus_mem { THEUS_MEM_HOST = 0, THEUS_MEM_DEVICE = 1 } theus_mem;
+
+/** @brief Lower-case dtype name ("f32"), or NULL for an out-of-range value. Thread-safe. */
+const char *theus_dtype_name(theus_dtype dt);
+/** @brief Bytes per element of a dtype (bool is one byte), or 0 for an out-of-range value. */
+size_t theus_dtype_size(theus_dtype dt);
+/** @brief "device", "pinned" or "host", or NULL for an out-of-range value. */
+const char *theus_placement_name(theus_placement p);
+/** @brief "data", "signal", "meta" or "const", or NULL for an out-of-range value. */
+const char *theus_zone_name(theus_zone z);
+
+/* ---------------------------------------------------------------------------------------
+ * Allocation hooks (process-wide, as in jansson). Every host allocation theus makes —
+ * states, transactions, staged payloads, host fields — goes through them.
+ * ------------------------------------------------------------------------------------ */
+typedef void *(*theus_malloc_fn)(size_t size);
+typedef void (*theus_free_fn)(void *ptr);
+
+/** @brief Route theus's host allocations through @p m and @p f (NULL, NULL: libc's).
+ *  @return THEUS_OK, or THEUS_EINVAL when exactly one of them is NULL.
+ *  @note Not thread-safe: call it before any state exists; memory allocated with one pair
+ *        is freed with that same pair only if the pair is not changed while it lives. */
+int theus_set_alloc_funcs(theus_malloc_fn m, theus_free_fn f);
+
+/* ---------------------------------------------------------------------------------------
+ * States
+ * ------------------------------------------------------------------------------------ */
+typedef struct theus_state theus_state;
+typedef struct theus_tx theus_tx;
+
+/** Options for creating a state. Start from THEUS_STATE_OPTIONS_INIT. */
+typedef struct theus_state_options {
+    /** 1 (default): a device/pinned field on a machine without a usable GPU lives in host
+     *  memory and theus_field_info reports THEUS_PLACEMENT_HOST. 0: creation fails with
+     *  THEUS_ENODEV instead. */
+    int allow_fallback;
+    /** Capacity of the commit log in region entries (0: 4096). A transaction whose base is
+     *  older than the log reaches conflicts if a field it touches changed since its base. */
+    uint32_t commit_log_capacity;
+    /** How long, in milliseconds, a starving transaction of theus_tx_run may hold the
+     *  priority lease that keeps other committers waiting (0: 100 ms). */
+    uint32_t priority_lease_ms;
+} theus_state_options;
+
+#define THEUS_STATE_OPTIONS_INIT {1, 0, 0}
+
+/** What theus_state_field_info reports; everything comes from the host shadow descriptor. */
+typedef struct theus_field_info {
+    theus_dtype dtype;
+    int ndim;
+    int64_t shape[THEUS_MAX_DIMS];
+    size_t nbytes;
+    theus_placement placement;   /**< where it really lives (after any fallback) */
+    theus_zone zone;
+    uint64_t version;            /**< version of the last commit that wrote it (1: never written) */
+    theus_placement requested;   /**< the placement the schema asked for */
+    int has_min, has_max, finite;/**< constraints */
+    double min, max;
+} theus_field_info;
+
+/**
+ * @brief Create a state from a JSON schema (see docs/schema.md).
+ * @param[in]  schema_json NUL-terminated JSON text; borrowed for the call.
+ * @param[in]  opts        options, or NULL for THEUS_STATE_OPTIONS_INIT.
+ * @param[out] out         receives the new state (owned by the caller: theus_state_destroy),
+ *                         or NULL on any failure.
+ * @return THEUS_OK; THEUS_ESCHEMA for a malformed schema (the detail, with the JSON path,
+ *         line and column, is in theus_last_error_message()); THEUS_ENODEV when a GPU
+ *         placement cannot be honoured and opts->allow_fallback is 0; THEUS_ENOMEM;
+ *         THEUS_EINVAL for NULL arguments or bad options.
+ * @note Thread-safe. Fields start zeroed, every field version and the state version are 1.
+ */
+int theus_state_create(const char *schema_json, const theus_state_options *opts,
+                       theus_state **out);
+
+/** @brief As theus_state_create, reading the schema from the file at @p schema_path.
+ *  @return as theus_state_create, plus THEUS_ENOENT / THEUS_EIO when the file cannot be read. */
+int theus_state_create_from_file(const char *schema_path, const theus_state_options *opts,
+                                 theus_state **out);
+
+/** @brief Destroy a state and every field's memory. NULL is a no-op.
+ *  @note No other thread may use the state, and every transaction on it must have been
+ *        committed or aborted before. */
+void theus_state_destroy(theus_state *st);
+
+/** @brief Current version (1 after creation; each successful commit adds 1). Thread-safe. */
+uint64_t theus_state_version(const theus_state *st);
+
+/** @brief The schema's "name" (borrowed; lives as long as the state). */
+const char *theus_state_name(const theus_state *st);
+
+/** @brief Number of fields, and the name of field @p i (borrowed; NULL when out of range),
+ *  in the order of the schema. Thread-safe. */
+size_t theus_state_field_count(const theus_state *st);
+const char *theus_state_field_name(const theus_state *st, size_t i);
+
+/** @brief Describe a field.
+ *  @return THEUS_OK, THEUS_ENOENT for an unknown field, THEUS_EINVAL for NULL arguments.
+ *  @note Thread-safe; answers from the host shadow descriptor without touching a GPU. */
+int theus_state_field_info(const theus_state *st, const char *field, theus_field_info *out);
+
+/**
+ * @brief Set the whole content of a field before the state's first commit (creation time):
+ *        the only way a `const` field gets its value.
+ * @param[in] src C-contiguous buffer of the field's shape and dtype; borrowed for the call.
+ * @return THEUS_OK; THEUS_EBUSY once a commit has happened; THEUS_ENOENT; THEUS_EINVAL;
+ *         THEUS_ESCHEMA when the values break the field's constraints (field unchanged).
+ * @note Not to be called while another thread uses the state.
+ */
+int theus_state_init_field(theus_state *st, const char *field, const void *src, theus_mem src_mem);
+
+/** @brief Detail text of the last failed call the calling thread made on @p st (or on
+ *  state creation when @p st is NULL); "" if none. Borrowed: valid until that thread's next
+ *  theus call. @note Thread-safe: each thread sees its own last error. */
+const char *theus_state_last_error(const theus_state *st);
+/** @brief Detail text of the calling thread's last failed theus call, on any state. */
+const char *theus_last_error_message(void);
+
+/** Counters, for observability. */
+typedef struct theus_stats {
+    uint64_t commits;        /**< successful commits that wrote something */
+    uint64_t conflicts;      /**< commits and reads refused with THEUS_ECONFLICT */
+    uint64_t aborts;         /**< transactions aborted (explicitly or by a failed commit) */
+    uint64_t schema_refusals;/**< commits refused by the gatekeeper */
+    uint64_t retries;        /**< extra attempts made by theus_tx_run */
+    uint64_t priority_runs;  /**< attempts theus_tx_run made under the priority lease */
+} theus_stats;
+
+/** @brief Copy the state's counters into @p out. @return THEUS_OK or THEUS_EINVAL. Thread-safe. */
+int theus_state_stats(const theus_state *st, theus_stats *out);
+
+/* ---------------------------------------------------------------------------------------
+ * Regions and conflicts
+ * ------------------------------------------------------------------------------------ */
+/** A hyperrectangle: per dimension [start, stop). ndim must equal the field's rank. */
+typedef struct theus_region {
+    int ndim;
+    int64_t start[THEUS_MAX_DIMS];
+    int64_t stop[THEUS_MAX_DIMS];
+} theus_region;
+
+typedef enum theus_conflict_kind {
+    THEUS_CONFLICT_NONE = 0,
+    THEUS_CONFLICT_WRITE_WRITE, /**< a staged write overlaps a region written since the base */
+    THEUS_CONFLICT_READ_WRITE,  /**< a read region was written since the base (serializable) */
+    THEUS_CONFLICT_STRICT,      /**< strict isolation: some commit happened since the base */
+    THEUS_CONFLICT_STALE_BASE   /**< the base is older than the commit log reaches */
+} theus_conflict_kind;
+
+/** What a THEUS_ECONFLICT was about. */
+typedef struct theus_conflict {
+    theus_conflict_kind kind;
+    char field[THEUS_NAME_MAX + 1]; /**< "" for STRICT */
+    theus_region region;            /**< the region written by the intervening commit */
+    uint64_t version;               /**< the version of that commit */
+    uint64_t base;                  /**< the transaction's base version */
+} theus_conflict;
+
+/** @brief The conflict behind the calling thread's last THEUS_ECONFLICT on @p st.
+ *  @return THEUS_OK, or THEUS_ENOENT when the thread's last failed call on @p st was not a
+ *          conflict. @note Thread-safe (per thread, like theus_state_last_error). */
+int theus_last_conflict(const theus_state *st, theus_conflict *out);
+
+/* ---------------------------------------------------------------------------------------
+ * Process contracts
+ * ------------------------------------------------------------------------------------ */
+/** A process's declared access: field names or fnmatch(3) globs. All borrowed for the call
+ *  to theus_tx_begin (the transaction keeps its own copy). */
+typedef struct theus_contract {
+    const char *name;
+    const char *const *inputs;  size_t n_inputs;
+    const char *const *outputs; size_t n_outputs;
+} theus_contract;
+
+/* ---------------------------------------------------------------------------------------
+ * Transactions
+ * ------------------------------------------------------------------------------------ */
+typedef struct theus_tx_options {
+    int isolation;                     /**< theus_isolation; default serializable */
+    const theus_contract *contract;    /**< NULL: no contract (all non-const fields writable) */
+} theus_tx_options;
+
+#define THEUS_TX_OPTIONS_INIT {THEUS_ISOLATION_SERIALIZABLE, NULL}
+
+/**
+ * @brief Begin a transaction at the state's current version.
+ * @param[out] out the transaction, owned by the caller until theus_tx_commit/abort consume it.
+ * @return THEUS_OK, THEUS_EINVAL (NULL argument, bad isolation, bad contract), THEUS_ENOMEM.
+ * @note Thread-safe; the transaction itself must be used by one thread at a time.
+ */
+int theus_tx_begin(theus_state *st, const theus_tx_options *opts, theus_tx **out);
+
+/** @brief Base version of a transaction (the state version when it began). */
+uint64_t theus_tx_base(const theus_tx *tx);
+
+/**
+ * @brief Read a region: the bytes of the committed version at the base, overlaid with this
+ *        transaction's own staged writes and adds (read your writes). Never torn.
+ * @param[in]  r   region, or NULL for the whole field.
+ * @param[out] dst C-contiguous buffer of the region's shape in the field's dtype.
+ * @return THEUS_OK; THEUS_ECONFLICT when the region was written after the base (details in
+ *         theus_last_conflict); THEUS_EPERM (contract); THEUS_ENOENT; THEUS_EINVAL (bad or
+ *         rank-mismatched region, NULL buffer, dst_mem unsupported); THEUS_ENOMEM.
+ * @note On failure the transaction is unchanged and still usable.
+ */
+int theus_tx_read(theus_tx *tx, const char *field, const theus_region *r, void *dst,
+                  theus_mem dst_mem);
+
+/** @brief Stage an overwrite of a region with @p src (copied now; borrowed for the call).
+ *  @return THEUS_OK; THEUS_EPERM (contract or const zone); THEUS_ENOENT; THEUS_EINVAL;
+ *          THEUS_ENOMEM. Bounds, rank, contract and zone are checked here, not at commit. */
+int theus_tx_write(theus_tx *tx, const char *field, const theus_region *r, const void *src,
+                   theus_mem src_mem);
+
+/** @brief Stage an element-wise add of @p src to a region (in the field's dtype; f16/bf16
+ *  in f32 rounded to nearest even; integers wrap; bool is logical or). Errors as write. */
+int theus_tx_add(theus_tx *tx, const char *field, const theus_region *r, const void *src,
+                 theus_mem src_mem);
+
+/**
+ * @brief Commit: gatekeeper, CAS version guard with region conflicts, replay, publish.
+ *        Consumes @p tx whatever the outcome.
+ * @param[out] committed_version the new state version (the base for a transaction that wrote
+ *             nothing); may be NULL.
+ * @return THEUS_OK; THEUS_ECONFLICT (theus_last_conflict tells why); THEUS_ESCHEMA (a
+ *         constraint failed); THEUS_ENOMEM; THEUS_EINVAL for a NULL tx. On any failure the
+ *         state is unchanged.
+ */
+int theus_tx_commit(theus_tx *tx, uint64_t *committed_version);
+
+/** @brief Drop a transaction and everything it staged. NULL is a no-op. Consumes @p tx. */
+void theus_tx_abort(theus_tx *tx);
+
+/* ---------------------------------------------------------------------------------------
+ * Retry helper
+ * ------------------------------------------------------------------------------------ */
+/** A transaction body: read and stage through @p tx, return THEUS_OK to commit. Any other
+ *  value aborts; THEUS_ECONFLICT from a read is retried, anything else is returned. The
+ *  body must not commit or abort @p tx itself, and may run several times. */
+typedef int (*theus_tx_body)(theus_tx *tx, void *user);
+
+typedef struct theus_retry_options {
+    theus_tx_options tx;       /**< options of every attempt */
+    uint32_t max_attempts;     /**< 0: 64 */
+    uint32_t max_time_ms;      /**< wall-clock bound over all attempts; 0: 10000 */
+    uint32_t backoff_min_us;   /**< first backoff; 0: 2 */
+    uint32_t backoff_max_us;   /**< cap of the exponential backoff; 0: 2000 */
+    uint32_t priority_after;   /**< failed attempts before running under the priority
+                                    lease; 0: 8; UINT32_MAX: never */
+} theus_retry_options;
+
+#define THEUS_RETRY_OPTIONS_INIT {THEUS_TX_OPTIONS_INIT, 0, 0, 0, 0, 0}
+
+/**
+ * @brief Run @p body in a transaction until it commits, retrying on THEUS_ECONFLICT with
+ *        exponential backoff and full jitter. After opts->priority_after failed attempts the
+ *        body runs under the state's priority lease: other commits wait (at most the lease)
+ *        so a starving transaction gets through.
+ * @param[out] committed_version as theus_tx_commit; may be NULL.
+ * @return THEUS_OK; the body's own error; THEUS_EBUSY when attempts or time ran out (the
+ *         last conflict stays in theus_last_conflict); any error of begin/commit.
+ * @note Thread-safe; each call uses its own transactions.
+ */
+int theus_tx_run(theus_state *st, const theus_retry_options *opts, theus_tx_body body,
+                 void *user, uint64_t *committed_version);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* THEUS_THEUS_H */

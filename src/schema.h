@@ -1,0 +1,39 @@
+/* The parsed form of a state schema (docs/schema.md) and the parser that builds it from
+ * JSON text with jansson, naming the JSON path, line and column of every refusal. */
+#ifndef THEUS_SRC_SCHEMA_H
+#define THEUS_SRC_SCHEMA_H
+#include "theus/theus.h"
+
+typedef struct theus_constraints {
+    int has_min, has_max, finite;
+    double min, max;
+} theus_constraints;
+
+typedef struct schema_field {
+    char name[THEUS_NAME_MAX + 1];
+    theus_dtype dtype;
+    int ndim;
+    int64_t shape[THEUS_MAX_DIMS];
+    size_t nelems;               /* product of shape (1 for a scalar) */
+    size_t nbytes;               /* nelems * dtype size; checked against overflow */
+    theus_placement placement;   /* requested; default host */
+    theus_zone zone;             /* default data */
+    theus_constraints cons;
+} schema_field;
+
+typedef struct theus_schema {
+    char name[THEUS_NAME_MAX + 1];
+    size_t nfields;
+    schema_field *fields;        /* in the order of the JSON text */
+} theus_schema;
+
+/* Parse @json. On success *out is a new schema (schema_free) and THEUS_OK is returned.
+ * On failure *out is NULL, @err holds "schema: <path>: <what> (line L, column C)" and
+ * THEUS_ESCHEMA (or THEUS_ENOMEM, THEUS_EINVAL for NULL arguments) is returned. */
+int schema_parse(const char *json, theus_schema **out, char *err, size_t errlen);
+void schema_free(theus_schema *s);
+
+/* Index of the field called @name, or -1. */
+int schema_find(const theus_schema *s, const char *name);
+
+#endif
