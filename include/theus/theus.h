@@ -77,6 +77,9 @@ const char *theus_placement_name(theus_placement p);
 /** @brief "data", "signal", "meta" or "const", or NULL for an out-of-range value. */
 const char *theus_zone_name(theus_zone z);
 
+/** @brief 1 when the CUDA backend is built and a device answers, else 0. Thread-safe. */
+int theus_gpu_available(void);
+
 /* ---------------------------------------------------------------------------------------
  * Allocation hooks (process-wide, as in jansson). Every host allocation theus makes —
  * states, transactions, staged payloads, host fields — goes through them.

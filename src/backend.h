@@ -1,0 +1,59 @@
+/* The backend interface: a table of functions plus a context, one per kind of memory
+ * (ggml style). The core calls only this table; the CPU backend is always present, the
+ * CUDA backend (cuda/) fills the same table when a device answers. Optional entries may be
+ * NULL; backend.c supplies the default. */
+#ifndef THEUS_SRC_BACKEND_H
+#define THEUS_SRC_BACKEND_H
+#include "region.h"
+#include "schema.h"
+
+/* One element move of a commit batch: @sub of a field whose memory starts at @base and is
+ * laid out as @frame, from/to the C-contiguous @payload laid out as @sub. */
+typedef struct replay_op {
+    delta_op op;
+    theus_dtype dtype;
+    void *base;
+    const theus_region *frame;
+    theus_region sub;
+    const void *payload;
+} replay_op;
+
+typedef struct theus_backend_iface {
+    const char *name;
+    /* Field memory of @nbytes for placement @pl, zeroed. */
+    int  (*alloc)(void *ctx, theus_placement pl, size_t nbytes, void **out);
+    void (*free)(void *ctx, theus_placement pl, void *p);
+    /* Copy @sub of a field (@base laid out as @frame) into @dst, a buffer in @dst_mem laid
+     * out as @sub. */
+    int  (*read)(void *ctx, const void *base, const theus_region *frame, theus_dtype dt,
+                 const theus_region *sub, void *dst, theus_mem dst_mem);
+    /* Staging: memory for a payload of @nbytes that replay can read, filled from @src. */
+    int  (*stage)(void *ctx, const void *src, theus_mem src_mem, size_t nbytes, void **out);
+    void (*unstage)(void *ctx, void *staged);
+    /* Apply a whole commit batch, in order. Must not fail half-way: a backend that can fail
+     * reports before it changes anything, or the core treats the state as broken. */
+    int  (*replay)(void *ctx, const replay_op *ops, size_t n);
+    /* Optional: constraint check of @n staged elements; NULL means dtype_check on host. */
+    int  (*check)(void *ctx, theus_dtype dt, const void *staged, size_t n,
+                  const theus_constraints *c, size_t *bad_index);
+    /* Optional: wait for all queued work (NULL: nothing to wait for). */
+    int  (*sync)(void *ctx);
+    void (*destroy)(void *ctx);
+} theus_backend_iface;
+
+typedef struct theus_backend {
+    const theus_backend_iface *iface;
+    void *ctx;
+} theus_backend;
+
+/* The CPU backend (always available; a static singleton). */
+const theus_backend *backend_cpu(void);
+/* The CUDA backend, or NULL when it is not built or no device answers. */
+const theus_backend *backend_cuda(void);
+
+/* Wrappers that supply defaults for the optional entries. */
+int backend_check(const theus_backend *b, theus_dtype dt, const void *staged, size_t n,
+                  const theus_constraints *c, size_t *bad_index);
+int backend_sync(const theus_backend *b);
+
+#endif

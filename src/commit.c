@@ -1,0 +1,235 @@
+/* The commit path: schema gatekeeper, CAS version guard with region conflicts under the
+ * commit lock, replay of the whole batch, publish (commit log, versions, hooks). */
+#include "alloc.h"
+#include "dtype.h"
+#include "error.h"
+#include "tx.h"
+#include <stdint.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Whether this transaction adds to field @f anywhere (then the constraint must be checked
+ * on the values the commit produces, which depend on the committed state). */
+static int tx_adds_to(const theus_tx *tx, uint32_t f)
+{
+    for (size_t k = 0; k < tx->ndeltas; k++)
+        if (tx->deltas[k].field == f && tx->deltas[k].op == DELTA_ADD)
+            return 1;
+    return 0;
+}
+
+static int has_constraints(const field_desc *f)
+{
+    return f->cons.has_min || f->cons.has_max || f->cons.finite;
+}
+
+static int refuse(theus_state *st, const field_desc *f, size_t bad, double value)
+{
+    atomic_fetch_add(&st->hdr->stats.schema_refusals, 1);
+    char bounds[96] = "";
+    if (f->cons.has_min || f->cons.has_max)
+        snprintf(bounds, sizeof bounds, " (min %g, max %g)",
+                 f->cons.has_min ? f->cons.min : -HUGE_VAL,
+                 f->cons.has_max ? f->cons.max : HUGE_VAL);
+    return err_set(st, THEUS_ESCHEMA, "commit refused: field '%s' element %zu would be %g, "
+                   "breaking its constraints%s%s", f->name, bad, value,
+                   f->cons.finite ? " (finite)" : "", bounds);
+}
+
+/* Before the lock: ASSIGN payloads of constrained fields that this transaction does not
+ * also add to are the values the commit will write, so they can be checked now. */
+static int gatekeep_assigns(theus_state *st, const theus_tx *tx)
+{
+    for (size_t k = 0; k < tx->ndeltas; k++) {
+        const delta *d = &tx->deltas[k];
+        const field_desc *f = &st->fields[d->field];
+        if (d->op != DELTA_ASSIGN || !has_constraints(f) || tx_adds_to(tx, d->field))
+            continue;
+        size_t bad = SIZE_MAX;
+        int rc = backend_check(st->backend[d->field], (theus_dtype)f->dtype, d->payload,
+                               d->nelems, &f->cons, &bad);
+        if (rc != THEUS_OK)
+            return err_set(st, rc, "commit: constraint check of '%s' failed to run", f->name);
+        if (bad != SIZE_MAX)
+            return refuse(st, f, bad, dtype_get((theus_dtype)f->dtype, d->payload, bad));
+    }
+    return THEUS_OK;
+}
+
+/* Under the lock: for constrained fields that receive ADDs, compute the values each
+ * delta's region will hold after the commit (committed bytes + this batch) and check them. */
+static int gatekeep_adds(theus_state *st, const theus_tx *tx)
+{
+    for (size_t k = 0; k < tx->ndeltas; k++) {
+        const delta *d = &tx->deltas[k];
+        const field_desc *f = &st->fields[d->field];
+        if (!has_constraints(f) || !tx_adds_to(tx, d->field))
+            continue;
+        theus_dtype dt = (theus_dtype)f->dtype;
+        const theus_backend *b = st->backend[d->field];
+        void *scratch = theus_xmalloc(d->nelems * theus_dtype_size(dt));
+        if (!scratch)
+            return err_set(st, THEUS_ENOMEM, "commit: out of memory checking '%s'", f->name);
+        int rc = b->iface->read(b->ctx, st->data[d->field], &st->frames[d->field], dt, &d->r,
+                                scratch, THEUS_MEM_HOST);
+        size_t bad = SIZE_MAX;
+        if (rc == THEUS_OK) {
+            tx_overlay(tx, d->field, scratch, &d->r);
+            bad = dtype_check(dt, scratch, d->nelems, &f->cons);
+        }
+        double value = bad != SIZE_MAX ? dtype_get(dt, scratch, bad) : 0.0;
+        theus_xfree(scratch);
+        if (rc != THEUS_OK)
+            return err_set(st, rc, "commit: cannot read '%s' to check its constraints", f->name);
+        if (bad != SIZE_MAX)
+            return refuse(st, f, bad, value);
+    }
+    return THEUS_OK;
+}
+
+/* The log records one entry per delta; a batch larger than an eighth of the log is
+ * recorded as one bounding box per field instead, which can only add conflicts. */
+static void publish_log(theus_state *st, const theus_tx *tx, uint64_t version)
+{
+    commit_log *log = &st->hdr->log;
+    log_entry e;
+    memset(&e, 0, sizeof e);
+    e.version = version;
+    if (tx->ndeltas <= log->capacity / 8) {
+        for (size_t k = 0; k < tx->ndeltas; k++) {
+            e.field = tx->deltas[k].field;
+            e.op = tx->deltas[k].op;
+            e.region = tx->deltas[k].r;
+            commit_log_append(log, st->log_ring, &e);
+        }
+        return;
+    }
+    for (uint32_t f = 0; f < st->hdr->nfields; f++) {
+        int any = 0;
+        for (size_t k = 0; k < tx->ndeltas; k++) {
+            const delta *d = &tx->deltas[k];
+            if (d->field != f)
+                continue;
+            if (!any) {
+                e.field = f;
+                e.op = d->op;
+                e.region = d->r;
+                any = 1;
+            } else {
+                region_union_box(&e.region, &d->r);
+                if (d->op != (delta_op)e.op)
+                    e.op = DELTA_ASSIGN;
+            }
+        }
+        if (any)
+            commit_log_append(log, st->log_ring, &e);
+    }
+}
+
+/* Replay the batch, grouped by backend so that each backend sees one call. */
+static int replay_batch(theus_state *st, const theus_tx *tx, replay_op *ops)
+{
+    const theus_backend *done[4] = {0};
+    size_t ndone = 0;
+    for (size_t k = 0; k < tx->ndeltas; k++) {
+        const theus_backend *b = st->backend[tx->deltas[k].field];
+        int seen = 0;
+        for (size_t j = 0; j < ndone; j++)
+            seen |= done[j] == b;
+        if (seen)
+            continue;
+        size_t n = 0;
+        for (size_t j = k; j < tx->ndeltas; j++) {
+            const delta *d = &tx->deltas[j];
+            if (st->backend[d->field] != b)
+                continue;
+            ops[n].op = d->op;
+            ops[n].dtype = (theus_dtype)st->fields[d->field].dtype;
+            ops[n].base = st->data[d->field];
+            ops[n].frame = &st->frames[d->field];
+            ops[n].sub = d->r;
+            ops[n].payload = d->payload;
+            n++;
+        }
+        int rc = b->iface->replay(b->ctx, ops, n);
+        if (rc != THEUS_OK)
+            return rc;
+        if (ndone < 4)
+            done[ndone++] = b;
+    }
+    return THEUS_OK;
+}
+
+static int fail_commit(theus_tx *tx, int rc)
+{
+    atomic_fetch_add(&tx->st->hdr->stats.aborts, 1);
+    tx_free(tx);
+    return rc;
+}
+
+int theus_tx_commit(theus_tx *tx, uint64_t *committed_version)
+{
+    if (!tx)
+        return err_set(NULL, THEUS_EINVAL, "theus_tx_commit: NULL transaction");
+    theus_state *st = tx->st;
+    state_header *h = st->hdr;
+    if (tx->ndeltas == 0) {
+        /* Every read was checked against the base when it was made: nothing to publish. */
+        if (committed_version)
+            *committed_version = tx->base;
+        tx_free(tx);
+        return THEUS_OK;
+    }
+    int rc = gatekeep_assigns(st, tx);
+    if (rc != THEUS_OK)
+        return fail_commit(tx, rc);
+    replay_op *ops = theus_xmalloc(tx->ndeltas * sizeof *ops);
+    if (!ops)
+        return fail_commit(tx, err_set(st, THEUS_ENOMEM, "commit: out of memory"));
+
+    state_commit_lock(st, tx->priority_ticket);
+    uint64_t now = atomic_load_explicit(&h->version, memory_order_relaxed);
+    theus_conflict c;
+    if (tx_check_conflicts(tx, now, &c)) {
+        state_commit_unlock(st);
+        theus_xfree(ops);
+        atomic_fetch_add(&h->stats.conflicts, 1);
+        return fail_commit(tx, err_conflict(st, &c));
+    }
+    rc = gatekeep_adds(st, tx);
+    const uint64_t next = now + 1;
+    struct commit_batch batch = {.st = st, .version = next, .deltas = tx->deltas,
+                                 .ndeltas = tx->ndeltas};
+    if (rc == THEUS_OK && st->hooks.before_replay)
+        rc = st->hooks.before_replay(st->hooks.user, &batch);
+    if (rc != THEUS_OK) {
+        state_commit_unlock(st);
+        theus_xfree(ops);
+        return fail_commit(tx, rc);
+    }
+
+    pthread_rwlock_wrlock(&h->replay_lock);
+    rc = replay_batch(st, tx, ops);
+    if (rc == THEUS_OK) {
+        for (size_t k = 0; k < tx->ndeltas; k++)
+            atomic_store_explicit(&st->fields[tx->deltas[k].field].version, next,
+                                  memory_order_release);
+        publish_log(st, tx, next);
+        atomic_store_explicit(&h->version, next, memory_order_release);
+    }
+    pthread_rwlock_unlock(&h->replay_lock);
+    if (rc == THEUS_OK) {
+        if (st->hooks.after_publish)
+            st->hooks.after_publish(st->hooks.user, &batch);
+        atomic_fetch_add(&h->stats.commits, 1);
+    }
+    state_commit_unlock(st);
+    theus_xfree(ops);
+    if (rc != THEUS_OK)
+        return fail_commit(tx, err_set(st, rc, "commit: replay failed"));
+    if (committed_version)
+        *committed_version = next;
+    tx_free(tx);
+    return THEUS_OK;
+}

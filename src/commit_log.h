@@ -1,0 +1,38 @@
+/* The commit log: a bounded ring of the regions written by recent commits, used by the
+ * CAS guard to tell a real conflict from a harmless intervening commit. It holds no
+ * pointers (entries name fields by index, the ring is addressed by position) so that it
+ * can live in shared memory unchanged. */
+#ifndef THEUS_SRC_COMMIT_LOG_H
+#define THEUS_SRC_COMMIT_LOG_H
+#include "region.h"
+#include <stdint.h>
+
+typedef struct log_entry {
+    uint64_t version;     /* commit that wrote the region */
+    uint32_t field;       /* index in the field table */
+    uint32_t op;          /* delta_op; a mixed bounding box is DELTA_ASSIGN */
+    theus_region region;
+} log_entry;
+
+typedef struct commit_log {
+    uint32_t capacity;    /* entries in the ring */
+    uint32_t pad;
+    uint64_t head;        /* entries ever appended; the next goes to head % capacity */
+    uint64_t floor;       /* commits with version <= floor may have lost entries */
+} commit_log;
+
+void commit_log_init(commit_log *log, uint32_t capacity);
+/* Append; evicting the oldest entry raises the floor. */
+void commit_log_append(commit_log *log, log_entry *ring, const log_entry *e);
+
+typedef enum log_probe { LOG_CLEAR = 0, LOG_HIT, LOG_STALE } log_probe;
+
+/* Look for a commit after @base that wrote a region of @field overlapping @r; with
+ * @adds_commute, ADD entries are ignored (an ADD delta never conflicts with an ADD).
+ * Returns LOG_HIT (and *hit), LOG_STALE when the log no longer reaches back to @base, or
+ * LOG_CLEAR. The caller excludes concurrent appends (commit lock or replay lock). */
+log_probe commit_log_probe(const commit_log *log, const log_entry *ring, uint64_t base,
+                           uint32_t field, const theus_region *r, int adds_commute,
+                           const log_entry **hit);
+
+#endif

@@ -1,0 +1,33 @@
+/* Regions: validation against a field's shape, overlap tests, and the one routine that
+ * moves elements between two C-contiguous buffers framed by regions (replay, reads and the
+ * read-your-writes overlay all use it). */
+#ifndef THEUS_SRC_REGION_H
+#define THEUS_SRC_REGION_H
+#include "theus/theus.h"
+#include <stddef.h>
+
+typedef enum delta_op { DELTA_ASSIGN = 0, DELTA_ADD = 1 } delta_op;
+
+/* The whole of a shape as a region. */
+void region_whole(int ndim, const int64_t *shape, theus_region *out);
+/* Check @in (NULL: whole) against @shape and write the resolved region to @out.
+ * Returns THEUS_OK or THEUS_EINVAL with a reason in @why. */
+int region_resolve(int ndim, const int64_t *shape, const theus_region *in, theus_region *out,
+                   char *why, size_t whylen);
+size_t region_nelems(const theus_region *r);
+/* Whether @a and @b (same rank) share an element. Empty regions overlap nothing. */
+int region_overlap(const theus_region *a, const theus_region *b);
+/* Intersection; returns 0 when it is empty. */
+int region_intersect(const theus_region *a, const theus_region *b, theus_region *out);
+/* Smallest region holding both (same rank). */
+void region_union_box(theus_region *acc, const theus_region *r);
+/* Format "[0:4, 2:3]" into @buf. */
+void region_format(const theus_region *r, char *buf, size_t len);
+
+/* Move the elements of @sub from @src (laid out C-contiguously as region @sf) into @dst
+ * (laid out as region @df): overwrite for DELTA_ASSIGN, element-wise add in @dt for
+ * DELTA_ADD. @sub must lie inside both frames. */
+void region_transfer(theus_dtype dt, delta_op op, void *dst, const theus_region *df,
+                     const void *src, const theus_region *sf, const theus_region *sub);
+
+#endif

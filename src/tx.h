@@ -1,0 +1,53 @@
+/* Transactions: staged deltas, the read set, the contract. Commit lives in commit.c. */
+#ifndef THEUS_SRC_TX_H
+#define THEUS_SRC_TX_H
+#include "state.h"
+
+typedef struct delta {
+    uint32_t field;
+    delta_op op;
+    theus_region r;
+    size_t nelems;
+    void *payload;          /* staged by the field's backend; C-contiguous in r's shape */
+} delta;
+
+typedef struct read_rec {
+    uint32_t field;
+    theus_region r;
+} read_rec;
+
+struct theus_tx {
+    theus_state *st;
+    uint64_t base;
+    int isolation;
+    uint64_t priority_ticket;   /* set by theus_tx_run while it holds the priority lease */
+    int has_contract;
+    char *contract_blob;        /* one allocation: name, then the globs */
+    const char **inputs, **outputs;
+    size_t n_inputs, n_outputs;
+    delta *deltas;
+    size_t ndeltas, cap_deltas;
+    read_rec *reads;
+    size_t nreads, cap_reads;
+};
+
+struct commit_batch {
+    const theus_state *st;
+    uint64_t version;           /* the version this batch creates */
+    const delta *deltas;
+    size_t ndeltas;
+};
+
+/* Free everything a transaction holds, and the transaction. */
+void tx_free(theus_tx *tx);
+/* Make room for one more element in a growable array; 0 ok, -1 out of memory. */
+int tx_grow(void **arr, size_t *cap, size_t need, size_t elem);
+/* Apply this transaction's deltas on @field that intersect @frame onto @buf (laid out as
+ * @frame), in staging order: the read-your-writes overlay. */
+void tx_overlay(const theus_tx *tx, uint32_t field, void *buf, const theus_region *frame);
+
+/* With the commit lock held and the state at version @now: whether a commit after the
+ * base conflicts with this transaction under its isolation level (then *c says how). */
+int tx_check_conflicts(const theus_tx *tx, uint64_t now, theus_conflict *c);
+
+#endif
