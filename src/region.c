@@ -96,6 +96,8 @@ void region_transfer(theus_dtype dt, delta_op op, void *dst, const theus_region 
 {
     const size_t es = theus_dtype_size(dt);
     const int n = sub->ndim;
+    if (n < 0 || n > THEUS_MAX_DIMS)
+        return;
     if (n == 0) {
         if (op == DELTA_ASSIGN)
             memcpy(dst, src, es);
