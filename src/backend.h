@@ -27,6 +27,12 @@ typedef struct theus_backend_iface {
      * out as @sub. */
     int  (*read)(void *ctx, const void *base, const theus_region *frame, theus_dtype dt,
                  const theus_region *sub, void *dst, theus_mem dst_mem);
+    /* Apply @sub of a staged @payload (laid out as @pframe) onto @dst, a buffer in
+     * @dst_mem laid out as @dframe: the read-your-writes overlay and the gatekeeper's
+     * post-commit values. */
+    int  (*overlay)(void *ctx, theus_dtype dt, delta_op op, void *dst, const theus_region *dframe,
+                    theus_mem dst_mem, const void *payload, const theus_region *pframe,
+                    const theus_region *sub);
     /* Staging: memory for a payload of @nbytes that replay can read, filled from @src. */
     int  (*stage)(void *ctx, const void *src, theus_mem src_mem, size_t nbytes, void **out);
     void (*unstage)(void *ctx, void *staged);

@@ -33,6 +33,17 @@ static int cpu_read(void *ctx, const void *base, const theus_region *frame, theu
     return THEUS_OK;
 }
 
+static int cpu_overlay(void *ctx, theus_dtype dt, delta_op op, void *dst,
+                       const theus_region *dframe, theus_mem dst_mem, const void *payload,
+                       const theus_region *pframe, const theus_region *sub)
+{
+    (void)ctx;
+    if (dst_mem != THEUS_MEM_HOST)
+        return THEUS_EINVAL;
+    region_transfer(dt, op, dst, dframe, payload, pframe, sub);
+    return THEUS_OK;
+}
+
 static int cpu_stage(void *ctx, const void *src, theus_mem src_mem, size_t nbytes, void **out)
 {
     (void)ctx;
@@ -67,6 +78,7 @@ static const theus_backend_iface cpu_iface = {
     .alloc = cpu_alloc,
     .free = cpu_free,
     .read = cpu_read,
+    .overlay = cpu_overlay,
     .stage = cpu_stage,
     .unstage = cpu_unstage,
     .replay = cpu_replay,

@@ -74,10 +74,10 @@ static int gatekeep_adds(theus_state *st, const theus_tx *tx)
         int rc = b->iface->read(b->ctx, st->data[d->field], &st->frames[d->field], dt, &d->r,
                                 scratch, THEUS_MEM_HOST);
         size_t bad = SIZE_MAX;
-        if (rc == THEUS_OK) {
-            tx_overlay(tx, d->field, scratch, &d->r);
+        if (rc == THEUS_OK)
+            rc = tx_overlay(tx, d->field, scratch, &d->r, THEUS_MEM_HOST);
+        if (rc == THEUS_OK)
             bad = dtype_check(dt, scratch, d->nelems, &f->cons);
-        }
         double value = bad != SIZE_MAX ? dtype_get(dt, scratch, bad) : 0.0;
         theus_xfree(scratch);
         if (rc != THEUS_OK)

@@ -154,16 +154,21 @@ static int tx_target(theus_tx *tx, const char *what, const char *field, const th
     return THEUS_OK;
 }
 
-void tx_overlay(const theus_tx *tx, uint32_t field, void *buf, const theus_region *frame)
+int tx_overlay(const theus_tx *tx, uint32_t field, void *buf, const theus_region *frame,
+               theus_mem mem)
 {
     theus_dtype dt = (theus_dtype)tx->st->fields[field].dtype;
+    const theus_backend *b = tx->st->backend[field];
     for (size_t k = 0; k < tx->ndeltas; k++) {
         const delta *d = &tx->deltas[k];
         theus_region sub;
         if (d->field != field || !region_intersect(&d->r, frame, &sub))
             continue;
-        region_transfer(dt, d->op, buf, frame, d->payload, &d->r, &sub);
+        int rc = b->iface->overlay(b->ctx, dt, d->op, buf, frame, mem, d->payload, &d->r, &sub);
+        if (rc != THEUS_OK)
+            return rc;
     }
+    return THEUS_OK;
 }
 
 /* Fill @c if a commit after @base wrote a region of field @i overlapping @r. */
@@ -258,9 +263,10 @@ int theus_tx_read(theus_tx *tx, const char *field, const theus_region *r, void *
         atomic_fetch_add(&st->hdr->stats.conflicts, 1);
         return err_conflict(st, &c);
     }
+    if (rc == THEUS_OK)
+        rc = tx_overlay(tx, (uint32_t)i, dst, &reg, dst_mem);
     if (rc != THEUS_OK)
         return err_set(st, rc, "read: field '%s': the backend cannot fill this buffer", field);
-    tx_overlay(tx, (uint32_t)i, dst, &reg);
     if (track) {
         /* Consecutive reads of the same region need one record. */
         read_rec *last = tx->nreads ? &tx->reads[tx->nreads - 1] : NULL;

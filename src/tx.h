@@ -42,9 +42,10 @@ struct commit_batch {
 void tx_free(theus_tx *tx);
 /* Make room for one more element in a growable array; 0 ok, -1 out of memory. */
 int tx_grow(void **arr, size_t *cap, size_t need, size_t elem);
-/* Apply this transaction's deltas on @field that intersect @frame onto @buf (laid out as
- * @frame), in staging order: the read-your-writes overlay. */
-void tx_overlay(const theus_tx *tx, uint32_t field, void *buf, const theus_region *frame);
+/* Apply this transaction's deltas on @field that intersect @frame onto @buf (in @mem, laid
+ * out as @frame), in staging order: the read-your-writes overlay. */
+int tx_overlay(const theus_tx *tx, uint32_t field, void *buf, const theus_region *frame,
+               theus_mem mem);
 
 /* With the commit lock held and the state at version @now: whether a commit after the
  * base conflicts with this transaction under its isolation level (then *c says how). */
