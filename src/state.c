@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define DEFAULT_LOG_CAPACITY 4096u
@@ -205,19 +206,18 @@ int theus_state_create_from_file(const char *schema_path, const theus_state_opti
                        schema_path, strerror(errno));
     int rc = THEUS_OK;
     char *text = NULL;
-    long len = -1;
-    if (fseek(fp, 0, SEEK_END) == 0)
-        len = ftell(fp);
-    if (len < 0 || fseek(fp, 0, SEEK_SET) != 0) {
-        rc = err_set(NULL, THEUS_EIO, "cannot size '%s'", schema_path);
+    struct stat sb;
+    if (fstat(fileno(fp), &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size < 0) {
+        rc = err_set(NULL, THEUS_EIO, "'%s' is not a readable regular file", schema_path);
         goto done;
     }
-    text = theus_xmalloc((size_t)len + 1);
+    size_t len = (size_t)sb.st_size;
+    text = theus_xmalloc(len + 1);
     if (!text) {
         rc = err_set(NULL, THEUS_ENOMEM, "out of memory reading '%s'", schema_path);
         goto done;
     }
-    if (fread(text, 1, (size_t)len, fp) != (size_t)len) {
+    if (fread(text, 1, len, fp) != len) {
         rc = err_set(NULL, THEUS_EIO, "cannot read '%s'", schema_path);
         goto done;
     }
