@@ -33,7 +33,9 @@ typedef struct theus_backend_iface {
     int  (*overlay)(void *ctx, theus_dtype dt, delta_op op, void *dst, const theus_region *dframe,
                     theus_mem dst_mem, const void *payload, const theus_region *pframe,
                     const theus_region *sub);
-    /* Staging: memory for a payload of @nbytes that replay can read, filled from @src. */
+    /* Staging: memory for a payload of @nbytes that replay can read, filled from @src (a
+     * buffer in @src_mem), or zeroed when @src is NULL (theus_tx_stage_buffer: the caller
+     * fills it; device memory for a device field). */
     int  (*stage)(void *ctx, const void *src, theus_mem src_mem, size_t nbytes, void **out);
     void (*unstage)(void *ctx, void *staged);
     /* Apply a whole commit batch, in order. Must not fail half-way: a backend that can fail
@@ -45,6 +47,8 @@ typedef struct theus_backend_iface {
     /* Optional: wait for all queued work (NULL: nothing to wait for). */
     int  (*sync)(void *ctx);
     void (*destroy)(void *ctx);
+    /* Optional: the CUDA device ordinal of this backend's memory (NULL: 0). */
+    int  (*device_id)(void *ctx);
 } theus_backend_iface;
 
 typedef struct theus_backend {

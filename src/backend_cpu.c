@@ -49,10 +49,10 @@ static int cpu_stage(void *ctx, const void *src, theus_mem src_mem, size_t nbyte
     (void)ctx;
     if (src_mem != THEUS_MEM_HOST)
         return THEUS_EINVAL;
-    void *p = theus_xmalloc(nbytes);
+    void *p = src ? theus_xmalloc(nbytes) : theus_xcalloc(1, nbytes);
     if (!p)
         return THEUS_ENOMEM;
-    if (nbytes)
+    if (src && nbytes)
         memcpy(p, src, nbytes);
     *out = p;
     return THEUS_OK;

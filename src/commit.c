@@ -209,6 +209,7 @@ int theus_tx_commit(theus_tx *tx, uint64_t *committed_version)
         return fail_commit(tx, rc);
     }
 
+    state_replay_gate_enter(st);
     pthread_rwlock_wrlock(&h->replay_lock);
     rc = replay_batch(st, tx, ops);
     if (rc == THEUS_OK) {
@@ -219,6 +220,7 @@ int theus_tx_commit(theus_tx *tx, uint64_t *committed_version)
         atomic_store_explicit(&h->version, next, memory_order_release);
     }
     pthread_rwlock_unlock(&h->replay_lock);
+    state_replay_gate_leave(st);
     if (rc == THEUS_OK) {
         if (st->hooks.after_publish)
             st->hooks.after_publish(st->hooks.user, &batch);

@@ -51,7 +51,15 @@ static int init_locks(state_header *h)
     pthread_rwlockattr_destroy(&ra);
     if (rc != 0)
         goto fail_cond;
+    if (pthread_mutex_init(&h->hold_lock, NULL) != 0)
+        goto fail_rw;
+    if (pthread_cond_init(&h->hold_cond, NULL) != 0)
+        goto fail_hold;
     return 0;
+fail_hold:
+    pthread_mutex_destroy(&h->hold_lock);
+fail_rw:
+    pthread_rwlock_destroy(&h->replay_lock);
 fail_cond:
     pthread_cond_destroy(&h->priority_cond);
 fail_mutex:
@@ -176,10 +184,13 @@ int theus_state_create(const char *schema_json, const theus_state_options *opts,
             goto fail_locks;
         }
     }
+    atomic_init(&st->refs, 1);
     *out = st;
     return THEUS_OK;
 
 fail_locks:
+    pthread_cond_destroy(&h->hold_cond);
+    pthread_mutex_destroy(&h->hold_lock);
     pthread_rwlock_destroy(&h->replay_lock);
     pthread_cond_destroy(&h->priority_cond);
     pthread_mutex_destroy(&h->commit_lock);
@@ -229,11 +240,18 @@ done:
     return rc;
 }
 
-void theus_state_destroy(theus_state *st)
+void state_ref(theus_state *st)
 {
-    if (!st)
+    atomic_fetch_add(&st->refs, 1);
+}
+
+void state_unref(theus_state *st)
+{
+    if (atomic_fetch_sub(&st->refs, 1) != 1)
         return;
     free_fields(st, st->hdr->nfields);
+    pthread_cond_destroy(&st->hdr->hold_cond);
+    pthread_mutex_destroy(&st->hdr->hold_lock);
     pthread_rwlock_destroy(&st->hdr->replay_lock);
     pthread_cond_destroy(&st->hdr->priority_cond);
     pthread_mutex_destroy(&st->hdr->commit_lock);
@@ -243,6 +261,72 @@ void theus_state_destroy(theus_state *st)
     theus_xfree(st->hdr);
     schema_free(st->schema);
     theus_xfree(st);
+}
+
+void theus_state_destroy(theus_state *st)
+{
+    if (st)
+        state_unref(st);
+}
+
+int theus_state_field_ptr(const theus_state *st, const char *field, const void **ptr,
+                          theus_mem *mem)
+{
+    if (!st || !field || !ptr)
+        return err_set(st, THEUS_EINVAL, "theus_state_field_ptr: NULL argument");
+    int i = state_find_field(st, field);
+    if (i < 0)
+        return err_set(st, THEUS_ENOENT, "no field '%s'", field);
+    *ptr = st->data[i];
+    if (mem)
+        *mem = st->fields[i].placement == THEUS_PLACEMENT_DEVICE ? THEUS_MEM_DEVICE
+                                                                : THEUS_MEM_HOST;
+    return THEUS_OK;
+}
+
+/* Holds are a gate of their own rather than the replay lock's read side: a writer-
+ * preferring rwlock would deadlock a holder whose own reads queue behind a waiting replay. */
+int theus_state_hold_commits(theus_state *st)
+{
+    if (!st)
+        return err_set(NULL, THEUS_EINVAL, "theus_state_hold_commits: NULL state");
+    state_header *h = st->hdr;
+    pthread_mutex_lock(&h->hold_lock);
+    while (h->replaying)
+        pthread_cond_wait(&h->hold_cond, &h->hold_lock);
+    h->holds++;
+    pthread_mutex_unlock(&h->hold_lock);
+    return THEUS_OK;
+}
+
+void theus_state_release_commits(theus_state *st)
+{
+    if (!st)
+        return;
+    state_header *h = st->hdr;
+    pthread_mutex_lock(&h->hold_lock);
+    if (h->holds > 0 && --h->holds == 0)
+        pthread_cond_broadcast(&h->hold_cond);
+    pthread_mutex_unlock(&h->hold_lock);
+}
+
+void state_replay_gate_enter(theus_state *st)
+{
+    state_header *h = st->hdr;
+    pthread_mutex_lock(&h->hold_lock);
+    while (h->holds > 0)
+        pthread_cond_wait(&h->hold_cond, &h->hold_lock);
+    h->replaying = 1;
+    pthread_mutex_unlock(&h->hold_lock);
+}
+
+void state_replay_gate_leave(theus_state *st)
+{
+    state_header *h = st->hdr;
+    pthread_mutex_lock(&h->hold_lock);
+    h->replaying = 0;
+    pthread_cond_broadcast(&h->hold_cond);
+    pthread_mutex_unlock(&h->hold_lock);
 }
 
 uint64_t theus_state_version(const theus_state *st)
@@ -321,9 +405,11 @@ int theus_state_init_field(theus_state *st, const char *field, const void *src, 
     }
     replay_op op = {.op = DELTA_ASSIGN, .dtype = (theus_dtype)f->dtype, .base = st->data[i],
                     .frame = &st->frames[i], .sub = st->frames[i], .payload = staged};
+    state_replay_gate_enter(st);
     pthread_rwlock_wrlock(&st->hdr->replay_lock);
     rc = b->iface->replay(b->ctx, &op, 1);
     pthread_rwlock_unlock(&st->hdr->replay_lock);
+    state_replay_gate_leave(st);
     pthread_mutex_unlock(&st->hdr->commit_lock);
     b->iface->unstage(b->ctx, staged);
     if (rc != THEUS_OK)

@@ -42,6 +42,10 @@ typedef struct state_header {
     uint64_t priority_deadline_ns;/* CLOCK_MONOTONIC end of the lease */
     uint64_t next_ticket;
     pthread_rwlock_t replay_lock; /* readers copy under rd, replay+publish under wr */
+    pthread_mutex_t hold_lock;    /* theus_state_hold_commits: holders keep replays out */
+    pthread_cond_t hold_cond;
+    uint32_t holds;               /* live holds */
+    uint32_t replaying;           /* a commit is between its hold gate and publish */
     state_stats stats;
 } state_header;
 
@@ -65,7 +69,12 @@ struct theus_state {
     theus_schema *schema;
     theus_state_options opts;
     commit_hooks hooks;
+    _Atomic int refs;              /* 1 for the owner + 1 per live DLPack export */
 };
+
+/* Take / drop a reference; the last drop frees the state (DLPack exports keep it). */
+void state_ref(theus_state *st);
+void state_unref(theus_state *st);
 
 /* Index of @name, or -1. */
 int state_find_field(const theus_state *st, const char *name);
@@ -75,6 +84,9 @@ uint64_t state_now_ns(void);
  * caller's own lease (0: none). */
 void state_commit_lock(theus_state *st, uint64_t ticket);
 void state_commit_unlock(theus_state *st);
+/* Around a replay: wait until no one holds commits, and keep new holds out until the end. */
+void state_replay_gate_enter(theus_state *st);
+void state_replay_gate_leave(theus_state *st);
 /* Take / give back the priority lease (see theus_tx_run). */
 uint64_t state_priority_acquire(theus_state *st);
 void state_priority_release(theus_state *st, uint64_t ticket);

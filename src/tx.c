@@ -27,11 +27,24 @@ int tx_grow(void **arr, size_t *cap, size_t need, size_t elem)
     return 0;
 }
 
+void payload_unref(payload_ref *ref)
+{
+    if (atomic_fetch_sub(&ref->refs, 1) == 1) {
+        ref->backend->iface->unstage(ref->backend->ctx, ref->payload);
+        theus_xfree(ref);
+    }
+}
+
 void tx_free(theus_tx *tx)
 {
     for (size_t i = 0; i < tx->ndeltas; i++) {
-        const theus_backend *b = tx->st->backend[tx->deltas[i].field];
-        b->iface->unstage(b->ctx, tx->deltas[i].payload);
+        const delta *d = &tx->deltas[i];
+        if (d->ref) {
+            payload_unref(d->ref);
+        } else {
+            const theus_backend *b = tx->st->backend[d->field];
+            b->iface->unstage(b->ctx, d->payload);
+        }
     }
     theus_xfree(tx->deltas);
     theus_xfree(tx->reads);
@@ -279,11 +292,10 @@ int theus_tx_read(theus_tx *tx, const char *field, const theus_region *r, void *
     return THEUS_OK;
 }
 
+/* Stage a delta; with @src NULL the payload is a zeroed buffer the caller fills. */
 static int tx_stage(theus_tx *tx, const char *what, delta_op op, const char *field,
-                    const theus_region *r, const void *src, theus_mem src_mem)
+                    const theus_region *r, const void *src, theus_mem src_mem, delta **made)
 {
-    if (!tx || !field || !src)
-        return err_set(tx ? tx->st : NULL, THEUS_EINVAL, "%s: NULL argument", what);
     theus_state *st = tx->st;
     int i;
     theus_region reg;
@@ -293,8 +305,11 @@ static int tx_stage(theus_tx *tx, const char *what, delta_op op, const char *fie
     if (src_mem != THEUS_MEM_HOST && src_mem != THEUS_MEM_DEVICE)
         return err_set(st, THEUS_EINVAL, "%s: unknown buffer kind %d", what, (int)src_mem);
     size_t n = region_nelems(&reg);
-    if (n == 0)
+    if (n == 0) {
+        if (made)
+            return err_set(st, THEUS_EINVAL, "%s: the region of '%s' is empty", what, field);
         return THEUS_OK;
+    }
     if (tx_grow((void **)&tx->deltas, &tx->cap_deltas, tx->ndeltas + 1, sizeof *tx->deltas))
         return err_set(st, THEUS_ENOMEM, "%s: out of memory staging a delta", what);
     const theus_backend *b = st->backend[i];
@@ -311,19 +326,46 @@ static int tx_stage(theus_tx *tx, const char *what, delta_op op, const char *fie
     d->r = reg;
     d->nelems = n;
     d->payload = payload;
+    d->user_filled = src == NULL;
+    d->ref = NULL;
+    if (made)
+        *made = d;
     return THEUS_OK;
 }
 
 int theus_tx_write(theus_tx *tx, const char *field, const theus_region *r, const void *src,
                    theus_mem src_mem)
 {
-    return tx_stage(tx, "write", DELTA_ASSIGN, field, r, src, src_mem);
+    if (!tx || !field || !src)
+        return err_set(tx ? tx->st : NULL, THEUS_EINVAL, "write: NULL argument");
+    return tx_stage(tx, "write", DELTA_ASSIGN, field, r, src, src_mem, NULL);
 }
 
 int theus_tx_add(theus_tx *tx, const char *field, const theus_region *r, const void *src,
                  theus_mem src_mem)
 {
-    return tx_stage(tx, "add", DELTA_ADD, field, r, src, src_mem);
+    if (!tx || !field || !src)
+        return err_set(tx ? tx->st : NULL, THEUS_EINVAL, "add: NULL argument");
+    return tx_stage(tx, "add", DELTA_ADD, field, r, src, src_mem, NULL);
+}
+
+int theus_tx_stage_buffer(theus_tx *tx, const char *field, const theus_region *r,
+                          theus_delta_op op, void **buf, theus_mem *mem)
+{
+    if (!tx || !field || !buf)
+        return err_set(tx ? tx->st : NULL, THEUS_EINVAL, "stage_buffer: NULL argument");
+    if (op != THEUS_OP_ASSIGN && op != THEUS_OP_ADD)
+        return err_set(tx->st, THEUS_EINVAL, "stage_buffer: unknown op %d", (int)op);
+    delta *d = NULL;
+    int rc = tx_stage(tx, "stage_buffer", op == THEUS_OP_ADD ? DELTA_ADD : DELTA_ASSIGN, field,
+                      r, NULL, THEUS_MEM_HOST, &d);
+    if (rc != THEUS_OK)
+        return rc;
+    *buf = d->payload;
+    if (mem)
+        *mem = tx->st->fields[d->field].placement == THEUS_PLACEMENT_DEVICE ? THEUS_MEM_DEVICE
+                                                                           : THEUS_MEM_HOST;
+    return THEUS_OK;
 }
 
 void theus_tx_abort(theus_tx *tx)

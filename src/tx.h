@@ -3,12 +3,21 @@
 #define THEUS_SRC_TX_H
 #include "state.h"
 
+/* A staged payload shared with a DLPack export: freed by whoever lets go last. */
+typedef struct payload_ref {
+    _Atomic int refs;
+    const theus_backend *backend;
+    void *payload;
+} payload_ref;
+
 typedef struct delta {
     uint32_t field;
     delta_op op;
     theus_region r;
     size_t nelems;
     void *payload;          /* staged by the field's backend; C-contiguous in r's shape */
+    int user_filled;        /* from theus_tx_stage_buffer */
+    payload_ref *ref;       /* non-NULL once exported through DLPack */
 } delta;
 
 typedef struct read_rec {
@@ -38,6 +47,8 @@ struct commit_batch {
     size_t ndeltas;
 };
 
+/* Drop one reference to a shared payload. */
+void payload_unref(payload_ref *ref);
 /* Free everything a transaction holds, and the transaction. */
 void tx_free(theus_tx *tx);
 /* Make room for one more element in a growable array; 0 ok, -1 out of memory. */

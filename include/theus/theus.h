@@ -303,6 +303,47 @@ int theus_tx_commit(theus_tx *tx, uint64_t *committed_version);
 void theus_tx_abort(theus_tx *tx);
 
 /* ---------------------------------------------------------------------------------------
+ * Zero copy for GPU code
+ * ------------------------------------------------------------------------------------ */
+/** The operation a staging buffer will be committed as. */
+typedef enum theus_delta_op { THEUS_OP_ASSIGN = 0, THEUS_OP_ADD = 1 } theus_delta_op;
+
+/**
+ * @brief Stage a delta whose payload the caller fills in place: returns a zeroed buffer of
+ *        the region's shape in the field's dtype, in the field's memory (device memory for a
+ *        device field, host memory otherwise), for example for the caller's own kernel.
+ * @param[out] buf receives the buffer; owned by the transaction, valid until commit/abort
+ *             (or longer while a DLPack export of it lives).
+ * @param[out] mem receives THEUS_MEM_DEVICE or THEUS_MEM_HOST; may be NULL.
+ * @return THEUS_OK; THEUS_EPERM; THEUS_ENOENT; THEUS_EINVAL (bad region or op, empty region);
+ *         THEUS_ENOMEM; THEUS_EDEVICE.
+ * @note Work that fills the buffer must be complete (synchronize its stream) before the
+ *       transaction reads that region or commits; the gatekeeper checks the contents then.
+ */
+int theus_tx_stage_buffer(theus_tx *tx, const char *field, const theus_region *r,
+                          theus_delta_op op, void **buf, theus_mem *mem);
+
+/**
+ * @brief Raw read-only pointer to a committed field, for kernels (device fields), or host
+ *        code (host and pinned fields). The bytes change in place at every commit that writes
+ *        the field: bracket use with theus_state_hold_commits / theus_state_release_commits
+ *        to see a single version.
+ * @param[out] ptr base of the C-contiguous field; borrowed, valid while the state lives.
+ * @param[out] mem where it lives (THEUS_MEM_DEVICE for device fields); may be NULL.
+ * @return THEUS_OK, THEUS_ENOENT, THEUS_EINVAL. @note Thread-safe.
+ */
+int theus_state_field_ptr(const theus_state *st, const char *field, const void **ptr,
+                          theus_mem *mem);
+
+/** @brief Keep commits from replaying until theus_state_release_commits (reads go on).
+ *  Shared: many threads may hold it at once. Work launched on a field while held must have
+ *  completed before release. Must not be held by a thread that commits (it would deadlock).
+ *  @return THEUS_OK or THEUS_EINVAL. */
+int theus_state_hold_commits(theus_state *st);
+/** @brief Undo one theus_state_hold_commits of the calling thread. */
+void theus_state_release_commits(theus_state *st);
+
+/* ---------------------------------------------------------------------------------------
  * Retry helper
  * ------------------------------------------------------------------------------------ */
 /** A transaction body: read and stage through @p tx, return THEUS_OK to commit. Any other

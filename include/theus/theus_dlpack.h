@@ -1,0 +1,39 @@
+/* DLPack export of theus fields and staging buffers, for PyTorch, CuPy, JAX and NumPy. */
+#ifndef THEUS_THEUS_DLPACK_H
+#define THEUS_THEUS_DLPACK_H
+
+#include "theus/dlpack.h"
+#include "theus/theus.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/**
+ * @brief Export a committed field as a read-only DLPack tensor without copying.
+ *        Device type: kDLCUDA for device fields, kDLCUDAHost for pinned, kDLCPU for host
+ *        (including GPU placements that fell back to host memory). flags has
+ *        DLPACK_FLAG_BITMASK_READ_ONLY set. The view follows later commits in place.
+ * @param[out] out new tensor owned by the caller: call (*out)->deleter(*out) exactly once.
+ *             The deleter keeps the field memory alive: the state's memory is released at
+ *             the later of theus_state_destroy and the last deleter.
+ * @return THEUS_OK, THEUS_ENOENT, THEUS_EINVAL (NULL argument, dtype without a DLPack code),
+ *         THEUS_ENOMEM.
+ * @note Thread-safe. The deleter may run on any thread.
+ */
+int theus_field_export_dlpack(theus_state *st, const char *field, DLManagedTensorVersioned **out);
+
+/**
+ * @brief Export a buffer from theus_tx_stage_buffer as a writable DLPack tensor in the
+ *        region's shape, so another framework can fill it. The deleter keeps the buffer
+ *        alive after the transaction is committed or aborted.
+ * @return THEUS_OK; THEUS_ENOENT when @p buf is not a staging buffer of @p tx; THEUS_EINVAL;
+ *         THEUS_ENOMEM.
+ * @note Same thread rules as the transaction.
+ */
+int theus_tx_export_dlpack(theus_tx *tx, void *buf, DLManagedTensorVersioned **out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
