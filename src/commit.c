@@ -5,7 +5,6 @@
 #include "error.h"
 #include "tx.h"
 #include <stdint.h>
-#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -28,10 +27,12 @@ static int refuse(theus_state *st, const field_desc *f, size_t bad, double value
 {
     atomic_fetch_add(&st->hdr->stats.schema_refusals, 1);
     char bounds[96] = "";
-    if (f->cons.has_min || f->cons.has_max)
-        snprintf(bounds, sizeof bounds, " (min %g, max %g)",
-                 f->cons.has_min ? f->cons.min : -HUGE_VAL,
-                 f->cons.has_max ? f->cons.max : HUGE_VAL);
+    if (f->cons.has_min && f->cons.has_max)
+        snprintf(bounds, sizeof bounds, " (min %g, max %g)", f->cons.min, f->cons.max);
+    else if (f->cons.has_min)
+        snprintf(bounds, sizeof bounds, " (min %g)", f->cons.min);
+    else if (f->cons.has_max)
+        snprintf(bounds, sizeof bounds, " (max %g)", f->cons.max);
     return err_set(st, THEUS_ESCHEMA, "commit refused: field '%s' element %zu would be %g, "
                    "breaking its constraints%s%s", f->name, bad, value,
                    f->cons.finite ? " (finite)" : "", bounds);

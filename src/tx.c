@@ -242,7 +242,7 @@ int theus_tx_read(theus_tx *tx, const char *field, const theus_region *r, void *
     if (!tx || !field || !dst)
         return err_set(tx ? tx->st : NULL, THEUS_EINVAL, "theus_tx_read: NULL argument");
     theus_state *st = tx->st;
-    int i;
+    int i = -1;
     theus_region reg;
     int rc = tx_target(tx, "read", field, r, 0, &i, &reg);
     if (rc != THEUS_OK)
@@ -297,7 +297,7 @@ static int tx_stage(theus_tx *tx, const char *what, delta_op op, const char *fie
                     const theus_region *r, const void *src, theus_mem src_mem, delta **made)
 {
     theus_state *st = tx->st;
-    int i;
+    int i = -1;
     theus_region reg;
     int rc = tx_target(tx, what, field, r, 1, &i, &reg);
     if (rc != THEUS_OK)
