@@ -1,0 +1,1100 @@
+/* The CUDA backend: device and pinned field memory, payloads staged in device memory
+ * (through pinned bounce buffers from the host), reads with copy-engine copies or a gather
+ * kernel, the whole commit batch in one kernel launch, and the gatekeeper's checks on the
+ * GPU. A process-wide singleton, created on first use; NULL when no device answers. */
+#include "backend.h"
+#include "alloc.h"
+#include "cuda_common.h"
+#include "dtype.h"
+#include "region.h"
+
+#include "../kernels/constraints.cuh"
+#include "../kernels/replay.cuh"
+
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+_Static_assert(sizeof(theus_replay_desc) == 56, "descriptor layout shared with replay.cu");
+_Static_assert(sizeof(theus_replay_dim) == 24, "descriptor layout shared with replay.cu");
+_Static_assert(sizeof(theus_replay_wave) == 32, "descriptor layout shared with replay.cu");
+
+/* Independent command queues. Calls from different threads (reads under the replay lock's
+ * read side, staging, checks) take different lanes and overlap; a lane is used by one call
+ * at a time, and every call waits for its own work before it returns. */
+#define CUDA_LANES 4
+/* Host payloads reach the GPU through two pinned halves, so that filling one overlaps the
+ * copy of the other. */
+#define BOUNCE_HALF ((size_t)2 << 20)
+/* Device memory the staging pool keeps cached between commits instead of giving it back. */
+#define POOL_KEEP_BYTES ((uint64_t)256 << 20)
+/* Rows at least this wide go to the copy engine as a 2-D copy; narrower ones are gathered
+ * by the replay kernel, which handles millions of tiny rows far better. */
+#define COPY2D_MIN_WIDTH 512
+
+typedef struct cuda_lane {
+    pthread_mutex_t mu;
+    cudaStream_t stream;
+    cudaEvent_t done;                /* end of a replay's work */
+    cudaEvent_t bounce_ev[2];        /* end of the copy out of each bounce half */
+    unsigned char *bounce;           /* pinned, 2 * BOUNCE_HALF, allocated on first use */
+    unsigned char *desc_host;        /* pinned upload area for replay descriptors */
+    size_t desc_cap;
+    unsigned long long *d_first;     /* device word for the constraint kernel's answer */
+    unsigned long long *h_first;     /* pinned copy of it */
+} cuda_lane;
+
+typedef struct cuda_ctx {
+    int device;
+    int max_blocks;                  /* resident replay blocks (cooperative grid bound) */
+    int check_blocks;
+    int cooperative;
+    size_t max_pitch;
+    cudaMemPool_t pool;              /* staging pool; NULL: plain cudaMalloc */
+    atomic_uint next_lane;
+    int nlanes;                      /* lanes initialised (for teardown) */
+    cuda_lane lanes[CUDA_LANES];
+} cuda_ctx;
+
+static cuda_ctx g_ctx;
+static theus_backend g_backend;
+static const theus_backend *g_ready;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+/* ---- calls: the device guard and a lane ------------------------------------------------
+ * The CUDA runtime's current device belongs to the calling thread; theus must not change
+ * it behind the caller's back, so each call switches to the backend's device and back. */
+
+typedef struct cuda_call {
+    cuda_lane *lane;
+    int prev_device;                 /* -1: nothing to restore */
+} cuda_call;
+
+static cuda_lane *lane_acquire(cuda_ctx *c)
+{
+    unsigned start = atomic_fetch_add_explicit(&c->next_lane, 1u, memory_order_relaxed);
+    for (unsigned i = 0; i < CUDA_LANES; i++) {
+        cuda_lane *l = &c->lanes[(start + i) % CUDA_LANES];
+        if (pthread_mutex_trylock(&l->mu) == 0)
+            return l;
+    }
+    cuda_lane *l = &c->lanes[start % CUDA_LANES];
+    pthread_mutex_lock(&l->mu);
+    return l;
+}
+
+static int call_begin(cuda_ctx *c, cuda_call *k)
+{
+    int cur = -1;
+    k->prev_device = -1;
+    k->lane = NULL;
+    if (cudaGetDevice(&cur) != cudaSuccess) {
+        (void)cudaGetLastError();
+        cur = -1;
+    }
+    if (cur != c->device) {
+        CHECK_CUDA(cudaSetDevice(c->device));
+        k->prev_device = cur;
+    }
+    k->lane = lane_acquire(c);
+    return THEUS_OK;
+}
+
+static void call_end(cuda_call *k)
+{
+    if (k->lane)
+        pthread_mutex_unlock(&k->lane->mu);
+    if (k->prev_device >= 0 && cudaSetDevice(k->prev_device) != cudaSuccess)
+        (void)cudaGetLastError();
+}
+
+/* ---- device scratch: the stream-ordered pool when the device has one ---------------- */
+
+static cudaError_t dev_alloc(cuda_ctx *c, cuda_lane *l, size_t n, void **out)
+{
+    *out = NULL;
+    if (c->pool)
+        return cudaMallocFromPoolAsync(out, n ? n : 1, c->pool, l->stream);
+    return cudaMalloc(out, n ? n : 1);
+}
+
+static void dev_free(cuda_ctx *c, cuda_lane *l, void *p)
+{
+    if (!p)
+        return;
+    cudaError_t e = c->pool ? cudaFreeAsync(p, l->stream) : cudaFree(p);
+    if (e != cudaSuccess)
+        (void)cudaGetLastError();
+}
+
+/* An allocation failure is THEUS_ENOMEM, anything else THEUS_EDEVICE. */
+static int alloc_fail(cudaError_t e, const char *what, size_t nbytes)
+{
+    if (e == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError();
+        return err_set(NULL, THEUS_ENOMEM, "CUDA: out of memory allocating %zu bytes (%s)",
+                       nbytes, what);
+    }
+    return cuda_fail(e, what, __FILE__, __LINE__);
+}
+
+/* Whether @p is host memory the GPU can reach directly (pinned or registered). */
+static int is_pinned_host(const void *p)
+{
+    struct cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return a.type == cudaMemoryTypeHost;
+}
+
+/* ---- transfers: region_transfer's folding, as descriptors for the replay kernel ------- */
+
+/* One element move: @sub of @src (laid out as @sframe) onto @dst (laid out as @dframe). */
+typedef struct transfer {
+    delta_op op;
+    theus_dtype dtype;
+    void *dst;
+    const theus_region *dframe;
+    const void *src;
+    const theus_region *sframe;
+    const theus_region *sub;
+} transfer;
+
+/* A transfer folded as region_transfer folds it: rows of @run contiguous elements over
+ * @nouter outer dimensions; strides and offsets in bytes. */
+typedef struct folded {
+    int nouter;
+    int64_t ext[THEUS_MAX_DIMS];
+    int64_t dstr[THEUS_MAX_DIMS];
+    int64_t sstr[THEUS_MAX_DIMS];
+    int64_t run;
+    int64_t doff, soff;
+    uint64_t nrows;
+    size_t es;
+} folded;
+
+/* Returns 0 when the transfer moves nothing. */
+static int fold(theus_dtype dt, const theus_region *df, const theus_region *sf,
+                const theus_region *sub, folded *x)
+{
+    memset(x, 0, sizeof *x);
+    x->es = theus_dtype_size(dt);
+    const int n = sub->ndim;
+    if (x->es == 0 || n < 0 || n > THEUS_MAX_DIMS)
+        return 0;
+    x->nrows = 1;
+    x->run = 1;
+    if (n == 0)
+        return 1;
+    int64_t ext[THEUS_MAX_DIMS], ss[THEUS_MAX_DIMS], ds[THEUS_MAX_DIMS];
+    for (int d = 0; d < n; d++) {
+        ext[d] = sub->stop[d] - sub->start[d];
+        if (ext[d] <= 0)
+            return 0;
+    }
+    int64_t s = 1, t = 1;
+    for (int d = n - 1; d >= 0; d--) {
+        ss[d] = s;
+        ds[d] = t;
+        s *= sf->stop[d] - sf->start[d];
+        t *= df->stop[d] - df->start[d];
+    }
+    int k = n - 1;
+    int64_t run = ext[k];
+    while (k > 0 && ext[k] == sf->stop[k] - sf->start[k] && ext[k] == df->stop[k] - df->start[k]) {
+        k--;
+        run *= ext[k];
+    }
+    int64_t soff = 0, doff = 0;
+    for (int d = 0; d < n; d++) {
+        soff += (sub->start[d] - sf->start[d]) * ss[d];
+        doff += (sub->start[d] - df->start[d]) * ds[d];
+    }
+    const int64_t es = (int64_t)x->es;
+    x->run = run;
+    x->soff = soff * es;
+    x->doff = doff * es;
+    x->nouter = k;
+    for (int d = 0; d < k; d++) {
+        x->ext[d] = ext[d];
+        x->dstr[d] = ds[d] * es;
+        x->sstr[d] = ss[d] * es;
+        x->nrows *= (uint64_t)ext[d];
+    }
+    return 1;
+}
+
+/* The bytes of dst from the transfer's first element to just past its last. */
+static void dst_span(const folded *x, uintptr_t dst, uint64_t *lo, uint64_t *hi)
+{
+    uint64_t last = (uint64_t)x->run * x->es;
+    for (int d = 0; d < x->nouter; d++)
+        last += (uint64_t)(x->ext[d] - 1) * (uint64_t)x->dstr[d];
+    *lo = (uint64_t)dst + (uint64_t)x->doff;
+    *hi = *lo + last;
+}
+
+/* Fill a descriptor (its dims land at @dims[@dim0...]) and count its chunks. */
+static int describe(const transfer *t, const folded *x, theus_replay_desc *d,
+                    theus_replay_dim *dims, uint32_t dim0, uint64_t *nchunks)
+{
+    memset(d, 0, sizeof *d);
+    d->dst = (uint64_t)(uintptr_t)t->dst + (uint64_t)x->doff;
+    d->src = (uint64_t)(uintptr_t)t->src + (uint64_t)x->soff;
+    d->run = (uint64_t)x->run;
+    d->nrows = x->nrows;
+    d->dims = dim0;
+    d->nouter = (uint8_t)x->nouter;
+    d->dtype = (uint8_t)t->dtype;
+    d->op = (uint8_t)t->op;
+    for (int k = 0; k < x->nouter; k++) {
+        dims[dim0 + (uint32_t)k].ext = x->ext[k];
+        dims[dim0 + (uint32_t)k].dst_stride = x->dstr[k];
+        dims[dim0 + (uint32_t)k].src_stride = x->sstr[k];
+    }
+    const uint64_t per = THEUS_REPLAY_CHUNK_BYTES / x->es;
+    if (d->run >= per) {
+        uint64_t pieces = (d->run + per - 1) / per;
+        if (pieces > UINT32_MAX)
+            return -1;
+        d->pieces = (uint32_t)pieces;
+        d->rows_per_chunk = 1;
+        *nchunks = d->nrows * pieces;
+    } else {
+        uint64_t rpc = per / d->run;
+        d->pieces = 0;
+        d->rows_per_chunk = (uint32_t)rpc;
+        *nchunks = (d->nrows + rpc - 1) / rpc;
+    }
+    return 0;
+}
+
+typedef struct span_key {
+    uint64_t lo, hi;
+    size_t i;
+} span_key;
+
+static int span_cmp(const void *a, const void *b)
+{
+    const span_key *x = a, *y = b;
+    return x->lo < y->lo ? -1 : x->lo > y->lo ? 1 : 0;
+}
+
+/* Order: a transfer whose destination overlaps an earlier transfer's must run after it
+ * (an add onto a region the same batch assigns, two adds of one element). wave[i] is one
+ * more than the largest wave of the earlier transfers it overlaps; transfers of one wave
+ * are pairwise disjoint. Byte spans sorted by start find the (usual) batch without any
+ * overlap in O(n log n); only transfers whose spans overlap another's are compared in
+ * pairs, exactly (a span is a bounding interval, strided regions can interleave).
+ * Returns the number of waves, 0 when out of memory. */
+static uint32_t assign_waves(const transfer *t, const folded *x, const size_t *live, size_t n,
+                             uint32_t *wave)
+{
+    memset(wave, 0, n * sizeof *wave);
+    if (n < 2)
+        return 1;
+    span_key *keys = theus_xmalloc(n * sizeof *keys);
+    unsigned char *marked = theus_xcalloc(n, 1);
+    if (!keys || !marked) {
+        theus_xfree(keys);
+        theus_xfree(marked);
+        return 0;
+    }
+    for (size_t j = 0; j < n; j++) {
+        dst_span(&x[j], (uintptr_t)t[live[j]].dst, &keys[j].lo, &keys[j].hi);
+        keys[j].i = j;
+    }
+    qsort(keys, n, sizeof *keys, span_cmp);
+    size_t nmarked = 0;
+    uint64_t maxhi = 0;
+    for (size_t j = 0; j < n; j++) {
+        int m = (j > 0 && keys[j].lo < maxhi) || (j + 1 < n && keys[j + 1].lo < keys[j].hi);
+        if (m) {
+            marked[keys[j].i] = 1;
+            nmarked++;
+        }
+        if (keys[j].hi > maxhi)
+            maxhi = keys[j].hi;
+    }
+    uint32_t nwaves = 1;
+    if (nmarked) {
+        /* Re-use keys as the byte spans in batch order. */
+        for (size_t j = 0; j < n; j++)
+            dst_span(&x[j], (uintptr_t)t[live[j]].dst, &keys[j].lo, &keys[j].hi);
+        for (size_t i = 0; i < n; i++) {
+            if (!marked[i])
+                continue;
+            const transfer *ti = &t[live[i]];
+            for (size_t j = 0; j < i; j++) {
+                if (!marked[j] || keys[j].hi <= keys[i].lo || keys[i].hi <= keys[j].lo)
+                    continue;
+                const transfer *tj = &t[live[j]];
+                /* Same field: the exact region test. Different bases whose spans meet
+                 * cannot happen for distinct allocations; stay safe and order them. */
+                int overlap = ti->dst != tj->dst || ti->dframe != tj->dframe ||
+                              region_overlap(ti->sub, tj->sub);
+                if (overlap && wave[j] + 1 > wave[i])
+                    wave[i] = wave[j] + 1;
+            }
+            if (wave[i] + 1 > nwaves)
+                nwaves = wave[i] + 1;
+        }
+    }
+    theus_xfree(keys);
+    theus_xfree(marked);
+    return nwaves;
+}
+
+/* Grow the lane's pinned upload area to @need bytes. */
+static int desc_reserve(cuda_lane *l, size_t need)
+{
+    if (need <= l->desc_cap)
+        return THEUS_OK;
+    size_t cap = l->desc_cap ? l->desc_cap : 4096;
+    while (cap < need)
+        cap *= 2;
+    if (l->desc_host) {
+        if (cudaFreeHost(l->desc_host) != cudaSuccess)
+            (void)cudaGetLastError();
+        l->desc_host = NULL;
+        l->desc_cap = 0;
+    }
+    void *p = NULL;
+    cudaError_t e = cudaHostAlloc(&p, cap, cudaHostAllocPortable);
+    if (e != cudaSuccess)
+        return alloc_fail(e, "pinned descriptor buffer", cap);
+    l->desc_host = p;
+    l->desc_cap = cap;
+    return THEUS_OK;
+}
+
+/* Run @n transfers (in order where they overlap) in one launch on lane @l and wait for
+ * them. Everything that can fail for want of memory fails before the launch. */
+static int run_transfers(cuda_ctx *c, cuda_lane *l, const transfer *t, size_t n)
+{
+    int rc = THEUS_OK;
+    size_t *live = theus_xmalloc(n * sizeof *live);
+    folded *x = theus_xmalloc(n * sizeof *x);
+    uint32_t *wave = theus_xmalloc(n * sizeof *wave);
+    uint64_t *chunks = theus_xmalloc(n * sizeof *chunks);
+    theus_replay_desc *descs = theus_xmalloc(n * sizeof *descs);
+    size_t *order = theus_xmalloc(n * sizeof *order);
+    uint64_t *wave_start = NULL;
+    void *dbuf = NULL;
+    if (!live || !x || !wave || !chunks || !descs || !order) {
+        rc = err_set(NULL, THEUS_ENOMEM, "CUDA replay: out of memory planning %zu transfers", n);
+        goto out;
+    }
+    size_t m = 0, ndims = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!fold(t[i].dtype, t[i].dframe, t[i].sframe, t[i].sub, &x[m]))
+            continue;
+        live[m++] = i;
+        ndims += (size_t)x[m - 1].nouter;
+    }
+    if (m == 0)
+        goto out;
+    if (ndims > UINT32_MAX) {
+        rc = err_set(NULL, THEUS_EINVAL, "CUDA replay: batch too large");
+        goto out;
+    }
+    uint32_t nwaves = assign_waves(t, x, live, m, wave);
+    if (nwaves == 0) {
+        rc = err_set(NULL, THEUS_ENOMEM, "CUDA replay: out of memory ordering %zu transfers", m);
+        goto out;
+    }
+    size_t bytes_w = (size_t)nwaves * sizeof(theus_replay_wave);
+    size_t bytes_d = m * sizeof(theus_replay_desc);
+    size_t bytes_m = ndims * sizeof(theus_replay_dim);
+    rc = desc_reserve(l, bytes_w + bytes_d + bytes_m);
+    if (rc != THEUS_OK)
+        goto out;
+    theus_replay_wave *hw = (theus_replay_wave *)(void *)l->desc_host;
+    theus_replay_desc *hd = (theus_replay_desc *)(void *)(l->desc_host + bytes_w);
+    theus_replay_dim *hm = (theus_replay_dim *)(void *)(l->desc_host + bytes_w + bytes_d);
+    uint32_t dim0 = 0;
+    for (size_t j = 0; j < m; j++) {
+        if (describe(&t[live[j]], &x[j], &descs[j], hm, dim0, &chunks[j]) != 0) {
+            rc = err_set(NULL, THEUS_EINVAL, "CUDA replay: a row is too long");
+            goto out;
+        }
+        dim0 += (uint32_t)x[j].nouter;
+    }
+    /* Stable counting sort by wave; chunks numbered globally in that order. */
+    wave_start = theus_xcalloc((size_t)nwaves + 1, sizeof *wave_start);
+    if (!wave_start) {
+        rc = err_set(NULL, THEUS_ENOMEM, "CUDA replay: out of memory");
+        goto out;
+    }
+    for (size_t j = 0; j < m; j++)
+        wave_start[wave[j] + 1]++;
+    for (uint32_t w = 0; w < nwaves; w++)
+        wave_start[w + 1] += wave_start[w];
+    for (size_t j = 0; j < m; j++)
+        order[wave_start[wave[j]]++] = j;
+    uint64_t chunk = 0, max_wave_chunks = 0;
+    size_t pos = 0;
+    for (uint32_t w = 0; w < nwaves; w++) {
+        hw[w].desc_begin = pos;
+        hw[w].chunk_begin = chunk;
+        while (pos < m && wave[order[pos]] == w) {
+            hd[pos] = descs[order[pos]];
+            hd[pos].first_chunk = chunk;
+            chunk += chunks[order[pos]];
+            pos++;
+        }
+        hw[w].desc_end = pos;
+        hw[w].chunk_end = chunk;
+        if (hw[w].chunk_end - hw[w].chunk_begin > max_wave_chunks)
+            max_wave_chunks = hw[w].chunk_end - hw[w].chunk_begin;
+    }
+    const size_t total = bytes_w + bytes_d + bytes_m;
+    cudaError_t e = dev_alloc(c, l, total, &dbuf);
+    if (e != cudaSuccess) {
+        rc = alloc_fail(e, "replay descriptors", total);
+        goto out;
+    }
+    CHECK_CUDA_GOTO(cudaMemcpyAsync(dbuf, l->desc_host, total, cudaMemcpyHostToDevice, l->stream),
+                    rc, out);
+    const unsigned char *db = dbuf;
+    CHECK_CUDA_GOTO(theus_replay_launch((const theus_replay_wave *)(const void *)db, nwaves,
+                                        (const theus_replay_desc *)(const void *)(db + bytes_w),
+                                        (const theus_replay_dim *)(const void *)(db + bytes_w + bytes_d),
+                                        max_wave_chunks, c->max_blocks, c->cooperative, l->stream),
+                    rc, out);
+    CHECK_CUDA_GOTO(cudaEventRecord(l->done, l->stream), rc, out);
+    CHECK_CUDA_GOTO(cudaEventSynchronize(l->done), rc, out);
+out:
+    if (dbuf) {
+        dev_free(c, l, dbuf);
+        /* The upload area is reused by the next call: never leave a copy out of it
+         * running (on success the event above already covered it). */
+        if (rc != THEUS_OK && cudaStreamSynchronize(l->stream) != cudaSuccess)
+            (void)cudaGetLastError();
+    }
+    theus_xfree(wave_start);
+    theus_xfree(order);
+    theus_xfree(descs);
+    theus_xfree(chunks);
+    theus_xfree(wave);
+    theus_xfree(x);
+    theus_xfree(live);
+    return rc;
+}
+
+/* ---- copies ------------------------------------------------------------------------- */
+
+/* Copy @sub of @src (laid out as @sframe) into @dst, a buffer laid out as @sub in host or
+ * device memory; the lane's stream is synchronized before returning. */
+static int copy_out(cuda_ctx *c, cuda_lane *l, theus_dtype dt, void *dst, theus_mem dst_mem,
+                    const void *src, const theus_region *sframe, const theus_region *sub)
+{
+    folded x;
+    if (!fold(dt, sub, sframe, sub, &x))
+        return THEUS_OK;
+    const size_t width = (size_t)x.run * x.es;
+    const unsigned char *s = (const unsigned char *)src + x.soff;
+    unsigned char *d = (unsigned char *)dst + x.doff;
+    if (dst_mem == THEUS_MEM_HOST && is_pinned_host(src)) {
+        /* A pinned field: every replay has finished, the CPU reads it directly. */
+        region_transfer(dt, DELTA_ASSIGN, dst, sub, src, sframe, sub);
+        return THEUS_OK;
+    }
+    if (x.nouter == 0) {
+        CHECK_CUDA(cudaMemcpyAsync(d, s, width, cudaMemcpyDefault, l->stream));
+    } else if (x.nouter == 1 && width >= COPY2D_MIN_WIDTH && (size_t)x.sstr[0] <= c->max_pitch &&
+               (size_t)x.dstr[0] <= c->max_pitch) {
+        CHECK_CUDA(cudaMemcpy2DAsync(d, (size_t)x.dstr[0], s, (size_t)x.sstr[0], width,
+                                     (size_t)x.ext[0], cudaMemcpyDefault, l->stream));
+    } else if (dst_mem == THEUS_MEM_DEVICE) {
+        transfer t = {DELTA_ASSIGN, dt, dst, sub, src, sframe, sub};
+        return run_transfers(c, l, &t, 1);
+    } else {
+        /* Gather into device scratch laid out as @sub, then one contiguous copy. */
+        const size_t nbytes = region_nelems(sub) * x.es;
+        void *scratch = NULL;
+        cudaError_t e = dev_alloc(c, l, nbytes, &scratch);
+        if (e != cudaSuccess)
+            return alloc_fail(e, "read scratch", nbytes);
+        transfer t = {DELTA_ASSIGN, dt, scratch, sub, src, sframe, sub};
+        int rc = run_transfers(c, l, &t, 1);
+        if (rc == THEUS_OK) {
+            e = cudaMemcpyAsync(dst, scratch, nbytes, cudaMemcpyDeviceToHost, l->stream);
+            if (e != cudaSuccess)
+                rc = cuda_fail(e, "cudaMemcpyAsync(read scratch)", __FILE__, __LINE__);
+        }
+        dev_free(c, l, scratch);
+        if (rc != THEUS_OK) {
+            if (cudaStreamSynchronize(l->stream) != cudaSuccess)
+                (void)cudaGetLastError();
+            return rc;
+        }
+    }
+    CHECK_CUDA(cudaStreamSynchronize(l->stream));
+    return THEUS_OK;
+}
+
+/* Host memory to device memory through the lane's pinned bounce halves. Asynchronous: the
+ * caller synchronizes the stream. */
+static int h2d_bounce(cuda_lane *l, void *dst, const void *src, size_t n)
+{
+    if (!l->bounce) {
+        void *p = NULL;
+        if (cudaHostAlloc(&p, 2 * BOUNCE_HALF, cudaHostAllocPortable) != cudaSuccess) {
+            /* No pinned memory to spare: the driver stages pageable copies itself. */
+            (void)cudaGetLastError();
+            CHECK_CUDA(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, l->stream));
+            return THEUS_OK;
+        }
+        l->bounce = p;
+    }
+    int used[2] = {0, 0};
+    int h = 0;
+    for (size_t off = 0; off < n; h ^= 1) {
+        size_t len = n - off < BOUNCE_HALF ? n - off : BOUNCE_HALF;
+        unsigned char *b = l->bounce + (size_t)h * BOUNCE_HALF;
+        if (used[h])
+            CHECK_CUDA(cudaEventSynchronize(l->bounce_ev[h]));
+        memcpy(b, (const unsigned char *)src + off, len);
+        CHECK_CUDA(cudaMemcpyAsync((unsigned char *)dst + off, b, len, cudaMemcpyHostToDevice,
+                                   l->stream));
+        CHECK_CUDA(cudaEventRecord(l->bounce_ev[h], l->stream));
+        used[h] = 1;
+        off += len;
+    }
+    return THEUS_OK;
+}
+
+/* ---- the interface ------------------------------------------------------------------ */
+
+static int cuda_alloc(void *ctx, theus_placement pl, size_t nbytes, void **out)
+{
+    cuda_ctx *c = ctx;
+    cuda_call k;
+    if (pl != THEUS_PLACEMENT_DEVICE && pl != THEUS_PLACEMENT_PINNED)
+        return err_set(NULL, THEUS_EINVAL, "CUDA backend: placement %d is not a GPU placement",
+                       (int)pl);
+    int rc = call_begin(c, &k);
+    if (rc != THEUS_OK)
+        return rc;
+    const size_t n = nbytes ? nbytes : 1;
+    void *p = NULL;
+    cudaError_t e;
+    if (pl == THEUS_PLACEMENT_PINNED) {
+        e = cudaHostAlloc(&p, n, cudaHostAllocMapped | cudaHostAllocPortable);
+        if (e != cudaSuccess) {
+            rc = alloc_fail(e, "cudaHostAlloc(pinned field)", n);
+            goto out;
+        }
+        /* Kernels use the host address itself (unified addressing); check that they can. */
+        void *dp = NULL;
+        e = cudaHostGetDevicePointer(&dp, p, 0);
+        if (e != cudaSuccess || dp != p) {
+            rc = e != cudaSuccess ? cuda_fail(e, "cudaHostGetDevicePointer", __FILE__, __LINE__)
+                                  : err_set(NULL, THEUS_EDEVICE,
+                                            "CUDA: pinned memory has a different device address");
+            if (cudaFreeHost(p) != cudaSuccess)
+                (void)cudaGetLastError();
+            goto out;
+        }
+        memset(p, 0, n);
+    } else {
+        e = cudaMalloc(&p, n);
+        if (e != cudaSuccess) {
+            rc = alloc_fail(e, "cudaMalloc(device field)", n);
+            goto out;
+        }
+        e = cudaMemsetAsync(p, 0, n, k.lane->stream);
+        if (e == cudaSuccess)
+            e = cudaStreamSynchronize(k.lane->stream);
+        if (e != cudaSuccess) {
+            rc = cuda_fail(e, "zeroing a device field", __FILE__, __LINE__);
+            if (cudaFree(p) != cudaSuccess)
+                (void)cudaGetLastError();
+            goto out;
+        }
+    }
+    *out = p;
+out:
+    call_end(&k);
+    return rc;
+}
+
+static void cuda_free(void *ctx, theus_placement pl, void *p)
+{
+    cuda_ctx *c = ctx;
+    cuda_call k;
+    if (!p)
+        return;
+    int guarded = call_begin(c, &k) == THEUS_OK;
+    cudaError_t e = pl == THEUS_PLACEMENT_PINNED ? cudaFreeHost(p) : cudaFree(p);
+    if (e != cudaSuccess)
+        (void)cudaGetLastError();
+    if (guarded)
+        call_end(&k);
+}
+
+static int cuda_read(void *ctx, const void *base, const theus_region *frame, theus_dtype dt,
+                     const theus_region *sub, void *dst, theus_mem dst_mem)
+{
+    cuda_ctx *c = ctx;
+    cuda_call k;
+    if (dst_mem != THEUS_MEM_HOST && dst_mem != THEUS_MEM_DEVICE)
+        return THEUS_EINVAL;
+    int rc = call_begin(c, &k);
+    if (rc != THEUS_OK)
+        return rc;
+    rc = copy_out(c, k.lane, dt, dst, dst_mem, base, frame, sub);
+    call_end(&k);
+    return rc;
+}
+
+static int cuda_overlay(void *ctx, theus_dtype dt, delta_op op, void *dst,
+                        const theus_region *dframe, theus_mem dst_mem, const void *payload,
+                        const theus_region *pframe, const theus_region *sub)
+{
+    cuda_ctx *c = ctx;
+    cuda_call k;
+    if (dst_mem != THEUS_MEM_HOST && dst_mem != THEUS_MEM_DEVICE)
+        return THEUS_EINVAL;
+    const size_t n = region_nelems(sub);
+    if (n == 0)
+        return THEUS_OK;
+    int rc = call_begin(c, &k);
+    if (rc != THEUS_OK)
+        return rc;
+    if (dst_mem == THEUS_MEM_DEVICE) {
+        transfer t = {op, dt, dst, dframe, payload, pframe, sub};
+        rc = run_transfers(c, k.lane, &t, 1);
+    } else {
+        /* Bring the payload's part over, then the CPU's own overlay: the host buffer may
+         * be pageable memory no kernel can write. */
+        void *tmp = theus_xmalloc(n * theus_dtype_size(dt));
+        if (!tmp) {
+            rc = err_set(NULL, THEUS_ENOMEM, "CUDA overlay: out of memory");
+        } else {
+            rc = copy_out(c, k.lane, dt, tmp, THEUS_MEM_HOST, payload, pframe, sub);
+            if (rc == THEUS_OK)
+                region_transfer(dt, op, dst, dframe, tmp, sub, sub);
+            theus_xfree(tmp);
+        }
+    }
+    call_end(&k);
+    return rc;
+}
+
+static int cuda_stage(void *ctx, const void *src, theus_mem src_mem, size_t nbytes, void **out)
+{
+    cuda_ctx *c = ctx;
+    cuda_call k;
+    if (src_mem != THEUS_MEM_HOST && src_mem != THEUS_MEM_DEVICE)
+        return THEUS_EINVAL;
+    int rc = call_begin(c, &k);
+    if (rc != THEUS_OK)
+        return rc;
+    cuda_lane *l = k.lane;
+    void *p = NULL;
+    if (!src) {
+        /* A buffer the caller fills in place (theus_tx_stage_buffer). This entry is not told
+         * the field's placement, and the core hands the buffer out as device memory for a
+         * device field but as host memory for a pinned one: mapped pinned memory is right
+         * for both (host code writes it, kernels write it through unified addressing). */
+        cudaError_t e = cudaHostAlloc(&p, nbytes ? nbytes : 1,
+                                      cudaHostAllocMapped | cudaHostAllocPortable);
+        if (e != cudaSuccess) {
+            rc = alloc_fail(e, "cudaHostAlloc(staging buffer)", nbytes);
+        } else {
+            memset(p, 0, nbytes ? nbytes : 1);
+            *out = p;
+        }
+        call_end(&k);
+        return rc;
+    }
+    cudaError_t e = dev_alloc(c, l, nbytes, &p);
+    if (e != cudaSuccess) {
+        p = NULL;
+        rc = alloc_fail(e, "staging buffer", nbytes);
+        goto out;
+    }
+    if (nbytes) {
+        if (src_mem == THEUS_MEM_DEVICE || is_pinned_host(src))
+            CHECK_CUDA_GOTO(cudaMemcpyAsync(p, src, nbytes, cudaMemcpyDefault, l->stream), rc, out);
+        else if ((rc = h2d_bounce(l, p, src, nbytes)) != THEUS_OK)
+            goto out;
+    }
+    CHECK_CUDA_GOTO(cudaStreamSynchronize(l->stream), rc, out);
+    *out = p;
+    p = NULL;
+out:
+    if (p) {
+        dev_free(c, l, p);
+        if (cudaStreamSynchronize(l->stream) != cudaSuccess)
+            (void)cudaGetLastError();
+    }
+    call_end(&k);
+    return rc;
+}
+
+static void cuda_unstage(void *ctx, void *staged)
+{
+    cuda_ctx *c = ctx;
+    cuda_call k;
+    if (!staged)
+        return;
+    if (call_begin(c, &k) != THEUS_OK) {
+        /* Cannot reach the device: leaking the buffer beats freeing it wrongly. */
+        return;
+    }
+    /* Whoever read the payload (replay, overlay, check) waited for it: free in stream order
+     * (pinned host memory: a caller-filled buffer from cuda_stage). */
+    if (is_pinned_host(staged)) {
+        if (cudaFreeHost(staged) != cudaSuccess)
+            (void)cudaGetLastError();
+    } else {
+        dev_free(c, k.lane, staged);
+    }
+    call_end(&k);
+}
+
+static int cuda_replay(void *ctx, const replay_op *ops, size_t n)
+{
+    cuda_ctx *c = ctx;
+    cuda_call k;
+    if (n == 0)
+        return THEUS_OK;
+    transfer *t = theus_xmalloc(n * sizeof *t);
+    if (!t)
+        return err_set(NULL, THEUS_ENOMEM, "CUDA replay: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        t[i].op = ops[i].op;
+        t[i].dtype = ops[i].dtype;
+        t[i].dst = ops[i].base;
+        t[i].dframe = ops[i].frame;
+        t[i].src = ops[i].payload;
+        t[i].sframe = &ops[i].sub;
+        t[i].sub = &ops[i].sub;
+    }
+    int rc = call_begin(c, &k);
+    if (rc == THEUS_OK) {
+        rc = run_transfers(c, k.lane, t, n);
+        call_end(&k);
+    }
+    theus_xfree(t);
+    return rc;
+}
+
+/* Integer bounds as exact integer ranges: the same rules as src/dtype.c (ceil of min,
+ * floor of max, clamped to the type; a NaN bound or an empty range fails everything). */
+#define TWO63 9223372036854775808.0
+#define TWO64 18446744073709551616.0
+
+static int signed_range(const theus_constraints *c, int64_t *lo, int64_t *hi)
+{
+    *lo = INT64_MIN;
+    *hi = INT64_MAX;
+    if (c->has_min) {
+        if (isnan(c->min) || c->min >= TWO63)
+            return 0;
+        if (c->min > -TWO63)
+            *lo = (int64_t)ceil(c->min);
+    }
+    if (c->has_max) {
+        if (isnan(c->max) || c->max < -TWO63)
+            return 0;
+        if (c->max < TWO63)
+            *hi = (int64_t)floor(c->max);
+    }
+    return *lo <= *hi;
+}
+
+static int unsigned_range(const theus_constraints *c, uint64_t *lo, uint64_t *hi)
+{
+    *lo = 0;
+    *hi = UINT64_MAX;
+    if (c->has_min) {
+        if (isnan(c->min) || c->min >= TWO64)
+            return 0;
+        if (c->min > 0)
+            *lo = (uint64_t)ceil(c->min);
+    }
+    if (c->has_max) {
+        if (isnan(c->max) || c->max < 0)
+            return 0;
+        if (c->max < TWO64)
+            *hi = (uint64_t)floor(c->max);
+    }
+    return *lo <= *hi;
+}
+
+static int is_signed_int(theus_dtype dt)
+{
+    return dt == THEUS_DTYPE_I8 || dt == THEUS_DTYPE_I16 || dt == THEUS_DTYPE_I32 ||
+           dt == THEUS_DTYPE_I64;
+}
+
+static int cuda_check(void *ctx, theus_dtype dt, const void *staged, size_t n,
+                      const theus_constraints *cons, size_t *bad_index)
+{
+    cuda_ctx *c = ctx;
+    cuda_call k;
+    *bad_index = SIZE_MAX;
+    /* The cases dtype_check settles without looking at an element. */
+    if (n == 0)
+        return THEUS_OK;
+    if (theus_dtype_size(dt) == 0 || !staged) {
+        *bad_index = 0;
+        return THEUS_OK;
+    }
+    if (!cons || (!cons->finite && !cons->has_min && !cons->has_max))
+        return THEUS_OK;
+    theus_check_params p;
+    memset(&p, 0, sizeof p);
+    if (dtype_is_float(dt)) {
+        p.kind = THEUS_CHECK_FLOAT;
+        p.finite = cons->finite;
+        p.has_min = cons->has_min;
+        p.has_max = cons->has_max;
+        p.min = cons->min;
+        p.max = cons->max;
+    } else if (!cons->has_min && !cons->has_max) {
+        return THEUS_OK;
+    } else if (is_signed_int(dt)) {
+        p.kind = THEUS_CHECK_SIGNED;
+        if (!signed_range(cons, &p.lo, &p.hi)) {
+            *bad_index = 0;
+            return THEUS_OK;
+        }
+    } else {
+        p.kind = THEUS_CHECK_UNSIGNED;
+        if (!unsigned_range(cons, &p.ulo, &p.uhi)) {
+            *bad_index = 0;
+            return THEUS_OK;
+        }
+    }
+    int rc = call_begin(c, &k);
+    if (rc != THEUS_OK)
+        return rc;
+    cuda_lane *l = k.lane;
+    if (!l->d_first) {
+        void *dp = NULL, *hp = NULL;
+        cudaError_t e = cudaMalloc(&dp, sizeof *l->d_first);
+        if (e == cudaSuccess) {
+            e = cudaHostAlloc(&hp, sizeof *l->h_first, cudaHostAllocPortable);
+            if (e != cudaSuccess && cudaFree(dp) != cudaSuccess)
+                (void)cudaGetLastError();
+        }
+        if (e != cudaSuccess) {
+            rc = alloc_fail(e, "constraint check result", sizeof *l->d_first);
+            goto out;
+        }
+        l->d_first = dp;
+        l->h_first = hp;
+    }
+    CHECK_CUDA_GOTO(theus_check_launch((int)dt, staged, (uint64_t)n, &p, l->d_first,
+                                       c->check_blocks, l->stream), rc, out);
+    CHECK_CUDA_GOTO(cudaMemcpyAsync(l->h_first, l->d_first, sizeof *l->h_first,
+                                    cudaMemcpyDeviceToHost, l->stream), rc, out);
+    CHECK_CUDA_GOTO(cudaStreamSynchronize(l->stream), rc, out);
+    *bad_index = *l->h_first >= (unsigned long long)n ? SIZE_MAX : (size_t)*l->h_first;
+out:
+    call_end(&k);
+    return rc;
+}
+
+static int cuda_sync(void *ctx)
+{
+    cuda_ctx *c = ctx;
+    int prev = -1, rc = THEUS_OK;
+    if (cudaGetDevice(&prev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        prev = -1;
+    }
+    if (prev != c->device)
+        CHECK_CUDA(cudaSetDevice(c->device));
+    for (int i = 0; i < c->nlanes; i++) {
+        cuda_lane *l = &c->lanes[i];
+        pthread_mutex_lock(&l->mu);
+        cudaError_t e = cudaStreamSynchronize(l->stream);
+        pthread_mutex_unlock(&l->mu);
+        if (e != cudaSuccess && rc == THEUS_OK)
+            rc = cuda_fail(e, "cudaStreamSynchronize", __FILE__, __LINE__);
+    }
+    if (prev >= 0 && prev != c->device && cudaSetDevice(prev) != cudaSuccess)
+        (void)cudaGetLastError();
+    return rc;
+}
+
+static void lane_destroy(cuda_lane *l)
+{
+    if (l->stream && cudaStreamSynchronize(l->stream) != cudaSuccess)
+        (void)cudaGetLastError();
+    if (l->d_first)
+        (void)cudaFree(l->d_first);
+    if (l->h_first)
+        (void)cudaFreeHost(l->h_first);
+    if (l->desc_host)
+        (void)cudaFreeHost(l->desc_host);
+    if (l->bounce)
+        (void)cudaFreeHost(l->bounce);
+    for (int h = 0; h < 2; h++)
+        if (l->bounce_ev[h])
+            (void)cudaEventDestroy(l->bounce_ev[h]);
+    if (l->done)
+        (void)cudaEventDestroy(l->done);
+    if (l->stream)
+        (void)cudaStreamDestroy(l->stream);
+    (void)cudaGetLastError();
+    pthread_mutex_destroy(&l->mu);
+    memset(l, 0, sizeof *l);
+}
+
+/* Release the backend's own resources (field memory belongs to the states). Process
+ * exit does not need it; the core keeps the singleton for the life of the process. */
+static void cuda_destroy(void *ctx)
+{
+    cuda_ctx *c = ctx;
+    int prev = -1;
+    if (cudaGetDevice(&prev) != cudaSuccess)
+        prev = -1;
+    if (cudaSetDevice(c->device) != cudaSuccess)
+        (void)cudaGetLastError();
+    for (int i = 0; i < c->nlanes; i++)
+        lane_destroy(&c->lanes[i]);
+    c->nlanes = 0;
+    if (c->pool) {
+        (void)cudaMemPoolDestroy(c->pool);
+        c->pool = NULL;
+    }
+    if (prev >= 0)
+        (void)cudaSetDevice(prev);
+    (void)cudaGetLastError();
+}
+
+static int cuda_device_id(void *ctx)
+{
+    return ((const cuda_ctx *)ctx)->device;
+}
+
+static const theus_backend_iface cuda_iface = {
+    .name = "cuda",
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .read = cuda_read,
+    .overlay = cuda_overlay,
+    .stage = cuda_stage,
+    .unstage = cuda_unstage,
+    .replay = cuda_replay,
+    .check = cuda_check,
+    .sync = cuda_sync,
+    .destroy = cuda_destroy,
+    .device_id = cuda_device_id,
+};
+
+/* ---- discovery ---------------------------------------------------------------------- */
+
+static int gpu_disabled_by_env(void)
+{
+    const char *v = getenv("THEUS_DISABLE_GPU");
+    return v && v[0] && strcmp(v, "0") != 0;
+}
+
+static int attr(enum cudaDeviceAttr a, int dev, int *out)
+{
+    *out = 0;
+    if (cudaDeviceGetAttribute(out, a, dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return -1;
+    }
+    return 0;
+}
+
+static int lane_init(cuda_lane *l)
+{
+    memset(l, 0, sizeof *l);
+    if (pthread_mutex_init(&l->mu, NULL) != 0)
+        return -1;
+    if (cudaStreamCreateWithFlags(&l->stream, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaEventCreateWithFlags(&l->done, cudaEventDisableTiming) != cudaSuccess ||
+        cudaEventCreateWithFlags(&l->bounce_ev[0], cudaEventDisableTiming) != cudaSuccess ||
+        cudaEventCreateWithFlags(&l->bounce_ev[1], cudaEventDisableTiming) != cudaSuccess) {
+        (void)cudaGetLastError();
+        lane_destroy(l);
+        return -1;
+    }
+    return 0;
+}
+
+static void cuda_init_once(void)
+{
+    if (gpu_disabled_by_env())
+        return;
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count <= 0) {
+        (void)cudaGetLastError();
+        return;
+    }
+    cuda_ctx *c = &g_ctx;
+    memset(c, 0, sizeof *c);
+    /* The device current on the first thread that asks (0 unless it chose another). */
+    if (cudaGetDevice(&c->device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        c->device = 0;
+    }
+    int uva = 0, mode = 0, sms = 0, coop = 0, pools = 0, pitch = 0;
+    if (attr(cudaDevAttrUnifiedAddressing, c->device, &uva) || !uva ||
+        attr(cudaDevAttrComputeMode, c->device, &mode) || mode == cudaComputeModeProhibited ||
+        attr(cudaDevAttrMultiProcessorCount, c->device, &sms) || sms <= 0)
+        return;
+    attr(cudaDevAttrCooperativeLaunch, c->device, &coop);
+    attr(cudaDevAttrMemoryPoolsSupported, c->device, &pools);
+    attr(cudaDevAttrMaxPitch, c->device, &pitch);
+    c->cooperative = coop;
+    c->max_pitch = pitch > 0 ? (size_t)pitch : 0;
+    c->check_blocks = sms * 8;
+    /* The kernels must have an image for this device (built for CMAKE_CUDA_ARCHITECTURES):
+     * find out now and fall back to host memory instead of failing every commit. */
+    if (theus_replay_probe(&c->max_blocks) != cudaSuccess || theus_check_probe() != cudaSuccess) {
+        (void)cudaGetLastError();
+        return;
+    }
+    if (pools) {
+        struct cudaMemPoolProps props;
+        memset(&props, 0, sizeof props);
+        props.allocType = cudaMemAllocationTypePinned;
+        props.handleTypes = cudaMemHandleTypeNone;
+        props.location.type = cudaMemLocationTypeDevice;
+        props.location.id = c->device;
+        if (cudaMemPoolCreate(&c->pool, &props) == cudaSuccess) {
+            uint64_t keep = POOL_KEEP_BYTES;
+            if (cudaMemPoolSetAttribute(c->pool, cudaMemPoolAttrReleaseThreshold, &keep) !=
+                cudaSuccess)
+                (void)cudaGetLastError();
+        } else {
+            (void)cudaGetLastError();
+            c->pool = NULL;
+        }
+    }
+    for (int i = 0; i < CUDA_LANES; i++) {
+        if (lane_init(&c->lanes[i]) != 0) {
+            cuda_destroy(c);
+            return;
+        }
+        c->nlanes = i + 1;
+    }
+    atomic_init(&c->next_lane, 0u);
+    g_backend.iface = &cuda_iface;
+    g_backend.ctx = c;
+    g_ready = &g_backend;
+}
+
+const theus_backend *backend_cuda(void)
+{
+    pthread_once(&g_once, cuda_init_once);
+    return g_ready;
+}

@@ -1,0 +1,254 @@
+/* The replay kernel family: apply a whole commit batch (copies and adds of strided
+ * sub-regions, every dtype) in one launch. Also serves the backend's gathers (reads of a
+ * sub-region into a contiguous buffer) and device-side read-your-writes overlays.
+ *
+ * Build: compiled by CMake into libtheus when the CUDA backend is on
+ *   cmake -S . -B build -DTHEUS_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build build
+ * or alone, as a syntax and warning check:
+ *   nvcc -std=c++17 -arch=sm_90 -Xcompiler -Wall,-Wextra -Iinclude -Isrc -c kernels/replay.cu
+ *
+ * Versions:
+ *   v1 (this file) — the host cuts every transfer into chunks of at most
+ *      THEUS_REPLAY_CHUNK_BYTES (long rows split into pieces, short rows grouped, so one
+ *      launch handles a million one-element rows or a few gigabyte-sized runs alike) and
+ *      numbers them by a prefix sum; each warp takes a chunk at a time and finds its
+ *      transfer by binary search. Rows copy/add with 16-byte vectors when both addresses
+ *      are 16-byte aligned (the tail and unaligned rows element by element). Transfers that
+ *      overlap an earlier one of the batch go to a later wave; waves are separated by a
+ *      grid-wide barrier (cooperative launch).
+ *   Validated against the CPU backend by tests/test_cuda_parity.c (byte-identical fields).
+ *   Timed only roughly (docs/gpu.md): theus-bench has no GPU mode yet. */
+#include "replay.cuh"
+#include "common.cuh"
+
+#include <cooperative_groups.h>
+
+namespace cg = cooperative_groups;
+using namespace theus_kernels;
+
+namespace {
+
+constexpr int OP_ASSIGN = 0;
+constexpr int OP_ADD = 1;
+
+__device__ __forceinline__ unsigned dtype_bytes(unsigned dt)
+{
+    switch (dt) {
+    case THEUS_DTYPE_BOOL: case THEUS_DTYPE_U8: case THEUS_DTYPE_I8: return 1;
+    case THEUS_DTYPE_U16: case THEUS_DTYPE_I16: case THEUS_DTYPE_F16: case THEUS_DTYPE_BF16:
+        return 2;
+    case THEUS_DTYPE_U32: case THEUS_DTYPE_I32: case THEUS_DTYPE_F32: return 4;
+    case THEUS_DTYPE_U64: case THEUS_DTYPE_I64: case THEUS_DTYPE_F64: return 8;
+    default: return 0;
+    }
+}
+
+/* Byte offsets of row @row in dst and src (C order over the outer dimensions). */
+__device__ __forceinline__ void row_offsets(const theus_replay_desc &d,
+                                            const theus_replay_dim *dims, uint64_t row,
+                                            int64_t &doff, int64_t &soff)
+{
+    doff = 0;
+    soff = 0;
+    if (d.nouter == 0)
+        return;
+    const theus_replay_dim *dd = dims + d.dims;
+    for (int k = (int)d.nouter - 1; k > 0; k--) {
+        const uint64_t ext = (uint64_t)dd[k].ext;
+        const uint64_t i = row % ext;
+        row /= ext;
+        doff += (int64_t)i * dd[k].dst_stride;
+        soff += (int64_t)i * dd[k].src_stride;
+    }
+    doff += (int64_t)row * dd[0].dst_stride;
+    soff += (int64_t)row * dd[0].src_stride;
+}
+
+template <int DT, int OP>
+__device__ __forceinline__ void apply(unsigned char *d, const unsigned char *s)
+{
+    typedef typename elem<DT>::T T;
+    T b = load_elem<T>(s);
+    if (OP == OP_ADD)
+        b = elem<DT>::add(load_elem<T>(d), b);
+    store_elem<T>(d, b);
+}
+
+/* One warp moves @n contiguous elements. */
+template <int DT, int OP>
+__device__ __forceinline__ void span(unsigned char *d, const unsigned char *s, uint64_t n,
+                                     int lane)
+{
+    typedef typename elem<DT>::T T;
+    constexpr uint64_t S = sizeof(T);
+    uint64_t done = 0;
+    if ((((uintptr_t)d | (uintptr_t)s) & 15u) == 0) {
+        const uint64_t nv = (n * S) >> 4;
+        uint4 *dv = reinterpret_cast<uint4 *>(d);
+        const uint4 *sv = reinterpret_cast<const uint4 *>(s);
+        for (uint64_t i = (uint64_t)lane; i < nv; i += WARP) {
+            uint4 b = sv[i];
+            if (OP == OP_ADD)
+                b = add16<DT>(dv[i], b);
+            dv[i] = b;
+        }
+        done = (nv << 4) / S;
+    }
+    for (uint64_t i = done + (uint64_t)lane; i < n; i += WARP)
+        apply<DT, OP>(d + i * S, s + i * S);
+}
+
+/* One warp handles chunk @c (relative to the transfer) of transfer @d. */
+template <int DT, int OP>
+__device__ void run_chunk(const theus_replay_desc &d, const theus_replay_dim *dims, uint64_t c,
+                          int lane)
+{
+    typedef typename elem<DT>::T T;
+    constexpr uint64_t S = sizeof(T);
+    unsigned char *dst = reinterpret_cast<unsigned char *>(d.dst);
+    const unsigned char *src = reinterpret_cast<const unsigned char *>(d.src);
+    int64_t doff, soff;
+    if (d.pieces) {
+        const uint64_t per = THEUS_REPLAY_CHUNK_BYTES / S;
+        const uint64_t row = c / d.pieces;
+        const uint64_t col = (c % d.pieces) * per;
+        const uint64_t n = d.run - col < per ? d.run - col : per;
+        row_offsets(d, dims, row, doff, soff);
+        span<DT, OP>(dst + doff + col * S, src + soff + col * S, n, lane);
+        return;
+    }
+    const uint64_t r0 = c * d.rows_per_chunk;
+    const uint64_t nr = d.nrows - r0 < d.rows_per_chunk ? d.nrows - r0 : d.rows_per_chunk;
+    if (d.run >= (uint64_t)WARP) {
+        for (uint64_t r = 0; r < nr; r++) {
+            row_offsets(d, dims, r0 + r, doff, soff);
+            span<DT, OP>(dst + doff, src + soff, d.run, lane);
+        }
+        return;
+    }
+    /* Short rows: the lanes spread over rows and columns together. nr * run is at most a
+     * chunk's elements, so 32-bit arithmetic is enough. */
+    const uint32_t run = (uint32_t)d.run;
+    const uint32_t total = (uint32_t)nr * run;
+    for (uint32_t t = (uint32_t)lane; t < total; t += WARP) {
+        const uint32_t r = t / run;
+        const uint32_t col = t - r * run;
+        row_offsets(d, dims, r0 + r, doff, soff);
+        apply<DT, OP>(dst + doff + (uint64_t)col * S, src + soff + (uint64_t)col * S);
+    }
+}
+
+__device__ void run_desc_chunk(const theus_replay_desc &d, const theus_replay_dim *dims,
+                               uint64_t c, int lane)
+{
+    if (d.op == OP_ASSIGN) {
+        /* A copy only cares about the element width. */
+        switch (dtype_bytes(d.dtype)) {
+        case 1: run_chunk<THEUS_DTYPE_U8, OP_ASSIGN>(d, dims, c, lane); break;
+        case 2: run_chunk<THEUS_DTYPE_U16, OP_ASSIGN>(d, dims, c, lane); break;
+        case 4: run_chunk<THEUS_DTYPE_U32, OP_ASSIGN>(d, dims, c, lane); break;
+        case 8: run_chunk<THEUS_DTYPE_U64, OP_ASSIGN>(d, dims, c, lane); break;
+        default: break;
+        }
+        return;
+    }
+    switch (d.dtype) {
+    case THEUS_DTYPE_BOOL: run_chunk<THEUS_DTYPE_BOOL, OP_ADD>(d, dims, c, lane); break;
+    case THEUS_DTYPE_U8: run_chunk<THEUS_DTYPE_U8, OP_ADD>(d, dims, c, lane); break;
+    case THEUS_DTYPE_I8: run_chunk<THEUS_DTYPE_I8, OP_ADD>(d, dims, c, lane); break;
+    case THEUS_DTYPE_U16: run_chunk<THEUS_DTYPE_U16, OP_ADD>(d, dims, c, lane); break;
+    case THEUS_DTYPE_I16: run_chunk<THEUS_DTYPE_I16, OP_ADD>(d, dims, c, lane); break;
+    case THEUS_DTYPE_U32: run_chunk<THEUS_DTYPE_U32, OP_ADD>(d, dims, c, lane); break;
+    case THEUS_DTYPE_I32: run_chunk<THEUS_DTYPE_I32, OP_ADD>(d, dims, c, lane); break;
+    case THEUS_DTYPE_U64: run_chunk<THEUS_DTYPE_U64, OP_ADD>(d, dims, c, lane); break;
+    case THEUS_DTYPE_I64: run_chunk<THEUS_DTYPE_I64, OP_ADD>(d, dims, c, lane); break;
+    case THEUS_DTYPE_F16: run_chunk<THEUS_DTYPE_F16, OP_ADD>(d, dims, c, lane); break;
+    case THEUS_DTYPE_BF16: run_chunk<THEUS_DTYPE_BF16, OP_ADD>(d, dims, c, lane); break;
+    case THEUS_DTYPE_F32: run_chunk<THEUS_DTYPE_F32, OP_ADD>(d, dims, c, lane); break;
+    case THEUS_DTYPE_F64: run_chunk<THEUS_DTYPE_F64, OP_ADD>(d, dims, c, lane); break;
+    default: break;
+    }
+}
+
+/* Warp-per-chunk over each wave; a wave waits for the one before at a grid barrier, which
+ * is only reached when the launch is cooperative (nwaves > 1 is launched that way). */
+static __global__ void __launch_bounds__(THEUS_REPLAY_BLOCK)
+    replay_kernel(const theus_replay_wave *waves, uint32_t nwaves,
+                  const theus_replay_desc *descs, const theus_replay_dim *dims)
+{
+    const int lane = (int)(threadIdx.x & (WARP - 1));
+    const uint64_t warp = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) / WARP;
+    const uint64_t nwarps = ((uint64_t)gridDim.x * blockDim.x) / WARP;
+    for (uint32_t w = 0; w < nwaves; w++) {
+        const theus_replay_wave wv = waves[w];
+        for (uint64_t c = wv.chunk_begin + warp; c < wv.chunk_end; c += nwarps) {
+            /* Last transfer whose first chunk is at or before c. */
+            uint64_t lo = wv.desc_begin, hi = wv.desc_end;
+            while (hi - lo > 1) {
+                const uint64_t mid = lo + (hi - lo) / 2;
+                if (descs[mid].first_chunk <= c)
+                    lo = mid;
+                else
+                    hi = mid;
+            }
+            const theus_replay_desc d = descs[lo];
+            run_desc_chunk(d, dims, c - d.first_chunk, lane);
+        }
+        if (w + 1 < nwaves)
+            cg::this_grid().sync();
+    }
+}
+
+} // namespace
+
+extern "C" cudaError_t theus_replay_probe(int *max_resident_blocks)
+{
+    cudaFuncAttributes attr;
+    cudaError_t e = cudaFuncGetAttributes(&attr, replay_kernel);
+    if (e != cudaSuccess)
+        return e;
+    int dev = 0, sms = 0, per_sm = 0;
+    if ((e = cudaGetDevice(&dev)) != cudaSuccess)
+        return e;
+    if ((e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess)
+        return e;
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, replay_kernel, THEUS_REPLAY_BLOCK,
+                                                      0);
+    if (e != cudaSuccess)
+        return e;
+    *max_resident_blocks = per_sm * sms > 0 ? per_sm * sms : 1;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t theus_replay_launch(const theus_replay_wave *waves, uint32_t nwaves,
+                                           const theus_replay_desc *descs,
+                                           const theus_replay_dim *dims,
+                                           uint64_t max_wave_chunks, int max_resident_blocks,
+                                           int cooperative, cudaStream_t stream)
+{
+    if (nwaves == 0 || max_wave_chunks == 0)
+        return cudaSuccess;
+    constexpr uint64_t warps_per_block = THEUS_REPLAY_BLOCK / WARP;
+    uint64_t want = (max_wave_chunks + warps_per_block - 1) / warps_per_block;
+    const uint64_t cap = max_resident_blocks > 0 ? (uint64_t)max_resident_blocks : 1;
+    const unsigned grid = (unsigned)(want < cap ? want : cap);
+    if (nwaves == 1) {
+        replay_kernel<<<grid, THEUS_REPLAY_BLOCK, 0, stream>>>(waves, 1, descs, dims);
+        return cudaGetLastError();
+    }
+    if (cooperative) {
+        void *args[] = {(void *)&waves, (void *)&nwaves, (void *)&descs, (void *)&dims};
+        cudaError_t e = cudaLaunchCooperativeKernel((const void *)replay_kernel, dim3(grid),
+                                                    dim3(THEUS_REPLAY_BLOCK), args, 0, stream);
+        cudaGetLastError();
+        return e;
+    }
+    /* No cooperative launch on this device: stream order separates the waves. */
+    for (uint32_t w = 0; w < nwaves; w++) {
+        replay_kernel<<<grid, THEUS_REPLAY_BLOCK, 0, stream>>>(waves + w, 1, descs, dims);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess)
+            return e;
+    }
+    return cudaSuccess;
+}
