@@ -689,7 +689,8 @@ static int cuda_overlay(void *ctx, theus_dtype dt, delta_op op, void *dst,
     return rc;
 }
 
-static int cuda_stage(void *ctx, const void *src, theus_mem src_mem, size_t nbytes, void **out)
+static int cuda_stage(void *ctx, theus_placement pl, const void *src, theus_mem src_mem,
+                      size_t nbytes, void **out)
 {
     cuda_ctx *c = ctx;
     cuda_call k;
@@ -700,11 +701,10 @@ static int cuda_stage(void *ctx, const void *src, theus_mem src_mem, size_t nbyt
         return rc;
     cuda_lane *l = k.lane;
     void *p = NULL;
-    if (!src) {
-        /* A buffer the caller fills in place (theus_tx_stage_buffer). This entry is not told
-         * the field's placement, and the core hands the buffer out as device memory for a
-         * device field but as host memory for a pinned one: mapped pinned memory is right
-         * for both (host code writes it, kernels write it through unified addressing). */
+    if (!src && pl != THEUS_PLACEMENT_DEVICE) {
+        /* A buffer the caller fills in place (theus_tx_stage_buffer) for a pinned field:
+         * mapped pinned memory, written by host code or by kernels through unified
+         * addressing. */
         cudaError_t e = cudaHostAlloc(&p, nbytes ? nbytes : 1,
                                       cudaHostAllocMapped | cudaHostAllocPortable);
         if (e != cudaSuccess) {
@@ -722,7 +722,10 @@ static int cuda_stage(void *ctx, const void *src, theus_mem src_mem, size_t nbyt
         rc = alloc_fail(e, "staging buffer", nbytes);
         goto out;
     }
-    if (nbytes) {
+    if (!src) {
+        /* A device buffer the caller's kernels fill in place: zeroed, in stream order. */
+        CHECK_CUDA_GOTO(cudaMemsetAsync(p, 0, nbytes ? nbytes : 1, l->stream), rc, out);
+    } else if (nbytes) {
         if (src_mem == THEUS_MEM_DEVICE || is_pinned_host(src))
             CHECK_CUDA_GOTO(cudaMemcpyAsync(p, src, nbytes, cudaMemcpyDefault, l->stream), rc, out);
         else if ((rc = h2d_bounce(l, p, src, nbytes)) != THEUS_OK)

@@ -12,6 +12,19 @@ int backend_check(const theus_backend *b, theus_dtype dt, const void *staged, si
     return THEUS_OK;
 }
 
+int backend_get(const theus_backend *b, theus_dtype dt, const void *staged, size_t n, size_t i,
+                double *out)
+{
+    unsigned char elem[8];
+    theus_region frame = {.ndim = 1}, one = {.ndim = 1};
+    frame.stop[0] = (int64_t)n;
+    one.start[0] = (int64_t)i;
+    one.stop[0] = (int64_t)i + 1;
+    int rc = b->iface->read(b->ctx, staged, &frame, dt, &one, elem, THEUS_MEM_HOST);
+    *out = rc == THEUS_OK ? dtype_get(dt, elem, 0) : 0.0;
+    return rc;
+}
+
 int backend_sync(const theus_backend *b)
 {
     return b->iface->sync ? b->iface->sync(b->ctx) : THEUS_OK;

@@ -36,7 +36,8 @@ typedef struct theus_backend_iface {
     /* Staging: memory for a payload of @nbytes that replay can read, filled from @src (a
      * buffer in @src_mem), or zeroed when @src is NULL (theus_tx_stage_buffer: the caller
      * fills it; device memory for a device field). */
-    int  (*stage)(void *ctx, const void *src, theus_mem src_mem, size_t nbytes, void **out);
+    int  (*stage)(void *ctx, theus_placement pl, const void *src, theus_mem src_mem,
+                  size_t nbytes, void **out);
     void (*unstage)(void *ctx, void *staged);
     /* Apply a whole commit batch, in order. Must not fail half-way: a backend that can fail
      * reports before it changes anything, or the core treats the state as broken. */
@@ -60,6 +61,10 @@ typedef struct theus_backend {
 const theus_backend *backend_cpu(void);
 /* The CUDA backend, or NULL when it is not built or no device answers. */
 const theus_backend *backend_cuda(void);
+
+/* Element @i of @n staged elements (in this backend's staging memory) as a double. */
+int backend_get(const theus_backend *b, theus_dtype dt, const void *staged, size_t n, size_t i,
+                double *out);
 
 /* Wrappers that supply defaults for the optional entries. */
 int backend_check(const theus_backend *b, theus_dtype dt, const void *staged, size_t n,

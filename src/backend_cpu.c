@@ -44,9 +44,11 @@ static int cpu_overlay(void *ctx, theus_dtype dt, delta_op op, void *dst,
     return THEUS_OK;
 }
 
-static int cpu_stage(void *ctx, const void *src, theus_mem src_mem, size_t nbytes, void **out)
+static int cpu_stage(void *ctx, theus_placement pl, const void *src, theus_mem src_mem,
+                     size_t nbytes, void **out)
 {
     (void)ctx;
+    (void)pl;
     if (src_mem != THEUS_MEM_HOST)
         return THEUS_EINVAL;
     void *p = src ? theus_xmalloc(nbytes) : theus_xcalloc(1, nbytes);

@@ -52,8 +52,12 @@ static int gatekeep_assigns(theus_state *st, const theus_tx *tx)
                                d->nelems, &f->cons, &bad);
         if (rc != THEUS_OK)
             return err_set(st, rc, "commit: constraint check of '%s' failed to run", f->name);
-        if (bad != SIZE_MAX)
-            return refuse(st, f, bad, dtype_get((theus_dtype)f->dtype, d->payload, bad));
+        if (bad != SIZE_MAX) {
+            double value = 0.0;
+            backend_get(st->backend[d->field], (theus_dtype)f->dtype, d->payload, d->nelems, bad,
+                        &value);
+            return refuse(st, f, bad, value);
+        }
     }
     return THEUS_OK;
 }
@@ -230,7 +234,7 @@ int theus_tx_commit(theus_tx *tx, uint64_t *committed_version)
     state_commit_unlock(st);
     theus_xfree(ops);
     if (rc != THEUS_OK)
-        return fail_commit(tx, err_set(st, rc, "commit: replay failed"));
+        return fail_commit(tx, err_wrap(st, rc, "commit: replay failed"));
     if (committed_version)
         *committed_version = next;
     tx_free(tx);

@@ -32,6 +32,8 @@ static int dl_dtype(theus_dtype dt, DLDataType *out)
     return 0;
 }
 
+/* Committed fields and their staging buffers live in the same kind of memory: device memory
+ * for device fields, page-locked host memory for pinned ones, plain host memory otherwise. */
 static DLDevice dl_device(const field_desc *f, const theus_backend *b)
 {
     DLDevice d = {kDLCPU, 0};

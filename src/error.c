@@ -58,6 +58,25 @@ int err_set_keep_conflict(const theus_state *st, int code, const char *fmt, ...)
     return code;
 }
 
+int err_wrap(const theus_state *st, int code, const char *fmt, ...)
+{
+    /* Only a detail a backend just recorded for this very code (backends record with no
+     * state) is carried over; anything older would mislead. */
+    char inner[sizeof tls_err.msg] = "";
+    if (tls_err.st == NULL && tls_err.code == code)
+        memcpy(inner, tls_err.msg, sizeof inner);
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tls_err.msg, sizeof tls_err.msg, fmt, ap);
+    va_end(ap);
+    if (inner[0] && n >= 0 && (size_t)n < sizeof tls_err.msg)
+        snprintf(tls_err.msg + n, sizeof tls_err.msg - (size_t)n, ": %s", inner);
+    tls_err.st = st;
+    tls_err.code = code;
+    memset(&tls_err.conflict, 0, sizeof tls_err.conflict);
+    return code;
+}
+
 int err_conflict(const theus_state *st, const theus_conflict *c)
 {
     static const char *kinds[] = {"none", "write-write", "read-write", "strict", "stale base"};

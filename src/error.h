@@ -14,6 +14,8 @@
 int err_set(const theus_state *st, int code, const char *fmt, ...) THEUS_PRINTF(3, 4);
 /* As err_set, but keep the conflict detail of the thread's last error on @st. */
 int err_set_keep_conflict(const theus_state *st, int code, const char *fmt, ...) THEUS_PRINTF(3, 4);
+/* As err_set, followed by ": " and the detail a lower layer (a backend) recorded last. */
+int err_wrap(const theus_state *st, int code, const char *fmt, ...) THEUS_PRINTF(3, 4);
 /* Record a THEUS_ECONFLICT described by @c; returns THEUS_ECONFLICT. */
 int err_conflict(const theus_state *st, const theus_conflict *c);
 

@@ -384,14 +384,18 @@ int theus_state_init_field(theus_state *st, const char *field, const void *src, 
     field_desc *f = &st->fields[i];
     const theus_backend *b = st->backend[i];
     void *staged = NULL;
-    int rc = b->iface->stage(b->ctx, src, src_mem, f->nbytes, &staged);
+    int rc = b->iface->stage(b->ctx, (theus_placement)f->placement, src, src_mem, f->nbytes,
+                             &staged);
     if (rc != THEUS_OK)
         return err_set(st, rc, "cannot stage the initial value of '%s'", field);
     size_t bad = SIZE_MAX;
     rc = backend_check(b, (theus_dtype)f->dtype, staged, f->nelems, &f->cons, &bad);
-    if (rc == THEUS_OK && bad != SIZE_MAX)
+    if (rc == THEUS_OK && bad != SIZE_MAX) {
+        double value = 0.0;
+        backend_get(b, (theus_dtype)f->dtype, staged, f->nelems, bad, &value);
         rc = err_set(st, THEUS_ESCHEMA, "field '%s': element %zu = %g breaks its constraints",
-                     field, bad, dtype_get((theus_dtype)f->dtype, staged, bad));
+                     field, bad, value);
+    }
     if (rc != THEUS_OK) {
         b->iface->unstage(b->ctx, staged);
         return rc;

@@ -279,7 +279,7 @@ int theus_tx_read(theus_tx *tx, const char *field, const theus_region *r, void *
     if (rc == THEUS_OK)
         rc = tx_overlay(tx, (uint32_t)i, dst, &reg, dst_mem);
     if (rc != THEUS_OK)
-        return err_set(st, rc, "read: field '%s': the backend cannot fill this buffer", field);
+        return err_wrap(st, rc, "read: field '%s': the backend cannot fill this buffer", field);
     if (track) {
         /* Consecutive reads of the same region need one record. */
         read_rec *last = tx->nreads ? &tx->reads[tx->nreads - 1] : NULL;
@@ -315,11 +315,12 @@ static int tx_stage(theus_tx *tx, const char *what, delta_op op, const char *fie
     const theus_backend *b = st->backend[i];
     void *payload = NULL;
     size_t nbytes = n * theus_dtype_size((theus_dtype)st->fields[i].dtype);
-    rc = b->iface->stage(b->ctx, src, src_mem, nbytes, &payload);
+    rc = b->iface->stage(b->ctx, (theus_placement)st->fields[i].placement, src, src_mem, nbytes,
+                         &payload);
     if (rc == THEUS_ENOMEM)
         return err_set(st, rc, "%s: out of memory staging %zu bytes", what, nbytes);
     if (rc != THEUS_OK)
-        return err_set(st, rc, "%s: field '%s': the backend cannot stage this buffer", what, field);
+        return err_wrap(st, rc, "%s: field '%s': the backend cannot stage this buffer", what, field);
     delta *d = &tx->deltas[tx->ndeltas++];
     d->field = (uint32_t)i;
     d->op = op;
