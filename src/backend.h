@@ -50,7 +50,24 @@ typedef struct theus_backend_iface {
     void (*destroy)(void *ctx);
     /* Optional: the CUDA device ordinal of this backend's memory (NULL: 0). */
     int  (*device_id)(void *ctx);
+
+    /* Optional, for states shared between processes (NULL: not supported, and the core
+     * places such fields in host memory instead, or refuses them without fallback). */
+    /* Export device field memory from alloc (the whole allocation) as an IPC handle of
+     * THEUS_IPC_HANDLE_BYTES bytes that another process can open. */
+    int  (*ipc_export)(void *ctx, void *ptr, void *handle);
+    /* Map, in this process, memory exported by another process; once per handle and
+     * process (the core keeps the mapping); ipc_close unmaps it. */
+    int  (*ipc_open)(void *ctx, const void *handle, void **ptr);
+    void (*ipc_close)(void *ctx, void *ptr);
+    /* Make @nbytes of host memory at @ptr (shared memory, page aligned) page-locked and
+     * reachable by kernels at the same address, as pinned memory from alloc is. */
+    int  (*host_register)(void *ctx, void *ptr, size_t nbytes);
+    void (*host_unregister)(void *ctx, void *ptr);
 } theus_backend_iface;
+
+/* Bytes of an IPC handle (cudaIpcMemHandle_t's size). */
+#define THEUS_IPC_HANDLE_BYTES 64
 
 typedef struct theus_backend {
     const theus_backend_iface *iface;

@@ -3,6 +3,7 @@
 #include "alloc.h"
 #include "dtype.h"
 #include "error.h"
+#include "shared.h"
 #include "tx.h"
 #include <stdint.h>
 #include <stdio.h>
@@ -95,18 +96,18 @@ static int gatekeep_adds(theus_state *st, const theus_tx *tx)
 
 /* The log records one entry per delta; a batch larger than an eighth of the log is
  * recorded as one bounding box per field instead, which can only add conflicts. */
-static void publish_log(theus_state *st, const theus_tx *tx, uint64_t version)
+void batch_log(const theus_state *st, const theus_tx *tx, uint64_t version, log_sink sink,
+               void *user)
 {
-    commit_log *log = &st->hdr->log;
     log_entry e;
     memset(&e, 0, sizeof e);
     e.version = version;
-    if (tx->ndeltas <= log->capacity / 8) {
+    if (tx->ndeltas <= st->hdr->log.capacity / 8) {
         for (size_t k = 0; k < tx->ndeltas; k++) {
             e.field = tx->deltas[k].field;
             e.op = tx->deltas[k].op;
             e.region = tx->deltas[k].r;
-            commit_log_append(log, st->log_ring, &e);
+            sink(user, &e);
         }
         return;
     }
@@ -128,8 +129,14 @@ static void publish_log(theus_state *st, const theus_tx *tx, uint64_t version)
             }
         }
         if (any)
-            commit_log_append(log, st->log_ring, &e);
+            sink(user, &e);
     }
+}
+
+static void append_to_log(void *user, const log_entry *e)
+{
+    theus_state *st = user;
+    commit_log_append(&st->hdr->log, st->log_ring, e);
 }
 
 /* Replay the batch, grouped by backend so that each backend sees one call. */
@@ -193,7 +200,11 @@ int theus_tx_commit(theus_tx *tx, uint64_t *committed_version)
     if (!ops)
         return fail_commit(tx, err_set(st, THEUS_ENOMEM, "commit: out of memory"));
 
-    state_commit_lock(st, tx->priority_ticket);
+    rc = state_commit_lock(st, tx->priority_ticket);
+    if (rc != THEUS_OK) {
+        theus_xfree(ops);
+        return fail_commit(tx, rc);
+    }
     uint64_t now = atomic_load_explicit(&h->version, memory_order_relaxed);
     theus_conflict c;
     if (tx_check_conflicts(tx, now, &c)) {
@@ -214,27 +225,29 @@ int theus_tx_commit(theus_tx *tx, uint64_t *committed_version)
         return fail_commit(tx, rc);
     }
 
-    state_replay_gate_enter(st);
-    pthread_rwlock_wrlock(&h->replay_lock);
-    rc = replay_batch(st, tx, ops);
-    if (rc == THEUS_OK) {
-        for (size_t k = 0; k < tx->ndeltas; k++)
-            atomic_store_explicit(&st->fields[tx->deltas[k].field].version, next,
-                                  memory_order_release);
-        publish_log(st, tx, next);
-        atomic_store_explicit(&h->version, next, memory_order_release);
+    if (st->shm) {
+        /* Shared: through the redo area, so that a process killed at any point leaves the
+         * commit wholly undone or finishable (redo.c); it publishes and counts too. */
+        rc = redo_commit(st, tx, next, 1);
+    } else {
+        state_replay_gate_enter(st);
+        rc = replay_batch(st, tx, ops);
+        if (rc == THEUS_OK) {
+            for (size_t k = 0; k < tx->ndeltas; k++)
+                atomic_store_explicit(&st->fields[tx->deltas[k].field].version, next,
+                                      memory_order_release);
+            batch_log(st, tx, next, append_to_log, st);
+            atomic_store_explicit(&h->version, next, memory_order_release);
+            atomic_fetch_add(&h->stats.commits, 1);
+        }
+        state_replay_gate_leave(st);
     }
-    pthread_rwlock_unlock(&h->replay_lock);
-    state_replay_gate_leave(st);
-    if (rc == THEUS_OK) {
-        if (st->hooks.after_publish)
-            st->hooks.after_publish(st->hooks.user, &batch);
-        atomic_fetch_add(&h->stats.commits, 1);
-    }
+    if (rc == THEUS_OK && st->hooks.after_publish)
+        st->hooks.after_publish(st->hooks.user, &batch);
     state_commit_unlock(st);
     theus_xfree(ops);
     if (rc != THEUS_OK)
-        return fail_commit(tx, err_wrap(st, rc, "commit: replay failed"));
+        return fail_commit(tx, st->shm ? rc : err_wrap(st, rc, "commit: replay failed"));
     if (committed_version)
         *committed_version = next;
     tx_free(tx);

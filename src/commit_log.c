@@ -17,6 +17,31 @@ void commit_log_append(commit_log *log, log_entry *ring, const log_entry *e)
     log->head++;
 }
 
+uint64_t commit_log_floor_after(const commit_log *log, const log_entry *ring, uint64_t n,
+                                uint64_t version)
+{
+    uint64_t floor = log->floor;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t pos = log->head + i;
+        if (pos < log->capacity)
+            continue;
+        /* Past one lap the batch evicts its own entries. */
+        uint64_t evicted = i >= log->capacity ? version : ring[pos % log->capacity].version;
+        if (evicted > floor)
+            floor = evicted;
+    }
+    return floor;
+}
+
+void commit_log_put(commit_log *log, log_entry *ring, uint64_t head, uint64_t floor,
+                    const log_entry *e, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++)
+        ring[(head + i) % log->capacity] = e[i];
+    log->floor = floor;
+    log->head = head + n;
+}
+
 log_probe commit_log_probe(const commit_log *log, const log_entry *ring, uint64_t base,
                            uint32_t field, const theus_region *r, int adds_commute,
                            const log_entry **hit)

@@ -25,12 +25,22 @@ void commit_log_init(commit_log *log, uint32_t capacity);
 /* Append; evicting the oldest entry raises the floor. */
 void commit_log_append(commit_log *log, log_entry *ring, const log_entry *e);
 
+/* The floor that appending @n entries of version @version would leave (without appending). */
+uint64_t commit_log_floor_after(const commit_log *log, const log_entry *ring, uint64_t n,
+                                uint64_t version);
+/* Write @n entries at positions @head.. of the ring, then set the log's head past them and
+ * its floor to @floor (from commit_log_floor_after, taken before): the same result however
+ * often it runs, so that a publish interrupted by a crash can be run again. */
+void commit_log_put(commit_log *log, log_entry *ring, uint64_t head, uint64_t floor,
+                    const log_entry *e, uint64_t n);
+
 typedef enum log_probe { LOG_CLEAR = 0, LOG_HIT, LOG_STALE } log_probe;
 
 /* Look for a commit after @base that wrote a region of @field overlapping @r; with
  * @adds_commute, ADD entries are ignored (an ADD delta never conflicts with an ADD).
  * Returns LOG_HIT (and *hit), LOG_STALE when the log no longer reaches back to @base, or
- * LOG_CLEAR. The caller excludes concurrent appends (commit lock or replay lock). */
+ * LOG_CLEAR. The caller excludes concurrent appends (commit lock), or validates what it
+ * found with the replay sequence (state_read_valid). */
 log_probe commit_log_probe(const commit_log *log, const log_entry *ring, uint64_t base,
                            uint32_t field, const theus_region *r, int adds_commute,
                            const log_entry **hit);

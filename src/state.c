@@ -1,14 +1,21 @@
 /* State creation and destruction, shadow descriptors, field metadata, the commit lock with
- * its priority lease, and counters. */
+ * its priority lease, commit holds and the replay sequence readers validate with, and
+ * counters. */
 #include "state.h"
 #include "alloc.h"
 #include "dtype.h"
 #include "error.h"
+#include "shared.h"
+#include "tx.h"
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #define DEFAULT_LOG_CAPACITY 4096u
 #define DEFAULT_LEASE_MS 100u
@@ -30,41 +37,130 @@ static size_t align_up(size_t n, size_t a)
     return (n + a - 1) / a * a;
 }
 
-static int init_locks(state_header *h)
+int state_options_resolve(const theus_state_options *in, theus_state_options *out)
 {
-    pthread_condattr_t ca;
-    pthread_rwlockattr_t ra;
-    if (pthread_mutex_init(&h->commit_lock, NULL) != 0)
+    theus_state_options o = THEUS_STATE_OPTIONS_INIT;
+    if (in)
+        o = *in;
+    if (o.allow_fallback != 0 && o.allow_fallback != 1)
+        return err_set(NULL, THEUS_EINVAL, "allow_fallback must be 0 or 1");
+    if (o.commit_log_capacity == 0)
+        o.commit_log_capacity = DEFAULT_LOG_CAPACITY;
+    if (o.commit_log_capacity > (1u << 24))
+        return err_set(NULL, THEUS_EINVAL, "commit_log_capacity %u exceeds 2^24",
+                       o.commit_log_capacity);
+    if (o.priority_lease_ms == 0)
+        o.priority_lease_ms = DEFAULT_LEASE_MS;
+    *out = o;
+    return THEUS_OK;
+}
+
+void state_layout(size_t nfields, uint32_t log_capacity, size_t *off_fields, size_t *off_log,
+                  size_t *bytes)
+{
+    *off_fields = align_up(sizeof(state_header), 64);
+    *off_log = align_up(*off_fields + nfields * sizeof(field_desc), 64);
+    *bytes = *off_log + (size_t)log_capacity * sizeof(log_entry);
+}
+
+/* A shared state's mutexes are robust: a process that dies holding one does not block the
+ * others (state_lock and hold_lock take over). */
+static int mutex_init(pthread_mutex_t *m, int pshared)
+{
+    pthread_mutexattr_t a;
+    if (pthread_mutexattr_init(&a) != 0)
         return -1;
-    if (pthread_condattr_init(&ca) != 0)
-        goto fail_mutex;
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(&h->priority_cond, &ca);
-    pthread_condattr_destroy(&ca);
-    if (rc != 0)
-        goto fail_mutex;
-    if (pthread_rwlockattr_init(&ra) != 0)
-        goto fail_cond;
-    /* Replays must not starve behind a stream of readers. */
-    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    rc = pthread_rwlock_init(&h->replay_lock, &ra);
-    pthread_rwlockattr_destroy(&ra);
-    if (rc != 0)
-        goto fail_cond;
-    if (pthread_mutex_init(&h->hold_lock, NULL) != 0)
-        goto fail_rw;
-    if (pthread_cond_init(&h->hold_cond, NULL) != 0)
-        goto fail_hold;
-    return 0;
-fail_hold:
+    int rc = 0;
+    if (pshared)
+        rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED) ||
+             pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    if (rc == 0)
+        rc = pthread_mutex_init(m, &a);
+    pthread_mutexattr_destroy(&a);
+    return rc ? -1 : 0;
+}
+
+theus_state *state_shadow_new(theus_schema *schema, const theus_state_options *o)
+{
+    theus_state *st = theus_xcalloc(1, sizeof *st);
+    if (!st)
+        return NULL;
+    size_t nf = schema->nfields;
+    st->schema = schema;
+    st->opts = *o;
+    st->data = theus_xcalloc(nf, sizeof *st->data);
+    st->backend = theus_xcalloc(nf, sizeof *st->backend);
+    st->frames = theus_xcalloc(nf, sizeof *st->frames);
+    if (!st->data || !st->backend || !st->frames) {
+        st->schema = NULL; /* the caller keeps it on failure */
+        state_shadow_free(st);
+        return NULL;
+    }
+    for (size_t i = 0; i < nf; i++)
+        region_whole(schema->fields[i].ndim, schema->fields[i].shape, &st->frames[i]);
+    atomic_init(&st->refs, 1);
+    return st;
+}
+
+void state_shadow_free(theus_state *st)
+{
+    theus_xfree(st->frames);
+    theus_xfree(st->backend);
+    theus_xfree(st->data);
+    schema_free(st->schema);
+    theus_xfree(st);
+}
+
+void state_bind(theus_state *st, state_header *h)
+{
+    st->hdr = h;
+    st->fields = (field_desc *)((char *)h + h->off_fields);
+    st->log_ring = (log_entry *)((char *)h + h->off_log);
+}
+
+int state_header_init(theus_state *st, size_t total, int pshared)
+{
+    state_header *h = st->hdr;
+    const theus_schema *schema = st->schema;
+    size_t off_fields, off_log, bytes;
+    state_layout(schema->nfields, st->opts.commit_log_capacity, &off_fields, &off_log, &bytes);
+    h->magic = THEUS_STATE_MAGIC;
+    h->layout_version = THEUS_LAYOUT_VERSION;
+    h->nfields = (uint32_t)schema->nfields;
+    h->off_fields = off_fields;
+    h->off_log = off_log;
+    h->total_bytes = total;
+    atomic_init(&h->version, 1);
+    atomic_init(&h->replay_seq, 0);
+    commit_log_init(&h->log, st->opts.commit_log_capacity);
+    state_bind(st, h);
+    for (size_t i = 0; i < schema->nfields; i++) {
+        const schema_field *sf = &schema->fields[i];
+        field_desc *f = &st->fields[i];
+        memcpy(f->name, sf->name, sizeof f->name);
+        f->dtype = sf->dtype;
+        f->ndim = (uint32_t)sf->ndim;
+        memcpy(f->shape, sf->shape, sizeof f->shape);
+        f->nelems = sf->nelems;
+        f->nbytes = sf->nbytes;
+        f->requested = sf->placement;
+        f->zone = sf->zone;
+        f->cons = sf->cons;
+        atomic_init(&f->version, 1);
+    }
+    if (mutex_init(&h->commit_lock, pshared) != 0)
+        return err_set(NULL, THEUS_ENOMEM, "cannot initialise the state's locks");
+    if (mutex_init(&h->hold_lock, pshared) != 0) {
+        pthread_mutex_destroy(&h->commit_lock);
+        return err_set(NULL, THEUS_ENOMEM, "cannot initialise the state's locks");
+    }
+    return THEUS_OK;
+}
+
+void state_header_fini(state_header *h)
+{
     pthread_mutex_destroy(&h->hold_lock);
-fail_rw:
-    pthread_rwlock_destroy(&h->replay_lock);
-fail_cond:
-    pthread_cond_destroy(&h->priority_cond);
-fail_mutex:
     pthread_mutex_destroy(&h->commit_lock);
-    return -1;
 }
 
 static void free_fields(theus_state *st, size_t n)
@@ -74,16 +170,14 @@ static void free_fields(theus_state *st, size_t n)
             st->backend[i]->iface->free(st->backend[i]->ctx, st->fields[i].placement, st->data[i]);
 }
 
-/* Choose where field @f lives: a GPU placement goes to the CUDA backend when one
- * answers, otherwise to host memory (or THEUS_ENODEV without fallback). */
-static int place_field(theus_state *st, field_desc *f, const theus_backend **out)
+int state_place_field(const theus_state *st, field_desc *f, const theus_backend *gpu,
+                      const theus_backend **out)
 {
     if (f->requested == THEUS_PLACEMENT_HOST) {
         *out = backend_cpu();
         f->placement = THEUS_PLACEMENT_HOST;
         return THEUS_OK;
     }
-    const theus_backend *gpu = backend_cuda();
     if (gpu) {
         *out = gpu;
         f->placement = f->requested;
@@ -105,74 +199,35 @@ int theus_state_create(const char *schema_json, const theus_state_options *opts,
         *out = NULL;
     if (!schema_json || !out)
         return err_set(NULL, THEUS_EINVAL, "theus_state_create: NULL schema or out");
-    theus_state_options o = THEUS_STATE_OPTIONS_INIT;
-    if (opts)
-        o = *opts;
-    if (o.allow_fallback != 0 && o.allow_fallback != 1)
-        return err_set(NULL, THEUS_EINVAL, "allow_fallback must be 0 or 1");
-    if (o.commit_log_capacity == 0)
-        o.commit_log_capacity = DEFAULT_LOG_CAPACITY;
-    if (o.commit_log_capacity > (1u << 24))
-        return err_set(NULL, THEUS_EINVAL, "commit_log_capacity %u exceeds 2^24",
-                       o.commit_log_capacity);
-    if (o.priority_lease_ms == 0)
-        o.priority_lease_ms = DEFAULT_LEASE_MS;
+    theus_state_options o;
+    int rc = state_options_resolve(opts, &o);
+    if (rc != THEUS_OK)
+        return rc;
 
     char why[512];
     theus_schema *schema = NULL;
-    int rc = schema_parse(schema_json, &schema, why, sizeof why);
+    rc = schema_parse(schema_json, &schema, why, sizeof why);
     if (rc != THEUS_OK)
         return err_set(NULL, rc, "%s", why);
 
-    theus_state *st = theus_xcalloc(1, sizeof *st);
+    theus_state *st = state_shadow_new(schema, &o);
     if (!st) {
         schema_free(schema);
         return err_set(NULL, THEUS_ENOMEM, "out of memory creating the state");
     }
-    st->schema = schema;
-    st->opts = o;
-    size_t nf = schema->nfields;
-    size_t off_fields = align_up(sizeof(state_header), 64);
-    size_t off_log = align_up(off_fields + nf * sizeof(field_desc), 64);
-    size_t total = off_log + (size_t)o.commit_log_capacity * sizeof(log_entry);
+    size_t nf = schema->nfields, off_fields, off_log, total;
+    state_layout(nf, o.commit_log_capacity, &off_fields, &off_log, &total);
     st->hdr = theus_xcalloc(1, total);
-    st->data = theus_xcalloc(nf, sizeof *st->data);
-    st->backend = theus_xcalloc(nf, sizeof *st->backend);
-    st->frames = theus_xcalloc(nf, sizeof *st->frames);
-    if (!st->hdr || !st->data || !st->backend || !st->frames) {
+    if (!st->hdr) {
         rc = err_set(NULL, THEUS_ENOMEM, "out of memory creating the state");
         goto fail;
     }
-    state_header *h = st->hdr;
-    h->magic = THEUS_STATE_MAGIC;
-    h->layout_version = THEUS_LAYOUT_VERSION;
-    h->nfields = (uint32_t)nf;
-    h->off_fields = off_fields;
-    h->off_log = off_log;
-    h->total_bytes = total;
-    atomic_init(&h->version, 1);
-    commit_log_init(&h->log, o.commit_log_capacity);
-    st->fields = (field_desc *)((char *)h + off_fields);
-    st->log_ring = (log_entry *)((char *)h + off_log);
-    if (init_locks(h) != 0) {
-        rc = err_set(NULL, THEUS_ENOMEM, "cannot initialise the state's locks");
+    rc = state_header_init(st, total, 0);
+    if (rc != THEUS_OK)
         goto fail;
-    }
     for (size_t i = 0; i < nf; i++) {
-        const schema_field *sf = &schema->fields[i];
         field_desc *f = &st->fields[i];
-        memcpy(f->name, sf->name, sizeof f->name);
-        f->dtype = sf->dtype;
-        f->ndim = (uint32_t)sf->ndim;
-        memcpy(f->shape, sf->shape, sizeof f->shape);
-        f->nelems = sf->nelems;
-        f->nbytes = sf->nbytes;
-        f->requested = sf->placement;
-        f->zone = sf->zone;
-        f->cons = sf->cons;
-        atomic_init(&f->version, 1);
-        region_whole(sf->ndim, sf->shape, &st->frames[i]);
-        rc = place_field(st, f, &st->backend[i]);
+        rc = state_place_field(st, f, backend_cuda(), &st->backend[i]);
         if (rc == THEUS_OK)
             rc = st->backend[i]->iface->alloc(st->backend[i]->ctx, f->placement, f->nbytes,
                                               &st->data[i]);
@@ -181,26 +236,16 @@ int theus_state_create(const char *schema_json, const theus_state_options *opts,
                 err_set(NULL, rc, "out of memory allocating field '%s' (%zu bytes)", f->name,
                         (size_t)f->nbytes);
             free_fields(st, i);
-            goto fail_locks;
+            state_header_fini(st->hdr);
+            goto fail;
         }
     }
-    atomic_init(&st->refs, 1);
     *out = st;
     return THEUS_OK;
 
-fail_locks:
-    pthread_cond_destroy(&h->hold_cond);
-    pthread_mutex_destroy(&h->hold_lock);
-    pthread_rwlock_destroy(&h->replay_lock);
-    pthread_cond_destroy(&h->priority_cond);
-    pthread_mutex_destroy(&h->commit_lock);
 fail:
-    theus_xfree(st->frames);
-    theus_xfree(st->backend);
-    theus_xfree(st->data);
     theus_xfree(st->hdr);
-    schema_free(st->schema);
-    theus_xfree(st);
+    state_shadow_free(st);
     return rc;
 }
 
@@ -249,18 +294,14 @@ void state_unref(theus_state *st)
 {
     if (atomic_fetch_sub(&st->refs, 1) != 1)
         return;
+    if (st->shm) {
+        shared_detach(st);
+        return;
+    }
     free_fields(st, st->hdr->nfields);
-    pthread_cond_destroy(&st->hdr->hold_cond);
-    pthread_mutex_destroy(&st->hdr->hold_lock);
-    pthread_rwlock_destroy(&st->hdr->replay_lock);
-    pthread_cond_destroy(&st->hdr->priority_cond);
-    pthread_mutex_destroy(&st->hdr->commit_lock);
-    theus_xfree(st->frames);
-    theus_xfree(st->backend);
-    theus_xfree(st->data);
+    state_header_fini(st->hdr);
     theus_xfree(st->hdr);
-    schema_free(st->schema);
-    theus_xfree(st);
+    state_shadow_free(st);
 }
 
 void theus_state_destroy(theus_state *st)
@@ -284,18 +325,71 @@ int theus_state_field_ptr(const theus_state *st, const char *field, const void *
     return THEUS_OK;
 }
 
-/* Holds are a gate of their own rather than the replay lock's read side: a writer-
- * preferring rwlock would deadlock a holder whose own reads queue behind a waiting replay. */
+/* ---- futex words: wake-ups that work between processes and survive a waiter's death
+ * (a process-shared condition variable does not: glibc's can hang its next signaller when
+ * a waiter is killed). */
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t seen, int pshared, uint64_t timeout_ns)
+{
+    struct timespec ts = {.tv_sec = (time_t)(timeout_ns / 1000000000ull),
+                          .tv_nsec = (long)(timeout_ns % 1000000000ull)};
+    syscall(SYS_futex, (uint32_t *)word, pshared ? FUTEX_WAIT : FUTEX_WAIT_PRIVATE, seen,
+            timeout_ns ? &ts : NULL, NULL, 0);
+}
+
+void state_futex_wake(_Atomic uint32_t *word, int pshared)
+{
+    atomic_fetch_add_explicit(word, 1u, memory_order_release);
+    syscall(SYS_futex, (uint32_t *)word, pshared ? FUTEX_WAKE : FUTEX_WAKE_PRIVATE, INT_MAX,
+            NULL, NULL, 0);
+}
+
+/* The hold lock guards single counters (and a shared state's lease slots), each consistent
+ * on its own: taking it over from a dead owner needs no repair. */
+void state_hold_lock(state_header *h)
+{
+    if (pthread_mutex_lock(&h->hold_lock) == EOWNERDEAD)
+        pthread_mutex_consistent(&h->hold_lock);
+}
+
+void state_hold_unlock(state_header *h)
+{
+    pthread_mutex_unlock(&h->hold_lock);
+}
+
+/* With the hold lock held: the calling handle's hold counter, and all live holds. */
+static uint32_t *hold_counter(theus_state *st)
+{
+    return st->shm ? shared_hold_slot(st) : &st->hdr->holds;
+}
+
+static uint32_t holds_live(theus_state *st)
+{
+    return st->shm ? shared_holds(st) : st->hdr->holds;
+}
+
+/* Holds are a gate of their own rather than a lock's read side: a holder's reads must go
+ * on while a commit waits for it. A replay in progress (odd sequence) holds the commit
+ * lock, so a new hold waits for it there, which also recovers the replay of a dead process. */
 int theus_state_hold_commits(theus_state *st)
 {
     if (!st)
         return err_set(NULL, THEUS_EINVAL, "theus_state_hold_commits: NULL state");
     state_header *h = st->hdr;
-    pthread_mutex_lock(&h->hold_lock);
-    while (h->replaying)
-        pthread_cond_wait(&h->hold_cond, &h->hold_lock);
-    h->holds++;
-    pthread_mutex_unlock(&h->hold_lock);
+    state_hold_lock(h);
+    if (!(atomic_load_explicit(&h->replay_seq, memory_order_relaxed) & 1u)) {
+        (*hold_counter(st))++;
+        state_hold_unlock(h);
+        return THEUS_OK;
+    }
+    state_hold_unlock(h);
+    int rc = state_lock(st);
+    if (rc != THEUS_OK)
+        return err_set(st, rc, "theus_state_hold_commits: %s", theus_last_error_message());
+    state_hold_lock(h);
+    (*hold_counter(st))++;
+    state_hold_unlock(h);
+    state_unlock(st);
     return THEUS_OK;
 }
 
@@ -304,29 +398,51 @@ void theus_state_release_commits(theus_state *st)
     if (!st)
         return;
     state_header *h = st->hdr;
-    pthread_mutex_lock(&h->hold_lock);
-    if (h->holds > 0 && --h->holds == 0)
-        pthread_cond_broadcast(&h->hold_cond);
-    pthread_mutex_unlock(&h->hold_lock);
+    state_hold_lock(h);
+    uint32_t *c = hold_counter(st);
+    if (*c > 0 && (--*c, holds_live(st) == 0))
+        state_futex_wake(&h->hold_wake, st->shm != NULL);
+    state_hold_unlock(h);
 }
+
+/* How often a commit waiting for holds looks for holders that died (shared states). */
+#define REAP_PERIOD_NS 20000000ull
 
 void state_replay_gate_enter(theus_state *st)
 {
     state_header *h = st->hdr;
-    pthread_mutex_lock(&h->hold_lock);
-    while (h->holds > 0)
-        pthread_cond_wait(&h->hold_cond, &h->hold_lock);
-    h->replaying = 1;
-    pthread_mutex_unlock(&h->hold_lock);
+    state_hold_lock(h);
+    while (holds_live(st) > 0) {
+        uint32_t seen = atomic_load_explicit(&h->hold_wake, memory_order_acquire);
+        state_hold_unlock(h);
+        futex_wait(&h->hold_wake, seen, st->shm != NULL, st->shm ? REAP_PERIOD_NS : 0);
+        state_hold_lock(h);
+        if (st->shm)
+            shared_reap(st);
+    }
+    uint64_t s = atomic_load_explicit(&h->replay_seq, memory_order_relaxed);
+    atomic_store_explicit(&h->replay_seq, s | 1u, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    state_hold_unlock(h);
 }
 
 void state_replay_gate_leave(theus_state *st)
 {
     state_header *h = st->hdr;
-    pthread_mutex_lock(&h->hold_lock);
-    h->replaying = 0;
-    pthread_cond_broadcast(&h->hold_cond);
-    pthread_mutex_unlock(&h->hold_lock);
+    uint64_t s = atomic_load_explicit(&h->replay_seq, memory_order_relaxed);
+    atomic_store_explicit(&h->replay_seq, (s | 1u) + 1u, memory_order_release);
+}
+
+int state_read_begin(const theus_state *st, uint64_t *seq)
+{
+    *seq = atomic_load_explicit(&st->hdr->replay_seq, memory_order_acquire);
+    return !(*seq & 1u);
+}
+
+int state_read_valid(const theus_state *st, uint64_t seq)
+{
+    atomic_thread_fence(memory_order_acquire);
+    return atomic_load_explicit(&st->hdr->replay_seq, memory_order_relaxed) == seq;
 }
 
 uint64_t theus_state_version(const theus_state *st)
@@ -400,21 +516,32 @@ int theus_state_init_field(theus_state *st, const char *field, const void *src, 
         b->iface->unstage(b->ctx, staged);
         return rc;
     }
-    pthread_mutex_lock(&st->hdr->commit_lock);
+    rc = state_lock(st);
+    if (rc != THEUS_OK) {
+        b->iface->unstage(b->ctx, staged);
+        return err_set(st, rc, "field '%s': %s", field, theus_last_error_message());
+    }
     if (atomic_load(&st->hdr->version) != 1) {
-        pthread_mutex_unlock(&st->hdr->commit_lock);
+        state_unlock(st);
         b->iface->unstage(b->ctx, staged);
         return err_set(st, THEUS_EBUSY, "field '%s': initial values only before the first commit",
                        field);
     }
-    replay_op op = {.op = DELTA_ASSIGN, .dtype = (theus_dtype)f->dtype, .base = st->data[i],
-                    .frame = &st->frames[i], .sub = st->frames[i], .payload = staged};
-    state_replay_gate_enter(st);
-    pthread_rwlock_wrlock(&st->hdr->replay_lock);
-    rc = b->iface->replay(b->ctx, &op, 1);
-    pthread_rwlock_unlock(&st->hdr->replay_lock);
-    state_replay_gate_leave(st);
-    pthread_mutex_unlock(&st->hdr->commit_lock);
+    if (st->shm) {
+        /* Through the redo area like a commit, so that a process killed half-way leaves the
+         * field as it was or fully written; versions stay 1. */
+        delta d = {.field = (uint32_t)i, .op = DELTA_ASSIGN, .r = st->frames[i],
+                   .nelems = f->nelems, .payload = staged};
+        theus_tx t = {.st = st, .base = 1, .deltas = &d, .ndeltas = 1};
+        rc = redo_commit(st, &t, 1, 0);
+    } else {
+        replay_op op = {.op = DELTA_ASSIGN, .dtype = (theus_dtype)f->dtype, .base = st->data[i],
+                        .frame = &st->frames[i], .sub = st->frames[i], .payload = staged};
+        state_replay_gate_enter(st);
+        rc = b->iface->replay(b->ctx, &op, 1);
+        state_replay_gate_leave(st);
+    }
+    state_unlock(st);
     b->iface->unstage(b->ctx, staged);
     if (rc != THEUS_OK)
         return err_set(st, rc, "field '%s': cannot write the initial value", field);
@@ -437,59 +564,90 @@ int theus_state_stats(const theus_state *st, theus_stats *out)
 
 /* ---- commit lock and priority lease ------------------------------------------------- */
 
-static struct timespec ns_to_ts(uint64_t ns)
+int state_lock(theus_state *st)
 {
-    struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000ull),
-                          .tv_nsec = (long)(ns % 1000000000ull)};
-    return ts;
+    state_header *h = st->hdr;
+    int e = pthread_mutex_lock(&h->commit_lock);
+    if (e == EOWNERDEAD) {
+        /* Its holder died. Whatever it was doing, redo_recover below finishes or drops it
+         * (and runs again if this process dies too). */
+        pthread_mutex_consistent(&h->commit_lock);
+    } else if (e != 0) {
+        return err_set(st, THEUS_EBUSY, "cannot take the commit lock: %s", strerror(e));
+    }
+    if (st->shm) {
+        int rc = redo_recover(st);
+        if (rc != THEUS_OK) {
+            pthread_mutex_unlock(&h->commit_lock);
+            return rc;
+        }
+    }
+    return THEUS_OK;
+}
+
+void state_unlock(theus_state *st)
+{
+    pthread_mutex_unlock(&st->hdr->commit_lock);
 }
 
 /* With the commit lock held: wait while someone else holds a live lease; an expired
- * lease is dropped so that a stuck priority holder cannot hang everyone. */
-static void wait_out_lease(state_header *h, uint64_t ticket)
+ * lease is dropped so that a stuck (or dead) priority holder cannot hang everyone. */
+static int wait_out_lease(theus_state *st, uint64_t ticket)
 {
+    state_header *h = st->hdr;
     while (h->priority_ticket != 0 && h->priority_ticket != ticket) {
         uint64_t now = state_now_ns();
         if (now >= h->priority_deadline_ns) {
             h->priority_ticket = 0;
-            pthread_cond_broadcast(&h->priority_cond);
+            state_futex_wake(&h->priority_wake, st->shm != NULL);
             break;
         }
-        struct timespec ts = ns_to_ts(h->priority_deadline_ns);
-        pthread_cond_timedwait(&h->priority_cond, &h->commit_lock, &ts);
+        uint32_t seen = atomic_load_explicit(&h->priority_wake, memory_order_acquire);
+        uint64_t left = h->priority_deadline_ns - now;
+        state_unlock(st);
+        futex_wait(&h->priority_wake, seen, st->shm != NULL, left);
+        int rc = state_lock(st);
+        if (rc != THEUS_OK)
+            return rc;
     }
+    return THEUS_OK;
 }
 
-void state_commit_lock(theus_state *st, uint64_t ticket)
+int state_commit_lock(theus_state *st, uint64_t ticket)
 {
-    pthread_mutex_lock(&st->hdr->commit_lock);
-    wait_out_lease(st->hdr, ticket);
+    int rc = state_lock(st);
+    if (rc == THEUS_OK)
+        rc = wait_out_lease(st, ticket);
+    return rc;
 }
 
 void state_commit_unlock(theus_state *st)
 {
-    pthread_mutex_unlock(&st->hdr->commit_lock);
+    state_unlock(st);
 }
 
 uint64_t state_priority_acquire(theus_state *st)
 {
     state_header *h = st->hdr;
-    pthread_mutex_lock(&h->commit_lock);
-    wait_out_lease(h, 0);
+    if (state_lock(st) != THEUS_OK)
+        return 0;
+    if (wait_out_lease(st, 0) != THEUS_OK)
+        return 0;
     uint64_t ticket = ++h->next_ticket;
     h->priority_ticket = ticket;
     h->priority_deadline_ns = state_now_ns() + (uint64_t)st->opts.priority_lease_ms * 1000000ull;
-    pthread_mutex_unlock(&h->commit_lock);
+    state_unlock(st);
     return ticket;
 }
 
 void state_priority_release(theus_state *st, uint64_t ticket)
 {
     state_header *h = st->hdr;
-    pthread_mutex_lock(&h->commit_lock);
+    if (state_lock(st) != THEUS_OK)
+        return;
     if (h->priority_ticket == ticket) {
         h->priority_ticket = 0;
-        pthread_cond_broadcast(&h->priority_cond);
+        state_futex_wake(&h->priority_wake, st->shm != NULL);
     }
-    pthread_mutex_unlock(&h->commit_lock);
+    state_unlock(st);
 }

@@ -10,7 +10,7 @@
 #include <stdatomic.h>
 
 #define THEUS_STATE_MAGIC 0x5355454854ULL /* "THEUS" */
-#define THEUS_LAYOUT_VERSION 1u
+#define THEUS_LAYOUT_VERSION 2u
 
 /* Field table entry: everything about a field that every process must agree on. */
 typedef struct field_desc {
@@ -31,21 +31,26 @@ typedef struct state_header {
     uint64_t magic;
     uint32_t layout_version;
     uint32_t nfields;
-    _Atomic uint64_t version;     /* published after replay, under the replay lock */
+    _Atomic uint64_t version;     /* published after replay */
     uint64_t off_fields;          /* byte offsets from the header */
     uint64_t off_log;
+    uint64_t off_shared;          /* shared_area of a shared state (shared.h); 0: private */
     uint64_t total_bytes;
-    commit_log log;               /* guarded by commit_lock (append) and replay_lock */
-    pthread_mutex_t commit_lock;  /* serialises commits (CAS guard + replay + publish) */
-    pthread_cond_t priority_cond; /* signalled when the priority lease ends */
+    commit_log log;               /* appended under commit_lock; readers validate with replay_seq */
+    pthread_mutex_t commit_lock;  /* serialises commits (CAS guard + replay + publish); robust
+                                     and process-shared in a shared state */
     uint64_t priority_ticket;     /* holder of the priority lease, 0: none */
     uint64_t priority_deadline_ns;/* CLOCK_MONOTONIC end of the lease */
     uint64_t next_ticket;
-    pthread_rwlock_t replay_lock; /* readers copy under rd, replay+publish under wr */
-    pthread_mutex_t hold_lock;    /* theus_state_hold_commits: holders keep replays out */
-    pthread_cond_t hold_cond;
-    uint32_t holds;               /* live holds */
-    uint32_t replaying;           /* a commit is between its hold gate and publish */
+    _Atomic uint32_t priority_wake; /* futex word: bumped when the priority lease ends */
+    _Atomic uint32_t hold_wake;   /* futex word: bumped when the last hold is released */
+    _Atomic uint64_t replay_seq;  /* odd while a replay is applied (seqlock): readers copy
+                                     between two equal even values, or retry */
+    pthread_mutex_t hold_lock;    /* holds and the replay gate; in a shared state also the
+                                     lease table (robust, process-shared) */
+    uint32_t holds;               /* live holds of a private state (a shared state counts them
+                                     per lease) */
+    uint32_t pad;
     state_stats stats;
 } state_header;
 
@@ -70,6 +75,8 @@ struct theus_state {
     theus_state_options opts;
     commit_hooks hooks;
     _Atomic int refs;              /* 1 for the owner + 1 per live DLPack export */
+    struct shared_map *shm;        /* this process's mapping of a shared state; NULL: private */
+    uint32_t lease;                /* this handle's slot in a shared state's lease table */
 };
 
 /* Take / drop a reference; the last drop frees the state (DLPack exports keep it). */
@@ -80,13 +87,53 @@ void state_unref(theus_state *st);
 int state_find_field(const theus_state *st, const char *name);
 uint64_t state_now_ns(void);
 
-/* Lock the commit lock and wait out another holder's live priority lease; @ticket is the
- * caller's own lease (0: none). */
-void state_commit_lock(theus_state *st, uint64_t ticket);
+/* ---- creation pieces, shared by private and shared states --------------------------- */
+/* Check @in (NULL: defaults) and fill in the defaults; THEUS_EINVAL with the reason set. */
+int state_options_resolve(const theus_state_options *in, theus_state_options *out);
+/* Offsets of the field table and the log ring, and the header block's size, for @nfields
+ * fields and a log of @log_capacity entries. */
+void state_layout(size_t nfields, uint32_t log_capacity, size_t *off_fields, size_t *off_log,
+                  size_t *bytes);
+/* A new state shadow for @schema (stolen on success), without a header; NULL when out of
+ * memory. */
+theus_state *state_shadow_new(theus_schema *schema, const theus_state_options *o);
+/* Free a shadow made by state_shadow_new (not its header or field memory). */
+void state_shadow_free(theus_state *st);
+/* Point the shadow at the header block @h (fields, log ring). */
+void state_bind(theus_state *st, state_header *h);
+/* Fill a zeroed header block of @total bytes from the shadow's schema: layout, field table
+ * (placements not chosen yet), log, locks (process-shared and robust when @pshared). */
+int state_header_init(theus_state *st, size_t total, int pshared);
+void state_header_fini(state_header *h);
+/* Where field @f would live: a GPU placement goes to the CUDA backend when @gpu is given,
+ * otherwise to host memory (THEUS_ENODEV without fallback). Sets f->placement. */
+int state_place_field(const theus_state *st, field_desc *f, const theus_backend *gpu,
+                      const theus_backend **out);
+
+/* The hold lock (robust in a shared state: taken over from a dead owner as it is). */
+void state_hold_lock(state_header *h);
+void state_hold_unlock(state_header *h);
+/* Bump a futex word and wake everyone waiting on it (hold_wake, priority_wake). */
+void state_futex_wake(_Atomic uint32_t *word, int pshared);
+
+/* ---- the commit lock -------------------------------------------------------------------
+ * state_lock takes the commit lock; in a shared state it first finishes a commit that a
+ * dead process left half done (redo_recover), and fails only when that recovery fails. */
+int state_lock(theus_state *st);
+void state_unlock(theus_state *st);
+/* state_lock, then wait out another holder's live priority lease; @ticket is the caller's
+ * own lease (0: none). */
+int state_commit_lock(theus_state *st, uint64_t ticket);
 void state_commit_unlock(theus_state *st);
-/* Around a replay: wait until no one holds commits, and keep new holds out until the end. */
+/* Around a replay, with the commit lock held: wait until no one holds commits, make the
+ * replay sequence odd (readers retry, new holds wait); leave makes it even again. */
 void state_replay_gate_enter(theus_state *st);
 void state_replay_gate_leave(theus_state *st);
+/* Readers: a copy made after state_read_begin returned @seq is a single version when
+ * state_read_valid(st, seq) says so afterwards. state_read_begin returns 0 while a replay
+ * is running (the caller waits for it with state_lock / state_unlock and tries again). */
+int state_read_begin(const theus_state *st, uint64_t *seq);
+int state_read_valid(const theus_state *st, uint64_t seq);
 /* Take / give back the priority lease (see theus_tx_run). */
 uint64_t state_priority_acquire(theus_state *st);
 void state_priority_release(theus_state *st, uint64_t ticket);

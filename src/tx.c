@@ -236,6 +236,9 @@ int tx_check_conflicts(const theus_tx *tx, uint64_t now, theus_conflict *c)
     return 0;
 }
 
+/* Optimistic attempts of a read before it copies under the commit lock. */
+#define READ_OPTIMISTIC_TRIES 4
+
 int theus_tx_read(theus_tx *tx, const char *field, const theus_region *r, void *dst,
                   theus_mem dst_mem)
 {
@@ -255,23 +258,47 @@ int theus_tx_read(theus_tx *tx, const char *field, const theus_region *r, void *
     if (region_nelems(&reg) == 0)
         return THEUS_OK;
 
+    /* Optimistic: check and copy between two equal even replay sequences (a replay makes
+     * it odd), so that the bytes are one committed version. A reader that keeps losing the
+     * race, or finds a replay running, waits at the commit lock: no replay starts while it
+     * is held, and a replay whose process died is finished there. */
     theus_conflict c;
     int conflict = 0;
-    pthread_rwlock_rdlock(&st->hdr->replay_lock);
-    uint64_t now = atomic_load_explicit(&st->hdr->version, memory_order_acquire);
-    if (tx->isolation == THEUS_ISOLATION_STRICT && now != tx->base) {
-        memset(&c, 0, sizeof c);
-        c.kind = THEUS_CONFLICT_STRICT;
-        c.base = tx->base;
-        c.version = tx->base + 1;
-        conflict = 1;
-    } else {
-        conflict = check_region(st, tx->base, (uint32_t)i, &reg, 0, THEUS_CONFLICT_READ_WRITE, &c);
+    for (int attempt = 0;; attempt++) {
+        const int locked = attempt >= READ_OPTIMISTIC_TRIES;
+        uint64_t seq = 0;
+        if (locked) {
+            rc = state_lock(st);
+            if (rc != THEUS_OK)
+                return err_set(st, rc, "read: %s", theus_last_error_message());
+        } else if (!state_read_begin(st, &seq)) {
+            if ((rc = state_lock(st)) != THEUS_OK)
+                return err_set(st, rc, "read: %s", theus_last_error_message());
+            state_unlock(st);
+            continue;
+        }
+        rc = THEUS_OK;
+        uint64_t now = atomic_load_explicit(&st->hdr->version, memory_order_acquire);
+        if (tx->isolation == THEUS_ISOLATION_STRICT && now != tx->base) {
+            memset(&c, 0, sizeof c);
+            c.kind = THEUS_CONFLICT_STRICT;
+            c.base = tx->base;
+            c.version = tx->base + 1;
+            conflict = 1;
+        } else {
+            conflict = check_region(st, tx->base, (uint32_t)i, &reg, 0, THEUS_CONFLICT_READ_WRITE,
+                                    &c);
+        }
+        if (!conflict)
+            rc = st->backend[i]->iface->read(st->backend[i]->ctx, st->data[i], &st->frames[i],
+                                             (theus_dtype)st->fields[i].dtype, &reg, dst, dst_mem);
+        if (locked) {
+            state_unlock(st);
+            break;
+        }
+        if (state_read_valid(st, seq))
+            break;
     }
-    if (!conflict)
-        rc = st->backend[i]->iface->read(st->backend[i]->ctx, st->data[i], &st->frames[i],
-                                         (theus_dtype)st->fields[i].dtype, &reg, dst, dst_mem);
-    pthread_rwlock_unlock(&st->hdr->replay_lock);
     if (conflict) {
         atomic_fetch_add(&st->hdr->stats.conflicts, 1);
         return err_conflict(st, &c);

@@ -58,6 +58,11 @@ int tx_grow(void **arr, size_t *cap, size_t need, size_t elem);
 int tx_overlay(const theus_tx *tx, uint32_t field, void *buf, const theus_region *frame,
                theus_mem mem);
 
+/* The commit log entries of @tx's batch as version @version, passed to @sink in order. */
+typedef void (*log_sink)(void *user, const log_entry *e);
+void batch_log(const theus_state *st, const theus_tx *tx, uint64_t version, log_sink sink,
+               void *user);
+
 /* With the commit lock held and the state at version @now: whether a commit after the
  * base conflicts with this transaction under its isolation level (then *c says how). */
 int tx_check_conflicts(const theus_tx *tx, uint64_t now, theus_conflict *c);

@@ -1,0 +1,110 @@
+/* Sharing a state between processes: the layout of a shared segment (the state header
+ * block, then the shared area, the schema text, the IPC handles of device fields, the lease
+ * table, the redo area and the field data, all addressed by offsets), leases, and the redo
+ * protocol that makes commits crash-safe (redo.c). See docs/sharing.md. */
+#ifndef THEUS_SRC_SHARED_H
+#define THEUS_SRC_SHARED_H
+#include "state.h"
+#include "tx.h"
+
+#define THEUS_SHARED_MAGIC 0x4d48535355454854ULL /* "THEUSSHM" */
+
+/* One open handle: a process (pid and start time, so that a reused pid is not taken for
+ * the same process) and its commit holds. Slots of dead processes are reclaimed. */
+typedef struct lease_slot {
+    _Atomic uint32_t used;
+    int32_t pid;
+    uint64_t start;       /* /proc/<pid>/stat field 22 */
+    uint32_t holds;       /* theus_state_hold_commits of this handle */
+    uint32_t pad;
+} lease_slot;
+
+/* Follows the header block (state_header.off_shared). Everything before `checksum`, the
+ * static part of the header and field table, the schema text and the IPC handles are
+ * covered by the checksum; they never change after creation. */
+typedef struct shared_area {
+    uint64_t magic;
+    uint32_t sizes[4];             /* of state_header, field_desc, log_entry, shared_area */
+    char name[THEUS_NAME_MAX + 1]; /* the shared name */
+    char schema_name[THEUS_NAME_MAX + 1];
+    uint64_t off_schema, schema_len;   /* the creator's schema text, NUL included */
+    uint64_t off_ipc;              /* nfields handles of THEUS_IPC_HANDLE_BYTES */
+    uint64_t off_leases;
+    uint32_t max_leases;
+    uint32_t priority_lease_ms;
+    uint64_t off_redo, redo_bytes;
+    uint64_t off_data, data_bytes;
+    uint64_t gpu_end;              /* [off_redo, gpu_end) is host-registered by GPU processes
+                                      (the redo area, then the pinned fields); off_redo: none */
+    int32_t creator_pid;
+    uint32_t allow_fallback;
+    uint64_t creator_start;
+    uint64_t checksum;
+    _Atomic uint32_t unlinked;     /* the name is gone: openers retry, leavers leave it */
+    uint32_t pad;
+    _Atomic uint64_t recovered;    /* commits of dead processes finished by others */
+    _Atomic uint64_t dropped;      /* commits of dead processes dropped (not READY yet) */
+} shared_area;
+
+/* The redo record at the start of the redo area, followed by ndesc redo_desc, nlog
+ * log_entry and the final bytes of each region. */
+enum { REDO_IDLE = 0, REDO_WRITING = 1, REDO_READY = 2 };
+
+typedef struct redo_record {
+    _Atomic uint32_t status;
+    uint32_t publish;              /* 1: a commit (publish the version); 0: init_field */
+    uint64_t version;              /* the version the commit creates */
+    uint64_t log_head, log_floor;  /* the log before, and its floor after, the publish */
+    uint64_t commits;              /* stats.commits after the publish */
+    uint32_t ndesc, nlog;
+    uint64_t bytes;                /* of the whole record */
+    uint64_t checksum;             /* of the above (but status) and the descriptors and log */
+} redo_record;
+
+typedef struct redo_desc {
+    uint32_t field;
+    uint32_t op;                   /* the delta's op; the bytes are always assigned */
+    theus_region r;
+    uint64_t offset, nbytes;       /* of the final bytes, from the record's start */
+} redo_desc;
+
+static inline shared_area *shared_area_of(const theus_state *st)
+{
+    return (shared_area *)((char *)st->hdr + st->hdr->off_shared);
+}
+
+/* FNV-1a, 64 bits: the layout and redo checksums. */
+uint64_t shared_hash(uint64_t h, const void *p, size_t n);
+#define SHARED_HASH_INIT 0xcbf29ce484222325ull
+
+/* Detach a handle whose last reference went (theus_state_destroy): release its lease,
+ * remove the segment's name when no live process is left, unmap. Frees @st. */
+void shared_detach(theus_state *st);
+/* With the hold lock held: this handle's hold counter, and the holds of all handles. */
+uint32_t *shared_hold_slot(theus_state *st);
+uint32_t shared_holds(const theus_state *st);
+/* With the hold lock held: free the lease slots of dead processes (dropping their holds);
+ * returns the number of live slots. */
+uint32_t shared_reap(theus_state *st);
+
+/* Fault injection for the tests: when set, called at these points of a commit in a shared
+ * state (the tests kill the process there). NULL otherwise. */
+enum {
+    REDO_POINT_WRITING = 1,   /* part of the record written, not READY */
+    REDO_POINT_READY,         /* READY, nothing applied */
+    REDO_POINT_REPLAYING,     /* replay sequence odd, nothing applied yet */
+    REDO_POINT_APPLIED,       /* bytes applied, nothing published */
+    REDO_POINT_PUBLISHED      /* published, record not yet IDLE */
+};
+extern void (*redo_fault_hook)(int point);
+
+/* Under the commit lock: write @tx's batch to the redo area as the final bytes of every
+ * delta region, mark it ready, apply it, publish version @version (@publish 0: write the
+ * bytes only, for theus_state_init_field) and mark it done. A batch that does not fit is
+ * refused (THEUS_ENOMEM) with the state unchanged. */
+int redo_commit(theus_state *st, const theus_tx *tx, uint64_t version, int publish);
+/* Under the commit lock: finish the commit of a process that died with its record ready
+ * (apply and publish again: both are idempotent), or forget an unfinished record. */
+int redo_recover(theus_state *st);
+
+#endif
