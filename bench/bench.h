@@ -1,0 +1,188 @@
+/* theus-bench: what the harness (stats.c), the report (report.c, machine.c) and the
+ * scenarios (scn_*.c) share. Every figure is a timed measurement with its baseline and its
+ * ceiling measured in the same run, and every scenario checks its result. */
+#ifndef THEUS_BENCH_H
+#define THEUS_BENCH_H
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* ---- run configuration and outcome (one per process; filled by main) ---------------- */
+typedef struct bench_cfg {
+    int quick;                 /* --quick: short pass for CI */
+    unsigned min_samples;      /* at least this many timed samples per measurement */
+    unsigned max_samples;      /* stop here even if the median still moves */
+    double max_seconds;        /* stop after this much sampling once min_samples are in */
+    double stable_tol;         /* median considered stable when it moves less than this */
+    size_t llc_bytes;          /* last-level cache size (sysfs index3, default 32 MiB) */
+    size_t mem_avail;          /* MemAvailable at start, bytes */
+    size_t max_field;          /* --max-field-mib override, bytes (0: automatic) */
+    uint64_t seed;
+    int failures;              /* wrong results and errors seen so far */
+} bench_cfg;
+
+extern bench_cfg bench;
+
+/* ---- time, random numbers, cache flushing -------------------------------------------- */
+uint64_t now_ns(void);
+double now_s(void);
+uint64_t rng_next(uint64_t *s);            /* splitmix64 */
+double rng_unit(uint64_t *s);              /* uniform in [0, 1) */
+/* Allocate the flush buffer (twice the LLC); 0 ok, -1 out of memory. */
+int llc_flush_init(void);
+void llc_flush_free(void);
+/* Evict the caches by streaming over a buffer larger than the LLC. */
+void llc_flush(void);
+/* Whether a working set of @bytes could still sit in the LLC after a pass over it. */
+int llc_would_hold(size_t bytes);
+/* Where a baseline or ceiling puts its destination relative to a page-aligned source: with
+ * source and destination at the same offset within a page (or a few hundred bytes apart),
+ * streaming copies and adds run up to 40% slower on some machines (address aliasing).
+ * A ceiling must not be pessimised by such an address accident, so it writes this many
+ * bytes past the start of its (page-aligned) destination buffer. */
+#define BENCH_DST_SKEW ((size_t)65536 + 320)
+
+/* Page-aligned allocation, every page touched (so timings never see first-touch faults). */
+void *bench_alloc(size_t bytes);
+void bench_free(void *p, size_t bytes);
+
+/* ---- statistics ------------------------------------------------------------------------ */
+typedef struct bstats {
+    double median, p10, p90, p99, p999, min, max, mean;
+    size_t n;
+    int stable;                /* the median settled within stable_tol */
+} bstats;
+
+/* Statistics of @n values (a sorted copy is made; @v is left as it is). */
+void stats_compute(const double *v, size_t n, bstats *out);
+
+/* One measured operation. @prep runs untimed before every run (build a transaction, say),
+ * then the LLC is flushed when @flush is set, then @run is timed. A callback returns 0, or
+ * non-zero to stop the measurement with an error. */
+typedef struct bench_op {
+    void *ctx;
+    int (*prep)(void *ctx);
+    int (*run)(void *ctx);
+    int flush;
+} bench_op;
+
+#define BENCH_MAX_SAMPLES 64
+
+typedef struct measurement {
+    bstats st;                        /* seconds per run */
+    double samples[BENCH_MAX_SAMPLES];
+    unsigned runs;                    /* every call of @run, warm-up included */
+} measurement;
+
+/* Warm up, then sample until the median is stable (bench.min_samples at least). Returns 0,
+ * or the first non-zero value a callback returned. */
+int measure(const bench_op *op, measurement *m);
+/* The same for up to 8 operations sampled in turn (round robin), so that a drift of the
+ * machine during the measurement affects all of them alike. */
+int measure_set(const bench_op *ops, size_t nops, measurement *ms);
+
+/* ---- results --------------------------------------------------------------------------- */
+#define BENCH_MAX_KV 10
+
+typedef struct bench_kv {
+    char key[24];
+    char str[48];
+    double num;
+    int is_str;
+} bench_kv;
+
+typedef struct bench_result {
+    char scenario[32];
+    char target[8];       /* "cpu" or "gpu" */
+    char casename[96];
+    char method[40];
+    bench_kv params[BENCH_MAX_KV];
+    int nparams;
+    bench_kv metrics[BENCH_MAX_KV];
+    int nmetrics;
+    bstats st;            /* seconds per run */
+    double bytes;         /* bytes read plus written per run (0: not a bandwidth figure) */
+    double items;         /* segments, commits... per run */
+    const char *item_name;
+    double samples[BENCH_MAX_SAMPLES];
+    size_t nsamples;      /* samples kept (0 when there were too many to keep) */
+} bench_result;
+
+/* A new result row (owned by the report; lives until exit). NULL when out of memory. */
+bench_result *result_add(const char *scenario, const char *target, const char *casename,
+                         const char *method);
+/* Fill a row's statistics from a measurement (and keep its samples). */
+void result_set(bench_result *r, const measurement *m, double bytes, double items,
+                const char *item_name);
+void result_param(bench_result *r, const char *key, double num);
+void result_param_str(bench_result *r, const char *key, const char *str);
+void result_metric(bench_result *r, const char *key, double num);
+
+/* A check of a scenario's result against its reference. A failed check makes the run exit
+ * non-zero. Returns @ok. */
+int note_check(const char *scenario, const char *casename, int ok, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* An error that stops a scenario (a theus call failed, memory ran out). */
+void note_error(const char *scenario, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A scenario or variant that did not run, and why. */
+void note_skip(const char *scenario, const char *target, const char *reason);
+
+/* One point of a chart for --plot. Charts and series are created on first use. */
+void plot_point(const char *chart, const char *series, double x, double y);
+void plot_axes(const char *chart, const char *title, const char *xlabel, const char *ylabel,
+               int logx, int logy);
+
+/* ---- the machine ----------------------------------------------------------------------- */
+typedef struct machine_info {
+    char cpu[128];
+    char cpu_detail[160];      /* family, model, MHz, memcpy-relevant ISA flags */
+    int cores;
+    int virtualized;
+    size_t llc_bytes;
+    size_t mem_total, mem_avail;
+    char kernel[256];
+    char compiler[96];
+    char cflags[256];
+    char build_type[32];
+    char theus_version[32];
+    char git[128];
+    char gpu[96];
+    char date[32];             /* UTC, ISO 8601 */
+    char load_start[64];       /* /proc/loadavg when the run began */
+    char load_end[64];         /* ... and when it ended */
+    double timer_overhead_ns;
+    double timer_res_ns;
+} machine_info;
+
+void machine_collect(machine_info *m);
+void machine_print(const machine_info *m, FILE *f);
+size_t machine_llc_bytes(void);
+size_t machine_mem_avail(void);
+/* The first three fields of /proc/loadavg ("" when unreadable). */
+void machine_load(char *buf, size_t len);
+
+/* Write everything measured as JSON; 0 ok, -1 when the file cannot be written. */
+int report_json(const char *path, const machine_info *m, const char *command);
+/* Write PNG charts through gnuplot into @dir; 0 ok (or gnuplot missing: a message), -1 on
+ * an I/O error. */
+int report_plots(const char *dir);
+/* Print where the run stands against the CPU targets of the benchmark issue. */
+void report_targets(FILE *f);
+void report_free(void);
+
+/* ---- formatting ------------------------------------------------------------------------ */
+/* "64B", "4KiB", "1MiB"; returns @buf. */
+const char *fmt_bytes(double bytes, char *buf, size_t len);
+/* "1k", "10k", "1M"; returns @buf. */
+const char *fmt_count(double n, char *buf, size_t len);
+/* Print a section header for a scenario. */
+void print_header(const char *scenario, const char *target, const char *what);
+
+/* ---- scenarios ------------------------------------------------------------------------- */
+/* Each returns 0, or -1 when it stopped on an error (already reported). */
+int scn_replay(int add);            /* replay.copy (add = 0) and replay.add (add = 1) */
+int scn_commit_latency(void);
+int scn_commit_scaling(void);
+int scn_commit_contention(void);
+
+#endif

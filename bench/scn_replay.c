@@ -1,0 +1,515 @@
+/* replay.copy / replay.add on the CPU: apply a batch of region deltas to an f32 field much
+ * larger than the LLC. Each cell of the sweep (segment size x count x placement) times
+ *   theus.replay   the CPU backend's replay of the batch (backend_cpu()->iface->replay),
+ *   theus.commit   theus_tx_commit of the same batch staged through the public API,
+ *   baseline       a per-segment memcpy (copy) or add loop (add) over the same segments,
+ *   ceiling        one packed memcpy / add of the same bytes,
+ * and checks theus's field against the baseline's (replay) and against a mirror (commit). */
+#include "bench.h"
+#include "backend.h"
+#include "theus/theus.h"
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct seg {
+    uint64_t off;    /* byte offset in the field */
+    uint64_t poff;   /* byte offset in the packed payload */
+    uint32_t size;   /* bytes, a multiple of 64 */
+} seg;
+
+typedef struct replay_ctx {
+    int add;
+    size_t field_bytes, nelems;
+    float *ref, *rep, *mirror, *scratch;   /* baseline field, replay field, commit mirror */
+    float *packed, *dst;                   /* payload, ceiling destination */
+    float *dst_base;                       /* dst's buffer (dst is BENCH_DST_SKEW into it) */
+    theus_state *st;
+    theus_region frame;
+    seg *segs;
+    size_t count;
+    size_t payload;
+    replay_op *ops;
+    theus_tx *tx;                           /* staged by prep, committed by run */
+    double stage_s[BENCH_MAX_SAMPLES + 4];
+    unsigned nstage;
+    const char *scenario;
+} replay_ctx;
+
+static void add_f32(float *restrict d, const float *restrict s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        d[i] += s[i];
+}
+
+/* ---- the timed operations ------------------------------------------------------------- */
+
+static int run_replay(void *p)
+{
+    replay_ctx *c = p;
+    const theus_backend *b = backend_cpu();
+    return b->iface->replay(b->ctx, c->ops, c->count);
+}
+
+static int run_loop(void *p)
+{
+    replay_ctx *c = p;
+    char *f = (char *)c->ref;
+    const char *src = (const char *)c->packed;
+    if (c->add) {
+        for (size_t i = 0; i < c->count; i++)
+            add_f32((float *)(void *)(f + c->segs[i].off),
+                    (const float *)(const void *)(src + c->segs[i].poff), c->segs[i].size / 4);
+    } else {
+        for (size_t i = 0; i < c->count; i++)
+            memcpy(f + c->segs[i].off, src + c->segs[i].poff, c->segs[i].size);
+    }
+    return 0;
+}
+
+static int run_ceiling(void *p)
+{
+    replay_ctx *c = p;
+    if (c->add)
+        add_f32(c->dst, c->packed, c->payload / 4);
+    else
+        memcpy(c->dst, c->packed, c->payload);
+    return 0;
+}
+
+/* The same packed copy in 64 KiB calls: glibc's memcpy switches to non-temporal stores for
+ * large calls, and which of the two is faster depends on the machine, so the ceiling is the
+ * faster of both. */
+#define CHUNK ((size_t)64 << 10)
+static int run_ceiling_chunked(void *p)
+{
+    replay_ctx *c = p;
+    char *d = (char *)c->dst;
+    const char *s = (const char *)c->packed;
+    for (size_t o = 0; o < c->payload; o += CHUNK)
+        memcpy(d + o, s + o, c->payload - o < CHUNK ? c->payload - o : CHUNK);
+    return 0;
+}
+
+static void seg_region(const seg *s, theus_region *r)
+{
+    memset(r, 0, sizeof *r);
+    r->ndim = 1;
+    r->start[0] = (int64_t)(s->off / 4);
+    r->stop[0] = (int64_t)((s->off + s->size) / 4);
+}
+
+static int prep_commit(void *p)
+{
+    replay_ctx *c = p;
+    uint64_t t0 = now_ns();
+    int rc = theus_tx_begin(c->st, NULL, &c->tx);
+    if (rc != THEUS_OK) {
+        note_error(c->scenario, "theus_tx_begin: %s", theus_strerror(rc));
+        return -1;
+    }
+    const char *src = (const char *)c->packed;
+    for (size_t i = 0; i < c->count; i++) {
+        theus_region r;
+        seg_region(&c->segs[i], &r);
+        const void *pl = src + c->segs[i].poff;
+        rc = c->add ? theus_tx_add(c->tx, "x", &r, pl, THEUS_MEM_HOST)
+                    : theus_tx_write(c->tx, "x", &r, pl, THEUS_MEM_HOST);
+        if (rc != THEUS_OK) {
+            note_error(c->scenario, "staging delta %zu: %s (%s)", i, theus_strerror(rc),
+                       theus_last_error_message());
+            theus_tx_abort(c->tx);
+            c->tx = NULL;
+            return -1;
+        }
+    }
+    if (c->nstage < sizeof c->stage_s / sizeof c->stage_s[0])
+        c->stage_s[c->nstage++] = (double)(now_ns() - t0) * 1e-9;
+    return 0;
+}
+
+static int run_commit(void *p)
+{
+    replay_ctx *c = p;
+    theus_tx *tx = c->tx;
+    c->tx = NULL;
+    int rc = theus_tx_commit(tx, NULL);
+    if (rc != THEUS_OK) {
+        note_error(c->scenario, "theus_tx_commit: %s (%s)", theus_strerror(rc),
+                   theus_last_error_message());
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- batches ------------------------------------------------------------------------------ */
+
+/* Segments of @size bytes (0: mixed, log-uniform 64 B .. 64 KiB in 64 B steps), spread over
+ * the field in ascending order with random gaps. Returns the payload bytes, or 0 when the
+ * batch does not fit the field (or memory ran out). */
+static size_t make_sorted_batch(seg *segs, size_t count, uint32_t size, size_t field_bytes,
+                                uint64_t seed)
+{
+    uint64_t s = seed;
+    size_t payload = 0;
+    for (size_t i = 0; i < count; i++) {
+        uint32_t sz = size;
+        if (sz == 0) {
+            double v = 64.0 * pow(2.0, 10.0 * rng_unit(&s));
+            sz = (uint32_t)v / 64 * 64;
+            if (sz < 64)
+                sz = 64;
+        }
+        segs[i].size = sz;
+        payload += sz;
+    }
+    if (payload > field_bytes)
+        return 0;
+    /* Gaps in 64-byte units: count + 1 random weights share what the segments leave free. */
+    const uint64_t free_units = (field_bytes - payload) / 64;
+    double *w = malloc((count + 1) * sizeof *w);
+    if (!w)
+        return 0;
+    double sum = 0;
+    for (size_t i = 0; i <= count; i++)
+        sum += (w[i] = rng_unit(&s) + 1e-9);
+    uint64_t off = 0, used = 0;
+    for (size_t i = 0; i < count; i++) {
+        uint64_t g = (uint64_t)((double)free_units * w[i] / sum);
+        if (used + g > free_units)
+            g = free_units - used;
+        used += g;
+        off += g * 64;
+        segs[i].off = off;
+        off += segs[i].size;
+    }
+    free(w);
+    return payload;
+}
+
+/* Shuffle for random placement (the same set of segments), then lay out the payload in
+ * batch order. */
+static void order_batch(seg *segs, size_t count, int random, uint64_t seed)
+{
+    uint64_t s = seed ^ 0x5eed;
+    if (random)
+        for (size_t i = count - 1; i > 0; i--) {
+            size_t j = (size_t)(rng_next(&s) % (i + 1));
+            seg t = segs[i];
+            segs[i] = segs[j];
+            segs[j] = t;
+        }
+    uint64_t poff = 0;
+    for (size_t i = 0; i < count; i++) {
+        segs[i].poff = poff;
+        poff += segs[i].size;
+    }
+}
+
+/* ---- one cell ---------------------------------------------------------------------------- */
+
+static double gbps(double bytes, const measurement *m)
+{
+    return bytes / m->st.median * 1e-9;
+}
+
+static int read_field(replay_ctx *c, float *dst)
+{
+    theus_tx *tx = NULL;
+    int rc = theus_tx_begin(c->st, NULL, &tx);
+    if (rc == THEUS_OK)
+        rc = theus_tx_read(tx, "x", NULL, dst, THEUS_MEM_HOST);
+    if (tx)
+        theus_tx_abort(tx);
+    if (rc != THEUS_OK)
+        note_error(c->scenario, "reading the field back: %s", theus_strerror(rc));
+    return rc == THEUS_OK ? 0 : -1;
+}
+
+/* First differing float between two buffers, or SIZE_MAX. */
+static size_t first_diff(const float *a, const float *b, size_t n)
+{
+    if (memcmp(a, b, n * sizeof *a) == 0)
+        return SIZE_MAX;
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], sizeof *a) != 0)
+            return i;
+    return SIZE_MAX;
+}
+
+static bench_result *row(const replay_ctx *c, const char *casename, const char *method,
+                         const measurement *m, double bytes, uint32_t size, const char *place)
+{
+    bench_result *r = result_add(c->scenario, "cpu", casename, method);
+    result_set(r, m, bytes, (double)c->count, "segment");
+    if (size)
+        result_param(r, "seg_bytes", size);
+    else
+        result_param_str(r, "seg_bytes", "mixed");
+    result_param(r, "count", (double)c->count);
+    result_param_str(r, "placement", place);
+    result_param(r, "payload_bytes", (double)c->payload);
+    result_param(r, "field_bytes", (double)c->field_bytes);
+    result_param_str(r, "dtype", "f32");
+    return r;
+}
+
+static int run_cell(replay_ctx *c, uint32_t size, const char *sizename, const char *place,
+                    uint64_t cellseed)
+{
+    char casename[96], cnt[16], pay[16];
+    fmt_count((double)c->count, cnt, sizeof cnt);
+    snprintf(casename, sizeof casename, "seg=%s count=%s %s", sizename, cnt, place);
+    const double bytes = (double)c->payload * (c->add ? 3.0 : 2.0);
+    const int failures_before = bench.failures;
+
+    /* Payload: small integers, exact in f32 however many times they are added. */
+    const size_t pn = c->payload / 4;
+    for (size_t j = 0; j < pn; j++)
+        c->packed[j] = (float)((j + cellseed) % 7 + 1);
+    for (size_t i = 0; i < c->count; i++) {
+        const seg *s = &c->segs[i];
+        c->ops[i].op = c->add ? DELTA_ADD : DELTA_ASSIGN;
+        c->ops[i].dtype = THEUS_DTYPE_F32;
+        c->ops[i].base = c->rep;
+        c->ops[i].frame = &c->frame;
+        seg_region(s, &c->ops[i].sub);
+        c->ops[i].payload = (const char *)c->packed + s->poff;
+    }
+
+    /* Check replay against the baseline: both fields were equal before this cell. */
+    run_replay(c);
+    run_loop(c);
+    size_t bad = first_diff(c->rep, c->ref, c->nelems);
+    if (!note_check(c->scenario, casename, bad == SIZE_MAX,
+                    "theus replay vs %s baseline: %s", c->add ? "add-loop" : "memcpy-loop",
+                    bad == SIZE_MAX ? "identical field" : "fields differ"))
+        fprintf(stderr, "  first difference at element %zu: theus %g, baseline %g\n", bad,
+                (double)c->rep[bad], (double)c->ref[bad]);
+
+    const size_t ws = 2 * c->payload + c->count * (sizeof(replay_op) + sizeof(seg));
+    const int flush = llc_would_hold(ws);
+    enum { REP, LOOP, CEIL, COMMIT, CEIL2 };
+    measurement ms[5];
+    const bench_op ops[5] = {
+        [REP] = {.ctx = c, .run = run_replay, .flush = flush},
+        [LOOP] = {.ctx = c, .run = run_loop, .flush = flush},
+        [CEIL] = {.ctx = c, .run = run_ceiling, .flush = flush},
+        [COMMIT] = {.ctx = c, .prep = prep_commit, .run = run_commit, .flush = flush},
+        [CEIL2] = {.ctx = c, .run = run_ceiling_chunked, .flush = flush},
+    };
+    c->nstage = 0;
+    if (measure_set(ops, c->add ? 4 : 5, ms))
+        return -1;
+    const measurement *m_rep = &ms[REP], *m_loop = &ms[LOOP], *m_ceil = &ms[CEIL];
+    const measurement *m_commit = &ms[COMMIT];
+    if (!c->add && ms[CEIL2].st.median < m_ceil->st.median)
+        m_ceil = &ms[CEIL2];
+
+    /* The replay field takes the baseline's segments again, so that both agree for the next
+     * cell (they were added to a different number of times). */
+    for (size_t i = 0; i < c->count; i++)
+        memcpy((char *)c->rep + c->segs[i].off, (char *)c->ref + c->segs[i].off, c->segs[i].size);
+    /* Check the state: the mirror receives what the commits applied. */
+    const float k = (float)m_commit->runs;
+    for (size_t i = 0; i < c->count; i++) {
+        const seg *s = &c->segs[i];
+        float *d = c->mirror + s->off / 4;
+        const float *src = c->packed + s->poff / 4;
+        if (c->add)
+            for (size_t j = 0; j < s->size / 4; j++)
+                d[j] += k * src[j];
+        else
+            memcpy(d, src, s->size);
+    }
+    if (read_field(c, c->scratch) != 0)
+        return -1;
+    bad = first_diff(c->scratch, c->mirror, c->nelems);
+    if (!note_check(c->scenario, casename, bad == SIZE_MAX,
+                    "theus_tx_commit x%u vs mirror: %s", m_commit->runs,
+                    bad == SIZE_MAX ? "identical field" : "fields differ"))
+        fprintf(stderr, "  first difference at element %zu: theus %g, expected %g\n", bad,
+                (double)c->scratch[bad], (double)c->mirror[bad]);
+
+    /* Staging time: the prep calls that preceded the timed commits. */
+    measurement m_stage, m_tx;
+    memset(&m_stage, 0, sizeof m_stage);
+    memset(&m_tx, 0, sizeof m_tx);
+    const size_t n = m_commit->st.n, skip = c->nstage >= n ? c->nstage - n : 0;
+    for (size_t i = 0; i < n && skip + i < c->nstage; i++) {
+        m_stage.samples[i] = c->stage_s[skip + i];
+        m_tx.samples[i] = c->stage_s[skip + i] + m_commit->samples[i];
+    }
+    stats_compute(m_stage.samples, n, &m_stage.st);
+    stats_compute(m_tx.samples, n, &m_tx.st);
+
+    const double g_rep = gbps(bytes, m_rep), g_loop = gbps(bytes, m_loop);
+    const double g_ceil = gbps(bytes, m_ceil), g_commit = gbps(bytes, m_commit);
+    const double g_tx = gbps(bytes, &m_tx);
+    bench_result *r;
+    r = row(c, casename, "theus.replay", m_rep, bytes, size, place);
+    result_metric(r, "pct_of_ceiling", 100 * g_rep / g_ceil);
+    result_metric(r, "ratio_vs_baseline", g_rep / g_loop);
+    row(c, casename, c->add ? "baseline.add_loop" : "baseline.memcpy_loop", m_loop, bytes, size,
+        place);
+    r = row(c, casename, c->add ? "ceiling.packed_add" : "ceiling.packed_memcpy", &ms[CEIL],
+            bytes, size, place);
+    result_metric(r, "is_ceiling", m_ceil == &ms[CEIL]);
+    if (!c->add) {
+        r = row(c, casename, "ceiling.packed_memcpy_64KiB_calls", &ms[CEIL2], bytes, size, place);
+        result_metric(r, "is_ceiling", m_ceil == &ms[CEIL2]);
+    }
+    r = row(c, casename, "theus.commit", m_commit, bytes, size, place);
+    result_metric(r, "pct_of_ceiling", 100 * g_commit / g_ceil);
+    result_metric(r, "ratio_vs_baseline", g_commit / g_loop);
+    result_metric(r, "ratio_vs_replay", g_commit / g_rep);
+    r = row(c, casename, "theus.stage", &m_stage, 0, size, place);
+    r = row(c, casename, "theus.tx", &m_tx, bytes, size, place);
+    result_metric(r, "ratio_vs_baseline", g_tx / g_loop);
+
+    char chart[64], series[64];
+    snprintf(chart, sizeof chart, "%s-%s", c->scenario, sizename);
+    char title[128];
+    snprintf(title, sizeof title, "%s, %s segments, f32 field of %s (CPU)", c->scenario,
+             sizename, fmt_bytes((double)c->field_bytes, pay, sizeof pay));
+    plot_axes(chart, title, "segments per batch", c->add ? "GB/s (read+write, 3P)"
+                                                         : "GB/s (read+write, 2P)", 1, 0);
+    snprintf(series, sizeof series, "theus replay, %s", place);
+    plot_point(chart, series, (double)c->count, g_rep);
+    snprintf(series, sizeof series, "theus commit, %s", place);
+    plot_point(chart, series, (double)c->count, g_commit);
+    snprintf(series, sizeof series, "per-segment loop, %s", place);
+    plot_point(chart, series, (double)c->count, g_loop);
+    snprintf(series, sizeof series, "packed ceiling, %s", place);
+    plot_point(chart, series, (double)c->count, g_ceil);
+
+    printf("%-6s %5s %-6s %8s | %6.2f %5.0f%% %7.1f%s | %6.2f %5.2fx | %6.2f | %6.2f %5.0f%% "
+           "%5.2fx | %6.2f | %s\n",
+           sizename, cnt, place, fmt_bytes((double)c->payload, pay, sizeof pay), g_rep,
+           100 * g_rep / g_ceil, (double)c->count / m_rep->st.median * 1e-6,
+           m_rep->st.stable ? " " : "~", g_loop, g_rep / g_loop, g_ceil, g_commit,
+           100 * g_commit / g_ceil, g_commit / g_loop, g_tx,
+           bench.failures != failures_before ? "CHECK FAILED" : "ok");
+    fflush(stdout);
+    return 0;
+}
+
+/* ---- the scenario ------------------------------------------------------------------------ */
+
+static size_t pick_field_bytes(void)
+{
+    size_t f = bench.quick ? (size_t)128 << 20 : (size_t)1 << 30;
+    if (bench.max_field && bench.max_field < f)
+        f = bench.max_field;
+    /* Five field-sized buffers (baseline, replay, mirror, read-back, the state's own), three
+     * payload-sized ones at most (payload, ceiling destination, staged copies) and the op
+     * table must fit in 80% of the available memory. */
+    while (f > ((size_t)64 << 20) && 8 * f + ((size_t)512 << 20) > bench.mem_avail / 10 * 8)
+        f /= 2;
+    return f;
+}
+
+int scn_replay(int add)
+{
+    const char *scenario = add ? "replay.add" : "replay.copy";
+    static const uint32_t sizes[] = {64, 256, 1024, 4096, 65536, 0};
+    static const char *const size_names[] = {"64B", "256B", "1KiB", "4KiB", "64KiB", "mixed"};
+    static const size_t counts_full[] = {1000, 10000, 100000, 1000000};
+    static const size_t counts_quick[] = {1000, 10000};
+    const size_t *counts = bench.quick ? counts_quick : counts_full;
+    const size_t ncounts = bench.quick ? 2 : 4;
+    size_t maxcount = counts[ncounts - 1];
+
+    replay_ctx c;
+    memset(&c, 0, sizeof c);
+    c.add = add;
+    c.scenario = scenario;
+    c.field_bytes = pick_field_bytes();
+    c.nelems = c.field_bytes / 4;
+    memset(&c.frame, 0, sizeof c.frame);
+    c.frame.ndim = 1;
+    c.frame.stop[0] = (int64_t)c.nelems;
+
+    char fb[16], what[192];
+    snprintf(what, sizeof what, "%s a batch of f32 region deltas into a %s host field; "
+             "GB/s count %s", add ? "add" : "copy", fmt_bytes((double)c.field_bytes, fb, sizeof fb),
+             add ? "3 x payload (read field, read payload, write field)"
+                 : "2 x payload (read payload, write field)");
+    print_header(scenario, "cpu", what);
+    printf("%-6s %5s %-6s %8s | %-21s | %-13s | %-6s | %-20s | %-6s |\n", "seg", "count", "place",
+           "payload", "theus replay", add ? "add loop" : "memcpy loop", "ceil", "theus commit (API)",
+           "tx");
+    printf("%-6s %5s %-6s %8s | %6s %6s %7s  | %6s %6s | %6s | %6s %6s %6s | %6s |\n", "", "", "",
+           "", "GB/s", "%ceil", "Mseg/s", "GB/s", "theus/", "GB/s", "GB/s", "%ceil", "/loop",
+           "GB/s");
+
+    int rc = -1;
+    char schema[256];
+    snprintf(schema, sizeof schema,
+             "{\"name\": \"bench-replay\", \"fields\": {\"x\": {\"dtype\": \"f32\", "
+             "\"shape\": [%zu], \"placement\": \"host\"}}}", c.nelems);
+    c.ref = bench_alloc(c.field_bytes);
+    c.rep = bench_alloc(c.field_bytes);
+    c.mirror = bench_alloc(c.field_bytes);
+    c.scratch = bench_alloc(c.field_bytes);
+    c.packed = bench_alloc(c.field_bytes);
+    c.dst_base = bench_alloc(c.field_bytes + 2 * BENCH_DST_SKEW);
+    c.dst = c.dst_base ? c.dst_base + BENCH_DST_SKEW / sizeof(float) : NULL;
+    c.segs = malloc(maxcount * sizeof *c.segs);
+    c.ops = malloc(maxcount * sizeof *c.ops);
+    if (!c.ref || !c.rep || !c.mirror || !c.scratch || !c.packed || !c.dst || !c.segs || !c.ops) {
+        note_error(scenario, "out of memory for a %s field", fb);
+        goto out;
+    }
+    for (size_t i = 0; i < c.nelems; i++)
+        c.ref[i] = (float)(i % 1000);
+    memcpy(c.rep, c.ref, c.field_bytes);
+    memcpy(c.mirror, c.ref, c.field_bytes);
+    int trc = theus_state_create(schema, NULL, &c.st);
+    if (trc == THEUS_OK)
+        trc = theus_state_init_field(c.st, "x", c.ref, THEUS_MEM_HOST);
+    if (trc != THEUS_OK) {
+        note_error(scenario, "creating the state: %s (%s)", theus_strerror(trc),
+                   theus_last_error_message());
+        goto out;
+    }
+
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        for (size_t ci = 0; ci < ncounts; ci++) {
+            c.count = counts[ci];
+            uint64_t cellseed = bench.seed + si * 1000003u + ci * 7919u + (uint64_t)add;
+            c.payload = make_sorted_batch(c.segs, c.count, sizes[si], c.field_bytes, cellseed);
+            if (c.payload == 0) {
+                char cnt[16], why[160];
+                snprintf(why, sizeof why, "seg=%s count=%s: payload larger than the %s field",
+                         size_names[si], fmt_count((double)c.count, cnt, sizeof cnt), fb);
+                note_skip(scenario, "cpu", why);
+                continue;
+            }
+            for (int pl = 0; pl < 2; pl++) {
+                /* The same set of segments in both placements: sort, or shuffle. */
+                if (pl == 1)
+                    make_sorted_batch(c.segs, c.count, sizes[si], c.field_bytes, cellseed);
+                order_batch(c.segs, c.count, pl == 0, cellseed);
+                if (run_cell(&c, sizes[si], size_names[si], pl == 0 ? "random" : "sorted",
+                             cellseed) != 0)
+                    goto out;
+            }
+        }
+    }
+    rc = 0;
+out:
+    if (c.tx)
+        theus_tx_abort(c.tx);
+    theus_state_destroy(c.st);
+    bench_free(c.ref, c.field_bytes);
+    bench_free(c.rep, c.field_bytes);
+    bench_free(c.mirror, c.field_bytes);
+    bench_free(c.scratch, c.field_bytes);
+    bench_free(c.packed, c.field_bytes);
+    bench_free(c.dst_base, c.field_bytes + 2 * BENCH_DST_SKEW);
+    free(c.segs);
+    free(c.ops);
+    return rc;
+}

@@ -1,0 +1,244 @@
+/* theus-bench harness: clock, random numbers, LLC flushing, and the sampling loop that
+ * warms up and repeats a measurement until its median is stable. */
+#include "bench.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+double now_s(void)
+{
+    return (double)now_ns() * 1e-9;
+}
+
+uint64_t rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+double rng_unit(uint64_t *s)
+{
+    return (double)(rng_next(s) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* ---- memory ------------------------------------------------------------------------------ */
+
+void *bench_alloc(size_t bytes)
+{
+    if (bytes == 0)
+        bytes = 1;
+    /* mmap, not malloc: large buffers come back to the system at once when freed, and the
+     * memset takes every page fault now rather than inside a timed run. */
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    memset(p, 0, bytes);
+    return p;
+}
+
+void bench_free(void *p, size_t bytes)
+{
+    if (p)
+        munmap(p, bytes ? bytes : 1);
+}
+
+/* ---- LLC flush ------------------------------------------------------------------------- */
+
+static unsigned char *flush_buf;
+static size_t flush_bytes;
+static volatile uint64_t flush_sink;
+
+int llc_flush_init(void)
+{
+    flush_bytes = 2 * bench.llc_bytes;
+    flush_buf = bench_alloc(flush_bytes);
+    if (!flush_buf)
+        return -1;
+    /* Real pages with distinct content: reading untouched anonymous memory would only map
+     * the shared zero page and evict nothing. */
+    for (size_t i = 0; i < flush_bytes; i += 64)
+        flush_buf[i] = (unsigned char)i;
+    return 0;
+}
+
+void llc_flush_free(void)
+{
+    bench_free(flush_buf, flush_bytes);
+    flush_buf = NULL;
+}
+
+void llc_flush(void)
+{
+    if (!flush_buf)
+        return;
+    /* One load per line is enough: each load brings its line in and pushes an older one out
+     * (written back if dirty). */
+    uint64_t acc = 0;
+    const size_t words = flush_bytes / sizeof(uint64_t);
+    const uint64_t *w = (const uint64_t *)(void *)flush_buf;
+    for (size_t i = 0; i < words; i += 8)
+        acc += w[i];
+    flush_sink += acc;
+}
+
+int llc_would_hold(size_t bytes)
+{
+    return bytes < 2 * bench.llc_bytes;
+}
+
+/* ---- statistics -------------------------------------------------------------------------- */
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double pct_sorted(const double *s, size_t n, double q)
+{
+    if (n == 0)
+        return NAN;
+    double pos = q * (double)(n - 1);
+    size_t lo = (size_t)pos;
+    if (lo + 1 >= n)
+        return s[n - 1];
+    double frac = pos - (double)lo;
+    return s[lo] + (s[lo + 1] - s[lo]) * frac;
+}
+
+void stats_compute(const double *v, size_t n, bstats *out)
+{
+    memset(out, 0, sizeof *out);
+    out->n = n;
+    if (n == 0) {
+        out->median = out->p10 = out->p90 = out->p99 = out->p999 = NAN;
+        out->min = out->max = out->mean = NAN;
+        return;
+    }
+    double *s = malloc(n * sizeof *s);
+    if (!s) {
+        out->median = NAN;
+        return;
+    }
+    memcpy(s, v, n * sizeof *s);
+    qsort(s, n, sizeof *s, cmp_double);
+    double sum = 0;
+    for (size_t i = 0; i < n; i++)
+        sum += s[i];
+    out->median = pct_sorted(s, n, 0.5);
+    out->p10 = pct_sorted(s, n, 0.10);
+    out->p90 = pct_sorted(s, n, 0.90);
+    out->p99 = pct_sorted(s, n, 0.99);
+    out->p999 = pct_sorted(s, n, 0.999);
+    out->min = s[0];
+    out->max = s[n - 1];
+    out->mean = sum / (double)n;
+    free(s);
+}
+
+static double median_of(const double *v, size_t n)
+{
+    bstats st;
+    stats_compute(v, n, &st);
+    return st.median;
+}
+
+/* ---- the sampling loop ------------------------------------------------------------------- */
+
+static int one_run(const bench_op *op, double *secs)
+{
+    int rc = op->prep ? op->prep(op->ctx) : 0;
+    if (rc)
+        return rc;
+    if (op->flush)
+        llc_flush();
+    uint64_t t0 = now_ns();
+    rc = op->run(op->ctx);
+    uint64_t t1 = now_ns();
+    *secs = (double)(t1 - t0) * 1e-9;
+    return rc;
+}
+
+static int is_stable(const measurement *m, unsigned n)
+{
+    /* Stable: dropping the last few samples moves the median by less than the tolerance. */
+    unsigned drop = n / 5 > 3 ? n / 5 : 3;
+    double all = median_of(m->samples, n);
+    double prev = median_of(m->samples, n - drop);
+    return fabs(all - prev) <= bench.stable_tol * all;
+}
+
+int measure_set(const bench_op *ops, size_t nops, measurement *ms)
+{
+    unsigned maxs = bench.max_samples;
+    if (maxs > BENCH_MAX_SAMPLES)
+        maxs = BENCH_MAX_SAMPLES;
+    unsigned mins = bench.min_samples < maxs ? bench.min_samples : maxs;
+    unsigned n[8] = {0};
+    int done[8] = {0}, stable[8] = {0};
+    if (nops > 8)
+        return -1;
+    for (size_t i = 0; i < nops; i++)
+        memset(&ms[i], 0, sizeof ms[i]);
+    /* Warm-up: once, and once more when a run is short enough that a second costs nothing. */
+    for (size_t i = 0; i < nops; i++) {
+        double t;
+        int rc = one_run(&ops[i], &t);
+        ms[i].runs++;
+        if (!rc && t < 0.02) {
+            rc = one_run(&ops[i], &t);
+            ms[i].runs++;
+        }
+        if (rc)
+            return rc;
+    }
+    /* Round robin, so that a slow drift of the machine (a neighbour, the clock) touches
+     * every method of the set alike. */
+    const double start = now_s();
+    for (;;) {
+        size_t left = 0;
+        for (size_t i = 0; i < nops; i++) {
+            if (done[i])
+                continue;
+            measurement *m = &ms[i];
+            int rc = one_run(&ops[i], &m->samples[n[i]]);
+            m->runs++;
+            if (rc)
+                return rc;
+            n[i]++;
+            if (n[i] >= mins && is_stable(m, n[i]))
+                done[i] = stable[i] = 1;
+            else if (n[i] >= maxs)
+                done[i] = 1;
+            left += !done[i];
+        }
+        if (left == 0)
+            break;
+        int all_min = 1;
+        for (size_t i = 0; i < nops; i++)
+            all_min &= n[i] >= mins;
+        if (all_min && now_s() - start > bench.max_seconds * (double)nops)
+            break;
+    }
+    for (size_t i = 0; i < nops; i++) {
+        stats_compute(ms[i].samples, n[i], &ms[i].st);
+        ms[i].st.stable = stable[i];
+    }
+    return 0;
+}
+
+int measure(const bench_op *op, measurement *m)
+{
+    return measure_set(op, 1, m);
+}

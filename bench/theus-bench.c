@@ -1,0 +1,250 @@
+/* theus-bench: is theus fast enough for you? Every figure comes with its baseline and the
+ * hardware's ceiling measured in the same run, and every scenario checks its result.
+ * This file: the command line, the scenario table, the run and the summary. */
+#include "bench.h"
+#include "theus/theus.h"
+#include <stdlib.h>
+#include <string.h>
+
+bench_cfg bench;
+
+static int run_replay_copy(void)
+{
+    return scn_replay(0);
+}
+
+static int run_replay_add(void)
+{
+    return scn_replay(1);
+}
+
+typedef struct scenario {
+    const char *name;
+    const char *desc;
+    int (*cpu)(void);      /* NULL: no CPU variant */
+    const char *cpu_na;    /* why, when cpu is NULL */
+} scenario;
+
+static const scenario scenarios[] = {
+    {"replay.copy", "apply a batch of ASSIGN region deltas to a field much larger than the "
+                    "caches; sweep segment size x count, random and sorted placement; against "
+                    "a per-segment memcpy loop and one packed memcpy (ceiling)",
+     run_replay_copy, NULL},
+    {"replay.add", "the same sweep with ADD deltas (f32); against a per-segment add loop and "
+                   "one packed add (ceiling)",
+     run_replay_add, NULL},
+    {"commit.latency", "one small delta per transaction, begin -> commit, p50/p99, on a small "
+                       "and a large host field; against a mutex-guarded store",
+     scn_commit_latency, NULL},
+    {"commit.scaling", "commit cost as the written fraction of a large field goes 0.1% -> "
+                       "100%, against copying the whole field",
+     scn_commit_scaling, NULL},
+    {"commit.contention", "1, 2, 4 threads committing read-modify-writes to disjoint and to "
+                          "overlapping regions: commits/s, conflict rate, p50/p99; against a "
+                          "mutex",
+     scn_commit_contention, NULL},
+    {"stage.h2d", "host payloads through pinned staging vs pageable copies (GPU fields)", NULL,
+     "not applicable: host fields take payloads without a host-to-device copy"},
+};
+#define NSCENARIOS (sizeof scenarios / sizeof scenarios[0])
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: theus-bench [options] [scenario ...]\n"
+            "\n"
+            "Measure theus against baselines and the hardware's ceiling, all in the same run.\n"
+            "Without scenario names every scenario runs; a name may be a prefix ending before\n"
+            "a dot (\"replay\", \"commit\").\n"
+            "\n"
+            "options:\n"
+            "  --quick              short pass (CI): smaller fields, fewer sweep cells\n"
+            "  --json FILE          write every measurement, check and the machine as JSON\n"
+            "  --plot DIR           write PNG charts of the sweeps into DIR (needs gnuplot)\n"
+            "  --list               list the scenarios and exit\n"
+            "  --seed N             seed of the random placements (default 1)\n"
+            "  --max-field-mib N    cap the large fields at N MiB (default: 1024, or 128/64\n"
+            "                       with --quick; reduced further to fit available memory)\n"
+            "  --help               this text\n"
+            "\n"
+            "Exit status: 0 when every check passed, 1 when a result was wrong or a scenario\n"
+            "failed, 2 on a usage error. Speed never fails the run.\n");
+}
+
+static void list(void)
+{
+    for (size_t i = 0; i < NSCENARIOS; i++)
+        printf("%-18s %s%s\n", scenarios[i].name, scenarios[i].desc,
+               scenarios[i].cpu ? " [cpu, gpu]" : " [gpu]");
+}
+
+static int name_matches(const char *pattern, const char *name)
+{
+    size_t n = strlen(pattern);
+    return strcmp(pattern, name) == 0 || (strncmp(pattern, name, n) == 0 && name[n] == '.');
+}
+
+/* argv as one shell-readable line (arguments with spaces or quotes are single-quoted). */
+static char *join_command(int argc, char **argv)
+{
+    size_t len = 1;
+    for (int i = 0; i < argc; i++)
+        len += 4 * strlen(argv[i]) + 3;
+    char *s = malloc(len), *p = s;
+    if (!s)
+        return NULL;
+    for (int i = 0; i < argc; i++) {
+        const char *a = i == 0 ? "theus-bench" : argv[i];
+        if (i)
+            *p++ = ' ';
+        int quote = a[0] == '\0' || strpbrk(a, " \t'\"$\\") != NULL;
+        if (quote)
+            *p++ = '\'';
+        for (; *a; a++) {
+            if (*a == '\'') {
+                memcpy(p, "'\\''", 4);
+                p += 4;
+            } else {
+                *p++ = *a;
+            }
+        }
+        if (quote)
+            *p++ = '\'';
+    }
+    *p = '\0';
+    return s;
+}
+
+int main(int argc, char **argv)
+{
+    const char *json = NULL, *plot = NULL;
+    int selected[NSCENARIOS] = {0}, any_selected = 0;
+    bench.seed = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--list") == 0) {
+            list();
+            return 0;
+        } else if (strcmp(a, "--quick") == 0) {
+            bench.quick = 1;
+        } else if ((strcmp(a, "--json") == 0 || strcmp(a, "--plot") == 0 ||
+                    strcmp(a, "--seed") == 0 || strcmp(a, "--max-field-mib") == 0)) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "theus-bench: %s needs a value\n", a);
+                return 2;
+            }
+            const char *v = argv[++i];
+            if (strcmp(a, "--json") == 0) {
+                json = v;
+            } else if (strcmp(a, "--plot") == 0) {
+                plot = v;
+            } else {
+                char *end = NULL;
+                unsigned long long n = strtoull(v, &end, 10);
+                if (!end || *end || end == v || (a[2] == 'm' && (n == 0 || n > (1ull << 20)))) {
+                    fprintf(stderr, "theus-bench: bad value for %s: %s\n", a, v);
+                    return 2;
+                }
+                if (a[2] == 's')
+                    bench.seed = n;
+                else
+                    bench.max_field = (size_t)n << 20;
+            }
+        } else if (a[0] == '-') {
+            fprintf(stderr, "theus-bench: unknown option %s\n", a);
+            usage(stderr);
+            return 2;
+        } else {
+            int hit = 0;
+            for (size_t k = 0; k < NSCENARIOS; k++)
+                if (name_matches(a, scenarios[k].name)) {
+                    selected[k] = 1;
+                    hit = 1;
+                }
+            if (!hit) {
+                fprintf(stderr, "theus-bench: no scenario named %s (see --list)\n", a);
+                return 2;
+            }
+            any_selected = 1;
+        }
+    }
+    if (!any_selected)
+        for (size_t k = 0; k < NSCENARIOS; k++)
+            selected[k] = 1;
+
+    if (bench.quick) {
+        bench.min_samples = 10;
+        bench.max_samples = 20;
+        bench.max_seconds = 0.25;
+        bench.stable_tol = 0.03;
+    } else {
+        bench.min_samples = 10;
+        bench.max_samples = 50;
+        bench.max_seconds = 3.0;
+        bench.stable_tol = 0.01;
+    }
+    bench.llc_bytes = machine_llc_bytes();
+    bench.mem_avail = machine_mem_avail();
+    if (bench.mem_avail == 0)
+        bench.mem_avail = (size_t)4 << 30;
+
+    char *command = join_command(argc, argv);
+    machine_info mi;
+    machine_collect(&mi);
+    printf("theus-bench %s (%s pass): %s\n", mi.theus_version, bench.quick ? "quick" : "full",
+           command ? command : "");
+    machine_print(&mi, stdout);
+    printf("method  : warm-up, then at least %u samples until the median moves < %.0f%% "
+           "(at most %u, or %.2f s); median reported, p10/p90 in --json; LLC flushed "
+           "(%zu MiB stream) before each sample whose working set fits in it\n",
+           bench.min_samples, bench.stable_tol * 100, bench.max_samples, bench.max_seconds,
+           2 * bench.llc_bytes >> 20);
+    printf("ratios  : theus/baseline is a throughput ratio (above 1: theus faster); "
+           "%%ceil = theus throughput / ceiling throughput; '~' marks a median that did not "
+           "settle\n");
+    fflush(stdout);
+    if (llc_flush_init() != 0) {
+        fprintf(stderr, "theus-bench: out of memory for the LLC flush buffer\n");
+        free(command);
+        return 1;
+    }
+
+    const int gpu = theus_gpu_available();
+    double t0 = now_s();
+    for (size_t k = 0; k < NSCENARIOS; k++) {
+        if (!selected[k])
+            continue;
+        const scenario *s = &scenarios[k];
+        if (s->cpu)
+            s->cpu();   /* errors and wrong results are counted in bench.failures */
+        else
+            note_skip(s->name, "cpu", s->cpu_na);
+        note_skip(s->name, "gpu", gpu ? "GPU variant not yet implemented in theus-bench"
+                                      : "no GPU");
+    }
+    const double elapsed = now_s() - t0;
+    machine_load(mi.load_end, sizeof mi.load_end);
+    report_targets(stdout);
+
+    int rc = bench.failures ? 1 : 0;
+    if (json) {
+        if (report_json(json, &mi, command ? command : "") != 0) {
+            fprintf(stderr, "theus-bench: cannot write %s\n", json);
+            rc = 1;
+        } else {
+            printf("--json: results written to %s\n", json);
+        }
+    }
+    if (plot && report_plots(plot) != 0)
+        rc = 1;
+    printf("\ntheus-bench: %s in %.1f s (load average at start %s, at end %s)%s\n",
+           bench.failures ? "FAILED" : "all checks passed", elapsed, mi.load_start, mi.load_end,
+           bench.failures ? " (see WRONG RESULT / ERROR above)" : "");
+    llc_flush_free();
+    report_free();
+    free(command);
+    return rc;
+}
