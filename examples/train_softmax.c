@@ -18,6 +18,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include <theus/theus.h>
 
+#include "softmax.h"
+
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
@@ -32,7 +34,7 @@
 #define TRAIN_SOFTMAX_SCHEMA "examples/schemas/train_softmax.json"
 #endif
 
-enum { FEAT = 64, CLASSES = 10, NWORKERS = 2, BATCH = 64 };
+enum { NWORKERS = 2, BATCH = 64 };
 
 /* Returned by the optimizer's body when the accumulator is empty (never a theus code). */
 #define NOTHING_TO_APPLY 1
@@ -109,114 +111,6 @@ static int parse_args(int argc, char **argv, config *cfg)
     cfg->lr = 0.01f;
     cfg->cluster_scale = 0.45;
     return 0;
-}
-
-/* ---- data ---------------------------------------------------------------------------- */
-
-typedef struct rng {
-    uint64_t s;
-} rng;
-
-static uint64_t rng_next(rng *r) /* splitmix64 */
-{
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static double rng_normal(rng *r) /* Box-Muller */
-{
-    double u1 = ((double)(rng_next(r) >> 11) + 1.0) * 0x1.0p-53; /* (0, 1] */
-    double u2 = (double)(rng_next(r) >> 11) * 0x1.0p-53;
-    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
-}
-
-typedef struct dataset {
-    size_t n;
-    float *x;   /* n x FEAT, row-major */
-    int32_t *y; /* n labels in [0, CLASSES) */
-} dataset;
-
-/* Gaussian clusters: one centre per class, unit-variance noise around it. Train and
- * held-out sets come from the same centres and different draws. */
-static int make_data(uint64_t seed, double scale, dataset *train, dataset *test)
-{
-    rng r = {seed};
-    float centre[CLASSES][FEAT];
-    for (int c = 0; c < CLASSES; c++)
-        for (int j = 0; j < FEAT; j++)
-            centre[c][j] = (float)(scale * rng_normal(&r));
-    dataset *sets[2] = {train, test};
-    for (int k = 0; k < 2; k++) {
-        dataset *d = sets[k];
-        d->x = malloc(d->n * FEAT * sizeof *d->x);
-        d->y = malloc(d->n * sizeof *d->y);
-        if (!d->x || !d->y)
-            return -1;
-        for (size_t i = 0; i < d->n; i++) {
-            int c = (int)(rng_next(&r) % CLASSES);
-            d->y[i] = c;
-            for (int j = 0; j < FEAT; j++)
-                d->x[i * FEAT + j] = centre[c][j] + (float)rng_normal(&r);
-        }
-    }
-    return 0;
-}
-
-static void free_data(dataset *d)
-{
-    free(d->x);
-    free(d->y);
-}
-
-/* ---- the model ----------------------------------------------------------------------- */
-
-/* Z = X W + b for @n rows. */
-static void forward(const float *x, int n, const float *W, const float *b, float *Z)
-{
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, CLASSES, FEAT, 1.0f, x, FEAT, W,
-                CLASSES, 0.0f, Z, CLASSES);
-    for (int i = 0; i < n; i++)
-        for (int c = 0; c < CLASSES; c++)
-            Z[i * CLASSES + c] += b[c];
-}
-
-/* Cross-entropy of row @z (logits) for label @y; turns @z into softmax probabilities. */
-static double softmax_row(float *z, int32_t y)
-{
-    float mx = z[0];
-    for (int c = 1; c < CLASSES; c++)
-        mx = z[c] > mx ? z[c] : mx;
-    float zy = z[y] - mx, sum = 0.0f;
-    for (int c = 0; c < CLASSES; c++) {
-        z[c] = expf(z[c] - mx);
-        sum += z[c];
-    }
-    for (int c = 0; c < CLASSES; c++)
-        z[c] /= sum;
-    return log((double)sum) - (double)zy; /* >= 0: sum >= 1 and zy <= 0 */
-}
-
-/* Batch-mean loss of (x, y) under (W, b), and its gradient in dW (FEAT x CLASSES), db. */
-static float loss_and_grad(const float *x, const int32_t *y, int n, const float *W,
-                           const float *b, float *Z, float *dW, float *db)
-{
-    forward(x, n, W, b, Z);
-    double loss = 0.0;
-    memset(db, 0, CLASSES * sizeof *db);
-    for (int i = 0; i < n; i++) {
-        float *z = Z + (size_t)i * CLASSES;
-        loss += softmax_row(z, y[i]);
-        z[y[i]] -= 1.0f;
-        for (int c = 0; c < CLASSES; c++) {
-            z[c] /= (float)n; /* now dLoss/dlogits */
-            db[c] += z[c];
-        }
-    }
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, FEAT, CLASSES, n, 1.0f, x, FEAT, Z,
-                CLASSES, 0.0f, dW, CLASSES);
-    return (float)(loss / n);
 }
 
 /* ---- coordination between the workers and the optimizer ------------------------------ */
@@ -361,25 +255,13 @@ static const theus_contract optimizer_contract = {
 };
 
 typedef struct optimizer {
-    float lr, beta1, beta2, eps;
+    adam_hp hp;
     float W[FEAT * CLASSES], b[CLASSES];
     float mW[FEAT * CLASSES], vW[FEAT * CLASSES], mb[CLASSES], vb[CLASSES];
     float gW[FEAT * CLASSES], gb[CLASSES];
     int64_t count, step;
     float gloss, loss;
 } optimizer;
-
-static void adam(float *p, float *m, float *v, const float *gsum, size_t n, float inv_count,
-                 const optimizer *o, int64_t t)
-{
-    const float c1 = 1.0f - powf(o->beta1, (float)t), c2 = 1.0f - powf(o->beta2, (float)t);
-    for (size_t i = 0; i < n; i++) {
-        float g = gsum[i] * inv_count;
-        m[i] = o->beta1 * m[i] + (1.0f - o->beta1) * g;
-        v[i] = o->beta2 * v[i] + (1.0f - o->beta2) * g * g;
-        p[i] -= o->lr * (m[i] / c1) / (sqrtf(v[i] / c2) + o->eps);
-    }
-}
 
 static int optimizer_body(theus_tx *tx, void *user)
 {
@@ -404,8 +286,8 @@ static int optimizer_body(theus_tx *tx, void *user)
         return rc;
     const float inv = 1.0f / (float)o->count;
     const int64_t t = o->step + 1;
-    adam(o->W, o->mW, o->vW, o->gW, FEAT * CLASSES, inv, o, t);
-    adam(o->b, o->mb, o->vb, o->gb, CLASSES, inv, o, t);
+    adam(o->W, o->mW, o->vW, o->gW, FEAT * CLASSES, inv, &o->hp, t);
+    adam(o->b, o->mb, o->vb, o->gb, CLASSES, inv, &o->hp, t);
     o->loss = o->gloss * inv;
     if ((rc = theus_tx_write(tx, "W", NULL, o->W, THEUS_MEM_HOST)) ||
         (rc = theus_tx_write(tx, "b", NULL, o->b, THEUS_MEM_HOST)) ||
@@ -453,19 +335,7 @@ static int evaluate(theus_state *st, const dataset *d, float *Z, eval_result *ou
         rc = theus_tx_commit(tx, NULL);
     if (rc != THEUS_OK)
         return rc;
-    forward(d->x, (int)d->n, W, b, Z);
-    double loss = 0.0;
-    size_t correct = 0;
-    for (size_t i = 0; i < d->n; i++) {
-        float *z = Z + i * CLASSES;
-        int best = 0;
-        for (int c = 1; c < CLASSES; c++)
-            best = z[c] > z[best] ? c : best;
-        correct += best == d->y[i];
-        loss += softmax_row(z, d->y[i]);
-    }
-    out->loss = loss / (double)d->n;
-    out->accuracy = (double)correct / (double)d->n;
+    model_eval(d, W, b, Z, &out->loss, &out->accuracy);
     return THEUS_OK;
 }
 
@@ -689,10 +559,7 @@ int main(int argc, char **argv)
         shared_fail(&sh);
         goto join;
     }
-    opt->lr = cfg.lr;
-    opt->beta1 = 0.9f;
-    opt->beta2 = 0.999f;
-    opt->eps = 1e-8f;
+    opt->hp = (adam_hp){.lr = cfg.lr, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
     theus_retry_options ro = THEUS_RETRY_OPTIONS_INIT;
     ro.tx.contract = &optimizer_contract;
     const long log_every = cfg.steps >= 10 ? cfg.steps / 10 : 1;
