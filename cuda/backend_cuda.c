@@ -984,6 +984,83 @@ static int cuda_device_id(void *ctx)
     return ((const cuda_ctx *)ctx)->device;
 }
 
+/* ---- shared states: device memory through CUDA IPC, shared memory registered -------- */
+
+_Static_assert(sizeof(cudaIpcMemHandle_t) == THEUS_IPC_HANDLE_BYTES, "IPC handle size");
+
+static int cuda_ipc_export(void *ctx, void *ptr, void *handle)
+{
+    cuda_call k;
+    int rc = call_begin(ctx, &k);
+    if (rc != THEUS_OK)
+        return rc;
+    cudaIpcMemHandle_t h;
+    cudaError_t e = cudaIpcGetMemHandle(&h, ptr);
+    call_end(&k);
+    if (e != cudaSuccess)
+        return cuda_fail(e, "cudaIpcGetMemHandle", __FILE__, __LINE__);
+    memcpy(handle, &h, sizeof h);
+    return THEUS_OK;
+}
+
+static int cuda_ipc_open(void *ctx, const void *handle, void **ptr)
+{
+    cuda_call k;
+    int rc = call_begin(ctx, &k);
+    if (rc != THEUS_OK)
+        return rc;
+    cudaIpcMemHandle_t h;
+    memcpy(&h, handle, sizeof h);
+    cudaError_t e = cudaIpcOpenMemHandle(ptr, h, cudaIpcMemLazyEnablePeerAccess);
+    call_end(&k);
+    if (e != cudaSuccess)
+        return cuda_fail(e, "cudaIpcOpenMemHandle", __FILE__, __LINE__);
+    return THEUS_OK;
+}
+
+static void cuda_ipc_close(void *ctx, void *ptr)
+{
+    cuda_call k;
+    if (call_begin(ctx, &k) != THEUS_OK)
+        return;
+    if (cudaIpcCloseMemHandle(ptr) != cudaSuccess)
+        (void)cudaGetLastError();
+    call_end(&k);
+}
+
+/* As cuda_alloc's pinned memory: mapped, portable, and reached by kernels at its host
+ * address (unified addressing). */
+static int cuda_host_register(void *ctx, void *ptr, size_t nbytes)
+{
+    cuda_call k;
+    int rc = call_begin(ctx, &k);
+    if (rc != THEUS_OK)
+        return rc;
+    cudaError_t e = cudaHostRegister(ptr, nbytes, cudaHostRegisterMapped | cudaHostRegisterPortable);
+    void *dp = NULL;
+    if (e != cudaSuccess) {
+        rc = cuda_fail(e, "cudaHostRegister", __FILE__, __LINE__);
+    } else if ((e = cudaHostGetDevicePointer(&dp, ptr, 0)) != cudaSuccess || dp != ptr) {
+        rc = e != cudaSuccess ? cuda_fail(e, "cudaHostGetDevicePointer", __FILE__, __LINE__)
+                              : err_set(NULL, THEUS_EDEVICE,
+                                        "CUDA: registered memory has a different device address");
+        if (cudaHostUnregister(ptr) != cudaSuccess)
+            (void)cudaGetLastError();
+    }
+    call_end(&k);
+    return rc;
+}
+
+static void cuda_host_unregister(void *ctx, void *ptr)
+{
+    cuda_call k;
+    if (call_begin(ctx, &k) != THEUS_OK)
+        return;
+    if (cudaHostUnregister(ptr) != cudaSuccess)
+        (void)cudaGetLastError();
+    call_end(&k);
+}
+
 static const theus_backend_iface cuda_iface = {
     .name = "cuda",
     .alloc = cuda_alloc,
@@ -997,6 +1074,11 @@ static const theus_backend_iface cuda_iface = {
     .sync = cuda_sync,
     .destroy = cuda_destroy,
     .device_id = cuda_device_id,
+    .ipc_export = cuda_ipc_export,
+    .ipc_open = cuda_ipc_open,
+    .ipc_close = cuda_ipc_close,
+    .host_register = cuda_host_register,
+    .host_unregister = cuda_host_unregister,
 };
 
 /* ---- discovery ---------------------------------------------------------------------- */
