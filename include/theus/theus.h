@@ -149,7 +149,9 @@ int theus_state_create(const char *schema_json, const theus_state_options *opts,
 int theus_state_create_from_file(const char *schema_path, const theus_state_options *opts,
                                  theus_state **out);
 
-/** @brief Destroy a state and every field's memory. NULL is a no-op.
+/** @brief Destroy a state and every field's memory. NULL is a no-op. For a shared state
+ *  (theus/theus_shared.h) it detaches this handle only: the state lives on for the other
+ *  handles and processes, and goes with the last of them.
  *  @note No other thread may use the state, and every transaction on it must have been
  *        committed or aborted before. */
 void theus_state_destroy(theus_state *st);
@@ -197,7 +199,8 @@ typedef struct theus_stats {
     uint64_t priority_runs;  /**< attempts theus_tx_run made under the priority lease */
 } theus_stats;
 
-/** @brief Copy the state's counters into @p out. @return THEUS_OK or THEUS_EINVAL. Thread-safe. */
+/** @brief Copy the state's counters into @p out (of all processes, for a shared state).
+ *  @return THEUS_OK or THEUS_EINVAL. Thread-safe. */
 int theus_state_stats(const theus_state *st, theus_stats *out);
 
 /* ---------------------------------------------------------------------------------------
