@@ -1,8 +1,11 @@
 /* The softmax regression shared by the examples: a generated data set (Gaussian clusters),
- * the model's loss and gradient (OpenBLAS sgemm), and the Adam update. Header-only: each
- * example is one program. */
+ * the model's loss and gradient (OpenBLAS sgemm), the Adam update, and the optimizer's
+ * transaction on the training state (examples/schemas/train_softmax.json). Header-only:
+ * each example is one program. */
 #ifndef THEUS_EXAMPLES_SOFTMAX_H
 #define THEUS_EXAMPLES_SOFTMAX_H
+
+#include <theus/theus.h>
 
 #include <cblas.h>
 #include <math.h>
@@ -155,6 +158,70 @@ static inline void adam(float *p, float *m, float *v, const float *gsum, size_t 
         v[i] = o->beta2 * v[i] + (1.0f - o->beta2) * g * g;
         p[i] -= o->lr * (m[i] / c1) / (sqrtf(v[i] / c2) + o->eps);
     }
+}
+
+/* ---- the optimizer's transaction -------------------------------------------------- */
+
+/* Returned by the optimizer's body when the accumulator is empty (never a theus code). */
+#define NOTHING_TO_APPLY 1
+
+static const char *const opt_inputs[] = {"grad_*"};
+static const char *const opt_outputs[] = {"W", "b", "adam_*", "grad_*", "step", "loss"};
+static const theus_contract optimizer_contract = {
+    .name = "adam",
+    .inputs = opt_inputs, .n_inputs = 1,
+    .outputs = opt_outputs, .n_outputs = 6,
+};
+
+typedef struct optimizer {
+    adam_hp hp;
+    float W[FEAT * CLASSES], b[CLASSES];
+    float mW[FEAT * CLASSES], vW[FEAT * CLASSES], mb[CLASSES], vb[CLASSES];
+    float gW[FEAT * CLASSES], gb[CLASSES];
+    int64_t count, step;
+    float gloss, loss;
+} optimizer;
+
+static inline int optimizer_body(theus_tx *tx, void *user)
+{
+    static const float zeros[FEAT * CLASSES];
+    static const int64_t zero64;
+    optimizer *o = user;
+    int rc;
+    if ((rc = theus_tx_read(tx, "grad_count", NULL, &o->count, THEUS_MEM_HOST)))
+        return rc;
+    if (o->count <= 0)
+        return NOTHING_TO_APPLY;
+    if ((rc = theus_tx_read(tx, "grad_loss", NULL, &o->gloss, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_read(tx, "grad_W", NULL, o->gW, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_read(tx, "grad_b", NULL, o->gb, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_read(tx, "step", NULL, &o->step, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_read(tx, "W", NULL, o->W, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_read(tx, "b", NULL, o->b, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_read(tx, "adam_mW", NULL, o->mW, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_read(tx, "adam_vW", NULL, o->vW, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_read(tx, "adam_mb", NULL, o->mb, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_read(tx, "adam_vb", NULL, o->vb, THEUS_MEM_HOST)))
+        return rc;
+    const float inv = 1.0f / (float)o->count;
+    const int64_t t = o->step + 1;
+    adam(o->W, o->mW, o->vW, o->gW, FEAT * CLASSES, inv, &o->hp, t);
+    adam(o->b, o->mb, o->vb, o->gb, CLASSES, inv, &o->hp, t);
+    o->loss = o->gloss * inv;
+    if ((rc = theus_tx_write(tx, "W", NULL, o->W, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_write(tx, "b", NULL, o->b, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_write(tx, "adam_mW", NULL, o->mW, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_write(tx, "adam_vW", NULL, o->vW, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_write(tx, "adam_mb", NULL, o->mb, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_write(tx, "adam_vb", NULL, o->vb, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_write(tx, "grad_W", NULL, zeros, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_write(tx, "grad_b", NULL, zeros, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_write(tx, "grad_count", NULL, &zero64, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_write(tx, "grad_loss", NULL, zeros, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_write(tx, "step", NULL, &t, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_write(tx, "loss", NULL, &o->loss, THEUS_MEM_HOST)))
+        return rc;
+    return THEUS_OK;
 }
 
 #endif
