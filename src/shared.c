@@ -827,6 +827,38 @@ static void layout_segment(const theus_state *st, const uint32_t *place, size_t 
     L->total = align_to(off > L->off_data ? off : L->off_data + 1, PAGE);
 }
 
+/* The creator's GPU view of a new segment: the redo area and pinned fields registered,
+ * device fields allocated here and exported. */
+static int map_gpu_create(shared_map *m, const theus_state *st, const uint32_t *place,
+                          const seg_layout *L, const char *name)
+{
+    unsigned char *base = m->s.base;
+    const theus_backend *g = NULL;
+    for (uint32_t i = 0; i < m->nfields; i++)
+        if (place[i] != THEUS_PLACEMENT_HOST)
+            g = st->backend[i];
+    int rc = g->iface->host_register(g->ctx, base + L->off_redo, L->gpu_end - L->off_redo);
+    if (rc != THEUS_OK)
+        return err_wrap(NULL, rc, "shared state '%s': cannot register its memory with the GPU",
+                        name);
+    m->gpu = g;
+    m->registered = base + L->off_redo;
+    for (uint32_t i = 0; i < m->nfields; i++) {
+        if (place[i] != THEUS_PLACEMENT_DEVICE)
+            continue;
+        const field_desc *f = &st->fields[i];
+        m->owns_device = 1;
+        rc = g->iface->alloc(g->ctx, THEUS_PLACEMENT_DEVICE, f->nbytes, &m->dev[i]);
+        if (rc == THEUS_OK)
+            rc = g->iface->ipc_export(g->ctx, m->dev[i],
+                                      base + L->off_ipc + (size_t)i * THEUS_IPC_HANDLE_BYTES);
+        if (rc != THEUS_OK)
+            return err_wrap(NULL, rc, "shared state '%s': cannot allocate and export field '%s' "
+                            "(%zu bytes of GPU memory)", name, f->name, (size_t)f->nbytes);
+    }
+    return THEUS_OK;
+}
+
 /* Give the new segment @tmp its name @segname; a state of that name whose processes all
  * died is removed first. */
 static int publish_name(const char *tmp, const char *segname, const char *name)
@@ -998,51 +1030,27 @@ int theus_state_create_shared(const char *name, const char *schema_json,
         st->fields[i].data_offset = data_off[i];
     }
 
-    /* GPU fields: device memory of this process, exported; the redo area and pinned fields
-     * registered. */
-    if (L.gpu_end > L.off_redo) {
-        const theus_backend *g = st->backend[0];
-        for (size_t i = 0; i < nf; i++)
-            if (place[i] != THEUS_PLACEMENT_HOST)
-                g = st->backend[i];
-        m->gpu = g;
-        rc = g->iface->host_register(g->ctx, (char *)p + L.off_redo, L.gpu_end - L.off_redo);
-        if (rc != THEUS_OK) {
-            m->gpu = NULL;
-            rc = err_wrap(NULL, rc, "shared state '%s': cannot register its memory with the GPU",
-                          name);
-            goto fail;
-        }
-        m->registered = (char *)p + L.off_redo;
-        for (size_t i = 0; i < nf; i++) {
-            if (place[i] != THEUS_PLACEMENT_DEVICE)
-                continue;
-            const field_desc *f = &st->fields[i];
-            m->owns_device = 1;
-            rc = g->iface->alloc(g->ctx, THEUS_PLACEMENT_DEVICE, f->nbytes, &m->dev[i]);
-            if (rc == THEUS_OK)
-                rc = g->iface->ipc_export(g->ctx, m->dev[i],
-                                          (char *)p + L.off_ipc + i * THEUS_IPC_HANDLE_BYTES);
-            if (rc != THEUS_OK) {
-                rc = err_wrap(NULL, rc, "shared state '%s': cannot allocate and export field "
-                              "'%s' (%zu bytes of GPU memory)", name, f->name, (size_t)f->nbytes);
-                goto fail;
-            }
-        }
-    }
+    if (L.gpu_end > L.off_redo && (rc = map_gpu_create(m, st, place, &L, name)) != THEUS_OK)
+        goto fail;
     m->ready = 1;
     bind_fields(st, m);
     lease_take(st); /* slot 0 of an empty table */
     a->checksum = layout_checksum(p);
 
-    rc = publish_name(tmp, segname, name);
-    shm_unlink(tmp);
-    tmp[0] = '\0';
-    if (rc != THEUS_OK)
-        goto fail;
+    /* In this process's mappings before the name exists, so that an open of the name from
+     * another thread finds this mapping (and this process's device memory). */
     pthread_mutex_lock(&g_maps_mu);
     map_insert(m);
     pthread_mutex_unlock(&g_maps_mu);
+    rc = publish_name(tmp, segname, name);
+    shm_unlink(tmp);
+    tmp[0] = '\0';
+    if (rc != THEUS_OK) {
+        pthread_mutex_lock(&g_maps_mu);
+        map_remove(m);
+        pthread_mutex_unlock(&g_maps_mu);
+        goto fail;
+    }
     theus_xfree(data_off);
     theus_xfree(place);
     *out = st;
