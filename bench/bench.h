@@ -7,6 +7,12 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "gpu.h"
+
+#ifdef __cplusplus
+extern "C" {   /* the GPU scenarios (gpu_*.cu) are C++ */
+#endif
+
 /* ---- run configuration and outcome (one per process; filled by main) ---------------- */
 typedef struct bench_cfg {
     int quick;                 /* --quick: short pass for CI */
@@ -64,6 +70,8 @@ typedef struct bench_op {
     int (*prep)(void *ctx);
     int (*run)(void *ctx);
     int flush;
+    /* Instead of @run: a run that times itself (CUDA events, say) and stores the seconds. */
+    int (*run_timed)(void *ctx, double *secs);
 } bench_op;
 
 #define BENCH_MAX_SAMPLES 64
@@ -77,7 +85,8 @@ typedef struct measurement {
 /* Warm up, then sample until the median is stable (bench.min_samples at least). Returns 0,
  * or the first non-zero value a callback returned. */
 int measure(const bench_op *op, measurement *m);
-/* The same for up to 8 operations sampled in turn (round robin), so that a drift of the
+#define BENCH_MAX_OPS 12
+/* The same for up to BENCH_MAX_OPS operations sampled in turn (round robin), so that a drift of the
  * machine during the measurement affects all of them alike. */
 int measure_set(const bench_op *ops, size_t nops, measurement *ms);
 
@@ -85,7 +94,7 @@ int measure_set(const bench_op *ops, size_t nops, measurement *ms);
 #define BENCH_MAX_KV 10
 
 typedef struct bench_kv {
-    char key[24];
+    char key[32];
     char str[48];
     double num;
     int is_str;
@@ -146,7 +155,8 @@ typedef struct machine_info {
     char build_type[32];
     char theus_version[32];
     char git[128];
-    char gpu[96];
+    char gpu[512];             /* one line: what GPU, or why none */
+    gpu_info gpu_i;            /* the GPU in detail (gpu.h) */
     char date[32];             /* UTC, ISO 8601 */
     char load_start[64];       /* /proc/loadavg when the run began */
     char load_end[64];         /* ... and when it ended */
@@ -166,7 +176,7 @@ int report_json(const char *path, const machine_info *m, const char *command);
 /* Write PNG charts through gnuplot into @dir; 0 ok (or gnuplot missing: a message), -1 on
  * an I/O error. */
 int report_plots(const char *dir);
-/* Print where the run stands against the CPU targets of the benchmark issue. */
+/* Print where the run stands against the CPU and GPU targets of the benchmark issue. */
 void report_targets(FILE *f);
 void report_free(void);
 
@@ -184,5 +194,9 @@ int scn_replay(int add);            /* replay.copy (add = 0) and replay.add (add
 int scn_commit_latency(void);
 int scn_commit_scaling(void);
 int scn_commit_contention(void);
+/* The GPU variants are declared in gpu.h. */
 
+#ifdef __cplusplus
+}
+#endif
 #endif

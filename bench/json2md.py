@@ -39,8 +39,8 @@ def provenance(d):
             f"command `{d['command']}`; load average {m['loadavg_start']} at start.*")
 
 
-def rows_of(d, scenario):
-    return [r for r in d["results"] if r["scenario"] == scenario]
+def rows_of(d, scenario, target="cpu"):
+    return [r for r in d["results"] if r["scenario"] == scenario and r["target"] == target]
 
 
 def by_case(rows):
@@ -155,6 +155,36 @@ def contention_table(d):
     return "\n".join(out) + "\n"
 
 
+def gpu_provenance(d):
+    m = d["machine"]
+    return provenance(d)[:-2] + f"; GPU: {m.get('gpu', '?')}.*"
+
+
+def gpu_table(d, scenario):
+    """Every GPU row of a scenario: one line per case and method, with its ratios."""
+    rows = rows_of(d, scenario, "gpu")
+    if not rows:
+        return ""
+    out = [gpu_provenance(d), "",
+           "| case | method | median | p10–p90 | GB/s | items/s | ratios |",
+           "|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        s = r["seconds"]
+        us = lambda v: f"{v * 1e6:.1f} µs" if v < 1e-3 else f"{v * 1e3:.3f} ms"
+        g = f"{gbps(r):.1f}" if r["bytes_per_run"] else ""
+        ips = f"{r['items_per_s_median']:,.0f}" if r.get("items_per_s_median") else ""
+        ratios = ", ".join(f"{k} {v:.2f}" for k, v in r["metrics"].items()
+                           if isinstance(v, (int, float)) and v is not None)
+        out.append(f"| {r['case']} | {r['method']} | {us(s['median'])}"
+                   f"{'' if s['stable'] else ' ~'} | {us(s['p10'])}–{us(s['p90'])} | {g} | "
+                   f"{ips} | {ratios} |")
+    skipped = [s["reason"] for s in d["skipped"]
+               if s["scenario"] == scenario and s["target"] == "gpu"]
+    if skipped:
+        out += ["", "Not run: " + "; ".join(skipped) + "."]
+    return "\n".join(out) + "\n"
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -168,6 +198,10 @@ def main():
     for name, text in parts:
         if text:
             print(f"### {name} (CPU)\n\n{text}")
+    for name in ("replay.copy", "replay.add", "commit.latency", "commit.scaling", "stage.h2d"):
+        text = gpu_table(d, name)
+        if text:
+            print(f"### {name} (GPU)\n\n{text}")
     bad = [c for c in d["checks"] if not c["ok"]]
     print(f"Checks: {len(d['checks']) - len(bad)} of {len(d['checks'])} passed; "
           f"status `{d['status']}`.")

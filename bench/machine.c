@@ -157,11 +157,23 @@ void machine_collect(machine_info *m)
     snprintf(m->theus_version, sizeof m->theus_version, "%d.%d.%d", THEUS_VERSION_MAJOR,
              THEUS_VERSION_MINOR, THEUS_VERSION_PATCH);
     snprintf(m->git, sizeof m->git, "%s", THEUS_BENCH_GIT);
-    if (theus_gpu_available())
-        snprintf(m->gpu, sizeof m->gpu, "present (theus_gpu_available() = 1; GPU scenarios "
-                 "not yet in theus-bench)");
-    else
-        snprintf(m->gpu, sizeof m->gpu, "none (theus_gpu_available() = 0)");
+    gpu_collect(&m->gpu_i);
+    const gpu_info *g = &m->gpu_i;
+    if (g->present) {
+        char mem[16], l2[16];
+        snprintf(m->gpu, sizeof m->gpu,
+                 "%s (sm_%d%d, %d SMs, %s, L2 %s), driver %s (CUDA %d.%d), runtime %d.%d; "
+                 "memory peak %.0f GB/s, measured copy %.0f GB/s (kernel) / %.0f GB/s "
+                 "(cudaMemcpy)",
+                 g->name, g->cc_major, g->cc_minor, g->sms,
+                 fmt_bytes((double)g->mem_total, mem, sizeof mem),
+                 fmt_bytes((double)g->l2_bytes, l2, sizeof l2), g->driver[0] ? g->driver : "?",
+                 g->driver_api / 1000, g->driver_api % 1000 / 10, g->runtime / 1000,
+                 g->runtime % 1000 / 10, g->peak_gbps, g->copy_gbps, g->memcpy_gbps);
+    } else {
+        snprintf(m->gpu, sizeof m->gpu, "none (theus_gpu_available() = %d%s%s)",
+                 theus_gpu_available(), g->note[0] ? "; " : "", g->note);
+    }
     time_t t = time(NULL);
     struct tm tm;
     gmtime_r(&t, &tm);

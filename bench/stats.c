@@ -163,6 +163,8 @@ static int one_run(const bench_op *op, double *secs)
         return rc;
     if (op->flush)
         llc_flush();
+    if (op->run_timed)
+        return op->run_timed(op->ctx, secs);
     uint64_t t0 = now_ns();
     rc = op->run(op->ctx);
     uint64_t t1 = now_ns();
@@ -185,9 +187,9 @@ int measure_set(const bench_op *ops, size_t nops, measurement *ms)
     if (maxs > BENCH_MAX_SAMPLES)
         maxs = BENCH_MAX_SAMPLES;
     unsigned mins = bench.min_samples < maxs ? bench.min_samples : maxs;
-    unsigned n[8] = {0};
-    int done[8] = {0}, stable[8] = {0};
-    if (nops > 8)
+    unsigned n[BENCH_MAX_OPS] = {0};
+    int done[BENCH_MAX_OPS] = {0}, stable[BENCH_MAX_OPS] = {0};
+    if (nops > BENCH_MAX_OPS)
         return -1;
     for (size_t i = 0; i < nops; i++)
         memset(&ms[i], 0, sizeof ms[i]);

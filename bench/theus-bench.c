@@ -2,6 +2,7 @@
  * hardware's ceiling measured in the same run, and every scenario checks its result.
  * This file: the command line, the scenario table, the run and the summary. */
 #include "bench.h"
+#include "gpu.h"
 #include "theus/theus.h"
 #include <stdlib.h>
 #include <string.h>
@@ -18,33 +19,48 @@ static int run_replay_add(void)
     return scn_replay(1);
 }
 
+static int run_gpu_replay_copy(void)
+{
+    return scn_gpu_replay(0);
+}
+
+static int run_gpu_replay_add(void)
+{
+    return scn_gpu_replay(1);
+}
+
 typedef struct scenario {
     const char *name;
     const char *desc;
     int (*cpu)(void);      /* NULL: no CPU variant */
     const char *cpu_na;    /* why, when cpu is NULL */
+    int (*gpu)(void);      /* the GPU variant (gpu.h; reports "not built" without CUDA) */
 } scenario;
 
 static const scenario scenarios[] = {
     {"replay.copy", "apply a batch of ASSIGN region deltas to a field much larger than the "
                     "caches; sweep segment size x count, random and sorted placement; against "
-                    "a per-segment memcpy loop and one packed memcpy (ceiling)",
-     run_replay_copy, NULL},
+                    "a per-segment memcpy loop and one packed memcpy (ceiling); on the GPU "
+                    "against cudaMemcpyAsync per segment, cudaMemcpyBatchAsync, "
+                    "cub::DeviceMemcpy::Batched and a streaming-copy kernel (ceiling)",
+     run_replay_copy, NULL, run_gpu_replay_copy},
     {"replay.add", "the same sweep with ADD deltas (f32); against a per-segment add loop and "
                    "one packed add (ceiling)",
-     run_replay_add, NULL},
+     run_replay_add, NULL, run_gpu_replay_add},
     {"commit.latency", "one small delta per transaction, begin -> commit, p50/p99, on a small "
                        "and a large host field; against a mutex-guarded store",
-     scn_commit_latency, NULL},
+     scn_commit_latency, NULL, scn_gpu_commit_latency},
     {"commit.scaling", "commit cost as the written fraction of a large field goes 0.1% -> "
                        "100%, against copying the whole field",
-     scn_commit_scaling, NULL},
+     scn_commit_scaling, NULL, scn_gpu_commit_scaling},
     {"commit.contention", "1, 2, 4 threads committing read-modify-writes to disjoint and to "
                           "overlapping regions: commits/s, conflict rate, p50/p99; against a "
                           "mutex",
-     scn_commit_contention, NULL},
-    {"stage.h2d", "host payloads through pinned staging vs pageable copies (GPU fields)", NULL,
-     "not applicable: host fields take payloads without a host-to-device copy"},
+     scn_commit_contention, NULL, NULL},
+    {"stage.h2d", "host payloads staged into a device field through theus_tx_write vs "
+                  "cudaMemcpy from pageable and from pinned memory (GPU fields)", NULL,
+     "not applicable: host fields take payloads without a host-to-device copy",
+     scn_gpu_stage_h2d},
 };
 #define NSCENARIOS (sizeof scenarios / sizeof scenarios[0])
 
@@ -64,18 +80,24 @@ static void usage(FILE *f)
             "  --list               list the scenarios and exit\n"
             "  --seed N             seed of the random placements (default 1)\n"
             "  --max-field-mib N    cap the large fields at N MiB (default: 1024, or 128/64\n"
-            "                       with --quick; reduced further to fit available memory)\n"
+            "                       with --quick, 256 on the GPU; reduced further to fit\n"
+            "                       available host and device memory)\n"
+            "  --target T           run only the cpu or the gpu variants (default: all)\n"
             "  --help               this text\n"
             "\n"
             "Exit status: 0 when every check passed, 1 when a result was wrong or a scenario\n"
-            "failed, 2 on a usage error. Speed never fails the run.\n");
+            "failed (a CUDA error included), 2 on a usage error. Speed never fails the run.\n"
+            "GPU variants run when theus_gpu_available() = 1 and print \"skipped: no GPU\"\n"
+            "otherwise.\n");
 }
 
 static void list(void)
 {
     for (size_t i = 0; i < NSCENARIOS; i++)
         printf("%-18s %s%s\n", scenarios[i].name, scenarios[i].desc,
-               scenarios[i].cpu ? " [cpu, gpu]" : " [gpu]");
+               scenarios[i].cpu && scenarios[i].gpu ? " [cpu, gpu]"
+               : scenarios[i].cpu                   ? " [cpu]"
+                                                    : " [gpu]");
 }
 
 static int name_matches(const char *pattern, const char *name)
@@ -119,6 +141,7 @@ int main(int argc, char **argv)
 {
     const char *json = NULL, *plot = NULL;
     int selected[NSCENARIOS] = {0}, any_selected = 0;
+    int want_cpu = 1, want_gpu = 1;
     bench.seed = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -130,6 +153,16 @@ int main(int argc, char **argv)
             return 0;
         } else if (strcmp(a, "--quick") == 0) {
             bench.quick = 1;
+        } else if (strcmp(a, "--target") == 0) {
+            const char *v = i + 1 < argc ? argv[++i] : "";
+            if (strcmp(v, "cpu") == 0) {
+                want_gpu = 0;
+            } else if (strcmp(v, "gpu") == 0) {
+                want_cpu = 0;
+            } else if (strcmp(v, "all") != 0) {
+                fprintf(stderr, "theus-bench: --target takes cpu, gpu or all\n");
+                return 2;
+            }
         } else if ((strcmp(a, "--json") == 0 || strcmp(a, "--plot") == 0 ||
                     strcmp(a, "--seed") == 0 || strcmp(a, "--max-field-mib") == 0)) {
             if (i + 1 >= argc) {
@@ -218,13 +251,25 @@ int main(int argc, char **argv)
         if (!selected[k])
             continue;
         const scenario *s = &scenarios[k];
-        if (s->cpu)
-            s->cpu();   /* errors and wrong results are counted in bench.failures */
-        else
-            note_skip(s->name, "cpu", s->cpu_na);
-        note_skip(s->name, "gpu", gpu ? "GPU variant not yet implemented in theus-bench"
-                                      : "no GPU");
+        /* Errors and wrong results are counted in bench.failures. */
+        if (want_cpu) {
+            if (s->cpu)
+                s->cpu();
+            else
+                note_skip(s->name, "cpu", s->cpu_na);
+        }
+        if (want_gpu) {
+            if (!s->gpu)
+                note_skip(s->name, "gpu", "no GPU variant (the scenario is about host threads)");
+            else if (gpu && mi.gpu_i.built)
+                s->gpu();
+            else if (!mi.gpu_i.built)
+                note_skip(s->name, "gpu", "no GPU (theus-bench built without CUDA)");
+            else
+                note_skip(s->name, "gpu", "no GPU");
+        }
     }
+    gpu_shutdown();
     const double elapsed = now_s() - t0;
     machine_load(mi.load_end, sizeof mi.load_end);
     report_targets(stdout);
