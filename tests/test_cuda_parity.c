@@ -734,12 +734,9 @@ Test(cuda_parity, concurrent_commits_and_reads)
     }
 }
 
-/* A refused commit on a device field. Disabled: the core formats the refusal message with
- * dtype_get() on the staged payload, which is device memory for a device field, so the
- * host dereferences a device pointer (src/commit.c gatekeep_assigns, src/state.c
- * theus_state_init_field). Enable once the core reads the offending element through the
- * backend. */
-Test(cuda_parity, refusal_on_device_field, .disabled = true)
+/* A constraint refusal on a device field: the gatekeeper reads the offending element
+ * through the backend (the staged payload is device memory). */
+Test(cuda_parity, refusal_on_device_field)
 {
     need_gpu();
     const char *json = "{\"fields\": {\"x\": {\"dtype\": \"f32\", \"shape\": [64], "
