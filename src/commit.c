@@ -9,19 +9,34 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Whether this transaction adds to field @f anywhere (then the constraint must be checked
- * on the values the commit produces, which depend on the committed state). */
-static int tx_adds_to(const theus_tx *tx, uint32_t f)
-{
-    for (size_t k = 0; k < tx->ndeltas; k++)
-        if (tx->deltas[k].field == f && tx->deltas[k].op == DELTA_ADD)
-            return 1;
-    return 0;
-}
-
 static int has_constraints(const field_desc *f)
 {
     return f->cons.has_min || f->cons.has_max || f->cons.finite;
+}
+
+/* Per field, what the gatekeeper must do: GATE_ASSIGNS checks staged ASSIGN payloads
+ * before the lock; GATE_RESULT (the batch adds to a constrained field) checks the values
+ * the commit will produce, which depend on the committed state, under the lock. One pass
+ * over the batch; *out stays NULL when no constrained field is touched. */
+enum { GATE_NONE = 0, GATE_ASSIGNS = 1, GATE_RESULT = 2 };
+
+static int gate_plan(theus_state *st, const theus_tx *tx, unsigned char **out)
+{
+    *out = NULL;
+    unsigned char *plan = NULL;
+    for (size_t k = 0; k < tx->ndeltas; k++) {
+        const delta *d = &tx->deltas[k];
+        if (!has_constraints(&st->fields[d->field]))
+            continue;
+        if (!plan && !(plan = theus_xcalloc(st->hdr->nfields, 1)))
+            return err_set(st, THEUS_ENOMEM, "commit: out of memory");
+        if (d->op == DELTA_ADD)
+            plan[d->field] = GATE_RESULT;
+        else if (plan[d->field] == GATE_NONE)
+            plan[d->field] = GATE_ASSIGNS;
+    }
+    *out = plan;
+    return THEUS_OK;
 }
 
 static int refuse(theus_state *st, const field_desc *f, size_t bad, double value)
@@ -41,12 +56,12 @@ static int refuse(theus_state *st, const field_desc *f, size_t bad, double value
 
 /* Before the lock: ASSIGN payloads of constrained fields that this transaction does not
  * also add to are the values the commit will write, so they can be checked now. */
-static int gatekeep_assigns(theus_state *st, const theus_tx *tx)
+static int gatekeep_assigns(theus_state *st, const theus_tx *tx, const unsigned char *plan)
 {
-    for (size_t k = 0; k < tx->ndeltas; k++) {
+    for (size_t k = 0; plan && k < tx->ndeltas; k++) {
         const delta *d = &tx->deltas[k];
         const field_desc *f = &st->fields[d->field];
-        if (d->op != DELTA_ASSIGN || !has_constraints(f) || tx_adds_to(tx, d->field))
+        if (plan[d->field] != GATE_ASSIGNS)
             continue;
         size_t bad = SIZE_MAX;
         int rc = backend_check(st->backend[d->field], (theus_dtype)f->dtype, d->payload,
@@ -65,12 +80,12 @@ static int gatekeep_assigns(theus_state *st, const theus_tx *tx)
 
 /* Under the lock: for constrained fields that receive ADDs, compute the values each
  * delta's region will hold after the commit (committed bytes + this batch) and check them. */
-static int gatekeep_adds(theus_state *st, const theus_tx *tx)
+static int gatekeep_adds(theus_state *st, const theus_tx *tx, const unsigned char *plan)
 {
-    for (size_t k = 0; k < tx->ndeltas; k++) {
+    for (size_t k = 0; plan && k < tx->ndeltas; k++) {
         const delta *d = &tx->deltas[k];
         const field_desc *f = &st->fields[d->field];
-        if (!has_constraints(f) || !tx_adds_to(tx, d->field))
+        if (plan[d->field] != GATE_RESULT)
             continue;
         theus_dtype dt = (theus_dtype)f->dtype;
         const theus_backend *b = st->backend[d->field];
@@ -193,15 +208,21 @@ int theus_tx_commit(theus_tx *tx, uint64_t *committed_version)
         tx_free(tx);
         return THEUS_OK;
     }
-    int rc = gatekeep_assigns(st, tx);
-    if (rc != THEUS_OK)
+    unsigned char *plan = NULL;
+    int rc = gate_plan(st, tx, &plan);
+    if (rc == THEUS_OK)
+        rc = gatekeep_assigns(st, tx, plan);
+    replay_op *ops = NULL;
+    if (rc == THEUS_OK && !(ops = theus_xmalloc(tx->ndeltas * sizeof *ops)))
+        rc = err_set(st, THEUS_ENOMEM, "commit: out of memory");
+    if (rc != THEUS_OK) {
+        theus_xfree(plan);
         return fail_commit(tx, rc);
-    replay_op *ops = theus_xmalloc(tx->ndeltas * sizeof *ops);
-    if (!ops)
-        return fail_commit(tx, err_set(st, THEUS_ENOMEM, "commit: out of memory"));
+    }
 
     rc = state_commit_lock(st, tx->priority_ticket);
     if (rc != THEUS_OK) {
+        theus_xfree(plan);
         theus_xfree(ops);
         return fail_commit(tx, rc);
     }
@@ -209,11 +230,13 @@ int theus_tx_commit(theus_tx *tx, uint64_t *committed_version)
     theus_conflict c;
     if (tx_check_conflicts(tx, now, &c)) {
         state_commit_unlock(st);
+        theus_xfree(plan);
         theus_xfree(ops);
         atomic_fetch_add(&h->stats.conflicts, 1);
         return fail_commit(tx, err_conflict(st, &c));
     }
-    rc = gatekeep_adds(st, tx);
+    rc = gatekeep_adds(st, tx, plan);
+    theus_xfree(plan);
     const uint64_t next = now + 1;
     struct commit_batch batch = {.st = st, .version = next, .deltas = tx->deltas,
                                  .ndeltas = tx->ndeltas};
