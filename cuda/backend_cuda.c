@@ -792,49 +792,6 @@ static int cuda_replay(void *ctx, const replay_op *ops, size_t n)
     return rc;
 }
 
-/* Integer bounds as exact integer ranges: the same rules as src/dtype.c (ceil of min,
- * floor of max, clamped to the type; a NaN bound or an empty range fails everything). */
-#define TWO63 9223372036854775808.0
-#define TWO64 18446744073709551616.0
-
-static int signed_range(const theus_constraints *c, int64_t *lo, int64_t *hi)
-{
-    *lo = INT64_MIN;
-    *hi = INT64_MAX;
-    if (c->has_min) {
-        if (isnan(c->min) || c->min >= TWO63)
-            return 0;
-        if (c->min > -TWO63)
-            *lo = (int64_t)ceil(c->min);
-    }
-    if (c->has_max) {
-        if (isnan(c->max) || c->max < -TWO63)
-            return 0;
-        if (c->max < TWO63)
-            *hi = (int64_t)floor(c->max);
-    }
-    return *lo <= *hi;
-}
-
-static int unsigned_range(const theus_constraints *c, uint64_t *lo, uint64_t *hi)
-{
-    *lo = 0;
-    *hi = UINT64_MAX;
-    if (c->has_min) {
-        if (isnan(c->min) || c->min >= TWO64)
-            return 0;
-        if (c->min > 0)
-            *lo = (uint64_t)ceil(c->min);
-    }
-    if (c->has_max) {
-        if (isnan(c->max) || c->max < 0)
-            return 0;
-        if (c->max < TWO64)
-            *hi = (uint64_t)floor(c->max);
-    }
-    return *lo <= *hi;
-}
-
 static int is_signed_int(theus_dtype dt)
 {
     return dt == THEUS_DTYPE_I8 || dt == THEUS_DTYPE_I16 || dt == THEUS_DTYPE_I32 ||
@@ -869,13 +826,13 @@ static int cuda_check(void *ctx, theus_dtype dt, const void *staged, size_t n,
         return THEUS_OK;
     } else if (is_signed_int(dt)) {
         p.kind = THEUS_CHECK_SIGNED;
-        if (!signed_range(cons, &p.lo, &p.hi)) {
+        if (!dtype_signed_range(cons, &p.lo, &p.hi)) {
             *bad_index = 0;
             return THEUS_OK;
         }
     } else {
         p.kind = THEUS_CHECK_UNSIGNED;
-        if (!unsigned_range(cons, &p.ulo, &p.uhi)) {
+        if (!dtype_unsigned_range(cons, &p.ulo, &p.uhi)) {
             *bad_index = 0;
             return THEUS_OK;
         }

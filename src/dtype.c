@@ -380,7 +380,7 @@ double dtype_get(theus_dtype dt, const void *buf, size_t i)
 #define TWO64 18446744073709551616.0 /* 2^64, exact as a double */
 
 /* Returns 0 when no integer satisfies the bounds, else 1 with [*lo, *hi] set. */
-static int signed_range(const theus_constraints *c, int64_t *lo, int64_t *hi)
+int dtype_signed_range(const theus_constraints *c, int64_t *lo, int64_t *hi)
 {
     *lo = INT64_MIN;
     *hi = INT64_MAX;
@@ -399,7 +399,7 @@ static int signed_range(const theus_constraints *c, int64_t *lo, int64_t *hi)
     return *lo <= *hi;
 }
 
-static int unsigned_range(const theus_constraints *c, uint64_t *lo, uint64_t *hi)
+int dtype_unsigned_range(const theus_constraints *c, uint64_t *lo, uint64_t *hi)
 {
     *lo = 0;
     *hi = UINT64_MAX;
@@ -500,12 +500,12 @@ size_t dtype_check(theus_dtype dt, const void *buf, size_t n, const theus_constr
         return SIZE_MAX;
     if (dtype_is_signed_int(dt)) {
         int64_t lo, hi;
-        if (!signed_range(c, &lo, &hi))
+        if (!dtype_signed_range(c, &lo, &hi))
             return 0;
         return check_signed(dt, buf, n, lo, hi);
     }
     uint64_t lo, hi;
-    if (!unsigned_range(c, &lo, &hi))
+    if (!dtype_unsigned_range(c, &lo, &hi))
         return 0;
     return check_unsigned(dt, buf, n, lo, hi);
 }

@@ -20,6 +20,11 @@ void dtype_add(theus_dtype dt, void *dst, const void *src, size_t n);
 /* Value of element @i of @buf as a double (for constraint checks and messages). */
 double dtype_get(theus_dtype dt, const void *buf, size_t i);
 
+/* Integer bounds as exact integer ranges (ceil of min, floor of max, clamped to the type's
+ * width): 0 when no integer satisfies them (a NaN bound included), else 1 with [*lo, *hi]. */
+int dtype_signed_range(const theus_constraints *c, int64_t *lo, int64_t *hi);
+int dtype_unsigned_range(const theus_constraints *c, uint64_t *lo, uint64_t *hi);
+
 /* Check @n elements against @c. Returns the index of the first violating element, or
  * SIZE_MAX when all pass. NaN fails `finite`, and fails min/max as well. */
 size_t dtype_check(theus_dtype dt, const void *buf, size_t n, const theus_constraints *c);
