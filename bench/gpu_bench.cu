@@ -1694,8 +1694,9 @@ static int h2d_body(h2d_ctx *c, size_t maxb, float *back)
         const char *methods[4] = {"theus.stage", "theus.stage_commit",
                                   "baseline.cudamemcpy_pageable", "baseline.cudamemcpy_pinned"};
         double g[4];
-        for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < 4; k++)   /* all four first: the ratios need the baselines' */
             g[k] = gbps((double)n, ms[k].st.median);
+        for (int k = 0; k < 4; k++) {
             bench_result *rr = result_add(scn, "gpu", casename, methods[k]);
             result_set(rr, &ms[k], (double)n, 1, "transfer");
             result_param(rr, "bytes", (double)n);

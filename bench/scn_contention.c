@@ -3,13 +3,25 @@
  * field, retrying on conflict. Reports commits/s, the conflict rate and the latency of a
  * committed increment (retries included), against the same threads doing the same
  * increments under one pthread mutex. Checks that no increment was lost and that disjoint
- * regions never conflict. */
+ * regions never conflict.
+ *
+ * The multi-process variant does the same with N forked processes on one shared state
+ * (theus_state_create_shared by this process, theus_state_open_shared by name in each
+ * child), against N processes under one process-shared mutex. The children report through
+ * a MAP_SHARED mapping made before the fork (counters and latency samples) and their exit
+ * status; they start together when this process closes the "go" pipe they block on, and
+ * stop at a common CLOCK_MONOTONIC deadline. Nothing sleeps. */
 #include "bench.h"
 #include "theus/theus.h"
+#include "theus/theus_shared.h"
+#include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,6 +38,8 @@ typedef struct worker {
     int64_t *plain;
     pthread_mutex_t *mu;
     atomic_int *go, *stop;
+    uint64_t deadline;   /* processes: stop at this now_ns() (0: threads, stopped by *stop) */
+    uint64_t end_ns;     /* now_ns() when the worker stopped */
     uint64_t commits, attempts, conflicts, false_conflicts, stale, errors;
     double *lat;
     size_t nlat;
@@ -37,6 +51,12 @@ static int64_t region_start(int id, int overlap)
     /* Disjoint: 256 elements apart (separate cache lines and log regions). Overlapping: each
      * thread's region shares half of its neighbour's. */
     return overlap ? (int64_t)id * (REGION / 2) : (int64_t)id * 256;
+}
+
+static int time_up(const worker *w, uint64_t now)
+{
+    return atomic_load_explicit(w->stop, memory_order_relaxed) ||
+           (w->deadline && now >= w->deadline);
 }
 
 static int theus_increment(worker *w, const theus_region *r)
@@ -73,7 +93,7 @@ static int theus_increment(worker *w, const theus_region *r)
             else if (!w->overlap)
                 w->false_conflicts++;
         }
-        if (atomic_load_explicit(w->stop, memory_order_relaxed))
+        if (time_up(w, w->deadline ? now_ns() : 0))
             return 1;
     }
 }
@@ -89,7 +109,8 @@ static void *worker_main(void *p)
     int64_t *mine = w->plain ? w->plain + r.start[0] : NULL;
     while (!atomic_load_explicit(w->go, memory_order_acquire))
         ;
-    while (!atomic_load_explicit(w->stop, memory_order_relaxed)) {
+    uint64_t t1 = now_ns();
+    while (!time_up(w, t1)) {
         uint64_t t0 = now_ns();
         if (w->use_mutex) {
             int64_t v[REGION];
@@ -109,10 +130,11 @@ static void *worker_main(void *p)
             if (rc > 0)
                 break;   /* stopped while retrying: that increment never committed */
         }
-        uint64_t t1 = now_ns();
+        t1 = now_ns();
         w->commits++;
         w->lat[w->nlat++ % MAX_LAT] = (double)(t1 - t0) * 1e-9;
     }
+    w->end_ns = now_ns();
     return NULL;
 }
 
@@ -125,16 +147,99 @@ static void sleep_s(double s)
 
 typedef struct run_out {
     double secs, commits_per_s, conflict_rate;
-    double fairness;   /* fewest commits of a thread / most commits of a thread */
+    double fairness;   /* fewest commits of a worker / most commits of a worker */
     uint64_t commits, attempts, conflicts, false_conflicts, stale;
     bstats lat;
 } run_out;
 
-/* One configuration; returns 0, or -1 on an error (reported). */
-static int run_config(int nthreads, int overlap, int use_mutex, double secs, run_out *out,
-                      const char *casename)
+static const char *const scenario = "commit.contention";
+
+#define SCHEMA_FMT                                                                          \
+    "{\"name\": \"bench-contention\", \"fields\": {\"c\": {\"dtype\": \"i64\", "            \
+    "\"shape\": [%d], \"placement\": \"host\"}}}"
+
+/* After a run of @n workers: add up their counters and latencies into @out, then check the
+ * counters (theus's field read through @st, or @plain for the mutex baseline). Returns 0, or
+ * -1 on an error (reported); a wrong result is a failed check, not an error. */
+static int summarize(worker *w, int n, int overlap, int use_mutex, theus_state *st,
+                     const int64_t *plain, run_out *out, const char *casename, const char *who)
 {
-    const char *scenario = "commit.contention";
+    size_t nlat = 0;
+    for (int t = 0; t < n; t++) {
+        if (w[t].errors) {
+            note_error(scenario, "%s: %s %d: %s", casename, who, t, w[t].err);
+            return -1;
+        }
+        out->commits += w[t].commits;
+        out->attempts += w[t].attempts;
+        out->conflicts += w[t].conflicts;
+        out->false_conflicts += w[t].false_conflicts;
+        out->stale += w[t].stale;
+        if (w[t].nlat > MAX_LAT)
+            w[t].nlat = MAX_LAT;
+        nlat += w[t].nlat;
+    }
+    double *all = calloc(nlat ? nlat : 1, sizeof *all);
+    if (!all) {
+        note_error(scenario, "out of memory");
+        return -1;
+    }
+    size_t k = 0;
+    for (int t = 0; t < n; t++) {
+        memcpy(all + k, w[t].lat, w[t].nlat * sizeof *all);
+        k += w[t].nlat;
+    }
+    stats_compute(all, nlat, &out->lat);
+    free(all);
+    out->commits_per_s = out->secs > 0 ? (double)out->commits / out->secs : 0;
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (int t = 0; t < n; t++) {
+        lo = w[t].commits < lo ? w[t].commits : lo;
+        hi = w[t].commits > hi ? w[t].commits : hi;
+    }
+    out->fairness = hi ? (double)lo / (double)hi : 1.0;
+    out->conflict_rate = out->attempts ? (double)out->conflicts / (double)out->attempts : 0;
+
+    /* Check: every element holds the number of increments committed by the workers whose
+     * region covers it. */
+    int64_t got[NELEMS];
+    if (use_mutex) {
+        memcpy(got, plain, sizeof got);
+    } else {
+        theus_tx *tx = NULL;
+        int trc = theus_tx_begin(st, NULL, &tx);
+        if (trc == THEUS_OK)
+            trc = theus_tx_read(tx, "c", NULL, got, THEUS_MEM_HOST);
+        theus_tx_abort(tx);
+        if (trc != THEUS_OK) {
+            note_error(scenario, "reading the counters back: %s", theus_strerror(trc));
+            return -1;
+        }
+    }
+    size_t wrong = 0;
+    for (int e = 0; e < NELEMS; e++) {
+        int64_t want = 0;
+        for (int t = 0; t < n; t++) {
+            int64_t s0 = region_start(t, overlap);
+            if (e >= s0 && e < s0 + REGION)
+                want += (int64_t)w[t].commits;
+        }
+        if (got[e] != want)
+            wrong++;
+    }
+    note_check(scenario, casename, wrong == 0, "%s: %zu of %d counters differ from the "
+               "committed increments", use_mutex ? "mutex baseline" : "theus", wrong, NELEMS);
+    if (!use_mutex && !overlap)
+        note_check(scenario, casename, out->false_conflicts == 0,
+                   "false conflicts on disjoint regions: %llu",
+                   (unsigned long long)out->false_conflicts);
+    return 0;
+}
+
+/* One configuration with threads; returns 0, or -1 on an error (reported). */
+static int run_threads(int nthreads, int overlap, int use_mutex, double secs, run_out *out,
+                       const char *casename)
+{
     theus_state *st = NULL;
     int64_t *plain = NULL;
     pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -153,9 +258,7 @@ static int run_config(int nthreads, int overlap, int use_mutex, double secs, run
         }
     } else {
         char schema[256];
-        snprintf(schema, sizeof schema,
-                 "{\"name\": \"bench-contention\", \"fields\": {\"c\": {\"dtype\": \"i64\", "
-                 "\"shape\": [%d], \"placement\": \"host\"}}}", NELEMS);
+        snprintf(schema, sizeof schema, SCHEMA_FMT, NELEMS);
         /* A log long enough that a preempted transaction's base does not fall off it. */
         theus_state_options o = THEUS_STATE_OPTIONS_INIT;
         o.commit_log_capacity = 1u << 16;
@@ -199,77 +302,7 @@ join:
     out->secs = (double)(now_ns() - t0) * 1e-9;
     if (started < nthreads)
         goto out;
-
-    size_t nlat = 0;
-    for (int t = 0; t < nthreads; t++) {
-        if (w[t].errors) {
-            note_error(scenario, "%s: thread %d: %s", casename, t, w[t].err);
-            goto out;
-        }
-        out->commits += w[t].commits;
-        out->attempts += w[t].attempts;
-        out->conflicts += w[t].conflicts;
-        out->false_conflicts += w[t].false_conflicts;
-        out->stale += w[t].stale;
-        if (w[t].nlat > MAX_LAT)
-            w[t].nlat = MAX_LAT;
-        nlat += w[t].nlat;
-    }
-    double *all = malloc((nlat ? nlat : 1) * sizeof *all);
-    if (!all) {
-        note_error(scenario, "out of memory");
-        goto out;
-    }
-    size_t k = 0;
-    for (int t = 0; t < nthreads; t++) {
-        memcpy(all + k, w[t].lat, w[t].nlat * sizeof *all);
-        k += w[t].nlat;
-    }
-    stats_compute(all, nlat, &out->lat);
-    free(all);
-    out->commits_per_s = (double)out->commits / out->secs;
-    uint64_t lo = UINT64_MAX, hi = 0;
-    for (int t = 0; t < nthreads; t++) {
-        lo = w[t].commits < lo ? w[t].commits : lo;
-        hi = w[t].commits > hi ? w[t].commits : hi;
-    }
-    out->fairness = hi ? (double)lo / (double)hi : 1.0;
-    out->conflict_rate = out->attempts ? (double)out->conflicts / (double)out->attempts : 0;
-
-    /* Check: every element holds the number of increments committed by the threads whose
-     * region covers it. */
-    int64_t got[NELEMS];
-    if (use_mutex) {
-        memcpy(got, plain, sizeof got);
-    } else {
-        theus_tx *tx = NULL;
-        int trc = theus_tx_begin(st, NULL, &tx);
-        if (trc == THEUS_OK)
-            trc = theus_tx_read(tx, "c", NULL, got, THEUS_MEM_HOST);
-        theus_tx_abort(tx);
-        if (trc != THEUS_OK) {
-            note_error(scenario, "reading the counters back: %s", theus_strerror(trc));
-            goto out;
-        }
-    }
-    size_t wrong = 0;
-    for (int e = 0; e < NELEMS; e++) {
-        int64_t want = 0;
-        for (int t = 0; t < nthreads; t++) {
-            int64_t s0 = region_start(t, overlap);
-            if (e >= s0 && e < s0 + REGION)
-                want += (int64_t)w[t].commits;
-        }
-        if (got[e] != want)
-            wrong++;
-    }
-    note_check(scenario, casename, wrong == 0, "%s: %zu of %d counters differ from the "
-               "committed increments", use_mutex ? "mutex baseline" : "theus", wrong, NELEMS);
-    if (!use_mutex && !overlap)
-        note_check(scenario, casename, out->false_conflicts == 0,
-                   "false conflicts on disjoint regions: %llu",
-                   (unsigned long long)out->false_conflicts);
-    rc = 0;
+    rc = summarize(w, nthreads, overlap, use_mutex, st, plain, out, casename, "thread");
 out:
     for (int t = 0; t < nthreads; t++)
         free(w[t].lat);
@@ -278,75 +311,308 @@ out:
     return rc;
 }
 
-int scn_commit_contention(void)
+/* ---- processes ---------------------------------------------------------------------- */
+
+/* What the parent and its children share: a MAP_SHARED anonymous mapping made before the
+ * fork, so that every pointer into it is the same in every process. The latency samples
+ * follow it, MAX_LAT per worker. */
+typedef struct proc_shm {
+    atomic_int go, stop, abort_run;
+    _Atomic uint64_t deadline;
+    pthread_mutex_t mu;              /* process-shared: the baseline's lock */
+    int64_t plain[NELEMS];           /* the baseline's counters */
+    worker w[MAX_THREADS];
+} proc_shm;
+
+static void write_byte(int fd, char c)
 {
-    const char *scenario = "commit.contention";
-    const double secs = bench.quick ? 0.3 : 2.0;
-    char what[256];
-    snprintf(what, sizeof what, "threads increment %d i64 each (read, add 1, write; "
-             "serializable; retry at once on conflict) for %.1f s per row; latency of a "
-             "committed increment, retries included; %ld CPU cores here", REGION, secs,
-             sysconf(_SC_NPROCESSORS_ONLN));
-    print_header(scenario, "cpu", what);
-    printf("%-7s %-11s | %-52s | %-29s | %-7s | %s\n", "threads", "regions",
+    ssize_t k;
+    do
+        k = write(fd, &c, 1);
+    while (k < 0 && errno == EINTR);
+}
+
+/* A child: open the state by name, say ready (or failed), block until the parent closes
+ * the go pipe, run to the deadline, leave the counters in the mapping. Never returns. */
+static void proc_child(proc_shm *sh, int t, const char *name, int ready_fd, int go_fd)
+{
+    worker *w = &sh->w[t];
+    theus_state *st = NULL;
+    char c = 'R';
+    if (!w->use_mutex) {
+        int rc = theus_state_open_shared(name, NULL, &st);
+        if (rc != THEUS_OK) {
+            snprintf(w->err, sizeof w->err, "opening shared state '%s': %s (%s)", name,
+                     theus_strerror(rc), theus_last_error_message());
+            w->errors++;
+            c = 'E';
+        }
+    }
+    w->st = st;
+    write_byte(ready_fd, c);
+    close(ready_fd);
+    if (c == 'R') {
+        char b;
+        ssize_t k;
+        do
+            k = read(go_fd, &b, 1);   /* 0 (end of file) when the parent closes its end */
+        while (k < 0 && errno == EINTR);
+        if (!atomic_load(&sh->abort_run)) {
+            w->deadline = atomic_load(&sh->deadline);
+            worker_main(w);
+        }
+    }
+    close(go_fd);
+    theus_state_destroy(st);
+    _exit(w->errors ? 1 : 0);
+}
+
+/* One configuration with @nprocs forked processes on one shared state (or, @use_mutex, on
+ * counters in shared memory under a process-shared mutex). Returns 0, or -1 on an error
+ * (reported). The shared state is removed on every path. */
+static int run_procs(int nprocs, int overlap, int use_mutex, double secs, run_out *out,
+                     const char *casename)
+{
+    static unsigned seq;
+    char name[THEUS_SHARED_NAME_MAX + 1];
+    snprintf(name, sizeof name, "bench-contention-%d-%u", (int)getpid(), seq++);
+    memset(out, 0, sizeof *out);
+    const size_t hdr = (sizeof(proc_shm) + 4095) & ~(size_t)4095;
+    const size_t bytes = hdr + (size_t)nprocs * MAX_LAT * sizeof(double);
+    proc_shm *sh = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (sh == MAP_FAILED) {
+        note_error(scenario, "mmap of %zu shared bytes: %s", bytes, strerror(errno));
+        return -1;
+    }
+    theus_state *st = NULL;
+    int rc = -1, mu_inited = 0, started = 0;
+    int ready[2] = {-1, -1}, go[2] = {-1, -1};
+    pid_t pids[MAX_THREADS];
+    if (use_mutex) {
+        pthread_mutexattr_t a;
+        pthread_mutexattr_init(&a);
+        pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+        int e = pthread_mutex_init(&sh->mu, &a);
+        pthread_mutexattr_destroy(&a);
+        if (e != 0) {
+            note_error(scenario, "process-shared mutex: %s", strerror(e));
+            goto out;
+        }
+        mu_inited = 1;
+    } else {
+        char schema[256];
+        snprintf(schema, sizeof schema, SCHEMA_FMT, NELEMS);
+        theus_state_options o = THEUS_STATE_OPTIONS_INIT;
+        o.commit_log_capacity = 1u << 16;
+        int trc = theus_state_create_shared(name, schema, &o, NULL, &st);
+        if (trc != THEUS_OK) {
+            note_error(scenario, "creating shared state '%s': %s (%s)", name,
+                       theus_strerror(trc), theus_last_error_message());
+            goto out;
+        }
+    }
+    for (int t = 0; t < nprocs; t++) {
+        worker *w = &sh->w[t];
+        w->id = t;
+        w->overlap = overlap;
+        w->use_mutex = use_mutex;
+        w->plain = sh->plain;
+        w->mu = &sh->mu;
+        w->go = &sh->go;
+        w->stop = &sh->stop;
+        w->lat = (double *)((char *)sh + hdr) + (size_t)t * MAX_LAT;
+    }
+    if (pipe(ready) != 0 || pipe(go) != 0) {
+        note_error(scenario, "pipe: %s", strerror(errno));
+        goto out;
+    }
+    fflush(NULL);   /* nothing buffered is written twice by a child */
+    for (int t = 0; t < nprocs; t++) {
+        pid_t p = fork();
+        if (p < 0) {
+            note_error(scenario, "fork: %s", strerror(errno));
+            break;
+        }
+        if (p == 0) {
+            close(ready[0]);
+            close(go[1]);   /* else the go pipe would never reach end of file */
+            proc_child(sh, t, name, ready[1], go[0]);
+        }
+        pids[started++] = p;
+    }
+    close(ready[1]);
+    ready[1] = -1;
+    close(go[0]);
+    go[0] = -1;
+    /* Every child says 'R' (ready) or 'E'; one that died first closes its end unsaid. */
+    int nready = 0, bad = started < nprocs, told = 0;
+    while (!bad && nready < nprocs) {
+        char c;
+        ssize_t k = read(ready[0], &c, 1);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0 || c != 'R')
+            bad = 1;
+        else
+            nready++;
+    }
+    uint64_t t0 = now_ns();
+    if (bad) {
+        atomic_store(&sh->abort_run, 1);
+    } else {
+        atomic_store(&sh->deadline, t0 + (uint64_t)(secs * 1e9));
+        atomic_store_explicit(&sh->go, 1, memory_order_release);
+    }
+    close(go[1]);   /* the start: every child's read returns at once */
+    go[1] = -1;
+    for (int t = 0; t < started; t++) {
+        int status = 0;
+        while (waitpid(pids[t], &status, 0) < 0 && errno == EINTR)
+            ;
+        if (WIFSIGNALED(status)) {
+            note_error(scenario, "%s: process %d died of signal %d (%s)", casename, t,
+                       WTERMSIG(status), strsignal(WTERMSIG(status)));
+            bad = told = 1;
+        } else if (WEXITSTATUS(status) != 0 && !sh->w[t].errors) {
+            note_error(scenario, "%s: process %d exited with status %d", casename, t,
+                       WEXITSTATUS(status));
+            bad = told = 1;
+        }
+    }
+    uint64_t t_end = t0;
+    for (int t = 0; t < started; t++)
+        t_end = sh->w[t].end_ns > t_end ? sh->w[t].end_ns : t_end;
+    out->secs = (double)(t_end - t0) * 1e-9;
+    if (started < nprocs)
+        goto out;
+    if (bad) {
+        /* A child's own error (it could not open the state, say) is in its slot. */
+        for (int t = 0; t < nprocs; t++)
+            if (sh->w[t].errors) {
+                note_error(scenario, "%s: process %d: %s", casename, t, sh->w[t].err);
+                told = 1;
+            }
+        if (!told)
+            note_error(scenario, "%s: a process failed before the start", casename);
+        goto out;
+    }
+    /* summarize reports a commit that failed in a child (its slot holds the message). */
+    if (summarize(sh->w, nprocs, overlap, use_mutex, st, sh->plain, out, casename, "process"))
+        goto out;
+    rc = 0;
+out:
+    for (int i = 0; i < 2; i++) {
+        if (ready[i] >= 0)
+            close(ready[i]);
+        if (go[i] >= 0)
+            close(go[i]);
+    }
+    if (st) {
+        theus_shared_remove(name);   /* on every path; ENOENT when already gone */
+        theus_state_destroy(st);
+        theus_shared_summary info;
+        note_check(scenario, casename, theus_shared_info(name, &info) == THEUS_ENOENT,
+                   "shared state '%s' still exists after the run", name);
+    }
+    if (mu_inited)
+        pthread_mutex_destroy(&sh->mu);
+    munmap(sh, bytes);
+    return rc;
+}
+
+/* ---- the scenario ----------------------------------------------------------------------- */
+
+static void print_table_header(const char *workers)
+{
+    printf("%-7s %-11s | %-52s | %-29s | %-7s | %s\n", workers, "regions",
            "theus", "mutex baseline", "theus/", "check");
     printf("%-7s %-11s | %10s %9s %6s %8s %8s %5s | %10s %5s %5s %5s | %7s |\n", "", "",
            "commits/s", "conflict%", "stale", "p50 us", "p99 us", "fair", "commits/s", "p50",
            "p99", "fair", "mutex");
-    static const int threads[] = {1, 2, 4};
-    for (int overlap = 0; overlap < 2; overlap++) {
-        for (size_t ti = 0; ti < sizeof threads / sizeof threads[0]; ti++) {
-            const int n = threads[ti];
-            char casename[64];
-            snprintf(casename, sizeof casename, "%d thread%s, %s", n, n > 1 ? "s" : "",
-                     overlap ? "overlapping" : "disjoint");
-            const int failures_before = bench.failures;
-            run_out th, mx;
-            if (run_config(n, overlap, 0, secs, &th, casename) ||
-                run_config(n, overlap, 1, secs, &mx, casename))
-                return -1;
-            measurement m;
-            memset(&m, 0, sizeof m);
-            m.st = th.lat;
-            bench_result *r = result_add(scenario, "cpu", casename, "theus.rmw_commit");
-            result_set(r, &m, 0, 1, "commit");
-            result_param(r, "threads", n);
-            result_param_str(r, "regions", overlap ? "overlapping" : "disjoint");
-            result_param(r, "region_elems", REGION);
-            result_param(r, "seconds", th.secs);
-            result_metric(r, "commits_per_s", th.commits_per_s);
-            result_metric(r, "conflict_rate", th.conflict_rate);
-            result_metric(r, "commits", (double)th.commits);
-            result_metric(r, "conflicts", (double)th.conflicts);
-            result_metric(r, "false_conflicts", (double)th.false_conflicts);
-            result_metric(r, "stale_base_conflicts", (double)th.stale);
-            result_metric(r, "ratio_vs_baseline", th.commits_per_s / mx.commits_per_s);
-            result_metric(r, "fairness_min_over_max", th.fairness);
-            m.st = mx.lat;
-            r = result_add(scenario, "cpu", casename, "baseline.mutex_rmw");
-            result_set(r, &m, 0, 1, "commit");
-            result_param(r, "threads", n);
-            result_param_str(r, "regions", overlap ? "overlapping" : "disjoint");
-            result_param(r, "seconds", mx.secs);
-            result_metric(r, "commits_per_s", mx.commits_per_s);
-            result_metric(r, "fairness_min_over_max", mx.fairness);
+}
 
-            char series[64];
-            snprintf(series, sizeof series, "theus, %s", overlap ? "overlapping" : "disjoint");
-            plot_point(scenario, series, n, th.commits_per_s);
-            snprintf(series, sizeof series, "mutex, %s", overlap ? "overlapping" : "disjoint");
-            plot_point(scenario, series, n, mx.commits_per_s);
-            printf("%-7d %-11s | %10.0f %8.2f%% %6llu %8.2f %8.2f %5.2f | %10.0f %5.2f %5.2f "
-                   "%5.2f | %6.2fx | %s\n",
-                   n, overlap ? "overlapping" : "disjoint", th.commits_per_s,
-                   100 * th.conflict_rate, (unsigned long long)th.stale, th.lat.median * 1e6,
-                   th.lat.p99 * 1e6, th.fairness, mx.commits_per_s, mx.lat.median * 1e6,
-                   mx.lat.p99 * 1e6, mx.fairness, th.commits_per_s / mx.commits_per_s,
-                   bench.failures != failures_before ? "CHECK FAILED" : "ok");
-            fflush(stdout);
-        }
+/* One row: theus and the mutex baseline, with threads (@procs = 0) or processes. */
+static int contention_row(int procs, int n, int overlap, double secs)
+{
+    const char *kind = procs ? "process" : "thread";
+    char casename[64];
+    snprintf(casename, sizeof casename, "%d %s%s, %s", n, procs ? "process" : "thread",
+             n > 1 ? (procs ? "es" : "s") : "", overlap ? "overlapping" : "disjoint");
+    const int failures_before = bench.failures;
+    run_out th, mx;
+    int (*run)(int, int, int, double, run_out *, const char *) = procs ? run_procs : run_threads;
+    if (run(n, overlap, 0, secs, &th, casename) || run(n, overlap, 1, secs, &mx, casename))
+        return -1;
+    const char *workers = procs ? "processes" : "threads";
+    measurement m;
+    memset(&m, 0, sizeof m);
+    m.st = th.lat;
+    bench_result *r = result_add(scenario, "cpu", casename, "theus.rmw_commit");
+    result_set(r, &m, 0, 1, "commit");
+    result_param(r, workers, n);
+    result_param_str(r, "workers", kind);
+    result_param_str(r, "regions", overlap ? "overlapping" : "disjoint");
+    result_param(r, "region_elems", REGION);
+    result_param(r, "seconds", th.secs);
+    result_metric(r, "commits_per_s", th.commits_per_s);
+    result_metric(r, "conflict_rate", th.conflict_rate);
+    result_metric(r, "commits", (double)th.commits);
+    result_metric(r, "conflicts", (double)th.conflicts);
+    result_metric(r, "false_conflicts", (double)th.false_conflicts);
+    result_metric(r, "stale_base_conflicts", (double)th.stale);
+    result_metric(r, "ratio_vs_baseline", th.commits_per_s / mx.commits_per_s);
+    result_metric(r, "fairness_min_over_max", th.fairness);
+    m.st = mx.lat;
+    r = result_add(scenario, "cpu", casename, "baseline.mutex_rmw");
+    result_set(r, &m, 0, 1, "commit");
+    result_param(r, workers, n);
+    result_param_str(r, "workers", kind);
+    result_param_str(r, "regions", overlap ? "overlapping" : "disjoint");
+    result_param(r, "seconds", mx.secs);
+    result_metric(r, "commits_per_s", mx.commits_per_s);
+    result_metric(r, "fairness_min_over_max", mx.fairness);
+
+    char series[64];
+    snprintf(series, sizeof series, "theus, %s, %s", overlap ? "overlapping" : "disjoint",
+             workers);
+    plot_point(scenario, series, n, th.commits_per_s);
+    snprintf(series, sizeof series, "mutex, %s, %s", overlap ? "overlapping" : "disjoint",
+             workers);
+    plot_point(scenario, series, n, mx.commits_per_s);
+    printf("%-7d %-11s | %10.0f %8.2f%% %6llu %8.2f %8.2f %5.2f | %10.0f %5.2f %5.2f "
+           "%5.2f | %6.2fx | %s\n",
+           n, overlap ? "overlapping" : "disjoint", th.commits_per_s,
+           100 * th.conflict_rate, (unsigned long long)th.stale, th.lat.median * 1e6,
+           th.lat.p99 * 1e6, th.fairness, mx.commits_per_s, mx.lat.median * 1e6,
+           mx.lat.p99 * 1e6, mx.fairness, th.commits_per_s / mx.commits_per_s,
+           bench.failures != failures_before ? "CHECK FAILED" : "ok");
+    fflush(stdout);
+    return 0;
+}
+
+int scn_commit_contention(void)
+{
+    const double secs = bench.quick ? 0.3 : 2.0;
+    char what[320];
+    snprintf(what, sizeof what, "threads, then processes on one shared state, increment %d "
+             "i64 each (read, add 1, write; serializable; retry at once on conflict) for "
+             "%.1f s per row; latency of a committed increment, retries included; %ld CPU "
+             "cores here", REGION, secs, sysconf(_SC_NPROCESSORS_ONLN));
+    print_header(scenario, "cpu", what);
+    static const int counts[] = {1, 2, 4};
+    const size_t nprocs_counts = bench.quick ? 2 : 3;   /* --quick: 1 and 2 processes */
+    for (int procs = 0; procs < 2; procs++) {
+        if (procs)
+            printf("processes (fork; the parent creates the shared state, each child opens "
+                   "it by name; baseline: a process-shared mutex):\n");
+        print_table_header(procs ? "procs" : "threads");
+        for (int overlap = 0; overlap < 2; overlap++)
+            for (size_t i = 0; i < (procs ? nprocs_counts : 3); i++)
+                if (contention_row(procs, counts[i], overlap, secs))
+                    return -1;
     }
     plot_axes(scenario, "commit.contention: read-modify-write commits per second (CPU)",
-              "threads", "commits/s", 0, 0);
+              "threads or processes", "commits/s", 0, 0);
     return 0;
 }

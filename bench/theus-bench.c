@@ -53,9 +53,10 @@ static const scenario scenarios[] = {
     {"commit.scaling", "commit cost as the written fraction of a large field goes 0.1% -> "
                        "100%, against copying the whole field",
      scn_commit_scaling, NULL, scn_gpu_commit_scaling},
-    {"commit.contention", "1, 2, 4 threads committing read-modify-writes to disjoint and to "
+    {"commit.contention", "1, 2, 4 threads, and 1, 2, 4 processes on one shared state "
+                          "(--quick: 1, 2), committing read-modify-writes to disjoint and to "
                           "overlapping regions: commits/s, conflict rate, p50/p99; against a "
-                          "mutex",
+                          "mutex (process-shared for the processes)",
      scn_commit_contention, NULL, NULL},
     {"stage.h2d", "host payloads staged into a device field through theus_tx_write vs "
                   "cudaMemcpy from pageable and from pinned memory (GPU fields)", NULL,
@@ -260,7 +261,7 @@ int main(int argc, char **argv)
         }
         if (want_gpu) {
             if (!s->gpu)
-                note_skip(s->name, "gpu", "no GPU variant (the scenario is about host threads)");
+                note_skip(s->name, "gpu", "no GPU variant (the scenario is about host threads and processes)");
             else if (gpu && mi.gpu_i.built)
                 s->gpu();
             else if (!mi.gpu_i.built)
