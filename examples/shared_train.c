@@ -96,13 +96,7 @@ static int worker_body(theus_tx *tx, void *user)
         (rc = theus_tx_read(tx, "b", NULL, w->b, THEUS_MEM_HOST)))
         return rc;
     float loss = loss_and_grad(w->x, w->y, BATCH, w->W, w->b, w->Z, w->dW, w->db);
-    const int64_t one = 1;
-    if ((rc = theus_tx_add(tx, "grad_W", NULL, w->dW, THEUS_MEM_HOST)) ||
-        (rc = theus_tx_add(tx, "grad_b", NULL, w->db, THEUS_MEM_HOST)) ||
-        (rc = theus_tx_add(tx, "grad_count", NULL, &one, THEUS_MEM_HOST)) ||
-        (rc = theus_tx_add(tx, "grad_loss", NULL, &loss, THEUS_MEM_HOST)))
-        return rc;
-    return THEUS_OK;
+    return add_gradient(tx, w->dW, w->db, loss);
 }
 
 static int worker_main(const char *name, int id, int nworkers, size_t rows)

@@ -165,6 +165,20 @@ static inline void adam(float *p, float *m, float *v, const float *gsum, size_t 
 /* Returned by the optimizer's body when the accumulator is empty (never a theus code). */
 #define NOTHING_TO_APPLY 1
 
+/* A worker's part of a step: the gradient of its batch, added into the shared accumulator
+ * (ADDs never conflict with each other; the reads of W and b are what can conflict). */
+static inline int add_gradient(theus_tx *tx, const float *dW, const float *db, float loss)
+{
+    const int64_t one = 1;
+    int rc;
+    if ((rc = theus_tx_add(tx, "grad_W", NULL, dW, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_add(tx, "grad_b", NULL, db, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_add(tx, "grad_count", NULL, &one, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_add(tx, "grad_loss", NULL, &loss, THEUS_MEM_HOST)))
+        return rc;
+    return THEUS_OK;
+}
+
 static const char *const opt_inputs[] = {"grad_*"};
 static const char *const opt_outputs[] = {"W", "b", "adam_*", "grad_*", "step", "loss"};
 static const theus_contract optimizer_contract = {
