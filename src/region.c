@@ -91,32 +91,30 @@ void region_format(const theus_region *r, char *buf, size_t len)
         snprintf(buf + used, len - used, "]");
 }
 
-void region_transfer(theus_dtype dt, delta_op op, void *dst, const theus_region *df,
-                     const void *src, const theus_region *sf, const theus_region *sub)
+int region_fold(const theus_region *df, const theus_region *sf, const theus_region *sub,
+                region_folded *x)
 {
-    const size_t es = theus_dtype_size(dt);
     const int n = sub->ndim;
+    x->nouter = 0;
+    x->run = 1;
+    x->doff = x->soff = 0;
+    x->nrows = 1;
     if (n < 0 || n > THEUS_MAX_DIMS)
-        return;
-    if (n == 0) {
-        if (op == DELTA_ASSIGN)
-            memcpy(dst, src, es);
-        else
-            dtype_add(dt, dst, src, 1);
-        return;
-    }
-    int64_t ext[THEUS_MAX_DIMS], sstr[THEUS_MAX_DIMS], dstr[THEUS_MAX_DIMS];
+        return 0;
+    if (n == 0)
+        return 1;
+    int64_t ext[THEUS_MAX_DIMS], ss[THEUS_MAX_DIMS], ds[THEUS_MAX_DIMS];
     for (int d = 0; d < n; d++) {
         ext[d] = sub->stop[d] - sub->start[d];
         if (ext[d] <= 0)
-            return;
+            return 0;
     }
-    int64_t ss = 1, ds = 1;
+    int64_t s = 1, t = 1;
     for (int d = n - 1; d >= 0; d--) {
-        sstr[d] = ss;
-        dstr[d] = ds;
-        ss *= sf->stop[d] - sf->start[d];
-        ds *= df->stop[d] - df->start[d];
+        ss[d] = s;
+        ds[d] = t;
+        s *= sf->stop[d] - sf->start[d];
+        t *= df->stop[d] - df->start[d];
     }
     /* Fold trailing dimensions the sub-region spans fully in both frames into one run. */
     int k = n - 1;
@@ -127,28 +125,50 @@ void region_transfer(theus_dtype dt, delta_op op, void *dst, const theus_region 
     }
     int64_t soff = 0, doff = 0;
     for (int d = 0; d < n; d++) {
-        soff += (sub->start[d] - sf->start[d]) * sstr[d];
-        doff += (sub->start[d] - df->start[d]) * dstr[d];
+        soff += (sub->start[d] - sf->start[d]) * ss[d];
+        doff += (sub->start[d] - df->start[d]) * ds[d];
     }
+    x->run = run;
+    x->soff = soff;
+    x->doff = doff;
+    x->nouter = k;
+    for (int d = 0; d < k; d++) {
+        x->ext[d] = ext[d];
+        x->dstr[d] = ds[d];
+        x->sstr[d] = ss[d];
+        x->nrows *= (uint64_t)ext[d];
+    }
+    return 1;
+}
+
+void region_transfer(theus_dtype dt, delta_op op, void *dst, const theus_region *df,
+                     const void *src, const theus_region *sf, const theus_region *sub)
+{
+    const size_t es = theus_dtype_size(dt);
+    region_folded x;
+    if (es == 0 || !region_fold(df, sf, sub, &x))
+        return;
+    const int k = x.nouter;
+    int64_t soff = x.soff, doff = x.doff;
     int64_t idx[THEUS_MAX_DIMS] = {0};
-    const size_t runbytes = (size_t)run * es;
+    const size_t runbytes = (size_t)x.run * es;
     char *dp = dst;
     const char *sp = src;
     for (;;) {
         if (op == DELTA_ASSIGN)
             memcpy(dp + (size_t)doff * es, sp + (size_t)soff * es, runbytes);
         else
-            dtype_add(dt, dp + (size_t)doff * es, sp + (size_t)soff * es, (size_t)run);
-        /* Odometer over dimensions 0..k-1 (dimension k is inside the run). */
+            dtype_add(dt, dp + (size_t)doff * es, sp + (size_t)soff * es, (size_t)x.run);
+        /* Odometer over the outer dimensions 0..k-1. */
         int d = k - 1;
         for (; d >= 0; d--) {
-            if (++idx[d] < ext[d]) {
-                soff += sstr[d];
-                doff += dstr[d];
+            if (++idx[d] < x.ext[d]) {
+                soff += x.sstr[d];
+                doff += x.dstr[d];
                 break;
             }
-            soff -= (ext[d] - 1) * sstr[d];
-            doff -= (ext[d] - 1) * dstr[d];
+            soff -= (x.ext[d] - 1) * x.sstr[d];
+            doff -= (x.ext[d] - 1) * x.dstr[d];
             idx[d] = 0;
         }
         if (d < 0)

@@ -24,6 +24,26 @@ void region_union_box(theus_region *acc, const theus_region *r);
 /* Format "[0:4, 2:3]" into @buf. */
 void region_format(const theus_region *r, char *buf, size_t len);
 
+/* A transfer of @sub between two frames, folded into rows: @nrows rows of @run contiguous
+ * elements; row r's offsets are @doff/@soff plus, over the @nouter outer dimensions in C
+ * order, idx_d(r) * @dstr[d] / @sstr[d]. Trailing dimensions that @sub spans fully in both
+ * frames are folded into the run. Offsets and strides count elements, not bytes. */
+typedef struct region_folded {
+    int nouter;
+    int64_t ext[THEUS_MAX_DIMS];
+    int64_t dstr[THEUS_MAX_DIMS];
+    int64_t sstr[THEUS_MAX_DIMS];
+    int64_t run;
+    int64_t doff, soff;
+    uint64_t nrows;
+} region_folded;
+
+/* Fold @sub (inside both frames @df, @sf; same rank) into rows. Returns 0 when the
+ * transfer moves nothing (an empty extent or a bad rank), 1 otherwise. A rank-0 @sub is
+ * one row of one element. Only @nouter entries of the arrays are written. */
+int region_fold(const theus_region *df, const theus_region *sf, const theus_region *sub,
+                region_folded *out);
+
 /* Move the elements of @sub from @src (laid out C-contiguously as region @sf) into @dst
  * (laid out as region @df): overwrite for DELTA_ASSIGN, element-wise add in @dt for
  * DELTA_ADD. @sub must lie inside both frames. */
