@@ -7,6 +7,7 @@
 #include "cuda_common.h"
 #include "dtype.h"
 #include "region.h"
+#include "replay_plan.h"
 
 #include "../kernels/constraints.cuh"
 #include "../kernels/replay.cuh"
@@ -35,6 +36,8 @@ _Static_assert(sizeof(theus_replay_wave) == 32, "descriptor layout shared with r
 /* Rows at least this wide go to the copy engine as a 2-D copy; narrower ones are gathered
  * by the replay kernel, which handles millions of tiny rows far better. */
 #define COPY2D_MIN_WIDTH 512
+/* Planning memory a lane keeps between replays (a bigger batch gives its back). */
+#define PLAN_KEEP_BYTES ((size_t)16 << 20)
 
 typedef struct cuda_lane {
     pthread_mutex_t mu;
@@ -46,6 +49,7 @@ typedef struct cuda_lane {
     size_t desc_cap;
     unsigned long long *d_first;     /* device word for the constraint kernel's answer */
     unsigned long long *h_first;     /* pinned copy of it */
+    replay_plan plan;                /* the replay planner's reused buffers */
 } cuda_lane;
 
 typedef struct cuda_ctx {
@@ -153,203 +157,9 @@ static int is_pinned_host(const void *p)
     return a.type == cudaMemoryTypeHost;
 }
 
-/* ---- transfers: region_transfer's folding, as descriptors for the replay kernel ------- */
+/* ---- transfers: planned by src/replay_plan.c, run by the replay kernel --------------- */
 
-/* One element move: @sub of @src (laid out as @sframe) onto @dst (laid out as @dframe). */
-typedef struct transfer {
-    delta_op op;
-    theus_dtype dtype;
-    void *dst;
-    const theus_region *dframe;
-    const void *src;
-    const theus_region *sframe;
-    const theus_region *sub;
-} transfer;
-
-/* A transfer folded as region_transfer folds it: rows of @run contiguous elements over
- * @nouter outer dimensions; strides and offsets in bytes. */
-typedef struct folded {
-    int nouter;
-    int64_t ext[THEUS_MAX_DIMS];
-    int64_t dstr[THEUS_MAX_DIMS];
-    int64_t sstr[THEUS_MAX_DIMS];
-    int64_t run;
-    int64_t doff, soff;
-    uint64_t nrows;
-    size_t es;
-} folded;
-
-/* Returns 0 when the transfer moves nothing. */
-static int fold(theus_dtype dt, const theus_region *df, const theus_region *sf,
-                const theus_region *sub, folded *x)
-{
-    memset(x, 0, sizeof *x);
-    x->es = theus_dtype_size(dt);
-    const int n = sub->ndim;
-    if (x->es == 0 || n < 0 || n > THEUS_MAX_DIMS)
-        return 0;
-    x->nrows = 1;
-    x->run = 1;
-    if (n == 0)
-        return 1;
-    int64_t ext[THEUS_MAX_DIMS], ss[THEUS_MAX_DIMS], ds[THEUS_MAX_DIMS];
-    for (int d = 0; d < n; d++) {
-        ext[d] = sub->stop[d] - sub->start[d];
-        if (ext[d] <= 0)
-            return 0;
-    }
-    int64_t s = 1, t = 1;
-    for (int d = n - 1; d >= 0; d--) {
-        ss[d] = s;
-        ds[d] = t;
-        s *= sf->stop[d] - sf->start[d];
-        t *= df->stop[d] - df->start[d];
-    }
-    int k = n - 1;
-    int64_t run = ext[k];
-    while (k > 0 && ext[k] == sf->stop[k] - sf->start[k] && ext[k] == df->stop[k] - df->start[k]) {
-        k--;
-        run *= ext[k];
-    }
-    int64_t soff = 0, doff = 0;
-    for (int d = 0; d < n; d++) {
-        soff += (sub->start[d] - sf->start[d]) * ss[d];
-        doff += (sub->start[d] - df->start[d]) * ds[d];
-    }
-    const int64_t es = (int64_t)x->es;
-    x->run = run;
-    x->soff = soff * es;
-    x->doff = doff * es;
-    x->nouter = k;
-    for (int d = 0; d < k; d++) {
-        x->ext[d] = ext[d];
-        x->dstr[d] = ds[d] * es;
-        x->sstr[d] = ss[d] * es;
-        x->nrows *= (uint64_t)ext[d];
-    }
-    return 1;
-}
-
-/* The bytes of dst from the transfer's first element to just past its last. */
-static void dst_span(const folded *x, uintptr_t dst, uint64_t *lo, uint64_t *hi)
-{
-    uint64_t last = (uint64_t)x->run * x->es;
-    for (int d = 0; d < x->nouter; d++)
-        last += (uint64_t)(x->ext[d] - 1) * (uint64_t)x->dstr[d];
-    *lo = (uint64_t)dst + (uint64_t)x->doff;
-    *hi = *lo + last;
-}
-
-/* Fill a descriptor (its dims land at @dims[@dim0...]) and count its chunks. */
-static int describe(const transfer *t, const folded *x, theus_replay_desc *d,
-                    theus_replay_dim *dims, uint32_t dim0, uint64_t *nchunks)
-{
-    memset(d, 0, sizeof *d);
-    d->dst = (uint64_t)(uintptr_t)t->dst + (uint64_t)x->doff;
-    d->src = (uint64_t)(uintptr_t)t->src + (uint64_t)x->soff;
-    d->run = (uint64_t)x->run;
-    d->nrows = x->nrows;
-    d->dims = dim0;
-    d->nouter = (uint8_t)x->nouter;
-    d->dtype = (uint8_t)t->dtype;
-    d->op = (uint8_t)t->op;
-    for (int k = 0; k < x->nouter; k++) {
-        dims[dim0 + (uint32_t)k].ext = x->ext[k];
-        dims[dim0 + (uint32_t)k].dst_stride = x->dstr[k];
-        dims[dim0 + (uint32_t)k].src_stride = x->sstr[k];
-    }
-    const uint64_t per = THEUS_REPLAY_CHUNK_BYTES / x->es;
-    if (d->run >= per) {
-        uint64_t pieces = (d->run + per - 1) / per;
-        if (pieces > UINT32_MAX)
-            return -1;
-        d->pieces = (uint32_t)pieces;
-        d->rows_per_chunk = 1;
-        *nchunks = d->nrows * pieces;
-    } else {
-        uint64_t rpc = per / d->run;
-        d->pieces = 0;
-        d->rows_per_chunk = (uint32_t)rpc;
-        *nchunks = (d->nrows + rpc - 1) / rpc;
-    }
-    return 0;
-}
-
-typedef struct span_key {
-    uint64_t lo, hi;
-    size_t i;
-} span_key;
-
-static int span_cmp(const void *a, const void *b)
-{
-    const span_key *x = a, *y = b;
-    return x->lo < y->lo ? -1 : x->lo > y->lo ? 1 : 0;
-}
-
-/* Order: a transfer whose destination overlaps an earlier transfer's must run after it
- * (an add onto a region the same batch assigns, two adds of one element). wave[i] is one
- * more than the largest wave of the earlier transfers it overlaps; transfers of one wave
- * are pairwise disjoint. Byte spans sorted by start find the (usual) batch without any
- * overlap in O(n log n); only transfers whose spans overlap another's are compared in
- * pairs, exactly (a span is a bounding interval, strided regions can interleave).
- * Returns the number of waves, 0 when out of memory. */
-static uint32_t assign_waves(const transfer *t, const folded *x, const size_t *live, size_t n,
-                             uint32_t *wave)
-{
-    memset(wave, 0, n * sizeof *wave);
-    if (n < 2)
-        return 1;
-    span_key *keys = theus_xmalloc(n * sizeof *keys);
-    unsigned char *marked = theus_xcalloc(n, 1);
-    if (!keys || !marked) {
-        theus_xfree(keys);
-        theus_xfree(marked);
-        return 0;
-    }
-    for (size_t j = 0; j < n; j++) {
-        dst_span(&x[j], (uintptr_t)t[live[j]].dst, &keys[j].lo, &keys[j].hi);
-        keys[j].i = j;
-    }
-    qsort(keys, n, sizeof *keys, span_cmp);
-    size_t nmarked = 0;
-    uint64_t maxhi = 0;
-    for (size_t j = 0; j < n; j++) {
-        int m = (j > 0 && keys[j].lo < maxhi) || (j + 1 < n && keys[j + 1].lo < keys[j].hi);
-        if (m) {
-            marked[keys[j].i] = 1;
-            nmarked++;
-        }
-        if (keys[j].hi > maxhi)
-            maxhi = keys[j].hi;
-    }
-    uint32_t nwaves = 1;
-    if (nmarked) {
-        /* Re-use keys as the byte spans in batch order. */
-        for (size_t j = 0; j < n; j++)
-            dst_span(&x[j], (uintptr_t)t[live[j]].dst, &keys[j].lo, &keys[j].hi);
-        for (size_t i = 0; i < n; i++) {
-            if (!marked[i])
-                continue;
-            const transfer *ti = &t[live[i]];
-            for (size_t j = 0; j < i; j++) {
-                if (!marked[j] || keys[j].hi <= keys[i].lo || keys[i].hi <= keys[j].lo)
-                    continue;
-                const transfer *tj = &t[live[j]];
-                /* Same field: the exact region test. Different bases whose spans meet
-                 * cannot happen for distinct allocations; stay safe and order them. */
-                int overlap = ti->dst != tj->dst || ti->dframe != tj->dframe ||
-                              region_overlap(ti->sub, tj->sub);
-                if (overlap && wave[j] + 1 > wave[i])
-                    wave[i] = wave[j] + 1;
-            }
-            if (wave[i] + 1 > nwaves)
-                nwaves = wave[i] + 1;
-        }
-    }
-    theus_xfree(keys);
-    theus_xfree(marked);
-    return nwaves;
-}
+typedef replay_xfer transfer;
 
 /* Grow the lane's pinned upload area to @need bytes. */
 static int desc_reserve(cuda_lane *l, size_t need)
@@ -378,83 +188,22 @@ static int desc_reserve(cuda_lane *l, size_t need)
  * them. Everything that can fail for want of memory fails before the launch. */
 static int run_transfers(cuda_ctx *c, cuda_lane *l, const transfer *t, size_t n)
 {
-    int rc = THEUS_OK;
-    size_t *live = theus_xmalloc(n * sizeof *live);
-    folded *x = theus_xmalloc(n * sizeof *x);
-    uint32_t *wave = theus_xmalloc(n * sizeof *wave);
-    uint64_t *chunks = theus_xmalloc(n * sizeof *chunks);
-    theus_replay_desc *descs = theus_xmalloc(n * sizeof *descs);
-    size_t *order = theus_xmalloc(n * sizeof *order);
-    uint64_t *wave_start = NULL;
+    replay_plan *p = &l->plan;
     void *dbuf = NULL;
-    if (!live || !x || !wave || !chunks || !descs || !order) {
-        rc = err_set(NULL, THEUS_ENOMEM, "CUDA replay: out of memory planning %zu transfers", n);
+    int rc = replay_plan_build(p, t, n);
+    if (rc != THEUS_OK || p->nwaves == 0)
         goto out;
-    }
-    size_t m = 0, ndims = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!fold(t[i].dtype, t[i].dframe, t[i].sframe, t[i].sub, &x[m]))
-            continue;
-        live[m++] = i;
-        ndims += (size_t)x[m - 1].nouter;
-    }
-    if (m == 0)
-        goto out;
-    if (ndims > UINT32_MAX) {
-        rc = err_set(NULL, THEUS_EINVAL, "CUDA replay: batch too large");
-        goto out;
-    }
-    uint32_t nwaves = assign_waves(t, x, live, m, wave);
-    if (nwaves == 0) {
-        rc = err_set(NULL, THEUS_ENOMEM, "CUDA replay: out of memory ordering %zu transfers", m);
-        goto out;
-    }
-    size_t bytes_w = (size_t)nwaves * sizeof(theus_replay_wave);
-    size_t bytes_d = m * sizeof(theus_replay_desc);
-    size_t bytes_m = ndims * sizeof(theus_replay_dim);
-    rc = desc_reserve(l, bytes_w + bytes_d + bytes_m);
+    const size_t bytes_w = (size_t)p->nwaves * sizeof(theus_replay_wave);
+    const size_t bytes_d = p->ndescs * sizeof(theus_replay_desc);
+    const size_t bytes_m = p->ndims * sizeof(theus_replay_dim);
+    const size_t total = bytes_w + bytes_d + bytes_m;
+    rc = desc_reserve(l, total);
     if (rc != THEUS_OK)
         goto out;
-    theus_replay_wave *hw = (theus_replay_wave *)(void *)l->desc_host;
-    theus_replay_desc *hd = (theus_replay_desc *)(void *)(l->desc_host + bytes_w);
-    theus_replay_dim *hm = (theus_replay_dim *)(void *)(l->desc_host + bytes_w + bytes_d);
-    uint32_t dim0 = 0;
-    for (size_t j = 0; j < m; j++) {
-        if (describe(&t[live[j]], &x[j], &descs[j], hm, dim0, &chunks[j]) != 0) {
-            rc = err_set(NULL, THEUS_EINVAL, "CUDA replay: a row is too long");
-            goto out;
-        }
-        dim0 += (uint32_t)x[j].nouter;
-    }
-    /* Stable counting sort by wave; chunks numbered globally in that order. */
-    wave_start = theus_xcalloc((size_t)nwaves + 1, sizeof *wave_start);
-    if (!wave_start) {
-        rc = err_set(NULL, THEUS_ENOMEM, "CUDA replay: out of memory");
-        goto out;
-    }
-    for (size_t j = 0; j < m; j++)
-        wave_start[wave[j] + 1]++;
-    for (uint32_t w = 0; w < nwaves; w++)
-        wave_start[w + 1] += wave_start[w];
-    for (size_t j = 0; j < m; j++)
-        order[wave_start[wave[j]]++] = j;
-    uint64_t chunk = 0, max_wave_chunks = 0;
-    size_t pos = 0;
-    for (uint32_t w = 0; w < nwaves; w++) {
-        hw[w].desc_begin = pos;
-        hw[w].chunk_begin = chunk;
-        while (pos < m && wave[order[pos]] == w) {
-            hd[pos] = descs[order[pos]];
-            hd[pos].first_chunk = chunk;
-            chunk += chunks[order[pos]];
-            pos++;
-        }
-        hw[w].desc_end = pos;
-        hw[w].chunk_end = chunk;
-        if (hw[w].chunk_end - hw[w].chunk_begin > max_wave_chunks)
-            max_wave_chunks = hw[w].chunk_end - hw[w].chunk_begin;
-    }
-    const size_t total = bytes_w + bytes_d + bytes_m;
+    memcpy(l->desc_host, p->waves, bytes_w);
+    memcpy(l->desc_host + bytes_w, p->descs, bytes_d);
+    if (bytes_m)
+        memcpy(l->desc_host + bytes_w + bytes_d, p->dims, bytes_m);
     cudaError_t e = dev_alloc(c, l, total, &dbuf);
     if (e != cudaSuccess) {
         rc = alloc_fail(e, "replay descriptors", total);
@@ -463,10 +212,10 @@ static int run_transfers(cuda_ctx *c, cuda_lane *l, const transfer *t, size_t n)
     CHECK_CUDA_GOTO(cudaMemcpyAsync(dbuf, l->desc_host, total, cudaMemcpyHostToDevice, l->stream),
                     rc, out);
     const unsigned char *db = dbuf;
-    CHECK_CUDA_GOTO(theus_replay_launch((const theus_replay_wave *)(const void *)db, nwaves,
+    CHECK_CUDA_GOTO(theus_replay_launch((const theus_replay_wave *)(const void *)db, p->nwaves,
                                         (const theus_replay_desc *)(const void *)(db + bytes_w),
                                         (const theus_replay_dim *)(const void *)(db + bytes_w + bytes_d),
-                                        max_wave_chunks, c->max_blocks, c->cooperative, l->stream),
+                                        p->max_wave_chunks, c->max_blocks, c->cooperative, l->stream),
                     rc, out);
     CHECK_CUDA_GOTO(cudaEventRecord(l->done, l->stream), rc, out);
     CHECK_CUDA_GOTO(cudaEventSynchronize(l->done), rc, out);
@@ -478,13 +227,8 @@ out:
         if (rc != THEUS_OK && cudaStreamSynchronize(l->stream) != cudaSuccess)
             (void)cudaGetLastError();
     }
-    theus_xfree(wave_start);
-    theus_xfree(order);
-    theus_xfree(descs);
-    theus_xfree(chunks);
-    theus_xfree(wave);
-    theus_xfree(x);
-    theus_xfree(live);
+    /* A huge batch should not keep its planning memory. */
+    replay_plan_trim(p, PLAN_KEEP_BYTES);
     return rc;
 }
 
@@ -495,12 +239,13 @@ out:
 static int copy_out(cuda_ctx *c, cuda_lane *l, theus_dtype dt, void *dst, theus_mem dst_mem,
                     const void *src, const theus_region *sframe, const theus_region *sub)
 {
-    folded x;
-    if (!fold(dt, sub, sframe, sub, &x))
+    region_folded x;
+    const size_t es = theus_dtype_size(dt);
+    if (es == 0 || !region_fold(sub, sframe, sub, &x))
         return THEUS_OK;
-    const size_t width = (size_t)x.run * x.es;
-    const unsigned char *s = (const unsigned char *)src + x.soff;
-    unsigned char *d = (unsigned char *)dst + x.doff;
+    const size_t width = (size_t)x.run * es;
+    const unsigned char *s = (const unsigned char *)src + x.soff * (int64_t)es;
+    unsigned char *d = (unsigned char *)dst + x.doff * (int64_t)es;
     if (dst_mem == THEUS_MEM_HOST && is_pinned_host(src)) {
         /* A pinned field: every replay has finished, the CPU reads it directly. */
         region_transfer(dt, DELTA_ASSIGN, dst, sub, src, sframe, sub);
@@ -508,16 +253,16 @@ static int copy_out(cuda_ctx *c, cuda_lane *l, theus_dtype dt, void *dst, theus_
     }
     if (x.nouter == 0) {
         CHECK_CUDA(cudaMemcpyAsync(d, s, width, cudaMemcpyDefault, l->stream));
-    } else if (x.nouter == 1 && width >= COPY2D_MIN_WIDTH && (size_t)x.sstr[0] <= c->max_pitch &&
-               (size_t)x.dstr[0] <= c->max_pitch) {
-        CHECK_CUDA(cudaMemcpy2DAsync(d, (size_t)x.dstr[0], s, (size_t)x.sstr[0], width,
+    } else if (x.nouter == 1 && width >= COPY2D_MIN_WIDTH && (size_t)x.sstr[0] * es <= c->max_pitch &&
+               (size_t)x.dstr[0] * es <= c->max_pitch) {
+        CHECK_CUDA(cudaMemcpy2DAsync(d, (size_t)x.dstr[0] * es, s, (size_t)x.sstr[0] * es, width,
                                      (size_t)x.ext[0], cudaMemcpyDefault, l->stream));
     } else if (dst_mem == THEUS_MEM_DEVICE) {
         transfer t = {DELTA_ASSIGN, dt, dst, sub, src, sframe, sub};
         return run_transfers(c, l, &t, 1);
     } else {
         /* Gather into device scratch laid out as @sub, then one contiguous copy. */
-        const size_t nbytes = region_nelems(sub) * x.es;
+        const size_t nbytes = region_nelems(sub) * es;
         void *scratch = NULL;
         cudaError_t e = dev_alloc(c, l, nbytes, &scratch);
         if (e != cudaSuccess)
@@ -900,6 +645,7 @@ static void lane_destroy(cuda_lane *l)
         (void)cudaFreeHost(l->h_first);
     if (l->desc_host)
         (void)cudaFreeHost(l->desc_host);
+    replay_plan_release(&l->plan);
     if (l->bounce)
         (void)cudaFreeHost(l->bounce);
     for (int h = 0; h < 2; h++)

@@ -43,27 +43,6 @@ __device__ __forceinline__ unsigned dtype_bytes(unsigned dt)
     }
 }
 
-/* Byte offsets of row @row in dst and src (C order over the outer dimensions). */
-__device__ __forceinline__ void row_offsets(const theus_replay_desc &d,
-                                            const theus_replay_dim *dims, uint64_t row,
-                                            int64_t &doff, int64_t &soff)
-{
-    doff = 0;
-    soff = 0;
-    if (d.nouter == 0)
-        return;
-    const theus_replay_dim *dd = dims + d.dims;
-    for (int k = (int)d.nouter - 1; k > 0; k--) {
-        const uint64_t ext = (uint64_t)dd[k].ext;
-        const uint64_t i = row % ext;
-        row /= ext;
-        doff += (int64_t)i * dd[k].dst_stride;
-        soff += (int64_t)i * dd[k].src_stride;
-    }
-    doff += (int64_t)row * dd[0].dst_stride;
-    soff += (int64_t)row * dd[0].src_stride;
-}
-
 template <int DT, int OP>
 __device__ __forceinline__ void apply(unsigned char *d, const unsigned char *s)
 {
@@ -98,7 +77,8 @@ __device__ __forceinline__ void span(unsigned char *d, const unsigned char *s, u
         apply<DT, OP>(d + i * S, s + i * S);
 }
 
-/* One warp handles chunk @c (relative to the transfer) of transfer @d. */
+/* One warp handles chunk @c (relative to the transfer) of transfer @d; the chunk's rows
+ * and bytes come from replay_desc.h, the decoding the host planner's tests also run. */
 template <int DT, int OP>
 __device__ void run_chunk(const theus_replay_desc &d, const theus_replay_dim *dims, uint64_t c,
                           int lane)
@@ -107,33 +87,28 @@ __device__ void run_chunk(const theus_replay_desc &d, const theus_replay_dim *di
     constexpr uint64_t S = sizeof(T);
     unsigned char *dst = reinterpret_cast<unsigned char *>(d.dst);
     const unsigned char *src = reinterpret_cast<const unsigned char *>(d.src);
+    const theus_replay_span sp = theus_replay_chunk(&d, c, S);
     int64_t doff, soff;
     if (d.pieces) {
-        const uint64_t per = THEUS_REPLAY_CHUNK_BYTES / S;
-        const uint64_t row = c / d.pieces;
-        const uint64_t col = (c % d.pieces) * per;
-        const uint64_t n = d.run - col < per ? d.run - col : per;
-        row_offsets(d, dims, row, doff, soff);
-        span<DT, OP>(dst + doff + col * S, src + soff + col * S, n, lane);
+        theus_replay_row_offsets(&d, dims, sp.row0, &doff, &soff);
+        span<DT, OP>(dst + doff + sp.col * S, src + soff + sp.col * S, sp.n, lane);
         return;
     }
-    const uint64_t r0 = c * d.rows_per_chunk;
-    const uint64_t nr = d.nrows - r0 < d.rows_per_chunk ? d.nrows - r0 : d.rows_per_chunk;
     if (d.run >= (uint64_t)WARP) {
-        for (uint64_t r = 0; r < nr; r++) {
-            row_offsets(d, dims, r0 + r, doff, soff);
+        for (uint64_t r = 0; r < sp.nrows; r++) {
+            theus_replay_row_offsets(&d, dims, sp.row0 + r, &doff, &soff);
             span<DT, OP>(dst + doff, src + soff, d.run, lane);
         }
         return;
     }
-    /* Short rows: the lanes spread over rows and columns together. nr * run is at most a
-     * chunk's elements, so 32-bit arithmetic is enough. */
+    /* Short rows: the lanes spread over rows and columns together. nrows * run is at most
+     * a chunk's elements, so 32-bit arithmetic is enough. */
     const uint32_t run = (uint32_t)d.run;
-    const uint32_t total = (uint32_t)nr * run;
+    const uint32_t total = (uint32_t)sp.nrows * run;
     for (uint32_t t = (uint32_t)lane; t < total; t += WARP) {
         const uint32_t r = t / run;
         const uint32_t col = t - r * run;
-        row_offsets(d, dims, r0 + r, doff, soff);
+        theus_replay_row_offsets(&d, dims, sp.row0 + r, &doff, &soff);
         apply<DT, OP>(dst + doff + (uint64_t)col * S, src + soff + (uint64_t)col * S);
     }
 }
@@ -182,15 +157,7 @@ static __global__ void __launch_bounds__(THEUS_REPLAY_BLOCK)
     for (uint32_t w = 0; w < nwaves; w++) {
         const theus_replay_wave wv = waves[w];
         for (uint64_t c = wv.chunk_begin + warp; c < wv.chunk_end; c += nwarps) {
-            /* Last transfer whose first chunk is at or before c. */
-            uint64_t lo = wv.desc_begin, hi = wv.desc_end;
-            while (hi - lo > 1) {
-                const uint64_t mid = lo + (hi - lo) / 2;
-                if (descs[mid].first_chunk <= c)
-                    lo = mid;
-                else
-                    hi = mid;
-            }
+            const uint64_t lo = theus_replay_find(descs, wv.desc_begin, wv.desc_end, c);
             const theus_replay_desc d = descs[lo];
             run_desc_chunk(d, dims, c - d.first_chunk, lane);
         }

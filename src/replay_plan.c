@@ -1,0 +1,350 @@
+/* The GPU replay's host planner (see replay_plan.h). One pass folds every transfer into a
+ * descriptor, numbers its chunks and records its destination byte span; a batch whose spans
+ * come in address order without overlap (the usual sorted batch) is done then. Otherwise
+ * the spans are radix-sorted: a batch without overlapping spans is still one wave; the
+ * transfers whose spans meet another's are compared exactly and put into waves, each one
+ * after every earlier transfer it overlaps. */
+#include "replay_plan.h"
+#include "alloc.h"
+#include "dtype.h"
+#include "error.h"
+
+#include <string.h>
+
+/* Grow @*arr (of @elem-byte elements, @*cap of them) to hold @need, keeping the first
+ * @keep elements. Returns 0, or -1 when out of memory (the array is unchanged). */
+static int grow(void **arr, size_t *cap, size_t need, size_t elem, size_t keep)
+{
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap : 256;
+    while (c < need) {
+        if (c > SIZE_MAX / 2 / elem)
+            return -1;
+        c *= 2;
+    }
+    void *q = theus_xmalloc(c * elem);
+    if (!q)
+        return -1;
+    if (keep)
+        memcpy(q, *arr, keep * elem);
+    theus_xfree(*arr);
+    *arr = q;
+    *cap = c;
+    return 0;
+}
+
+#define GROW(p, field, capf, need, keep) \
+    grow((void **)&(p)->field, &(p)->capf, (need), sizeof *(p)->field, (keep))
+
+/* Fill descriptor @d (outer dims appended to the plan's dims) for transfer @t. Returns
+ * its chunk count, 0 when it moves nothing; sets *@err on failure. */
+static uint64_t describe(replay_plan *p, const replay_xfer *t, theus_replay_desc *d, int *err)
+{
+    const uint64_t es = theus_dtype_size(t->dtype);
+    region_folded x;
+    if (es == 0 || !region_fold(t->dframe, t->sframe, t->sub, &x))
+        return 0;
+    if (x.nouter > 0) {
+        if (GROW(p, dims, dims_cap, p->ndims + (size_t)x.nouter, p->ndims) != 0) {
+            *err = THEUS_ENOMEM;
+            return 0;
+        }
+        if (p->ndims + (size_t)x.nouter > UINT32_MAX) {
+            *err = THEUS_EINVAL;
+            return 0;
+        }
+    }
+    d->dst = (uint64_t)(uintptr_t)t->dst + (uint64_t)x.doff * es;
+    d->src = (uint64_t)(uintptr_t)t->src + (uint64_t)x.soff * es;
+    d->run = (uint64_t)x.run;
+    d->nrows = x.nrows;
+    d->dims = (uint32_t)p->ndims;
+    d->nouter = (uint8_t)x.nouter;
+    d->dtype = (uint8_t)t->dtype;
+    d->op = (uint8_t)t->op;
+    d->pad = 0;
+    for (int k = 0; k < x.nouter; k++) {
+        theus_replay_dim *m = &p->dims[p->ndims + (size_t)k];
+        m->ext = x.ext[k];
+        m->dst_stride = x.dstr[k] * (int64_t)es;
+        m->src_stride = x.sstr[k] * (int64_t)es;
+    }
+    p->ndims += (size_t)x.nouter;
+    const uint64_t per = THEUS_REPLAY_CHUNK_BYTES / es;
+    if (d->run >= per) {
+        const uint64_t pieces = (d->run + per - 1) / per;
+        if (pieces > UINT32_MAX) {
+            *err = THEUS_EINVAL;
+            return 0;
+        }
+        d->pieces = (uint32_t)pieces;
+        d->rows_per_chunk = 1;
+        return d->nrows * pieces;
+    }
+    const uint64_t rpc = per / d->run;
+    d->pieces = 0;
+    d->rows_per_chunk = (uint32_t)rpc;
+    return (d->nrows + rpc - 1) / rpc;
+}
+
+/* Sort positions 0..n-1 by lo (LSD radix, 11-bit digits, only the digits that differ).
+ * Result: p->key (lo - min) and p->idx (transfer index) in ascending order. */
+static void sort_spans(replay_plan *p, size_t n)
+{
+    uint64_t min = UINT64_MAX, max = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p->lo[i] < min)
+            min = p->lo[i];
+        if (p->lo[i] > max)
+            max = p->lo[i];
+    }
+    for (size_t i = 0; i < n; i++) {
+        p->key[i] = p->lo[i] - min;
+        p->idx[i] = (uint32_t)i;
+    }
+    const uint64_t range = max - min;
+    enum { BITS = 11, BUCKETS = 1 << BITS };
+    size_t count[BUCKETS];
+    for (unsigned shift = 0; shift < 64 && (range >> shift) != 0; shift += BITS) {
+        memset(count, 0, sizeof count);
+        for (size_t i = 0; i < n; i++)
+            count[(p->key[i] >> shift) & (BUCKETS - 1)]++;
+        size_t sum = 0;
+        for (size_t b = 0; b < BUCKETS; b++) {
+            const size_t c = count[b];
+            count[b] = sum;
+            sum += c;
+        }
+        for (size_t i = 0; i < n; i++) {
+            const size_t at = count[(p->key[i] >> shift) & (BUCKETS - 1)]++;
+            p->key2[at] = p->key[i];
+            p->idx2[at] = p->idx[i];
+        }
+        uint64_t *tk = p->key;
+        p->key = p->key2;
+        p->key2 = tk;
+        uint32_t *ti = p->idx;
+        p->idx = p->idx2;
+        p->idx2 = ti;
+    }
+}
+
+/* Whether transfers @i and @j (spans known to meet) share an element. Distinct
+ * allocations never share bytes; a base or frame that differs is ordered anyway. */
+static int overlap_exact(const replay_xfer *t, const uint32_t *live, size_t i, size_t j)
+{
+    const replay_xfer *a = &t[live[i]], *b = &t[live[j]];
+    if (a->dst != b->dst || a->dframe != b->dframe)
+        return 1;
+    return region_overlap(a->sub, b->sub);
+}
+
+/* Waves for a batch whose spans are not in address order: 1 when no two spans meet,
+ * otherwise each transfer's wave is one more than the largest wave of the earlier
+ * transfers it overlaps. Only neighbours in address order whose spans meet are compared:
+ * O(n) plus the number of meeting pairs. */
+static uint32_t assign_waves(replay_plan *p, const replay_xfer *t, const uint32_t *live,
+                             size_t n)
+{
+    sort_spans(p, n);
+    /* key2 now holds the prefix maximum of hi in sorted order. */
+    uint64_t *pmax = p->key2;
+    uint64_t run = 0;
+    int any = 0;
+    for (size_t q = 0; q < n; q++) {
+        const uint64_t h = p->hi[p->idx[q]];
+        if (q > 0 && p->lo[p->idx[q]] < run)
+            any = 1;
+        run = h > run ? h : run;
+        pmax[q] = run;
+    }
+    memset(p->wave, 0, n * sizeof *p->wave);
+    if (!any)
+        return 1;
+    for (size_t q = 0; q < n; q++)
+        p->pos[p->idx[q]] = (uint32_t)q;
+    uint32_t nwaves = 1;
+    for (size_t i = 0; i < n; i++) {
+        const size_t q = p->pos[i];
+        const uint64_t lo = p->lo[i], hi = p->hi[i];
+        uint32_t w = 0;
+        for (size_t r = q + 1; r < n && p->lo[p->idx[r]] < hi; r++) {
+            const size_t j = p->idx[r];
+            if (j < i && p->wave[j] + 1 > w && overlap_exact(t, live, i, j))
+                w = p->wave[j] + 1;
+        }
+        for (size_t l = q; l-- > 0 && pmax[l] > lo;) {
+            const size_t j = p->idx[l];
+            if (j < i && p->hi[j] > lo && p->wave[j] + 1 > w && overlap_exact(t, live, i, j))
+                w = p->wave[j] + 1;
+        }
+        p->wave[i] = w;
+        if (w + 1 > nwaves)
+            nwaves = w + 1;
+    }
+    return nwaves;
+}
+
+/* Per-transfer scratch for @n transfers, in one block. */
+static int scratch_reserve(replay_plan *p, size_t n)
+{
+    if (n <= p->scratch_cap)
+        return 0;
+    size_t cap = p->scratch_cap ? p->scratch_cap : 256;
+    while (cap < n)
+        cap *= 2;
+    const size_t per = 4 * sizeof(uint64_t) + 5 * sizeof(uint32_t);
+    if (cap > SIZE_MAX / per)
+        return -1;
+    unsigned char *b = theus_xmalloc(cap * per);
+    if (!b)
+        return -1;
+    theus_xfree(p->scratch);
+    p->scratch = b;
+    p->scratch_cap = cap;
+    p->lo = (uint64_t *)(void *)b;
+    p->hi = p->lo + cap;
+    p->key = p->hi + cap;
+    p->key2 = p->key + cap;
+    p->idx = (uint32_t *)(void *)(p->key2 + cap);
+    p->idx2 = p->idx + cap;
+    p->live = p->idx2 + cap;
+    p->wave = p->live + cap;
+    p->pos = p->wave + cap;
+    return 0;
+}
+
+static void clear_output(replay_plan *p)
+{
+    p->nwaves = 0;
+    p->ndescs = 0;
+    p->ndims = 0;
+    p->total_chunks = p->max_wave_chunks = 0;
+}
+
+static int fail(replay_plan *p, int code, size_t n)
+{
+    clear_output(p);
+    if (code == THEUS_ENOMEM)
+        return err_set(NULL, code, "GPU replay: out of memory planning %zu transfers", n);
+    return err_set(NULL, code, "GPU replay: a batch of %zu transfers is beyond the replay "
+                               "kernel's limits (2^32 - 1 transfers, rows of 2^32 - 1 chunks)", n);
+}
+
+int replay_plan_build(replay_plan *p, const replay_xfer *t, size_t n)
+{
+    clear_output(p);
+    if (n == 0)
+        return THEUS_OK;
+    if (n > UINT32_MAX)
+        return fail(p, THEUS_EINVAL, n);
+    if (GROW(p, descs, descs_cap, n, 0) || GROW(p, waves, waves_cap, 1, 0) ||
+        scratch_reserve(p, n))
+        return fail(p, THEUS_ENOMEM, n);
+    uint64_t chunk = 0, maxhi = 0;
+    int ordered = 1, err = THEUS_OK;
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        theus_replay_desc *d = &p->descs[m];
+        const uint64_t nch = describe(p, &t[i], d, &err);
+        if (err != THEUS_OK)
+            return fail(p, err, n);
+        if (nch == 0)
+            continue;
+        d->first_chunk = chunk;
+        chunk += nch;
+        uint64_t span = d->run * (uint64_t)theus_dtype_size(t[i].dtype);
+        const theus_replay_dim *dm = p->dims + d->dims;
+        for (unsigned k = 0; k < d->nouter; k++)
+            span += (uint64_t)(dm[k].ext - 1) * (uint64_t)dm[k].dst_stride;
+        p->lo[m] = d->dst;
+        p->hi[m] = d->dst + span;
+        if (d->dst < maxhi)
+            ordered = 0;
+        if (p->hi[m] > maxhi)
+            maxhi = p->hi[m];
+        p->live[m] = (uint32_t)i;
+        m++;
+    }
+    p->ndescs = m;
+    p->total_chunks = chunk;
+    if (m == 0)
+        return THEUS_OK;
+    const uint32_t nwaves = ordered ? 1 : assign_waves(p, t, p->live, m);
+    if (nwaves == 1) {
+        p->nwaves = 1;
+        p->waves[0].desc_begin = 0;
+        p->waves[0].desc_end = m;
+        p->waves[0].chunk_begin = 0;
+        p->waves[0].chunk_end = chunk;
+        p->max_wave_chunks = chunk;
+        return THEUS_OK;
+    }
+    /* Several waves: a stable counting sort of the descriptors by wave (idx2 holds the
+     * counts), chunks renumbered in the new order. */
+    if (GROW(p, waves, waves_cap, nwaves, 0) || GROW(p, tmp, tmp_cap, m, 0))
+        return fail(p, THEUS_ENOMEM, n);
+    theus_replay_desc *batch = p->descs;
+    p->descs = p->tmp;
+    p->tmp = batch;
+    size_t c = p->descs_cap;
+    p->descs_cap = p->tmp_cap;
+    p->tmp_cap = c;
+    /* Per wave: descriptor count in desc_end and chunk count in chunk_end, then their
+     * prefix sums, then the scatter (desc_end and chunk_end as cursors). */
+    for (uint32_t w = 0; w < nwaves; w++) {
+        p->waves[w].desc_end = 0;
+        p->waves[w].chunk_end = 0;
+    }
+    for (size_t j = 0; j < m; j++) {
+        const uint64_t next = j + 1 < m ? batch[j + 1].first_chunk : p->total_chunks;
+        theus_replay_wave *wv = &p->waves[p->wave[j]];
+        wv->desc_end++;
+        wv->chunk_end += next - batch[j].first_chunk;
+    }
+    uint64_t dat = 0, cat = 0;
+    for (uint32_t w = 0; w < nwaves; w++) {
+        theus_replay_wave *wv = &p->waves[w];
+        const uint64_t nd = wv->desc_end, nc = wv->chunk_end;
+        if (nc > p->max_wave_chunks)
+            p->max_wave_chunks = nc;
+        wv->desc_begin = wv->desc_end = dat;
+        wv->chunk_begin = wv->chunk_end = cat;
+        dat += nd;
+        cat += nc;
+    }
+    for (size_t j = 0; j < m; j++) {
+        const uint64_t next = j + 1 < m ? batch[j + 1].first_chunk : p->total_chunks;
+        theus_replay_wave *wv = &p->waves[p->wave[j]];
+        theus_replay_desc *d = &p->descs[wv->desc_end++];
+        *d = batch[j];
+        d->first_chunk = wv->chunk_end;
+        wv->chunk_end += next - batch[j].first_chunk;
+    }
+    p->nwaves = nwaves;
+    return THEUS_OK;
+}
+
+size_t replay_plan_footprint(const replay_plan *p)
+{
+    return p->waves_cap * sizeof *p->waves + p->descs_cap * sizeof *p->descs +
+           p->dims_cap * sizeof *p->dims + p->tmp_cap * sizeof *p->tmp +
+           p->scratch_cap * (4 * sizeof(uint64_t) + 5 * sizeof(uint32_t));
+}
+
+void replay_plan_trim(replay_plan *p, size_t keep)
+{
+    if (replay_plan_footprint(p) > keep)
+        replay_plan_release(p);
+}
+
+void replay_plan_release(replay_plan *p)
+{
+    theus_xfree(p->waves);
+    theus_xfree(p->descs);
+    theus_xfree(p->dims);
+    theus_xfree(p->tmp);
+    theus_xfree(p->scratch);
+    memset(p, 0, sizeof *p);
+}
