@@ -8,16 +8,21 @@
  *   nvcc -std=c++17 -arch=sm_90 -Xcompiler -Wall,-Wextra -Iinclude -Isrc -c kernels/replay.cu
  *
  * Versions:
- *   v1 (this file) — the host cuts every transfer into chunks of at most
- *      THEUS_REPLAY_CHUNK_BYTES (long rows split into pieces, short rows grouped, so one
- *      launch handles a million one-element rows or a few gigabyte-sized runs alike) and
- *      numbers them by a prefix sum; each warp takes a chunk at a time and finds its
- *      transfer by binary search. Rows copy/add with 16-byte vectors when both addresses
- *      are 16-byte aligned (the tail and unaligned rows element by element). Transfers that
- *      overlap an earlier one of the batch go to a later wave; waves are separated by a
- *      grid-wide barrier (cooperative launch).
- *   Validated against the CPU backend by tests/test_cuda_parity.c (byte-identical fields).
- *   Timed only roughly (docs/gpu.md): theus-bench has no GPU mode yet. */
+ *   v1 — the host cuts every transfer into chunks of at most THEUS_REPLAY_CHUNK_BYTES
+ *      (long rows split into pieces, short rows grouped, so one launch handles a million
+ *      one-element rows or a few gigabyte-sized runs alike) and numbers them by a prefix
+ *      sum; each warp takes a chunk at a time and finds its transfer by binary search. Rows
+ *      copy/add with 16-byte vectors when both addresses are 16-byte aligned (the tail and
+ *      unaligned rows element by element). Transfers that overlap an earlier one of the
+ *      batch go to a later wave; waves are separated by a grid-wide barrier (cooperative
+ *      launch). Measured on an H100 (docs/benchmarks.md, run G1): 1.5-7 M transfers/s
+ *      whatever their size, the host planning (qsort, per-call allocations) being the cost.
+ *   v2 (this file) — the same kernel; planning moved to src/replay_plan.c (one pass, radix
+ *      sort only for unsorted batches: 11-45 ns per transfer on a 2.6 GHz EPYC, was
+ *      54-380), chunk decoding shared with the planner's CPU tests (replay_desc.h), and a
+ *      wave of one chunk per transfer finds its transfer without a search.
+ *      Not yet run on a GPU.
+ *   Validated against the CPU backend by tests/test_cuda_parity.c (byte-identical fields).  */
 #include "replay.cuh"
 #include "common.cuh"
 
@@ -157,7 +162,7 @@ static __global__ void __launch_bounds__(THEUS_REPLAY_BLOCK)
     for (uint32_t w = 0; w < nwaves; w++) {
         const theus_replay_wave wv = waves[w];
         for (uint64_t c = wv.chunk_begin + warp; c < wv.chunk_end; c += nwarps) {
-            const uint64_t lo = theus_replay_find(descs, wv.desc_begin, wv.desc_end, c);
+            const uint64_t lo = theus_replay_locate(&wv, descs, c);
             const theus_replay_desc d = descs[lo];
             run_desc_chunk(d, dims, c - d.first_chunk, lane);
         }

@@ -122,6 +122,16 @@ THEUS_RD_FN uint64_t theus_replay_find(const theus_replay_desc *descs, uint64_t 
     return lo;
 }
 
+/* The descriptor of wave @wv holding global chunk @c. A wave with as many chunks as
+ * descriptors has one chunk per descriptor (each has at least one): no search. */
+THEUS_RD_FN uint64_t theus_replay_locate(const theus_replay_wave *wv,
+                                         const theus_replay_desc *descs, uint64_t c)
+{
+    if (wv->chunk_end - wv->chunk_begin == wv->desc_end - wv->desc_begin)
+        return wv->desc_begin + (c - wv->chunk_begin);
+    return theus_replay_find(descs, wv->desc_begin, wv->desc_end, c);
+}
+
 #ifdef __cplusplus
 }
 #endif

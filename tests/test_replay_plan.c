@@ -36,9 +36,12 @@ static int64_t rnd_in(int64_t lo, int64_t hi) /* [lo, hi] */
 
 enum order { IN_ORDER, REVERSED, SHUFFLED };
 
-static void run_chunk(const replay_plan *p, uint64_t c, uint64_t wb, uint64_t we)
+static void run_chunk(const replay_plan *p, uint64_t c, const theus_replay_wave *wv)
 {
-    const uint64_t k = theus_replay_find(p->descs, wb, we, c);
+    const uint64_t k = theus_replay_locate(wv, p->descs, c);
+    cr_assert(k >= wv->desc_begin && k < wv->desc_end);
+    cr_assert_eq(k, theus_replay_find(p->descs, wv->desc_begin, wv->desc_end, c),
+                 "the shortcut and the search disagree on chunk %llu", (unsigned long long)c);
     const theus_replay_desc *d = &p->descs[k];
     cr_assert(c >= d->first_chunk, "chunk %llu found descriptor %llu starting at %llu",
               (unsigned long long)c, (unsigned long long)k,
@@ -76,7 +79,7 @@ static void execute(const replay_plan *p, enum order ord)
                 perm[j] = t;
             }
         for (uint64_t i = 0; i < n; i++)
-            run_chunk(p, perm[i], wv->desc_begin, wv->desc_end);
+            run_chunk(p, perm[i], wv);
         free(perm);
     }
 }
