@@ -52,6 +52,29 @@ typedef struct cuda_lane {
     replay_plan plan;                /* the replay planner's reused buffers */
 } cuda_lane;
 
+/* Small host payloads are staged in pinned, mapped host memory: staging is a host memcpy
+ * (no copy to the device, no wait), the replay kernel reads them over the bus, and the
+ * gatekeeper checks them on the host. Slabs of SMALL_SLAB_BYTES, each cut into blocks of
+ * one size class. THEUS_CUDA_SMALL_STAGE=N sets the largest payload staged so (0: off). */
+#define SMALL_STAGE_DEFAULT 65536u
+#define SMALL_SLAB_BYTES ((size_t)1 << 20)
+#define SMALL_SLABS 64
+#define SMALL_CLASSES 5
+static const uint32_t k_small_class[SMALL_CLASSES] = {256, 1024, 4096, 16384, 65536};
+
+typedef struct small_block {
+    struct small_block *next;
+} small_block;
+
+typedef struct small_pool {
+    pthread_mutex_t mu;
+    size_t max;                      /* largest payload staged here; 0: off */
+    int nslabs;
+    unsigned char *slab[SMALL_SLABS];
+    int slab_class[SMALL_SLABS];     /* the size class a slab is cut into */
+    small_block *free[SMALL_CLASSES];
+} small_pool;
+
 typedef struct cuda_ctx {
     int device;
     int max_blocks;                  /* resident replay blocks (cooperative grid bound) */
@@ -62,6 +85,7 @@ typedef struct cuda_ctx {
     atomic_uint next_lane;
     int nlanes;                      /* lanes initialised (for teardown) */
     cuda_lane lanes[CUDA_LANES];
+    small_pool small;
 } cuda_ctx;
 
 static cuda_ctx g_ctx;
@@ -318,6 +342,76 @@ static int h2d_bounce(cuda_lane *l, void *dst, const void *src, size_t n)
 
 /* ---- the interface ------------------------------------------------------------------ */
 
+/* ---- small pinned staging ------------------------------------------------------------ */
+
+/* A block for @n bytes (n <= pool max), NULL when none can be had (the caller stages in
+ * device memory instead). The caller holds a device call (cudaHostAlloc may run). */
+static void *small_alloc(small_pool *sp, size_t n)
+{
+    int k = 0;
+    while (k < SMALL_CLASSES && k_small_class[k] < n)
+        k++;
+    if (k == SMALL_CLASSES || n > sp->max)
+        return NULL;
+    pthread_mutex_lock(&sp->mu);
+    if (!sp->free[k] && sp->nslabs < SMALL_SLABS) {
+        void *p = NULL;
+        if (cudaHostAlloc(&p, SMALL_SLAB_BYTES, cudaHostAllocMapped | cudaHostAllocPortable) !=
+            cudaSuccess) {
+            (void)cudaGetLastError();
+        } else {
+            unsigned char *b = p;
+            sp->slab_class[sp->nslabs] = k;
+            sp->slab[sp->nslabs++] = b;
+            for (size_t off = SMALL_SLAB_BYTES; off >= k_small_class[k]; off -= k_small_class[k]) {
+                small_block *blk = (small_block *)(void *)(b + off - k_small_class[k]);
+                blk->next = sp->free[k];
+                sp->free[k] = blk;
+            }
+        }
+    }
+    small_block *blk = sp->free[k];
+    if (blk)
+        sp->free[k] = blk->next;
+    pthread_mutex_unlock(&sp->mu);
+    return blk;
+}
+
+/* The size class of small block @p, -1 when @p is not one. */
+static int small_lookup(small_pool *sp, const void *p)
+{
+    const unsigned char *q = p;
+    int cls = -1;
+    if (!sp->max || !p)
+        return -1;
+    pthread_mutex_lock(&sp->mu);
+    for (int i = 0; i < sp->nslabs; i++)
+        if (q >= sp->slab[i] && q < sp->slab[i] + SMALL_SLAB_BYTES) {
+            cls = sp->slab_class[i];
+            break;
+        }
+    pthread_mutex_unlock(&sp->mu);
+    return cls;
+}
+
+static void small_free(small_pool *sp, void *p, int cls)
+{
+    small_block *blk = p;
+    pthread_mutex_lock(&sp->mu);
+    blk->next = sp->free[cls];
+    sp->free[cls] = blk;
+    pthread_mutex_unlock(&sp->mu);
+}
+
+static void small_destroy(small_pool *sp)
+{
+    for (int i = 0; i < sp->nslabs; i++)
+        if (cudaFreeHost(sp->slab[i]) != cudaSuccess)
+            (void)cudaGetLastError();
+    sp->nslabs = 0;
+    memset(sp->free, 0, sizeof sp->free);
+}
+
 static int cuda_alloc(void *ctx, theus_placement pl, size_t nbytes, void **out)
 {
     cuda_ctx *c = ctx;
@@ -446,6 +540,13 @@ static int cuda_stage(void *ctx, theus_placement pl, const void *src, theus_mem 
         return rc;
     cuda_lane *l = k.lane;
     void *p = NULL;
+    if (src && src_mem == THEUS_MEM_HOST && nbytes > 0 && nbytes <= c->small.max &&
+        (p = small_alloc(&c->small, nbytes)) != NULL) {
+        memcpy(p, src, nbytes);
+        *out = p;
+        call_end(&k);
+        return THEUS_OK;
+    }
     if (!src && pl != THEUS_PLACEMENT_DEVICE) {
         /* A buffer the caller fills in place (theus_tx_stage_buffer) for a pinned field:
          * mapped pinned memory, written by host code or by kernels through unified
@@ -495,6 +596,12 @@ static void cuda_unstage(void *ctx, void *staged)
     cuda_call k;
     if (!staged)
         return;
+    /* A small pinned block: whoever read it (replay, overlay, check) waited for it. */
+    const int cls = small_lookup(&c->small, staged);
+    if (cls >= 0) {
+        small_free(&c->small, staged, cls);
+        return;
+    }
     if (call_begin(c, &k) != THEUS_OK) {
         /* Cannot reach the device: leaking the buffer beats freeing it wrongly. */
         return;
@@ -558,6 +665,11 @@ static int cuda_check(void *ctx, theus_dtype dt, const void *staged, size_t n,
     }
     if (!cons || (!cons->finite && !cons->has_min && !cons->has_max))
         return THEUS_OK;
+    if (small_lookup(&c->small, staged) >= 0) {
+        /* Staged in host memory: checked where it is, no round trip to the GPU. */
+        *bad_index = dtype_check(dt, staged, n, cons);
+        return THEUS_OK;
+    }
     theus_check_params p;
     memset(&p, 0, sizeof p);
     if (dtype_is_float(dt)) {
@@ -673,6 +785,7 @@ static void cuda_destroy(void *ctx)
     for (int i = 0; i < c->nlanes; i++)
         lane_destroy(&c->lanes[i]);
     c->nlanes = 0;
+    small_destroy(&c->small);
     if (c->pool) {
         (void)cudaMemPoolDestroy(c->pool);
         c->pool = NULL;
@@ -876,6 +989,15 @@ static void cuda_init_once(void)
         c->nlanes = i + 1;
     }
     atomic_init(&c->next_lane, 0u);
+    pthread_mutex_init(&c->small.mu, NULL);
+    c->small.max = SMALL_STAGE_DEFAULT;
+    const char *sm = getenv("THEUS_CUDA_SMALL_STAGE");
+    if (sm && *sm) {
+        char *end = NULL;
+        unsigned long long v = strtoull(sm, &end, 10);
+        if (end && *end == '\0')
+            c->small.max = v < SMALL_STAGE_DEFAULT ? (size_t)v : SMALL_STAGE_DEFAULT;
+    }
     g_backend.iface = &cuda_iface;
     g_backend.ctx = c;
     g_ready = &g_backend;
