@@ -76,6 +76,9 @@ typedef struct theus_backend {
 
 /* The CPU backend (always available; a static singleton). */
 const theus_backend *backend_cpu(void);
+/* Threads the CPU backend's replay of this batch would use (1: the calling thread alone):
+ * replay_pool_threads() for a batch large enough to share out, else 1. */
+int backend_cpu_replay_threads(const replay_op *ops, size_t n);
 /* The CUDA backend, or NULL when it is not built or no device answers. */
 const theus_backend *backend_cuda(void);
 
