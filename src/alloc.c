@@ -17,6 +17,11 @@ int theus_set_alloc_funcs(theus_malloc_fn m, theus_free_fn f)
     return THEUS_OK;
 }
 
+int theus_alloc_hooked(void)
+{
+    return g_malloc != malloc;
+}
+
 void *theus_xmalloc(size_t n)
 {
     return g_malloc(n ? n : 1);

@@ -8,5 +8,7 @@ void *theus_xmalloc(size_t n);              /* NULL on failure or n == 0 overflo
 void *theus_xcalloc(size_t count, size_t size); /* zeroed; NULL on failure or overflow */
 void  theus_xfree(void *p);                 /* NULL is a no-op */
 char *theus_xstrdup(const char *s);
+/* Whether theus_set_alloc_funcs installed hooks other than libc's. */
+int theus_alloc_hooked(void);
 
 #endif

@@ -5,6 +5,7 @@
 #include "alloc.h"
 #include "dtype.h"
 #include "replay_pool.h"
+#include "stage_arena.h"
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -80,11 +81,14 @@ static int cpu_stage(void *ctx, theus_placement pl, const void *src, theus_mem s
     (void)pl;
     if (src_mem != THEUS_MEM_HOST)
         return THEUS_EINVAL;
-    void *p = src ? theus_xmalloc(nbytes) : theus_xcalloc(1, nbytes);
+    /* Staging memory comes from the arena (reused blocks, pages already mapped). */
+    void *p = stage_alloc(nbytes);
     if (!p)
         return THEUS_ENOMEM;
-    if (src && nbytes)
+    if (src)
         memcpy(p, src, nbytes);
+    else
+        memset(p, 0, nbytes);
     *out = p;
     return THEUS_OK;
 }
@@ -92,7 +96,7 @@ static int cpu_stage(void *ctx, theus_placement pl, const void *src, theus_mem s
 static void cpu_unstage(void *ctx, void *staged)
 {
     (void)ctx;
-    theus_xfree(staged);
+    stage_free(staged);
 }
 
 /* ---- parallel replay -------------------------------------------------------------------
