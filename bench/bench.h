@@ -192,6 +192,7 @@ void print_header(const char *scenario, const char *target, const char *what);
 /* Each returns 0, or -1 when it stopped on an error (already reported). */
 int scn_replay(int add);            /* replay.copy (add = 0) and replay.add (add = 1) */
 int scn_commit_latency(void);
+int scn_replay_plan(void);          /* replay.plan: the GPU replay's host work */
 int scn_commit_scaling(void);
 int scn_commit_contention(void);
 /* The GPU variants are declared in gpu.h. */

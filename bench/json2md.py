@@ -87,6 +87,24 @@ def replay_table(d, scenario):
     return "\n".join(out) + "\n"
 
 
+def plan_table(d):
+    cases = by_case(rows_of(d, "replay.plan"))
+    if not cases:
+        return ""
+    out = [provenance(d), "",
+           "| segment | count | placement | theus plan ns/segment | Mseg/s "
+           "| cub args ns/segment | theus / cub args | GPU copy bound at this rate |",
+           "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for case, ms in cases.items():
+        t, c = ms["theus.plan"], ms["baseline.cub_args"]
+        p = t["params"]
+        nt, nc = t["metrics"]["ns_per_segment"], c["metrics"]["ns_per_segment"]
+        out.append(f"| {fmt_bytes(p['segment_bytes'])} | {fmt_count(p['count'])} | "
+                   f"{p['placement']} | {nt:.1f} | {1e3 / nt:.1f} | {nc:.1f} | "
+                   f"{nc / nt:.2f}x | {t['metrics']['gpu_copy_gbps_bound']:.0f} GB/s |")
+    return "\n".join(out) + "\n"
+
+
 def latency_table(d):
     cases = by_case(rows_of(d, "commit.latency"))
     if not cases:
@@ -316,6 +334,7 @@ def main():
         d = json.load(f)
     parts = [("replay.copy", replay_table(d, "replay.copy")),
              ("replay.add", replay_table(d, "replay.add")),
+             ("replay.plan", plan_table(d)),
              ("commit.latency", latency_table(d)),
              ("commit.scaling", scaling_table(d)),
              ("commit.contention", contention_table(d))]

@@ -35,6 +35,7 @@ typedef struct scenario {
     int (*cpu)(void);      /* NULL: no CPU variant */
     const char *cpu_na;    /* why, when cpu is NULL */
     int (*gpu)(void);      /* the GPU variant (gpu.h; reports "not built" without CUDA) */
+    const char *gpu_na;    /* why, when gpu is NULL */
 } scenario;
 
 static const scenario scenarios[] = {
@@ -43,25 +44,32 @@ static const scenario scenarios[] = {
                     "a per-segment memcpy loop and one packed memcpy (ceiling); on the GPU "
                     "against cudaMemcpyAsync per segment, cudaMemcpyBatchAsync, "
                     "cub::DeviceMemcpy::Batched and a streaming-copy kernel (ceiling)",
-     run_replay_copy, NULL, run_gpu_replay_copy},
+     run_replay_copy, NULL, run_gpu_replay_copy, NULL},
     {"replay.add", "the same sweep with ADD deltas (f32); against a per-segment add loop and "
                    "one packed add (ceiling)",
-     run_replay_add, NULL, run_gpu_replay_add},
+     run_replay_add, NULL, run_gpu_replay_add, NULL},
+    {"replay.plan", "the GPU replay's host work (a commit batch -> kernel descriptors -> "
+                    "upload area) per segment, measured without a GPU; against building "
+                    "cub::DeviceMemcpy::Batched's argument arrays; bounds the GPU replay's "
+                    "segment rate on this host",
+     scn_replay_plan, NULL, NULL,
+     "no GPU variant: the figure is host work (the CPU variant, which needs no GPU)"},
     {"commit.latency", "one small delta per transaction, begin -> commit, p50/p99, on a small "
                        "and a large host field; against a mutex-guarded store",
-     scn_commit_latency, NULL, scn_gpu_commit_latency},
+     scn_commit_latency, NULL, scn_gpu_commit_latency, NULL},
     {"commit.scaling", "commit cost as the written fraction of a large field goes 0.1% -> "
                        "100%, against copying the whole field",
-     scn_commit_scaling, NULL, scn_gpu_commit_scaling},
+     scn_commit_scaling, NULL, scn_gpu_commit_scaling, NULL},
     {"commit.contention", "1, 2, 4 threads, and 1, 2, 4 processes on one shared state "
                           "(--quick: 1, 2), committing read-modify-writes to disjoint and to "
                           "overlapping regions: commits/s, conflict rate, p50/p99; against a "
                           "mutex (process-shared for the processes)",
-     scn_commit_contention, NULL, NULL},
+     scn_commit_contention, NULL, NULL,
+     "no GPU variant (the scenario is about host threads and processes)"},
     {"stage.h2d", "host payloads staged into a device field through theus_tx_write vs "
                   "cudaMemcpy from pageable and from pinned memory (GPU fields)", NULL,
      "not applicable: host fields take payloads without a host-to-device copy",
-     scn_gpu_stage_h2d},
+     scn_gpu_stage_h2d, NULL},
 };
 #define NSCENARIOS (sizeof scenarios / sizeof scenarios[0])
 
@@ -261,7 +269,7 @@ int main(int argc, char **argv)
         }
         if (want_gpu) {
             if (!s->gpu)
-                note_skip(s->name, "gpu", "no GPU variant (the scenario is about host threads and processes)");
+                note_skip(s->name, "gpu", s->gpu_na);
             else if (gpu && mi.gpu_i.built)
                 s->gpu();
             else if (!mi.gpu_i.built)
