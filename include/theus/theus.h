@@ -11,6 +11,14 @@
 extern "C" {
 #endif
 
+/* The library is built with hidden symbols; what this header and theus_shared.h,
+ * theus_dlpack.h declare is what it exports. */
+#if defined(__GNUC__)
+#define THEUS_API __attribute__((visibility("default")))
+#else
+#define THEUS_API
+#endif
+
 #define THEUS_VERSION_MAJOR 0
 #define THEUS_VERSION_MINOR 1
 #define THEUS_VERSION_PATCH 0
@@ -39,7 +47,7 @@ extern "C" {
 
 /** @brief Name of a status code ("THEUS_ECONFLICT: ..."); never NULL, static storage.
  *  @note Thread-safe. Unknown codes give "unknown theus status". */
-const char *theus_strerror(int status);
+THEUS_API const char *theus_strerror(int status);
 
 /* ---------------------------------------------------------------------------------------
  * Enumerations (numbered in the order of docs/guide.md, from 0).
@@ -69,16 +77,16 @@ typedef enum theus_isolation {
 typedef enum theus_mem { THEUS_MEM_HOST = 0, THEUS_MEM_DEVICE = 1 } theus_mem;
 
 /** @brief Lower-case dtype name ("f32"), or NULL for an out-of-range value. Thread-safe. */
-const char *theus_dtype_name(theus_dtype dt);
+THEUS_API const char *theus_dtype_name(theus_dtype dt);
 /** @brief Bytes per element of a dtype (bool is one byte), or 0 for an out-of-range value. */
-size_t theus_dtype_size(theus_dtype dt);
+THEUS_API size_t theus_dtype_size(theus_dtype dt);
 /** @brief "device", "pinned" or "host", or NULL for an out-of-range value. */
-const char *theus_placement_name(theus_placement p);
+THEUS_API const char *theus_placement_name(theus_placement p);
 /** @brief "data", "signal", "meta" or "const", or NULL for an out-of-range value. */
-const char *theus_zone_name(theus_zone z);
+THEUS_API const char *theus_zone_name(theus_zone z);
 
 /** @brief 1 when the CUDA backend is built and a device answers, else 0. Thread-safe. */
-int theus_gpu_available(void);
+THEUS_API int theus_gpu_available(void);
 
 /* ---------------------------------------------------------------------------------------
  * Allocation hooks (process-wide, as in jansson). Every host allocation theus makes —
@@ -91,7 +99,7 @@ typedef void (*theus_free_fn)(void *ptr);
  *  @return THEUS_OK, or THEUS_EINVAL when exactly one of them is NULL.
  *  @note Not thread-safe: call it before any state exists; memory allocated with one pair
  *        is freed with that same pair only if the pair is not changed while it lives. */
-int theus_set_alloc_funcs(theus_malloc_fn m, theus_free_fn f);
+THEUS_API int theus_set_alloc_funcs(theus_malloc_fn m, theus_free_fn f);
 
 /* ---------------------------------------------------------------------------------------
  * States
@@ -141,12 +149,12 @@ typedef struct theus_field_info {
  *         THEUS_EINVAL for NULL arguments or bad options.
  * @note Thread-safe. Fields start zeroed, every field version and the state version are 1.
  */
-int theus_state_create(const char *schema_json, const theus_state_options *opts,
+THEUS_API int theus_state_create(const char *schema_json, const theus_state_options *opts,
                        theus_state **out);
 
 /** @brief As theus_state_create, reading the schema from the file at @p schema_path.
  *  @return as theus_state_create, plus THEUS_ENOENT / THEUS_EIO when the file cannot be read. */
-int theus_state_create_from_file(const char *schema_path, const theus_state_options *opts,
+THEUS_API int theus_state_create_from_file(const char *schema_path, const theus_state_options *opts,
                                  theus_state **out);
 
 /** @brief Destroy a state and every field's memory. NULL is a no-op. For a shared state
@@ -154,23 +162,23 @@ int theus_state_create_from_file(const char *schema_path, const theus_state_opti
  *  handles and processes, and goes with the last of them.
  *  @note No other thread may use the state, and every transaction on it must have been
  *        committed or aborted before. */
-void theus_state_destroy(theus_state *st);
+THEUS_API void theus_state_destroy(theus_state *st);
 
 /** @brief Current version (1 after creation; each successful commit adds 1). Thread-safe. */
-uint64_t theus_state_version(const theus_state *st);
+THEUS_API uint64_t theus_state_version(const theus_state *st);
 
 /** @brief The schema's "name" (borrowed; lives as long as the state). */
-const char *theus_state_name(const theus_state *st);
+THEUS_API const char *theus_state_name(const theus_state *st);
 
 /** @brief Number of fields, and the name of field @p i (borrowed; NULL when out of range),
  *  in the order of the schema. Thread-safe. */
-size_t theus_state_field_count(const theus_state *st);
-const char *theus_state_field_name(const theus_state *st, size_t i);
+THEUS_API size_t theus_state_field_count(const theus_state *st);
+THEUS_API const char *theus_state_field_name(const theus_state *st, size_t i);
 
 /** @brief Describe a field.
  *  @return THEUS_OK, THEUS_ENOENT for an unknown field, THEUS_EINVAL for NULL arguments.
  *  @note Thread-safe; answers from the host shadow descriptor without touching a GPU. */
-int theus_state_field_info(const theus_state *st, const char *field, theus_field_info *out);
+THEUS_API int theus_state_field_info(const theus_state *st, const char *field, theus_field_info *out);
 
 /**
  * @brief Set the whole content of a field before the state's first commit (creation time):
@@ -180,14 +188,14 @@ int theus_state_field_info(const theus_state *st, const char *field, theus_field
  *         THEUS_ESCHEMA when the values break the field's constraints (field unchanged).
  * @note Not to be called while another thread uses the state.
  */
-int theus_state_init_field(theus_state *st, const char *field, const void *src, theus_mem src_mem);
+THEUS_API int theus_state_init_field(theus_state *st, const char *field, const void *src, theus_mem src_mem);
 
 /** @brief Detail text of the last failed call the calling thread made on @p st (or on
  *  state creation when @p st is NULL); "" if none. Borrowed: valid until that thread's next
  *  theus call. @note Thread-safe: each thread sees its own last error. */
-const char *theus_state_last_error(const theus_state *st);
+THEUS_API const char *theus_state_last_error(const theus_state *st);
 /** @brief Detail text of the calling thread's last failed theus call, on any state. */
-const char *theus_last_error_message(void);
+THEUS_API const char *theus_last_error_message(void);
 
 /** Counters, for observability. */
 typedef struct theus_stats {
@@ -201,7 +209,7 @@ typedef struct theus_stats {
 
 /** @brief Copy the state's counters into @p out (of all processes, for a shared state).
  *  @return THEUS_OK or THEUS_EINVAL. Thread-safe. */
-int theus_state_stats(const theus_state *st, theus_stats *out);
+THEUS_API int theus_state_stats(const theus_state *st, theus_stats *out);
 
 /* ---------------------------------------------------------------------------------------
  * Regions and conflicts
@@ -233,7 +241,7 @@ typedef struct theus_conflict {
 /** @brief The conflict behind the calling thread's last THEUS_ECONFLICT on @p st.
  *  @return THEUS_OK, or THEUS_ENOENT when the thread's last failed call on @p st was not a
  *          conflict. @note Thread-safe (per thread, like theus_state_last_error). */
-int theus_last_conflict(const theus_state *st, theus_conflict *out);
+THEUS_API int theus_last_conflict(const theus_state *st, theus_conflict *out);
 
 /* ---------------------------------------------------------------------------------------
  * Process contracts
@@ -262,10 +270,10 @@ typedef struct theus_tx_options {
  * @return THEUS_OK, THEUS_EINVAL (NULL argument, bad isolation, bad contract), THEUS_ENOMEM.
  * @note Thread-safe; the transaction itself must be used by one thread at a time.
  */
-int theus_tx_begin(theus_state *st, const theus_tx_options *opts, theus_tx **out);
+THEUS_API int theus_tx_begin(theus_state *st, const theus_tx_options *opts, theus_tx **out);
 
 /** @brief Base version of a transaction (the state version when it began). */
-uint64_t theus_tx_base(const theus_tx *tx);
+THEUS_API uint64_t theus_tx_base(const theus_tx *tx);
 
 /**
  * @brief Read a region: the bytes of the committed version at the base, overlaid with this
@@ -277,18 +285,18 @@ uint64_t theus_tx_base(const theus_tx *tx);
  *         rank-mismatched region, NULL buffer, dst_mem unsupported); THEUS_ENOMEM.
  * @note On failure the transaction is unchanged and still usable.
  */
-int theus_tx_read(theus_tx *tx, const char *field, const theus_region *r, void *dst,
+THEUS_API int theus_tx_read(theus_tx *tx, const char *field, const theus_region *r, void *dst,
                   theus_mem dst_mem);
 
 /** @brief Stage an overwrite of a region with @p src (copied now; borrowed for the call).
  *  @return THEUS_OK; THEUS_EPERM (contract or const zone); THEUS_ENOENT; THEUS_EINVAL;
  *          THEUS_ENOMEM. Bounds, rank, contract and zone are checked here, not at commit. */
-int theus_tx_write(theus_tx *tx, const char *field, const theus_region *r, const void *src,
+THEUS_API int theus_tx_write(theus_tx *tx, const char *field, const theus_region *r, const void *src,
                    theus_mem src_mem);
 
 /** @brief Stage an element-wise add of @p src to a region (in the field's dtype; f16/bf16
  *  in f32 rounded to nearest even; integers wrap; bool is logical or). Errors as write. */
-int theus_tx_add(theus_tx *tx, const char *field, const theus_region *r, const void *src,
+THEUS_API int theus_tx_add(theus_tx *tx, const char *field, const theus_region *r, const void *src,
                  theus_mem src_mem);
 
 /**
@@ -300,10 +308,10 @@ int theus_tx_add(theus_tx *tx, const char *field, const theus_region *r, const v
  *         constraint failed); THEUS_ENOMEM; THEUS_EINVAL for a NULL tx. On any failure the
  *         state is unchanged.
  */
-int theus_tx_commit(theus_tx *tx, uint64_t *committed_version);
+THEUS_API int theus_tx_commit(theus_tx *tx, uint64_t *committed_version);
 
 /** @brief Drop a transaction and everything it staged. NULL is a no-op. Consumes @p tx. */
-void theus_tx_abort(theus_tx *tx);
+THEUS_API void theus_tx_abort(theus_tx *tx);
 
 /* ---------------------------------------------------------------------------------------
  * Zero copy for GPU code
@@ -323,7 +331,7 @@ typedef enum theus_delta_op { THEUS_OP_ASSIGN = 0, THEUS_OP_ADD = 1 } theus_delt
  * @note Work that fills the buffer must be complete (synchronize its stream) before the
  *       transaction reads that region or commits; the gatekeeper checks the contents then.
  */
-int theus_tx_stage_buffer(theus_tx *tx, const char *field, const theus_region *r,
+THEUS_API int theus_tx_stage_buffer(theus_tx *tx, const char *field, const theus_region *r,
                           theus_delta_op op, void **buf, theus_mem *mem);
 
 /**
@@ -335,16 +343,16 @@ int theus_tx_stage_buffer(theus_tx *tx, const char *field, const theus_region *r
  * @param[out] mem where it lives (THEUS_MEM_DEVICE for device fields); may be NULL.
  * @return THEUS_OK, THEUS_ENOENT, THEUS_EINVAL. @note Thread-safe.
  */
-int theus_state_field_ptr(const theus_state *st, const char *field, const void **ptr,
+THEUS_API int theus_state_field_ptr(const theus_state *st, const char *field, const void **ptr,
                           theus_mem *mem);
 
 /** @brief Keep commits from replaying until theus_state_release_commits (reads go on).
  *  Shared: many threads may hold it at once. Work launched on a field while held must have
  *  completed before release. Must not be held by a thread that commits (it would deadlock).
  *  @return THEUS_OK or THEUS_EINVAL. */
-int theus_state_hold_commits(theus_state *st);
+THEUS_API int theus_state_hold_commits(theus_state *st);
 /** @brief Undo one theus_state_hold_commits of the calling thread. */
-void theus_state_release_commits(theus_state *st);
+THEUS_API void theus_state_release_commits(theus_state *st);
 
 /* ---------------------------------------------------------------------------------------
  * Retry helper
@@ -376,7 +384,7 @@ typedef struct theus_retry_options {
  *         last conflict stays in theus_last_conflict); any error of begin/commit.
  * @note Thread-safe; each call uses its own transactions.
  */
-int theus_tx_run(theus_state *st, const theus_retry_options *opts, theus_tx_body body,
+THEUS_API int theus_tx_run(theus_state *st, const theus_retry_options *opts, theus_tx_body body,
                  void *user, uint64_t *committed_version);
 
 #ifdef __cplusplus

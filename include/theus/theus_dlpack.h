@@ -21,7 +21,7 @@ extern "C" {
  *         THEUS_ENOMEM.
  * @note Thread-safe. The deleter may run on any thread.
  */
-int theus_field_export_dlpack(theus_state *st, const char *field, DLManagedTensorVersioned **out);
+THEUS_API int theus_field_export_dlpack(theus_state *st, const char *field, DLManagedTensorVersioned **out);
 
 /**
  * @brief Export a buffer from theus_tx_stage_buffer as a writable DLPack tensor in the
@@ -31,7 +31,7 @@ int theus_field_export_dlpack(theus_state *st, const char *field, DLManagedTenso
  *         THEUS_ENOMEM.
  * @note Same thread rules as the transaction.
  */
-int theus_tx_export_dlpack(theus_tx *tx, void *buf, DLManagedTensorVersioned **out);
+THEUS_API int theus_tx_export_dlpack(theus_tx *tx, void *buf, DLManagedTensorVersioned **out);
 
 #ifdef __cplusplus
 }

@@ -52,7 +52,7 @@ typedef struct theus_shared_options {
  *       outlive the processes that use device fields (docs/sharing.md). With a GPU
  *       placement, start workers with fork+exec: CUDA does not survive fork.
  */
-int theus_state_create_shared(const char *name, const char *schema_json,
+THEUS_API int theus_state_create_shared(const char *name, const char *schema_json,
                               const theus_state_options *opts, const theus_shared_options *sopts,
                               theus_state **out);
 
@@ -76,11 +76,11 @@ int theus_state_create_shared(const char *name, const char *schema_json,
  *       and the GPU memory once. Each handle takes a lease slot, released by
  *       theus_state_destroy (or reclaimed when its process dies).
  */
-int theus_state_open_shared(const char *name, const char *schema_json, theus_state **out);
+THEUS_API int theus_state_open_shared(const char *name, const char *schema_json, theus_state **out);
 
 /** @brief The shared name of @p st (borrowed; lives as long as the handle), or NULL for a
  *  private state. Thread-safe. */
-const char *theus_state_shared_name(const theus_state *st);
+THEUS_API const char *theus_state_shared_name(const theus_state *st);
 
 /** What theus_shared_info and theus_shared_list report about a shared state. */
 typedef struct theus_shared_summary {
@@ -109,7 +109,7 @@ typedef struct theus_shared_summary {
  *         THEUS_EINVAL for a bad name or NULL @p out.
  * @note Thread-safe; the counts may be outdated by the time they are read.
  */
-int theus_shared_info(const char *name, theus_shared_summary *out);
+THEUS_API int theus_shared_info(const char *name, theus_shared_summary *out);
 
 /**
  * @brief List this user's shared states, sorted by name, unusable segments included (with
@@ -120,7 +120,7 @@ int theus_shared_info(const char *name, theus_shared_summary *out);
  * @return THEUS_OK; THEUS_EINVAL (NULL @p count, or NULL @p out with @p cap > 0);
  *         THEUS_EIO when the shared memory directory cannot be read; THEUS_ENOMEM.
  */
-int theus_shared_list(theus_shared_summary *out, size_t cap, size_t *count);
+THEUS_API int theus_shared_list(theus_shared_summary *out, size_t cap, size_t *count);
 
 /**
  * @brief Remove the name @p name now. Processes that have the state open keep working on
@@ -129,7 +129,7 @@ int theus_shared_list(theus_shared_summary *out, size_t cap, size_t *count);
  * @return THEUS_OK; THEUS_ENOENT; THEUS_EPERM (another user's segment); THEUS_EINVAL.
  * @note Thread-safe. Works on unusable (corrupt) segments of the user too.
  */
-int theus_shared_remove(const char *name);
+THEUS_API int theus_shared_remove(const char *name);
 
 /**
  * @brief Remove every shared state of this user whose processes all died, and segments
@@ -139,7 +139,7 @@ int theus_shared_remove(const char *name);
  * @note Thread-safe. States in use, and unusable segments, are left alone (see
  *       theus_shared_remove).
  */
-int theus_shared_cleanup(size_t *removed);
+THEUS_API int theus_shared_cleanup(size_t *removed);
 
 #ifdef __cplusplus
 }

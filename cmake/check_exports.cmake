@@ -1,0 +1,38 @@
+# ctest "exported_symbols": the shared libtheus exports exactly the functions its public
+# headers declare with THEUS_API — no internal name (err_set, region_transfer, ...) that
+# could clash with a program's own, and no public function missing.
+#   cmake -DLIB=<libtheus.so> -DNM=<nm> -DHEADERS="<h1>;<h2>;..." -P check_exports.cmake
+execute_process(COMMAND ${NM} -D --defined-only ${LIB} OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "${NM} failed on ${LIB}")
+endif()
+string(REGEX MATCHALL "[0-9a-fA-F]+ [TDBRWV] [A-Za-z_][A-Za-z0-9_]*" lines "${out}")
+set(exported "")
+foreach(l ${lines})
+  string(REGEX REPLACE "^[0-9a-fA-F]+ [TDBRWV] " "" name "${l}")
+  if(NOT name MATCHES "^_")          # _init, _fini, __bss_start, CUDA registration
+    list(APPEND exported ${name})
+  endif()
+endforeach()
+set(declared "")
+foreach(h ${HEADERS})
+  file(READ ${h} text)
+  string(REGEX MATCHALL "THEUS_API [^(;]*[ *](theus_[a-z0-9_]+)\\(" decls "${text}")
+  foreach(d ${decls})
+    string(REGEX REPLACE ".*[ *](theus_[a-z0-9_]+)\\($" "\\1" name "${d}")
+    list(APPEND declared ${name})
+  endforeach()
+endforeach()
+list(REMOVE_DUPLICATES exported)
+list(REMOVE_DUPLICATES declared)
+set(extra ${exported})
+list(REMOVE_ITEM extra ${declared})
+set(missing ${declared})
+list(REMOVE_ITEM missing ${exported})
+list(LENGTH exported ne)
+list(LENGTH declared nd)
+if(extra OR missing)
+  message(FATAL_ERROR "libtheus exports ${ne} symbols, the headers declare ${nd}.\n"
+                      "exported but not declared: ${extra}\ndeclared but not exported: ${missing}")
+endif()
+message(STATUS "libtheus exports exactly the ${nd} functions of its public headers")
