@@ -148,30 +148,15 @@ void region_transfer(theus_dtype dt, delta_op op, void *dst, const theus_region 
     region_folded x;
     if (es == 0 || !region_fold(df, sf, sub, &x))
         return;
-    const int k = x.nouter;
     int64_t soff = x.soff, doff = x.doff;
     int64_t idx[THEUS_MAX_DIMS] = {0};
     const size_t runbytes = (size_t)x.run * es;
     char *dp = dst;
     const char *sp = src;
-    for (;;) {
+    do {
         if (op == DELTA_ASSIGN)
             memcpy(dp + (size_t)doff * es, sp + (size_t)soff * es, runbytes);
         else
             dtype_add(dt, dp + (size_t)doff * es, sp + (size_t)soff * es, (size_t)x.run);
-        /* Odometer over the outer dimensions 0..k-1. */
-        int d = k - 1;
-        for (; d >= 0; d--) {
-            if (++idx[d] < x.ext[d]) {
-                soff += x.sstr[d];
-                doff += x.dstr[d];
-                break;
-            }
-            soff -= (x.ext[d] - 1) * x.sstr[d];
-            doff -= (x.ext[d] - 1) * x.dstr[d];
-            idx[d] = 0;
-        }
-        if (d < 0)
-            break;
-    }
+    } while (region_next_row(&x, idx, &doff, &soff));
 }

@@ -44,6 +44,25 @@ typedef struct region_folded {
 int region_fold(const theus_region *df, const theus_region *sf, const theus_region *sub,
                 region_folded *out);
 
+/* Step through the rows of @x: advance @idx (x->nouter entries, all 0 at the first row) and
+ * the element offsets *@doff, *@soff (x->doff, x->soff at the first row) to the next row.
+ * Returns 0 when the row just handled was the last. */
+static inline int region_next_row(const region_folded *x, int64_t *idx, int64_t *doff,
+                                  int64_t *soff)
+{
+    for (int d = x->nouter - 1; d >= 0; d--) {
+        if (++idx[d] < x->ext[d]) {
+            *soff += x->sstr[d];
+            *doff += x->dstr[d];
+            return 1;
+        }
+        *soff -= (x->ext[d] - 1) * x->sstr[d];
+        *doff -= (x->ext[d] - 1) * x->dstr[d];
+        idx[d] = 0;
+    }
+    return 0;
+}
+
 /* Move the elements of @sub from @src (laid out C-contiguously as region @sf) into @dst
  * (laid out as region @df): overwrite for DELTA_ASSIGN, element-wise add in @dt for
  * DELTA_ADD. @sub must lie inside both frames. */
