@@ -50,7 +50,13 @@ int llc_would_hold(size_t bytes);
 
 /* Page-aligned allocation, every page touched (so timings never see first-touch faults). */
 void *bench_alloc(size_t bytes);
+/* The same, advised for transparent huge pages (madvise MADV_HUGEPAGE) before the first
+ * touch, as theus's own large host fields are. */
+void *bench_alloc_huge(size_t bytes);
 void bench_free(void *p, size_t bytes);
+/* memcpy with streaming (non-temporal) stores for the destination's whole 64-byte lines, as
+ * theus's CPU replay copies into large fields, then a store fence (plain memcpy off x86-64). */
+void bench_copy_stream(void *dst, const void *src, size_t n);
 
 /* ---- statistics ------------------------------------------------------------------------ */
 typedef struct bstats {
@@ -146,6 +152,7 @@ typedef struct machine_info {
     char cpu[128];
     char cpu_detail[160];      /* family, model, MHz, memcpy-relevant ISA flags */
     int cores;
+    int replay_threads;        /* threads theus's CPU replay uses for large batches */
     int virtualized;
     size_t llc_bytes;
     size_t mem_total, mem_avail;

@@ -36,8 +36,10 @@ def fmt_count(n):
 
 def provenance(d):
     m = d["machine"]
+    threads = (f", theus replay threads {m['replay_threads']}"
+               if "replay_threads" in m else "")
     return (f"*Measured on {m['cpu']} ({m['cpu_detail']}), {m['cores']} cores"
-            f"{', virtual machine' if m['virtualized'] else ''}, {m['date']}, "
+            f"{', virtual machine' if m['virtualized'] else ''}{threads}, {m['date']}, "
             f"theus {m['theus_version']} (git {m['git']}), {m['compiler']} {m['cflags']}; "
             f"command `{d['command']}`; load average {m['loadavg_start']} at start.*")
 
@@ -61,9 +63,9 @@ def replay_table(d, scenario):
     base = "baseline.add_loop" if add else "baseline.memcpy_loop"
     out = [provenance(d), "",
            "| segment | count | placement | payload | theus replay GB/s | % of ceiling | Mseg/s "
-           f"| {'add' if add else 'memcpy'} loop GB/s | replay / loop | ceiling GB/s "
+           f"| threads | {'add' if add else 'memcpy'} loop GB/s | replay / loop | ceiling GB/s "
            "| theus commit GB/s | commit % of ceiling | commit / loop | stage+commit GB/s |",
-           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for case, ms in cases.items():
         rep, loop, com, tx = ms["theus.replay"], ms[base], ms["theus.commit"], ms["theus.tx"]
         ceils = [r for k, r in ms.items() if k.startswith("ceiling.")
@@ -72,12 +74,17 @@ def replay_table(d, scenario):
         p = rep["params"]
         seg = p["seg_bytes"] if isinstance(p["seg_bytes"], str) else fmt_bytes(p["seg_bytes"])
         unstable = "" if rep["seconds"]["stable"] else " ~"
+        # Threads of theus's replay for this batch, and of the ceiling when the packed copy
+        # split over threads was the fastest (older runs recorded neither).
+        thr = p.get("threads", 1)
+        cthr = ceil["params"].get("threads", 1)
+        cmark = f" ({cthr}t)" if cthr > 1 else ""
         out.append(
             f"| {seg} | {fmt_count(p['count'])} | {p['placement']} | "
             f"{fmt_bytes(p['payload_bytes'])} | {gbps(rep):.2f}{unstable} | "
             f"{100 * gbps(rep) / gbps(ceil):.0f}% | "
-            f"{rep['items_per_s_median'] * 1e-6:.1f} | {gbps(loop):.2f} | "
-            f"{gbps(rep) / gbps(loop):.2f}x | {gbps(ceil):.2f} | {gbps(com):.2f} | "
+            f"{rep['items_per_s_median'] * 1e-6:.1f} | {thr:.0f} | {gbps(loop):.2f} | "
+            f"{gbps(rep) / gbps(loop):.2f}x | {gbps(ceil):.2f}{cmark} | {gbps(com):.2f} | "
             f"{100 * gbps(com) / gbps(ceil):.0f}% | {gbps(com) / gbps(loop):.2f}x | "
             f"{gbps(tx):.2f} |")
     skipped = [s["reason"].split(":")[0] for s in d["skipped"]

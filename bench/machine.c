@@ -1,5 +1,6 @@
 /* theus-bench: what machine and build a run measured (recorded with every report). */
 #include "bench.h"
+#include "replay_pool.h"
 #include "theus/theus.h"
 #include <stdlib.h>
 #include <string.h>
@@ -139,6 +140,7 @@ void machine_collect(machine_info *m)
     snprintf(m->cpu_detail, sizeof m->cpu_detail, "family %s, model %s, %.0f MHz; %s", fam, model,
              atof(mhz), have);
     m->cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    m->replay_threads = replay_pool_threads();
     m->llc_bytes = machine_llc_bytes();
     m->mem_total = meminfo_bytes("MemTotal");
     m->mem_avail = machine_mem_avail();
@@ -193,6 +195,9 @@ void machine_print(const machine_info *m, FILE *f)
             m->virtualized ? " (virtual machine)" : "", fmt_bytes((double)m->llc_bytes, a, sizeof a),
             fmt_bytes((double)m->mem_total, b, sizeof b), fmt_bytes((double)m->mem_avail, c, sizeof c));
     fprintf(f, "system  : %s\n", m->kernel);
+    fprintf(f, "theus   : CPU replay of large batches on %d thread%s (THEUS_REPLAY_THREADS %s)\n",
+            m->replay_threads, m->replay_threads == 1 ? "" : "s",
+            getenv("THEUS_REPLAY_THREADS") ? getenv("THEUS_REPLAY_THREADS") : "unset");
     fprintf(f, "build   : theus %s (git %s when configured), %s, %s, flags \"%s\"\n",
             m->theus_version, m->git,
             m->compiler, m->build_type, m->cflags);

@@ -287,8 +287,8 @@ int report_json(const char *path, const machine_info *m, const char *command)
     json_field(f, "date", m->date, 1);
     json_field(f, "cpu", m->cpu, 1);
     json_field(f, "cpu_detail", m->cpu_detail, 1);
-    fprintf(f, "    \"cores\": %d,\n    \"virtualized\": %s,\n", m->cores,
-            m->virtualized ? "true" : "false");
+    fprintf(f, "    \"cores\": %d,\n    \"replay_threads\": %d,\n    \"virtualized\": %s,\n",
+            m->cores, m->replay_threads, m->virtualized ? "true" : "false");
     fprintf(f, "    \"llc_bytes\": %zu,\n    \"mem_total_bytes\": %zu,\n"
                "    \"mem_available_bytes\": %zu,\n", m->llc_bytes, m->mem_total, m->mem_avail);
     json_field(f, "kernel", m->kernel, 1);

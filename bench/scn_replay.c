@@ -3,10 +3,17 @@
  *   theus.replay   the CPU backend's replay of the batch (backend_cpu()->iface->replay),
  *   theus.commit   theus_tx_commit of the same batch staged through the public API,
  *   baseline       a per-segment memcpy (copy) or add loop (add) over the same segments,
- *   ceiling        one packed memcpy / add of the same bytes,
- * and checks theus's field against the baseline's (replay) and against a mirror (commit). */
+ *   ceiling        one packed memcpy / add of the same bytes: the fastest of one call, 64 KiB
+ *                  calls and streaming stores (copy), and of the same split over as many
+ *                  threads as theus's replay may use (replay_pool_threads(), on theus's own
+ *                  worker pool),
+ * and checks theus's field against the baseline's (replay) and against a mirror (commit).
+ * The replay field is allocated by the CPU backend itself (huge pages for large fields);
+ * the baseline and ceiling buffers get the same huge-page advice, so that ratios compare
+ * code, not page sizes. */
 #include "bench.h"
 #include "backend.h"
+#include "replay_pool.h"
 #include "theus/theus.h"
 #include <inttypes.h>
 #include <math.h>
@@ -23,6 +30,7 @@ typedef struct replay_ctx {
     int add;
     size_t field_bytes, nelems;
     float *ref, *rep, *mirror, *scratch;   /* baseline field, replay field, commit mirror */
+    int threads;                           /* replay_pool_threads() for this run */
     float *packed, *dst;                   /* payload, ceiling destination */
     float *dst_base;                       /* dst's buffer (dst is BENCH_DST_SKEW into it) */
     theus_state *st;
@@ -90,6 +98,61 @@ static int run_ceiling_chunked(void *p)
     for (size_t o = 0; o < c->payload; o += CHUNK)
         memcpy(d + o, s + o, c->payload - o < CHUNK ? c->payload - o : CHUNK);
     return 0;
+}
+
+/* The packed copy with streaming (non-temporal) stores for whole destination lines, as
+ * theus's replay writes large fields: the copy without write-allocate traffic. */
+static int run_ceiling_stream(void *p)
+{
+    replay_ctx *c = p;
+    bench_copy_stream(c->dst, c->packed, c->payload);
+    return 0;
+}
+
+/* The packed copy or add split over the replay pool's threads: part t of nt takes a
+ * contiguous 1/nt of the payload (cut at 64-byte boundaries); copies in 64 KiB memcpy calls
+ * (@how 1) or with streaming stores (@how 2). */
+typedef struct ceil_job {
+    replay_ctx *c;
+    int how;
+} ceil_job;
+
+static void ceiling_part(void *arg, int t, int nt)
+{
+    const ceil_job *j = arg;
+    const replay_ctx *c = j->c;
+    const size_t n = c->payload;
+    const size_t lo = n / 64 * (size_t)t / (size_t)nt * 64;
+    const size_t hi = t + 1 == nt ? n : n / 64 * (size_t)(t + 1) / (size_t)nt * 64;
+    char *d = (char *)c->dst;
+    const char *s = (const char *)c->packed;
+    if (c->add)
+        add_f32((float *)(void *)(d + lo), (const float *)(const void *)(s + lo), (hi - lo) / 4);
+    else if (j->how == 2)
+        bench_copy_stream(d + lo, s + lo, hi - lo);
+    else
+        for (size_t o = lo; o < hi; o += CHUNK)
+            memcpy(d + o, s + o, hi - o < CHUNK ? hi - o : CHUNK);
+}
+
+static int run_ceiling_threads_(replay_ctx *c, int how)
+{
+    ceil_job j = {.c = c, .how = how};
+    if (replay_pool_run(c->threads, ceiling_part, &j) != c->threads) {
+        note_error(c->scenario, "the threaded ceiling could not start %d threads", c->threads);
+        return -1;
+    }
+    return 0;
+}
+
+static int run_ceiling_threads(void *p)   /* add: the add loop; copy: 64 KiB calls */
+{
+    return run_ceiling_threads_(p, 1);
+}
+
+static int run_ceiling_threads_stream(void *p)
+{
+    return run_ceiling_threads_(p, 2);
 }
 
 static void seg_region(const seg *s, theus_region *r)
@@ -239,7 +302,8 @@ static size_t first_diff(const float *a, const float *b, size_t n)
 }
 
 static bench_result *row(const replay_ctx *c, const char *casename, const char *method,
-                         const measurement *m, double bytes, uint32_t size, const char *place)
+                         const measurement *m, double bytes, uint32_t size, const char *place,
+                         int threads)
 {
     bench_result *r = result_add(c->scenario, "cpu", casename, method);
     result_set(r, m, bytes, (double)c->count, "segment");
@@ -252,6 +316,7 @@ static bench_result *row(const replay_ctx *c, const char *casename, const char *
     result_param(r, "payload_bytes", (double)c->payload);
     result_param(r, "field_bytes", (double)c->field_bytes);
     result_param_str(r, "dtype", "f32");
+    result_param(r, "threads", threads);
     return r;
 }
 
@@ -290,22 +355,48 @@ static int run_cell(replay_ctx *c, uint32_t size, const char *sizename, const ch
 
     const size_t ws = 2 * c->payload + c->count * (sizeof(replay_op) + sizeof(seg));
     const int flush = llc_would_hold(ws);
-    enum { REP, LOOP, CEIL, COMMIT, CEIL2 };
-    measurement ms[5];
-    const bench_op ops[5] = {
+    /* The threads theus's replay uses for this batch (the commit's batch has the same
+     * segments, so the same count). */
+    const int used = backend_cpu_replay_threads(c->ops, c->count);
+    enum { REP, LOOP, CEIL, COMMIT, CEIL2, CEILNT, CEILT, CEILTNT, NOPS };
+    measurement ms[NOPS];
+    bench_op all[NOPS] = {
         [REP] = {.ctx = c, .run = run_replay, .flush = flush},
         [LOOP] = {.ctx = c, .run = run_loop, .flush = flush},
         [CEIL] = {.ctx = c, .run = run_ceiling, .flush = flush},
         [COMMIT] = {.ctx = c, .prep = prep_commit, .run = run_commit, .flush = flush},
         [CEIL2] = {.ctx = c, .run = run_ceiling_chunked, .flush = flush},
+        [CEILNT] = {.ctx = c, .run = run_ceiling_stream, .flush = flush},
+        [CEILT] = {.ctx = c, .run = run_ceiling_threads, .flush = flush},
+        [CEILTNT] = {.ctx = c, .run = run_ceiling_threads_stream, .flush = flush},
     };
+    /* The ceilings of this cell: one packed call; copies also in 64 KiB calls and with
+     * streaming stores; with more than one replay thread, the add and the copy (64 KiB
+     * calls, streaming) split over that many threads. */
+    int have[NOPS] = {[REP] = 1, [LOOP] = 1, [CEIL] = 1, [COMMIT] = 1};
+    have[CEIL2] = have[CEILNT] = !c->add;
+    have[CEILT] = c->threads > 1;
+    have[CEILTNT] = !c->add && c->threads > 1;
+    bench_op ops[NOPS];
+    measurement got[NOPS];
+    size_t nops = 0, slot[NOPS] = {0};
+    for (int i = 0; i < NOPS; i++)
+        if (have[i]) {
+            slot[i] = nops;
+            ops[nops++] = all[i];
+        }
     c->nstage = 0;
-    if (measure_set(ops, c->add ? 4 : 5, ms))
+    if (measure_set(ops, nops, got))
         return -1;
+    memset(ms, 0, sizeof ms);
+    for (int i = 0; i < NOPS; i++)
+        if (have[i])
+            ms[i] = got[slot[i]];
     const measurement *m_rep = &ms[REP], *m_loop = &ms[LOOP], *m_ceil = &ms[CEIL];
     const measurement *m_commit = &ms[COMMIT];
-    if (!c->add && ms[CEIL2].st.median < m_ceil->st.median)
-        m_ceil = &ms[CEIL2];
+    for (int i = CEIL2; i < NOPS; i++)
+        if (have[i] && ms[i].st.median < m_ceil->st.median)
+            m_ceil = &ms[i];
 
     /* The replay field takes the baseline's segments again, so that both agree for the next
      * cell (they were added to a different number of times). */
@@ -348,24 +439,30 @@ static int run_cell(replay_ctx *c, uint32_t size, const char *sizename, const ch
     const double g_ceil = gbps(bytes, m_ceil), g_commit = gbps(bytes, m_commit);
     const double g_tx = gbps(bytes, &m_tx);
     bench_result *r;
-    r = row(c, casename, "theus.replay", m_rep, bytes, size, place);
+    r = row(c, casename, "theus.replay", m_rep, bytes, size, place, used);
     result_metric(r, "pct_of_ceiling", 100 * g_rep / g_ceil);
     result_metric(r, "ratio_vs_baseline", g_rep / g_loop);
     row(c, casename, c->add ? "baseline.add_loop" : "baseline.memcpy_loop", m_loop, bytes, size,
-        place);
-    r = row(c, casename, c->add ? "ceiling.packed_add" : "ceiling.packed_memcpy", &ms[CEIL],
-            bytes, size, place);
-    result_metric(r, "is_ceiling", m_ceil == &ms[CEIL]);
-    if (!c->add) {
-        r = row(c, casename, "ceiling.packed_memcpy_64KiB_calls", &ms[CEIL2], bytes, size, place);
-        result_metric(r, "is_ceiling", m_ceil == &ms[CEIL2]);
+        place, 1);
+    static const char *const ceil_name[2][NOPS] = {
+        {[CEIL] = "ceiling.packed_memcpy", [CEIL2] = "ceiling.packed_memcpy_64KiB_calls",
+         [CEILNT] = "ceiling.packed_stream", [CEILT] = "ceiling.packed_memcpy_64KiB_threads",
+         [CEILTNT] = "ceiling.packed_stream_threads"},
+        {[CEIL] = "ceiling.packed_add", [CEILT] = "ceiling.packed_add_threads"},
+    };
+    for (int i = CEIL; i < NOPS; i++) {
+        if (!have[i] || i == COMMIT)
+            continue;
+        r = row(c, casename, ceil_name[c->add][i], &ms[i], bytes, size, place,
+                i >= CEILT ? c->threads : 1);
+        result_metric(r, "is_ceiling", m_ceil == &ms[i]);
     }
-    r = row(c, casename, "theus.commit", m_commit, bytes, size, place);
+    r = row(c, casename, "theus.commit", m_commit, bytes, size, place, used);
     result_metric(r, "pct_of_ceiling", 100 * g_commit / g_ceil);
     result_metric(r, "ratio_vs_baseline", g_commit / g_loop);
     result_metric(r, "ratio_vs_replay", g_commit / g_rep);
-    r = row(c, casename, "theus.stage", &m_stage, 0, size, place);
-    r = row(c, casename, "theus.tx", &m_tx, bytes, size, place);
+    r = row(c, casename, "theus.stage", &m_stage, 0, size, place, 1);
+    r = row(c, casename, "theus.tx", &m_tx, bytes, size, place, used);
     result_metric(r, "ratio_vs_baseline", g_tx / g_loop);
 
     char chart[64], series[64];
@@ -384,11 +481,12 @@ static int run_cell(replay_ctx *c, uint32_t size, const char *sizename, const ch
     snprintf(series, sizeof series, "packed ceiling, %s", place);
     plot_point(chart, series, (double)c->count, g_ceil);
 
-    printf("%-6s %5s %-6s %8s | %6.2f %5.0f%% %7.1f%s | %6.2f %5.2fx | %6.2f | %6.2f %5.0f%% "
-           "%5.2fx | %6.2f | %s\n",
+    printf("%-6s %5s %-6s %8s | %6.2f %5.0f%% %7.1f%s %3d | %6.2f %5.2fx | %6.2f%s | %6.2f "
+           "%5.0f%% %5.2fx | %6.2f | %s\n",
            sizename, cnt, place, fmt_bytes((double)c->payload, pay, sizeof pay), g_rep,
            100 * g_rep / g_ceil, (double)c->count / m_rep->st.median * 1e-6,
-           m_rep->st.stable ? " " : "~", g_loop, g_rep / g_loop, g_ceil, g_commit,
+           m_rep->st.stable ? " " : "~", used, g_loop, g_rep / g_loop, g_ceil,
+           m_ceil >= &ms[CEILT] ? "t" : " ", g_commit,
            100 * g_commit / g_ceil, g_commit / g_loop, g_tx,
            bench.failures != failures_before ? "CHECK FAILED" : "ok");
     fflush(stdout);
@@ -426,6 +524,7 @@ int scn_replay(int add)
     c.add = add;
     c.scenario = scenario;
     c.field_bytes = pick_field_bytes();
+    c.threads = replay_pool_threads();
     c.nelems = c.field_bytes / 4;
     memset(&c.frame, 0, sizeof c.frame);
     c.frame.ndim = 1;
@@ -437,24 +536,30 @@ int scn_replay(int add)
              add ? "3 x payload (read field, read payload, write field)"
                  : "2 x payload (read payload, write field)");
     print_header(scenario, "cpu", what);
-    printf("%-6s %5s %-6s %8s | %-21s | %-13s | %-6s | %-20s | %-6s |\n", "seg", "count", "place",
+    printf("%-6s %5s %-6s %8s | %-25s | %-13s | %-7s | %-20s | %-6s |\n", "seg", "count", "place",
            "payload", "theus replay", add ? "add loop" : "memcpy loop", "ceil", "theus commit (API)",
            "tx");
-    printf("%-6s %5s %-6s %8s | %6s %6s %7s  | %6s %6s | %6s | %6s %6s %6s | %6s |\n", "", "", "",
-           "", "GB/s", "%ceil", "Mseg/s", "GB/s", "theus/", "GB/s", "GB/s", "%ceil", "/loop",
-           "GB/s");
+    printf("%-6s %5s %-6s %8s | %6s %6s %7s  %3s | %6s %6s | %6s  | %6s %6s %6s | %6s |\n", "",
+           "", "", "", "GB/s", "%ceil", "Mseg/s", "thr", "GB/s", "theus/", "GB/s", "GB/s",
+           "%ceil", "/loop", "GB/s");
+    printf("(thr: threads of theus's replay for the batch; ceil t: the threaded packed %s was "
+           "fastest)\n", add ? "add" : "copy");
 
     int rc = -1;
     char schema[256];
     snprintf(schema, sizeof schema,
              "{\"name\": \"bench-replay\", \"fields\": {\"x\": {\"dtype\": \"f32\", "
              "\"shape\": [%zu], \"placement\": \"host\"}}}", c.nelems);
-    c.ref = bench_alloc(c.field_bytes);
-    c.rep = bench_alloc(c.field_bytes);
+    /* The replay field is host field memory from the CPU backend, as a state's field is. */
+    const theus_backend *cpu = backend_cpu();
+    void *repmem = NULL;
+    if (cpu->iface->alloc(cpu->ctx, THEUS_PLACEMENT_HOST, c.field_bytes, &repmem) == THEUS_OK)
+        c.rep = repmem;
+    c.ref = bench_alloc_huge(c.field_bytes);
     c.mirror = bench_alloc(c.field_bytes);
     c.scratch = bench_alloc(c.field_bytes);
-    c.packed = bench_alloc(c.field_bytes);
-    c.dst_base = bench_alloc(c.field_bytes + 2 * BENCH_DST_SKEW);
+    c.packed = bench_alloc_huge(c.field_bytes);
+    c.dst_base = bench_alloc_huge(c.field_bytes + 2 * BENCH_DST_SKEW);
     c.dst = c.dst_base ? c.dst_base + BENCH_DST_SKEW / sizeof(float) : NULL;
     c.segs = malloc(maxcount * sizeof *c.segs);
     c.ops = malloc(maxcount * sizeof *c.ops);
@@ -504,7 +609,8 @@ out:
         theus_tx_abort(c.tx);
     theus_state_destroy(c.st);
     bench_free(c.ref, c.field_bytes);
-    bench_free(c.rep, c.field_bytes);
+    if (c.rep)
+        cpu->iface->free(cpu->ctx, THEUS_PLACEMENT_HOST, c.rep);
     bench_free(c.mirror, c.field_bytes);
     bench_free(c.scratch, c.field_bytes);
     bench_free(c.packed, c.field_bytes);

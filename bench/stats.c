@@ -34,7 +34,7 @@ double rng_unit(uint64_t *s)
 
 /* ---- memory ------------------------------------------------------------------------------ */
 
-void *bench_alloc(size_t bytes)
+static void *alloc_pages(size_t bytes, int huge)
 {
     if (bytes == 0)
         bytes = 1;
@@ -43,14 +43,65 @@ void *bench_alloc(size_t bytes)
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return NULL;
+#ifdef MADV_HUGEPAGE
+    if (huge)   /* before the first touch, as theus does for its large host fields */
+        (void)madvise(p, bytes, MADV_HUGEPAGE);
+#else
+    (void)huge;
+#endif
     memset(p, 0, bytes);
     return p;
+}
+
+void *bench_alloc(size_t bytes)
+{
+    return alloc_pages(bytes, 0);
+}
+
+void *bench_alloc_huge(size_t bytes)
+{
+    return alloc_pages(bytes, 1);
 }
 
 void bench_free(void *p, size_t bytes)
 {
     if (p)
         munmap(p, bytes ? bytes : 1);
+}
+
+/* ---- streaming copy ------------------------------------------------------------------- */
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <emmintrin.h>
+#endif
+
+void bench_copy_stream(void *dst, const void *src, size_t n)
+{
+    char *d = dst;
+    const char *s = src;
+#if defined(__x86_64__) || defined(_M_X64)
+    const size_t head = (size_t)(-(uintptr_t)d & 63);
+    if (n >= head + 64) {
+        memcpy(d, s, head);
+        d += head;
+        s += head;
+        n -= head;
+        for (; n >= 64; n -= 64, d += 64, s += 64) {
+            const __m128i a = _mm_loadu_si128((const __m128i *)(const void *)s);
+            const __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(s + 16));
+            const __m128i c = _mm_loadu_si128((const __m128i *)(const void *)(s + 32));
+            const __m128i e = _mm_loadu_si128((const __m128i *)(const void *)(s + 48));
+            _mm_stream_si128((__m128i *)(void *)d, a);
+            _mm_stream_si128((__m128i *)(void *)(d + 16), b);
+            _mm_stream_si128((__m128i *)(void *)(d + 32), c);
+            _mm_stream_si128((__m128i *)(void *)(d + 48), e);
+        }
+    }
+    memcpy(d, s, n);
+    _mm_sfence();
+#else
+    memcpy(d, s, n);
+#endif
 }
 
 /* ---- LLC flush ------------------------------------------------------------------------- */

@@ -79,6 +79,15 @@ const theus_backend *backend_cpu(void);
 /* Threads the CPU backend's replay of this batch would use (1: the calling thread alone):
  * replay_pool_threads() for a batch large enough to share out, else 1. */
 int backend_cpu_replay_threads(const replay_op *ops, size_t n);
+/* The CPU replay's thresholds, for tests and measurements (0 in a member: its default). */
+typedef struct backend_cpu_tuning {
+    size_t parallel_min;       /* batches of fewer payload bytes replay on one thread */
+    size_t parallel_min_seg;   /* ... and batches whose ops average fewer bytes */
+    size_t stream_min;         /* copies into fields of this many bytes take streaming stores
+                                  (default: the last-level cache size) */
+} backend_cpu_tuning;
+/* Set the thresholds (NULL: all defaults). Process-wide; not for use while a replay runs. */
+void backend_cpu_set_tuning(const backend_cpu_tuning *t);
 /* The CUDA backend, or NULL when it is not built or no device answers. */
 const theus_backend *backend_cuda(void);
 

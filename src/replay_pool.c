@@ -9,13 +9,13 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-/* Everything below is guarded by lock, except run_lock (one job at a time) and the thread
- * count settings (atomics). Workers are numbered 1 .. nworkers; part t of a job runs on
- * worker t. */
+/* Everything below is guarded by lock, except run_lock (one job at a time), the thread
+ * count settings and the job's part counters (atomics). Workers are numbered 1 ..
+ * nworkers. */
 static struct {
     pthread_mutex_t lock;
     pthread_cond_t wake;      /* a new job (gen moved) or stop */
-    pthread_cond_t done;      /* running reached 0 */
+    pthread_cond_t done;      /* every part of the job finished */
     pthread_t tid[REPLAY_POOL_MAX];
     uint64_t born_gen[REPLAY_POOL_MAX];   /* gen when worker i was started */
     int nworkers;
@@ -23,13 +23,19 @@ static struct {
     uint64_t gen;             /* job counter */
     replay_pool_fn fn;
     void *arg;
-    int nt;
-    int running;              /* workers still busy with job gen */
+    int nparts;
 } P = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .wake = PTHREAD_COND_INITIALIZER,
     .done = PTHREAD_COND_INITIALIZER,
 };
+
+/* Parts are claimed, not assigned: whoever is free takes the next one, so that a worker that
+ * wakes late (tens of microseconds on a virtual machine) or is preempted leaves its part to
+ * the caller instead of holding it up. A claim ticket is (low 32 bits of gen) << 32 | next
+ * part, so a worker that read an older job cannot claim a part of a newer one. */
+static _Atomic uint64_t ticket;
+static atomic_int finished;   /* parts of the current job done */
 
 /* Held for the whole of a job (and for starting and joining workers): a second caller
  * that finds it taken replays on its own thread instead of waiting. */
@@ -83,14 +89,35 @@ static void atfork_child(void)
     pthread_mutex_init(&run_lock, NULL);
     P.nworkers = 0;
     P.stop = 0;
-    P.running = 0;
     P.fn = NULL;
     P.arg = NULL;
+    P.nparts = 0;
 }
 
 static void register_atfork(void)
 {
     pthread_atfork(NULL, NULL, atfork_child);
+}
+
+/* Claim and run parts of job @gen until none is left. */
+static void run_parts(uint64_t gen, replay_pool_fn fn, void *arg, int nparts)
+{
+    const uint64_t tag = (gen & 0xffffffffu) << 32;
+    uint64_t t = atomic_load(&ticket);
+    for (;;) {
+        if ((t & ~(uint64_t)0xffffffffu) != tag || (int)(t & 0xffffffffu) >= nparts)
+            return;
+        if (!atomic_compare_exchange_weak(&ticket, &t, t + 1))
+            continue;   /* t holds the current ticket again */
+        fn(arg, (int)(t & 0xffffffffu), nparts);
+        if (atomic_fetch_add(&finished, 1) + 1 == nparts) {
+            pthread_mutex_lock(&P.lock);
+            pthread_cond_signal(&P.done);
+            pthread_mutex_unlock(&P.lock);
+            return;
+        }
+        t = atomic_load(&ticket);
+    }
 }
 
 static void *worker(void *p)
@@ -104,16 +131,12 @@ static void *worker(void *p)
         if (P.stop)
             break;
         seen = P.gen;
-        if (id >= P.nt)
-            continue;            /* a job with fewer parts than workers */
         replay_pool_fn fn = P.fn;
         void *arg = P.arg;
-        const int nt = P.nt;
+        const int nparts = P.nparts;
         pthread_mutex_unlock(&P.lock);
-        fn(arg, id, nt);
+        run_parts(seen, fn, arg, nparts);
         pthread_mutex_lock(&P.lock);
-        if (--P.running == 0)
-            pthread_cond_signal(&P.done);
     }
     pthread_mutex_unlock(&P.lock);
     return NULL;
@@ -138,39 +161,53 @@ static void grow(int want)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
-int replay_pool_run(int want, replay_pool_fn fn, void *arg)
+/* How long the caller spins for the last parts before it sleeps: a sleeping caller is
+ * woken late too. */
+#define DONE_SPIN 20000
+
+int replay_pool_run(int nparts, replay_pool_fn fn, void *arg)
 {
-    if (want > REPLAY_POOL_MAX)
-        want = REPLAY_POOL_MAX;
-    if (want < 2)
+    if (nparts > REPLAY_POOL_MAX)
+        nparts = REPLAY_POOL_MAX;
+    if (nparts < 2)
         return 0;
     if (pthread_mutex_trylock(&run_lock) != 0)
         return 0;
     pthread_once(&atfork_once, register_atfork);
-    if (P.nworkers < want - 1)
-        grow(want);
-    const int nt = P.nworkers + 1 < want ? P.nworkers + 1 : want;
-    if (nt < 2) {
+    if (P.nworkers < nparts - 1)
+        grow(nparts);
+    if (P.nworkers < 1) {
         pthread_mutex_unlock(&run_lock);
         return 0;
     }
     pthread_mutex_lock(&P.lock);
     P.fn = fn;
     P.arg = arg;
-    P.nt = nt;
-    P.running = nt - 1;
+    P.nparts = nparts;
     P.gen++;
-    pthread_cond_broadcast(&P.wake);
+    const uint64_t gen = P.gen;
+    atomic_store(&finished, 0);
+    atomic_store(&ticket, (gen & 0xffffffffu) << 32);
+    /* Wake only as many workers as there are parts besides the caller's. */
+    if (nparts - 1 >= P.nworkers)
+        pthread_cond_broadcast(&P.wake);
+    else
+        for (int i = 0; i < nparts - 1; i++)
+            pthread_cond_signal(&P.wake);
     pthread_mutex_unlock(&P.lock);
 
-    fn(arg, 0, nt);
+    run_parts(gen, fn, arg, nparts);
 
-    pthread_mutex_lock(&P.lock);
-    while (P.running > 0)
-        pthread_cond_wait(&P.done, &P.lock);
-    pthread_mutex_unlock(&P.lock);
+    for (int i = 0; i < DONE_SPIN && atomic_load(&finished) < nparts; i++)
+        ;
+    if (atomic_load(&finished) < nparts) {
+        pthread_mutex_lock(&P.lock);
+        while (atomic_load(&finished) < nparts)
+            pthread_cond_wait(&P.done, &P.lock);
+        pthread_mutex_unlock(&P.lock);
+    }
     pthread_mutex_unlock(&run_lock);
-    return nt;
+    return nparts;
 }
 
 /* At exit, or when the shared library is unloaded (its code must not vanish under parked

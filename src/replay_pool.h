@@ -20,12 +20,12 @@ int replay_pool_threads(void);
  * already running keeps the count it started with. */
 void replay_pool_set_threads(int n);
 
-/* Run @fn(@arg, t, nt) for t = 0 .. nt-1 and return nt once every part has returned: part
- * 0 on the calling thread, the others on pool workers, started here when fewer exist.
- * nt <= @want; it is smaller when some threads could not be started. Returns 0, having
- * run nothing, when @want < 2, when the pool is busy with another caller's job, or when
- * no worker could be started: the caller then does the work itself. Never fails
- * otherwise; @fn must not call replay_pool_run. */
-int replay_pool_run(int want, replay_pool_fn fn, void *arg);
+/* Run @fn(@arg, p, @nparts) once for every part p = 0 .. nparts-1 and return @nparts once
+ * all have returned. Parts are claimed by whichever thread is free: the calling thread and
+ * up to nparts-1 pool workers (started here when fewer exist), so a part may run on any of
+ * them, and the caller may run several. Returns 0, having run nothing, when @nparts < 2,
+ * when the pool is busy with another caller's job, or when no worker could be started: the
+ * caller then does the work itself. @fn must not call replay_pool_run. */
+int replay_pool_run(int nparts, replay_pool_fn fn, void *arg);
 
 #endif

@@ -3,8 +3,10 @@
  * same elements in one batch, sizes that straddle the 64 KiB striping blocks) give the same
  * bytes with 1, 2 and 3 threads; a forked child replays with its own pool; concurrent
  * callers share the pool; large host fields from the CPU backend are zeroed whatever the
- * allocation hooks return. The thread count is set with replay_pool_set_threads, the test
- * hook of src/replay_pool.h. */
+ * allocation hooks return. The thread count is set with replay_pool_set_threads (the test
+ * hook of src/replay_pool.h), the thresholds with backend_cpu_set_tuning (src/backend.h):
+ * low enough that batches of a few MiB take the parallel path, and streaming stores for
+ * every field or for none. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <pthread.h>
@@ -170,50 +172,74 @@ static void rebase(batch *b, void *base)
         b->ops[i].base = base;
 }
 
+/* aligned_alloc wants a multiple of the alignment. */
+static unsigned char *alloc64(size_t n)
+{
+    return aligned_alloc(64, (n + 63) / 64 * 64);
+}
+
 static void replay(const batch *b)
 {
     const theus_backend *cpu = backend_cpu();
     cr_assert_eq(cpu->iface->replay(cpu->ctx, b->ops, b->n), THEUS_OK);
 }
 
-/* Replay @b onto three copies of one random field with 1, 2 and 3 threads (checking that
- * the parallel path is taken) and compare the bytes. @skew: bytes between a 64-byte
+/* Thresholds low enough that the test batches (a few MiB) take the parallel path, with
+ * streaming stores for every field (@stream) or for none. */
+static void tune(int stream)
+{
+    const backend_cpu_tuning t = {.parallel_min = (size_t)1 << 20, .parallel_min_seg = 1,
+                                  .stream_min = stream ? 1 : SIZE_MAX};
+    backend_cpu_set_tuning(&t);
+}
+
+/* Replay @b onto copies of one random field: one thread with ordinary stores (the
+ * reference), one thread with streaming stores, 2 threads streaming, 3 threads not, checking
+ * that the parallel path is taken, and compare the bytes. @skew: bytes between a 64-byte
  * boundary and the field's base (a multiple of the element size). */
+#define NVARIANTS 4
 static void check_identical(theus_dtype dt, int ndim, const int64_t *shape, size_t skew,
                             uint64_t seed)
 {
+    static const struct {
+        int threads, stream;
+    } var[NVARIANTS] = {{1, 0}, {1, 1}, {2, 1}, {3, 0}};
     static batch b;
     make_batch(&b, dt, ndim, shape, NULL, (size_t)3 << 20, seed);
     unsigned char *init = malloc(b.field_bytes);
     cr_assert_not_null(init);
     uint64_t s = seed ^ 0xf1e1d;
     fill(dt, init, b.field_bytes / b.es, &s);
-    unsigned char *buf[3], *field[3];
-    for (int t = 0; t < 3; t++) {
-        buf[t] = aligned_alloc(64, b.field_bytes + 128);
-        cr_assert_not_null(buf[t]);
-        field[t] = buf[t] + skew;
-        memcpy(field[t], init, b.field_bytes);
-        rebase(&b, field[t]);
-        replay_pool_set_threads(t + 1);
-        cr_assert_eq(backend_cpu_replay_threads(b.ops, b.n), t + 1,
+    unsigned char *buf[NVARIANTS], *field[NVARIANTS];
+    for (int v = 0; v < NVARIANTS; v++) {
+        buf[v] = alloc64(b.field_bytes + 128);
+        cr_assert_not_null(buf[v]);
+        field[v] = buf[v] + skew;
+        memcpy(field[v], init, b.field_bytes);
+        rebase(&b, field[v]);
+        replay_pool_set_threads(var[v].threads);
+        tune(var[v].stream);
+        cr_assert_eq(backend_cpu_replay_threads(b.ops, b.n), var[v].threads,
                      "%s, %d-D: a %zu-byte batch must take the %d-thread path",
-                     theus_dtype_name(dt), ndim, b.bytes, t + 1);
+                     theus_dtype_name(dt), ndim, b.bytes, var[v].threads);
         replay(&b);
     }
     replay_pool_set_threads(0);
-    for (int t = 1; t < 3; t++) {
+    backend_cpu_set_tuning(NULL);
+    for (int v = 1; v < NVARIANTS; v++) {
         size_t i = 0;
-        while (i < b.field_bytes && field[0][i] == field[t][i])
+        while (i < b.field_bytes && field[0][i] == field[v][i])
             i++;
         cr_assert_eq(i, b.field_bytes,
-                     "%s, %d-D, skew %zu: %d threads differ from serial at byte %zu of %zu "
+                     "%s, %d-D, skew %zu: %d thread(s)%s differ from serial at byte %zu of %zu "
                      "(%zu ops, %zu payload bytes)",
-                     theus_dtype_name(dt), ndim, skew, t + 1, i, b.field_bytes, b.n, b.bytes);
+                     theus_dtype_name(dt), ndim, skew, var[v].threads,
+                     var[v].stream ? " with streaming stores" : "", i, b.field_bytes, b.n,
+                     b.bytes);
     }
     cr_assert_neq(memcmp(field[0], init, b.field_bytes), 0, "the batch changed nothing");
-    for (int t = 0; t < 3; t++)
-        free(buf[t]);
+    for (int v = 0; v < NVARIANTS; v++)
+        free(buf[v]);
     free(init);
     free_batch(&b);
 }
@@ -281,8 +307,9 @@ Test(parallel_replay, small_batches_and_unaligned_bases_stay_serial)
     static batch b;
     const int64_t shape[1] = {elems_for(THEUS_DTYPE_F32)};
     replay_pool_set_threads(2);
+    tune(0);
     make_batch(&b, THEUS_DTYPE_F32, 1, shape, NULL, (size_t)3 << 20, 7);
-    unsigned char *buf = aligned_alloc(64, b.field_bytes + 128);
+    unsigned char *buf = alloc64(b.field_bytes + 128);
     cr_assert_not_null(buf);
     memset(buf, 0, b.field_bytes + 128);
     rebase(&b, buf + 64);
@@ -291,15 +318,29 @@ Test(parallel_replay, small_batches_and_unaligned_bases_stay_serial)
     rebase(&b, buf + 65);
     cr_assert_eq(backend_cpu_replay_threads(b.ops, b.n), 1);
     replay(&b);
-    /* One small op: never worth waking a thread. */
+    /* One small op: never worth waking a thread, whatever the thresholds. */
     replay_op one = b.ops[0];
     one.sub.start[0] = 0;
     one.sub.stop[0] = 16;
     cr_assert_eq(backend_cpu_replay_threads(&one, 1), 1);
     cr_assert_eq(backend_cpu_replay_threads(b.ops, 0), 1);
+    backend_cpu_set_tuning(NULL);
+    cr_assert_eq(backend_cpu_replay_threads(&one, 1), 1);
+    /* Many ops of 16 bytes: below the default average segment size. */
+    replay_op *many = calloc(1 << 20, sizeof *many);
+    cr_assert_not_null(many);
+    for (size_t i = 0; i < (1 << 20); i++) {
+        many[i] = one;
+        many[i].sub.start[0] = (int64_t)(4 * (i % 1000));
+        many[i].sub.stop[0] = many[i].sub.start[0] + 4;
+    }
+    cr_assert_eq(backend_cpu_replay_threads(many, 1 << 20), 1);
+    free(many);
     replay_pool_set_threads(1);
+    tune(0);
     rebase(&b, buf + 64);
     cr_assert_eq(backend_cpu_replay_threads(b.ops, b.n), 1, "THEUS_REPLAY_THREADS=1: serial");
+    backend_cpu_set_tuning(NULL);
     replay_pool_set_threads(0);
     free(buf);
     free_batch(&b);
@@ -395,12 +436,14 @@ Test(parallel_replay, concurrent_callers_share_the_pool)
                         .init = mem[k][0], .rounds = 20};
     }
     replay_pool_set_threads(2);
+    tune(1);
     pthread_t tid[2];
     for (int k = 0; k < 2; k++)
         cr_assert_eq(pthread_create(&tid[k], NULL, caller_main, &c[k]), 0);
     for (int k = 0; k < 2; k++)
         pthread_join(tid[k], NULL);
     replay_pool_set_threads(0);
+    backend_cpu_set_tuning(NULL);
     for (int k = 0; k < 2; k++) {
         cr_assert_eq(c[k].bad, 0, "caller %d: %d of %d replays differ from serial", k, c[k].bad,
                      c[k].rounds);
@@ -428,6 +471,7 @@ Test(parallel_replay, forked_child_replays_with_its_own_pool, .timeout = 120)
     replay(&b);
     /* The parent starts its pool with a parallel replay... */
     replay_pool_set_threads(3);
+    tune(1);
     memcpy(field, init, b.field_bytes);
     rebase(&b, field);
     cr_assert_eq(backend_cpu_replay_threads(b.ops, b.n), 3);
@@ -457,6 +501,7 @@ Test(parallel_replay, forked_child_replays_with_its_own_pool, .timeout = 120)
     replay(&b);
     cr_assert_eq(memcmp(field, expect, b.field_bytes), 0);
     replay_pool_set_threads(0);
+    backend_cpu_set_tuning(NULL);
     free(init);
     free(expect);
     free(field);
@@ -474,6 +519,7 @@ static void commit_batch(int threads, float *out_w, int16_t *out_c, size_t wn, s
         "\"w\": {\"dtype\": \"f32\", \"shape\": [1024, 777], \"placement\": \"host\"},"
         "\"c\": {\"dtype\": \"i16\", \"shape\": [1500001], \"placement\": \"host\"}}}";
     replay_pool_set_threads(threads);
+    tune(threads > 1);
     theus_state *st = NULL;
     cr_assert_eq(theus_state_create(schema, NULL, &st), THEUS_OK);
     theus_tx *tx = NULL;
@@ -507,6 +553,7 @@ static void commit_batch(int threads, float *out_w, int16_t *out_c, size_t wn, s
     free(pw);
     free(pc);
     replay_pool_set_threads(0);
+    backend_cpu_set_tuning(NULL);
 }
 
 Test(parallel_replay, commits_through_the_api_identical_to_serial)
