@@ -124,8 +124,8 @@ static void cpu_unstage(void *ctx, void *staged)
  * for whole cache lines: a scattered segment written with ordinary stores first reads every
  * destination line it overwrites (write-allocate), a third more memory traffic, and its
  * lines would only evict others. On the machine of docs/benchmarks.md this took random
- * 4 KiB segments onto a 1 GiB field from 47% to ~95% of a packed memcpy on one thread.
- * Smaller fields may sit in the cache, and keep ordinary stores.
+ * 4 KiB segments onto a 1 GiB field from about half of a packed memcpy's speed to about
+ * all of it, on one thread. Smaller fields may sit in the cache, and keep ordinary stores.
  *
  * Large batches are spread over the replay pool by address striping: part t of nt applies,
  * for every op in batch order, only the bytes whose destination address lies in a 64 KiB
@@ -133,7 +133,7 @@ static void cpu_unstage(void *ctx, void *staged)
  * ASSIGN followed by an ADD of the same elements (or any overlap) gives what the serial
  * loop gives, bit for bit: copies and adds are element-wise, and block boundaries fall
  * between elements as long as every base is element-aligned (checked; an unaligned base
- * replays serially). Ops are not split between threads, so no thread waits for another. */
+ * replays serially). No thread ever waits for another within a batch. */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <emmintrin.h>
 #define CPU_HAVE_STREAM 1
@@ -144,7 +144,8 @@ static void cpu_unstage(void *ctx, void *staged)
 #define STRIPE_SHIFT 16
 /* Batches of fewer bytes replay on the calling thread: waking a worker costs tens of
  * microseconds on a virtual machine, and one thread with streaming stores already runs near
- * the memory's speed. Set by measurement: docs/benchmarks.md, "Method". */
+ * the memory's speed. Measured (docs/threading.md, "The replay pool"): random 4 KiB
+ * segments onto a 1 GiB field broke even at about 8 MiB on the 2-vCPU machine. */
 #define CPU_REPLAY_PARALLEL_MIN ((size_t)8 << 20)
 /* ... and batches whose segments average fewer bytes than this too: every part walks the
  * whole op table, which costs more than the small copies it shares out. */
@@ -212,10 +213,9 @@ static size_t stream_min_bytes(void)
 }
 
 /* Whether copies into the field of @o take streaming stores. */
-static int op_streams(const replay_op *o, size_t es, size_t stream_min)
+static int field_streams(const replay_op *o, size_t es, size_t stream_min)
 {
-    return CPU_HAVE_STREAM && o->op == DELTA_ASSIGN &&
-           region_nelems(o->frame) * es >= stream_min;
+    return CPU_HAVE_STREAM && region_nelems(o->frame) * es >= stream_min;
 }
 
 /* memcpy, with the destination's whole cache lines written by streaming stores. The caller
@@ -308,17 +308,20 @@ static void replay_part(const replay_op *ops, size_t n, uintptr_t t, uintptr_t n
 {
     theus_dtype last_dt = (theus_dtype)-1;
     size_t es = 0;
-    int streamed = 0;
+    const theus_region *last_frame = NULL;
+    int field_stream = 0, streamed = 0;
     const size_t stream_min = stream_min_bytes();
     for (size_t i = 0; i < n; i++) {
         const replay_op *o = &ops[i];
-        if (o->dtype != last_dt) {
+        if (o->dtype != last_dt || o->frame != last_frame) {
             last_dt = o->dtype;
+            last_frame = o->frame;
             es = theus_dtype_size(o->dtype);
+            field_stream = field_streams(o, es, stream_min);
         }
         if (es == 0)
             continue;
-        const int stream = op_streams(o, es, stream_min);
+        const int stream = field_stream && o->op == DELTA_ASSIGN;
         streamed |= stream;
         /* 1-D ops (scattered segments, the common case) skip the general row folding, which
          * costs more than a 64-byte copy; in the parallel replay every part looks at every
