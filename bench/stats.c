@@ -1,6 +1,7 @@
 /* theus-bench harness: clock, random numbers, LLC flushing, and the sampling loop that
  * warms up and repeats a measurement until its median is stable. */
 #include "bench.h"
+#include "replay_pool.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,10 +130,11 @@ void llc_flush_free(void)
     flush_buf = NULL;
 }
 
-void llc_flush(void)
+static void flush_part(void *arg, int t, int nt)
 {
-    if (!flush_buf)
-        return;
+    (void)arg;
+    (void)t;
+    (void)nt;
     /* One load per line is enough: each load brings its line in and pushes an older one out
      * (written back if dirty). */
     uint64_t acc = 0;
@@ -143,9 +145,27 @@ void llc_flush(void)
     flush_sink += acc;
 }
 
+/* Threads that timed code may run on: theus's CPU replay and the threaded ceilings use up to
+ * replay_pool_threads(), and the cache that any of them filled must be emptied too. */
+static int flush_threads(void)
+{
+    return replay_pool_threads();
+}
+
+void llc_flush(void)
+{
+    if (!flush_buf)
+        return;
+    /* With several threads, every one streams the whole buffer, at the same time on the
+     * pool's workers, so that each CPU's caches are evicted. */
+    const int nt = flush_threads();
+    if (nt < 2 || replay_pool_run(nt, flush_part, NULL) == 0)
+        flush_part(NULL, 0, 1);
+}
+
 int llc_would_hold(size_t bytes)
 {
-    return bytes < 2 * bench.llc_bytes;
+    return bytes < 2 * bench.llc_bytes * (size_t)flush_threads();
 }
 
 /* ---- statistics -------------------------------------------------------------------------- */
