@@ -41,12 +41,14 @@ typedef struct scenario {
 static const scenario scenarios[] = {
     {"replay.copy", "apply a batch of ASSIGN region deltas to a field much larger than the "
                     "caches; sweep segment size x count, random and sorted placement; against "
-                    "a per-segment memcpy loop and one packed memcpy (ceiling); on the GPU "
+                    "a per-segment memcpy loop and the fastest packed copy (ceiling: one "
+                    "memcpy, 64 KiB calls, streaming stores, on one thread or on as many as "
+                    "theus's replay uses); on the GPU "
                     "against cudaMemcpyAsync per segment, cudaMemcpyBatchAsync, "
                     "cub::DeviceMemcpy::Batched and a streaming-copy kernel (ceiling)",
      run_replay_copy, NULL, run_gpu_replay_copy, NULL},
     {"replay.add", "the same sweep with ADD deltas (f32); against a per-segment add loop and "
-                   "one packed add (ceiling)",
+                   "one packed add (ceiling; also split over theus's replay threads)",
      run_replay_add, NULL, run_gpu_replay_add, NULL},
     {"replay.plan", "the GPU replay's host work (a commit batch -> kernel descriptors -> "
                     "upload area) per segment, measured without a GPU; against building "
