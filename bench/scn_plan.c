@@ -46,7 +46,8 @@ static int run_theus(void *p)
         return c->rc = THEUS_ENOMEM;
     memcpy(c->upload, c->plan.waves, bw);
     memcpy(c->upload + bw, c->plan.descs, bd);
-    memcpy(c->upload + bw + bd, c->plan.dims, bm);
+    if (bm)
+        memcpy(c->upload + bw + bd, c->plan.dims, bm);
     return 0;
 }
 
