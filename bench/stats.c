@@ -1,6 +1,7 @@
 /* theus-bench harness: clock, random numbers, LLC flushing, and the sampling loop that
  * warms up and repeats a measurement until its median is stable. */
 #include "bench.h"
+#include "backend.h"
 #include "replay_pool.h"
 #include <math.h>
 #include <stdlib.h>
@@ -72,37 +73,11 @@ void bench_free(void *p, size_t bytes)
 
 /* ---- streaming copy ------------------------------------------------------------------- */
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <emmintrin.h>
-#endif
-
+/* theus's own streaming copy (src/backend_cpu.c), ended by a fence as one call. */
 void bench_copy_stream(void *dst, const void *src, size_t n)
 {
-    char *d = dst;
-    const char *s = src;
-#if defined(__x86_64__) || defined(_M_X64)
-    const size_t head = (size_t)(-(uintptr_t)d & 63);
-    if (n >= head + 64) {
-        memcpy(d, s, head);
-        d += head;
-        s += head;
-        n -= head;
-        for (; n >= 64; n -= 64, d += 64, s += 64) {
-            const __m128i a = _mm_loadu_si128((const __m128i *)(const void *)s);
-            const __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(s + 16));
-            const __m128i c = _mm_loadu_si128((const __m128i *)(const void *)(s + 32));
-            const __m128i e = _mm_loadu_si128((const __m128i *)(const void *)(s + 48));
-            _mm_stream_si128((__m128i *)(void *)d, a);
-            _mm_stream_si128((__m128i *)(void *)(d + 16), b);
-            _mm_stream_si128((__m128i *)(void *)(d + 32), c);
-            _mm_stream_si128((__m128i *)(void *)(d + 48), e);
-        }
-    }
-    memcpy(d, s, n);
-    _mm_sfence();
-#else
-    memcpy(d, s, n);
-#endif
+    cpu_copy_stream(dst, src, n);
+    cpu_stream_fence();
 }
 
 /* ---- LLC flush ------------------------------------------------------------------------- */

@@ -79,6 +79,11 @@ const theus_backend *backend_cpu(void);
 /* Threads the CPU backend's replay of this batch would use (1: the calling thread alone):
  * replay_pool_threads() for a batch large enough to share out, else 1. */
 int backend_cpu_replay_threads(const replay_op *ops, size_t n);
+/* memcpy whose whole destination cache lines are written with streaming (non-temporal)
+ * stores on x86-64 (plain memcpy elsewhere); cpu_stream_fence() makes them visible. The
+ * CPU replay's copy into fields larger than the LLC, and theus-bench's streaming ceiling. */
+void cpu_copy_stream(void *dst, const void *src, size_t n);
+void cpu_stream_fence(void);
 /* The CPU replay's thresholds, for tests and measurements (0 in a member: its default). */
 typedef struct backend_cpu_tuning {
     size_t parallel_min;       /* batches of fewer payload bytes replay on one thread */

@@ -219,9 +219,11 @@ static int field_streams(const replay_op *o, size_t es, size_t stream_min)
 }
 
 /* memcpy, with the destination's whole cache lines written by streaming stores. The caller
- * ends its batch with stream_fence(). */
-static void copy_stream(char *d, const char *s, size_t n)
+ * ends its batch with cpu_stream_fence(). */
+void cpu_copy_stream(void *dst, const void *src, size_t n)
 {
+    char *d = dst;
+    const char *s = src;
 #if CPU_HAVE_STREAM
     const size_t head = (size_t)(-(uintptr_t)d & 63);
     if (n < head + 64) {
@@ -249,7 +251,7 @@ static void copy_stream(char *d, const char *s, size_t n)
 }
 
 /* Streaming stores are weakly ordered: make them visible before the commit publishes. */
-static void stream_fence(void)
+void cpu_stream_fence(void)
 {
 #if CPU_HAVE_STREAM
     _mm_sfence();
@@ -268,7 +270,7 @@ static void apply_row(const replay_op *o, size_t es, char *d, const char *s, siz
 {
     if (o->op == DELTA_ASSIGN) {
         if (stream)
-            copy_stream(d, s, bytes);
+            cpu_copy_stream(d, s, bytes);
         else
             memcpy(d, s, bytes);
         return;
@@ -376,7 +378,7 @@ static void replay_part(const replay_op *ops, size_t n, uintptr_t t, uintptr_t n
         } while (region_next_row(&x, idx, &doff, &soff));
     }
     if (streamed)
-        stream_fence();
+        cpu_stream_fence();
 }
 
 static void stripe_part(void *arg, int t, int nt)
