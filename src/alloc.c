@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static theus_malloc_fn g_malloc = malloc;
 static theus_free_fn g_free = free;
@@ -20,6 +21,20 @@ int theus_set_alloc_funcs(theus_malloc_fn m, theus_free_fn f)
 int theus_alloc_hooked(void)
 {
     return g_malloc != malloc;
+}
+
+void theus_advise_huge(void *p, size_t n)
+{
+#ifdef MADV_HUGEPAGE
+    const uintptr_t page = (uintptr_t)2 << 20;
+    const uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1);
+    const uintptr_t hi = ((uintptr_t)p + n) & ~(page - 1);
+    if (hi > lo)
+        (void)madvise((char *)p + (lo - (uintptr_t)p), hi - lo, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)n;
+#endif
 }
 
 void *theus_xmalloc(size_t n)

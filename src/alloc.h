@@ -10,5 +10,9 @@ void  theus_xfree(void *p);                 /* NULL is a no-op */
 char *theus_xstrdup(const char *s);
 /* Whether theus_set_alloc_funcs installed hooks other than libc's. */
 int theus_alloc_hooked(void);
+/* Ask for transparent huge pages on the 2 MiB-aligned interior of [p, p + n), before
+ * anything touches it. Works on whatever the hooks returned; a refusal (not anonymous
+ * memory, THP off, no MADV_HUGEPAGE) only means ordinary pages. */
+void theus_advise_huge(void *p, size_t n);
 
 #endif

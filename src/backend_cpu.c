@@ -18,23 +18,7 @@
  * field miss the TLB on nearly every 4 KiB page otherwise (4 KiB segments onto 1 GiB: 47% ->
  * 59% of a packed copy on the machine of docs/benchmarks.md). */
 #define CPU_HUGE_MIN ((size_t)2 << 20)
-#define CPU_HUGE_PAGE ((uintptr_t)2 << 20)
 
-/* madvise the 2 MiB-aligned interior of [p, p + n), before anything touches it. Works on
- * whatever the allocation hooks returned; a refusal (not anonymous memory, THP off) only
- * means ordinary pages. */
-static void advise_huge(void *p, size_t n)
-{
-#ifdef MADV_HUGEPAGE
-    const uintptr_t lo = ((uintptr_t)p + CPU_HUGE_PAGE - 1) & ~(CPU_HUGE_PAGE - 1);
-    const uintptr_t hi = ((uintptr_t)p + n) & ~(CPU_HUGE_PAGE - 1);
-    if (hi > lo)
-        (void)madvise((char *)p + (lo - (uintptr_t)p), hi - lo, MADV_HUGEPAGE);
-#else
-    (void)p;
-    (void)n;
-#endif
-}
 
 /* Field memory starts on a cache line, so that segments at 64-byte offsets fill whole lines
  * (what streaming stores need, and SIMD likes). The hooks' block is CPU_FIELD_PAD bytes
@@ -56,7 +40,7 @@ static int cpu_alloc(void *ctx, theus_placement pl, size_t nbytes, void **out)
     char *p = raw + (at - (uintptr_t)raw);
     memcpy(p - sizeof(void *), &raw, sizeof raw);
     if (nbytes >= CPU_HUGE_MIN)
-        advise_huge(p, nbytes);
+        theus_advise_huge(p, nbytes);
     memset(p, 0, nbytes);   /* the first touch: after the advice */
     *out = p;
     return THEUS_OK;

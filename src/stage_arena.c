@@ -24,6 +24,8 @@
 
 #define BLOCK_BYTES STAGE_ARENA_BLOCK
 #define ALIGN 64u
+/* Payloads from this size on ask for transparent huge pages. */
+#define HUGE_PAYLOAD ((size_t)4 << 20)
 /* Blocks the cache keeps (64 MiB). */
 #define CACHE_BLOCKS 16
 
@@ -135,6 +137,10 @@ static void *single(size_t n, int hooked)
     void *raw = hooked ? theus_xmalloc(n + 2 * ALIGN) : malloc(n + 2 * ALIGN);
     if (!raw)
         return NULL;
+    /* A big payload is fresh memory that its copy faults in: 2 MiB pages fault 512 times
+     * less often. */
+    if (n >= HUGE_PAYLOAD)
+        theus_advise_huge(raw, n + 2 * ALIGN);
     hdr *h = (hdr *)(((uintptr_t)raw + ALIGN - 1) & ~(uintptr_t)(ALIGN - 1));
     h->magic = HDR_MAGIC;
     h->from = hooked ? FROM_HOOKS : FROM_LIBC;
