@@ -140,10 +140,79 @@ static int overlap_exact(const replay_xfer *t, const uint32_t *live, size_t i, s
     return region_overlap(a->sub, b->sub);
 }
 
+/* Exact candidates examined for one transfer before it falls back to its span alone. */
+#define EXACT_BUDGET 64
+
+static inline uint32_t max_u32(uint32_t a, uint32_t b)
+{
+    return a > b ? a : b;
+}
+
+/* First sorted position whose key (lo - min) is at least @k. */
+static size_t lower_bound(const uint64_t *key, size_t n, uint64_t k)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo) / 2;
+        if (key[mid] < k)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Two iterative segment trees over the n sorted positions, holding wave + 1 (0: none):
+ * "at" keeps each placed transfer at its own position (range maximum: the transfers that
+ * start inside a span), "over" keeps it over the positions its span covers (point maximum:
+ * the transfers whose span covers a start). */
+static void at_set(uint32_t *t, size_t n, size_t q, uint32_t v)
+{
+    size_t k = q + n;
+    t[k] = v;
+    for (k >>= 1; k >= 1; k >>= 1)
+        t[k] = max_u32(t[2 * k], t[2 * k + 1]);
+}
+
+static uint32_t at_max(const uint32_t *t, size_t n, size_t l, size_t r)
+{
+    uint32_t m = 0;
+    for (l += n, r += n; l < r; l >>= 1, r >>= 1) {
+        if (l & 1)
+            m = max_u32(m, t[l++]);
+        if (r & 1)
+            m = max_u32(m, t[--r]);
+    }
+    return m;
+}
+
+static void over_raise(uint32_t *t, size_t n, size_t l, size_t r, uint32_t v)
+{
+    for (l += n, r += n; l < r; l >>= 1, r >>= 1) {
+        if (l & 1) {
+            t[l] = max_u32(t[l], v);
+            l++;
+        }
+        if (r & 1) {
+            --r;
+            t[r] = max_u32(t[r], v);
+        }
+    }
+}
+
+static uint32_t over_max(const uint32_t *t, size_t n, size_t q)
+{
+    uint32_t m = 0;
+    for (size_t k = q + n; k >= 1; k >>= 1)
+        m = max_u32(m, t[k]);
+    return m;
+}
+
 /* Waves for a batch whose spans are not in address order: 1 when no two spans meet,
  * otherwise each transfer's wave is one more than the largest wave of the earlier
- * transfers it overlaps. Only neighbours in address order whose spans meet are compared:
- * O(n) plus the number of meeting pairs. */
+ * transfers it overlaps. Neighbours in address order whose spans meet are compared
+ * exactly, up to EXACT_BUDGET of them; a transfer with more is placed after every earlier
+ * transfer whose span meets its own (the trees answer that in O(log n)). */
 static uint32_t assign_waves(replay_plan *p, const replay_xfer *t, const uint32_t *live,
                              size_t n)
 {
@@ -164,22 +233,32 @@ static uint32_t assign_waves(replay_plan *p, const replay_xfer *t, const uint32_
         return 1;
     for (size_t q = 0; q < n; q++)
         p->pos[p->idx[q]] = (uint32_t)q;
+    memset(p->tree_at, 0, 2 * n * sizeof *p->tree_at);
+    memset(p->tree_over, 0, 2 * n * sizeof *p->tree_over);
+    const uint64_t min = p->lo[p->idx[0]];
     uint32_t nwaves = 1;
     for (size_t i = 0; i < n; i++) {
         const size_t q = p->pos[i];
         const uint64_t lo = p->lo[i], hi = p->hi[i];
         uint32_t w = 0;
-        for (size_t r = q + 1; r < n && p->lo[p->idx[r]] < hi; r++) {
+        size_t seen = 0;
+        for (size_t r = q + 1; r < n && p->lo[p->idx[r]] < hi && seen <= EXACT_BUDGET; r++, seen++) {
             const size_t j = p->idx[r];
             if (j < i && p->wave[j] + 1 > w && overlap_exact(t, live, i, j))
                 w = p->wave[j] + 1;
         }
-        for (size_t l = q; l-- > 0 && pmax[l] > lo;) {
+        for (size_t l = q; l-- > 0 && pmax[l] > lo && seen <= EXACT_BUDGET; seen++) {
             const size_t j = p->idx[l];
             if (j < i && p->hi[j] > lo && p->wave[j] + 1 > w && overlap_exact(t, live, i, j))
                 w = p->wave[j] + 1;
         }
+        const size_t first = lower_bound(p->key, n, lo - min);
+        const size_t end = lower_bound(p->key, n, hi - min);
+        if (seen > EXACT_BUDGET)
+            w = max_u32(at_max(p->tree_at, n, first, end), over_max(p->tree_over, n, q));
         p->wave[i] = w;
+        at_set(p->tree_at, n, q, w + 1);
+        over_raise(p->tree_over, n, first, end, w + 1);
         if (w + 1 > nwaves)
             nwaves = w + 1;
     }
@@ -194,7 +273,7 @@ static int scratch_reserve(replay_plan *p, size_t n)
     size_t cap = p->scratch_cap ? p->scratch_cap : 256;
     while (cap < n)
         cap *= 2;
-    const size_t per = 4 * sizeof(uint64_t) + 5 * sizeof(uint32_t);
+    const size_t per = 4 * sizeof(uint64_t) + 9 * sizeof(uint32_t);
     if (cap > SIZE_MAX / per)
         return -1;
     unsigned char *b = theus_xmalloc(cap * per);
@@ -212,6 +291,8 @@ static int scratch_reserve(replay_plan *p, size_t n)
     p->live = p->idx2 + cap;
     p->wave = p->live + cap;
     p->pos = p->wave + cap;
+    p->tree_at = p->pos + cap;
+    p->tree_over = p->tree_at + 2 * cap;
     return 0;
 }
 
@@ -330,7 +411,7 @@ size_t replay_plan_footprint(const replay_plan *p)
 {
     return p->waves_cap * sizeof *p->waves + p->descs_cap * sizeof *p->descs +
            p->dims_cap * sizeof *p->dims + p->tmp_cap * sizeof *p->tmp +
-           p->scratch_cap * (4 * sizeof(uint64_t) + 5 * sizeof(uint32_t));
+           p->scratch_cap * (4 * sizeof(uint64_t) + 9 * sizeof(uint32_t));
 }
 
 void replay_plan_trim(replay_plan *p, size_t keep)

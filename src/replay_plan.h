@@ -5,7 +5,9 @@
  *
  * Cost: O(n) for a batch whose destinations are disjoint and in address order; an LSD
  * radix sort of the destination spans (O(n)) otherwise; exact overlap tests only between
- * transfers whose byte spans meet. No allocation when the plan's buffers are large enough
+ * transfers whose byte spans meet, and at most O(n log n) however many meet (beyond a few
+ * dozen candidates a transfer is ordered after every earlier one whose span meets it, which
+ * may cost a wave but never correctness). No allocation when the plan's buffers are large enough
  * already (a plan is reused from call to call). */
 #ifndef THEUS_SRC_REPLAY_PLAN_H
 #define THEUS_SRC_REPLAY_PLAN_H
@@ -51,6 +53,7 @@ typedef struct replay_plan {
     uint32_t *live;              /* transfer index of each descriptor, batch order */
     uint32_t *wave;
     uint32_t *pos;
+    uint32_t *tree_at, *tree_over; /* segment trees of waves (2 n entries each) */
 } replay_plan;
 
 /* Plan the @n transfers @t (in batch order: where destinations overlap, a later transfer

@@ -324,6 +324,58 @@ Test(replay_plan, random_batches_match_region_transfer)
     replay_plan_release(&p);
 }
 
+/* Batches where most transfers meet many others: past a few dozen candidates the planner
+ * orders a transfer by its span alone, which must still give the serial result. */
+Test(replay_plan, crowded_batches_stay_correct)
+{
+    replay_plan p = {0};
+    uint32_t max_waves = 0;
+    for (int round = 0; round < 6; round++) {
+        g_rng = 0x5151u + (uint64_t)round * 104729u;
+        batch b;
+        make_batch(&b, 1500, 60, 0);
+        uint32_t nw = 0;
+        check_batch(&p, &b, (enum order)(round % 3), &nw);
+        if (nw > max_waves)
+            max_waves = nw;
+        free_batch(&b);
+    }
+    cr_assert_gt(max_waves, 10);
+    replay_plan_release(&p);
+}
+
+/* Thousands of adds onto the same elements: one wave each, and their sum. */
+Test(replay_plan, thousands_of_adds_onto_one_counter)
+{
+    enum { K = 3000 };
+    int64_t field[8] = {0};
+    int64_t *one = malloc(K * sizeof *one);
+    replay_xfer *t = malloc((K + 1) * sizeof *t);
+    cr_assert(one && t);
+    theus_region frame = {.ndim = 1}, sub = {.ndim = 1}, other = {.ndim = 1};
+    frame.stop[0] = 8;
+    sub.start[0] = 2;
+    sub.stop[0] = 3;
+    other.start[0] = 6;
+    other.stop[0] = 7;
+    for (int i = 0; i < K; i++) {
+        one[i] = i + 1;
+        t[i] = (replay_xfer){DELTA_ADD, THEUS_DTYPE_I64, field, &frame, &one[i], &sub, &sub};
+    }
+    int64_t seven = 7;
+    t[K] = (replay_xfer){DELTA_ASSIGN, THEUS_DTYPE_I64, field, &frame, &seven, &other, &other};
+    replay_plan p = {0};
+    cr_assert_eq(replay_plan_build(&p, t, K + 1), THEUS_OK);
+    cr_assert_eq(p.nwaves, K, "%u waves for %d adds onto one element", p.nwaves, K);
+    check_structure(&p);
+    execute(&p, REVERSED);
+    cr_assert_eq(field[2], (int64_t)K * (K + 1) / 2);
+    cr_assert_eq(field[6], 7);
+    replay_plan_release(&p);
+    free(t);
+    free(one);
+}
+
 /* 1-D batches that look like a commit: many disjoint segments of one big field, in
  * address order (one wave, the O(n) path) and shuffled (the radix sort path). */
 static void segments(int shuffle)
