@@ -58,6 +58,16 @@ void bench_free(void *p, size_t bytes);
  * theus's CPU replay copies into large fields, then a store fence (plain memcpy off x86-64). */
 void bench_copy_stream(void *dst, const void *src, size_t n);
 
+/* ---- replay batches --------------------------------------------------------------------- */
+/* @count segments of @size bytes (0: mixed, log-uniform 64 B .. 64 KiB in 64 B steps) spread
+ * over a field of @field_bytes in ascending order with random gaps (same @seed, same
+ * batch). Returns the payload bytes, or 0 when the batch does not fit (or memory ran out). */
+size_t bench_batch_layout(bench_seg *segs, size_t count, uint32_t size, size_t field_bytes,
+                          uint64_t seed);
+/* Shuffle for random placement (the same set of segments) when @random, then lay out the
+ * payload in batch order (poff). */
+void bench_batch_order(bench_seg *segs, size_t count, int random, uint64_t seed);
+
 /* ---- statistics ------------------------------------------------------------------------ */
 typedef struct bstats {
     double median, p10, p90, p99, p999, min, max, mean;

@@ -43,16 +43,17 @@ int scn_gpu_stage_h2d(void);
 void gpu_shutdown(void);
 
 /* ---- glue to theus's internal CUDA backend (gpu_glue.c; plain C, no CUDA types) ---- */
-typedef struct gpu_seg {
+/* One segment of a replay batch, for the CPU and the GPU scenarios alike. */
+typedef struct bench_seg {
     uint64_t off;             /* byte offset in the field */
     uint64_t poff;            /* byte offset in the packed payload */
     uint32_t size;            /* bytes, a multiple of 64 */
-} gpu_seg;
+} bench_seg;
 
 /* A batch of f32 replay ops (ASSIGN, or ADD when @add) for backend_cuda(), onto the field at
  * @field (device memory, @nelems floats) from the device payload @payload. NULL when out of
  * memory. */
-void *glue_ops_new(int add, void *field, size_t nelems, const gpu_seg *segs, size_t n,
+void *glue_ops_new(int add, void *field, size_t nelems, const bench_seg *segs, size_t n,
                    const void *payload);
 void glue_ops_free(void *ops);
 /* backend_cuda()->iface->replay of the batch (synchronous: returns when the GPU is done).

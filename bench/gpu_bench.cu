@@ -391,64 +391,6 @@ static int device_state(size_t nelems, const float *init, theus_state **st)
 
 /* ======================================== replay ========================================= */
 
-/* Segment layout, shared with the CPU scenario's rules: sizes (0: mixed, log-uniform 64 B ..
- * 64 KiB in 64 B steps) spread over the field in ascending order with random gaps. Returns
- * the payload bytes, or 0 when the batch does not fit. */
-static size_t make_sorted_batch(gpu_seg *segs, size_t count, uint32_t size, size_t field_bytes,
-                                uint64_t seed)
-{
-    uint64_t s = seed;
-    size_t payload = 0;
-    for (size_t i = 0; i < count; i++) {
-        uint32_t sz = size;
-        if (sz == 0) {
-            double v = 64.0 * pow(2.0, 10.0 * rng_unit(&s));
-            sz = (uint32_t)v / 64 * 64;
-            if (sz < 64)
-                sz = 64;
-        }
-        segs[i].size = sz;
-        payload += sz;
-    }
-    if (payload > field_bytes)
-        return 0;
-    const uint64_t free_units = (field_bytes - payload) / 64;
-    double *w = (double *)malloc((count + 1) * sizeof *w);
-    if (!w)
-        return 0;
-    double sum = 0;
-    for (size_t i = 0; i <= count; i++)
-        sum += (w[i] = rng_unit(&s) + 1e-9);
-    uint64_t off = 0, used = 0;
-    for (size_t i = 0; i < count; i++) {
-        uint64_t g = (uint64_t)((double)free_units * w[i] / sum);
-        if (used + g > free_units)
-            g = free_units - used;
-        used += g;
-        off += g * 64;
-        segs[i].off = off;
-        off += segs[i].size;
-    }
-    free(w);
-    return payload;
-}
-
-static void order_batch(gpu_seg *segs, size_t count, int random, uint64_t seed)
-{
-    uint64_t s = seed ^ 0x5eed;
-    if (random)
-        for (size_t i = count - 1; i > 0; i--) {
-            size_t j = (size_t)(rng_next(&s) % (i + 1));
-            gpu_seg t = segs[i];
-            segs[i] = segs[j];
-            segs[j] = t;
-        }
-    uint64_t poff = 0;
-    for (size_t i = 0; i < count; i++) {
-        segs[i].poff = poff;
-        poff += segs[i].size;
-    }
-}
 
 typedef struct rctx {
     int add;
@@ -471,7 +413,7 @@ typedef struct rctx {
     float *Ph;          /* payload */
     float *R;           /* read-back */
     int R_pinned;
-    gpu_seg *segs;
+    bench_seg *segs;
     void **h_src, **h_dst;       /* cudaMemcpyBatchAsync's arrays */
     size_t *h_size;
     unsigned char *hp;           /* pinned upload area: src, dst, size / off, poff, size */
@@ -540,7 +482,7 @@ static int r_commit_prep(void *p)
     }
     CKT(theus_tx_begin(c->st, NULL, &c->tx), "theus_tx_begin");
     for (size_t i = 0; i < c->count; i++) {
-        const gpu_seg *s = &c->segs[i];
+        const bench_seg *s = &c->segs[i];
         theus_region r;
         memset(&r, 0, sizeof r);
         r.ndim = 1;
@@ -575,7 +517,7 @@ static int r_loop(void *p, double *secs)
     if (t_begin(1))
         return -1;
     for (size_t i = 0; i < c->count; i++) {
-        const gpu_seg *s = &c->segs[i];
+        const bench_seg *s = &c->segs[i];
         if (c->add) {
             const size_t n = s->size / 16;
             k_add16<<<grid_for(n, 256, 8), 256, 0, G.s>>>((float4 *)(void *)(c->B + s->off),
@@ -698,7 +640,7 @@ static int r_ceil_memcpy(void *p, double *secs)
 static void mirror_apply(const rctx *c, float *m, unsigned k)
 {
     for (size_t i = 0; i < c->count; i++) {
-        const gpu_seg *s = &c->segs[i];
+        const bench_seg *s = &c->segs[i];
         float *d = m + s->off / 4;
         const float *src = c->Ph + s->poff / 4;
         if (c->add) {
@@ -759,7 +701,7 @@ static int run_cell(rctx *c, uint32_t size, const char *sizename, const char *pl
         return -1;
     }
     for (size_t i = 0; i < c->count; i++) {
-        const gpu_seg *s = &c->segs[i];
+        const bench_seg *s = &c->segs[i];
         c->h_dst[i] = c->B + s->off;
         c->h_src[i] = c->Pd + s->poff;
         c->h_size[i] = s->size;
@@ -1072,7 +1014,7 @@ static int replay_body(rctx *c)
     c->R = (float *)host_alloc(c->field_bytes, &c->R_pinned);
     c->hp_bytes = HP_PER_SEG * c->maxcount;
     c->hp = (unsigned char *)host_alloc(c->hp_bytes, &c->hp_pinned);
-    c->segs = (gpu_seg *)malloc(c->maxcount * sizeof *c->segs);
+    c->segs = (bench_seg *)malloc(c->maxcount * sizeof *c->segs);
     c->h_src = (void **)malloc(c->maxcount * sizeof *c->h_src);
     c->h_dst = (void **)malloc(c->maxcount * sizeof *c->h_dst);
     c->h_size = (size_t *)malloc(c->maxcount * sizeof *c->h_size);
@@ -1094,7 +1036,7 @@ static int replay_body(rctx *c)
         for (size_t ci = 0; ci < ncounts; ci++) {
             c->count = counts[ci];
             uint64_t cellseed = bench.seed + si * 1000003u + ci * 7919u + (uint64_t)c->add;
-            c->payload = make_sorted_batch(c->segs, c->count, sizes[si], c->field_bytes, cellseed);
+            c->payload = bench_batch_layout(c->segs, c->count, sizes[si], c->field_bytes, cellseed);
             if (c->payload == 0) {
                 char cn[16], why[160];
                 snprintf(why, sizeof why, "seg=%s count=%s: payload larger than the %s field",
@@ -1104,8 +1046,8 @@ static int replay_body(rctx *c)
             }
             for (int pl = 0; pl < 2; pl++) {
                 if (pl == 1)
-                    make_sorted_batch(c->segs, c->count, sizes[si], c->field_bytes, cellseed);
-                order_batch(c->segs, c->count, pl == 0, cellseed);
+                    bench_batch_layout(c->segs, c->count, sizes[si], c->field_bytes, cellseed);
+                bench_batch_order(c->segs, c->count, pl == 0, cellseed);
                 if (run_cell(c, sizes[si], size_names[si], pl == 0 ? "random" : "sorted",
                              cellseed, loop_max, batch_max, commit_max) != 0)
                     return -1;

@@ -12,7 +12,7 @@ typedef struct glue_batch {
     replay_op ops[];
 } glue_batch;
 
-void *glue_ops_new(int add, void *field, size_t nelems, const gpu_seg *segs, size_t n,
+void *glue_ops_new(int add, void *field, size_t nelems, const bench_seg *segs, size_t n,
                    const void *payload)
 {
     glue_batch *b = malloc(sizeof *b + (n ? n : 1) * sizeof(replay_op));

@@ -20,11 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct seg {
-    uint64_t off;    /* byte offset in the field */
-    uint64_t poff;   /* byte offset in the packed payload */
-    uint32_t size;   /* bytes, a multiple of 64 */
-} seg;
+typedef bench_seg seg;
 
 typedef struct replay_ctx {
     int add;
@@ -208,67 +204,6 @@ static int run_commit(void *p)
 
 /* ---- batches ------------------------------------------------------------------------------ */
 
-/* Segments of @size bytes (0: mixed, log-uniform 64 B .. 64 KiB in 64 B steps), spread over
- * the field in ascending order with random gaps. Returns the payload bytes, or 0 when the
- * batch does not fit the field (or memory ran out). */
-static size_t make_sorted_batch(seg *segs, size_t count, uint32_t size, size_t field_bytes,
-                                uint64_t seed)
-{
-    uint64_t s = seed;
-    size_t payload = 0;
-    for (size_t i = 0; i < count; i++) {
-        uint32_t sz = size;
-        if (sz == 0) {
-            double v = 64.0 * pow(2.0, 10.0 * rng_unit(&s));
-            sz = (uint32_t)v / 64 * 64;
-            if (sz < 64)
-                sz = 64;
-        }
-        segs[i].size = sz;
-        payload += sz;
-    }
-    if (payload > field_bytes)
-        return 0;
-    /* Gaps in 64-byte units: count + 1 random weights share what the segments leave free. */
-    const uint64_t free_units = (field_bytes - payload) / 64;
-    double *w = malloc((count + 1) * sizeof *w);
-    if (!w)
-        return 0;
-    double sum = 0;
-    for (size_t i = 0; i <= count; i++)
-        sum += (w[i] = rng_unit(&s) + 1e-9);
-    uint64_t off = 0, used = 0;
-    for (size_t i = 0; i < count; i++) {
-        uint64_t g = (uint64_t)((double)free_units * w[i] / sum);
-        if (used + g > free_units)
-            g = free_units - used;
-        used += g;
-        off += g * 64;
-        segs[i].off = off;
-        off += segs[i].size;
-    }
-    free(w);
-    return payload;
-}
-
-/* Shuffle for random placement (the same set of segments), then lay out the payload in
- * batch order. */
-static void order_batch(seg *segs, size_t count, int random, uint64_t seed)
-{
-    uint64_t s = seed ^ 0x5eed;
-    if (random)
-        for (size_t i = count - 1; i > 0; i--) {
-            size_t j = (size_t)(rng_next(&s) % (i + 1));
-            seg t = segs[i];
-            segs[i] = segs[j];
-            segs[j] = t;
-        }
-    uint64_t poff = 0;
-    for (size_t i = 0; i < count; i++) {
-        segs[i].poff = poff;
-        poff += segs[i].size;
-    }
-}
 
 /* ---- one cell ---------------------------------------------------------------------------- */
 
@@ -584,7 +519,7 @@ int scn_replay(int add)
         for (size_t ci = 0; ci < ncounts; ci++) {
             c.count = counts[ci];
             uint64_t cellseed = bench.seed + si * 1000003u + ci * 7919u + (uint64_t)add;
-            c.payload = make_sorted_batch(c.segs, c.count, sizes[si], c.field_bytes, cellseed);
+            c.payload = bench_batch_layout(c.segs, c.count, sizes[si], c.field_bytes, cellseed);
             if (c.payload == 0) {
                 char cnt[16], why[160];
                 snprintf(why, sizeof why, "seg=%s count=%s: payload larger than the %s field",
@@ -595,8 +530,8 @@ int scn_replay(int add)
             for (int pl = 0; pl < 2; pl++) {
                 /* The same set of segments in both placements: sort, or shuffle. */
                 if (pl == 1)
-                    make_sorted_batch(c.segs, c.count, sizes[si], c.field_bytes, cellseed);
-                order_batch(c.segs, c.count, pl == 0, cellseed);
+                    bench_batch_layout(c.segs, c.count, sizes[si], c.field_bytes, cellseed);
+                bench_batch_order(c.segs, c.count, pl == 0, cellseed);
                 if (run_cell(&c, sizes[si], size_names[si], pl == 0 ? "random" : "sorted",
                              cellseed) != 0)
                     goto out;

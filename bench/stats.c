@@ -290,3 +290,67 @@ int measure(const bench_op *op, measurement *m)
 {
     return measure_set(op, 1, m);
 }
+
+/* ---- replay batches (the CPU and GPU replay scenarios) --------------------------------- */
+
+/* Segments of @size bytes (0: mixed, log-uniform 64 B .. 64 KiB in 64 B steps), spread over
+ * the field in ascending order with random gaps. Returns the payload bytes, or 0 when the
+ * batch does not fit the field (or memory ran out). */
+size_t bench_batch_layout(bench_seg *segs, size_t count, uint32_t size, size_t field_bytes,
+                          uint64_t seed)
+{
+    uint64_t s = seed;
+    size_t payload = 0;
+    for (size_t i = 0; i < count; i++) {
+        uint32_t sz = size;
+        if (sz == 0) {
+            double v = 64.0 * pow(2.0, 10.0 * rng_unit(&s));
+            sz = (uint32_t)v / 64 * 64;
+            if (sz < 64)
+                sz = 64;
+        }
+        segs[i].size = sz;
+        payload += sz;
+    }
+    if (payload > field_bytes)
+        return 0;
+    /* Gaps in 64-byte units: count + 1 random weights share what the segments leave free. */
+    const uint64_t free_units = (field_bytes - payload) / 64;
+    double *w = malloc((count + 1) * sizeof *w);
+    if (!w)
+        return 0;
+    double sum = 0;
+    for (size_t i = 0; i <= count; i++)
+        sum += (w[i] = rng_unit(&s) + 1e-9);
+    uint64_t off = 0, used = 0;
+    for (size_t i = 0; i < count; i++) {
+        uint64_t g = (uint64_t)((double)free_units * w[i] / sum);
+        if (used + g > free_units)
+            g = free_units - used;
+        used += g;
+        off += g * 64;
+        segs[i].off = off;
+        off += segs[i].size;
+    }
+    free(w);
+    return payload;
+}
+
+/* Shuffle for random placement (the same set of segments), then lay out the payload in
+ * batch order. */
+void bench_batch_order(bench_seg *segs, size_t count, int random, uint64_t seed)
+{
+    uint64_t s = seed ^ 0x5eed;
+    if (random)
+        for (size_t i = count - 1; i > 0; i--) {
+            size_t j = (size_t)(rng_next(&s) % (i + 1));
+            bench_seg t = segs[i];
+            segs[i] = segs[j];
+            segs[j] = t;
+        }
+    uint64_t poff = 0;
+    for (size_t i = 0; i < count; i++) {
+        segs[i].poff = poff;
+        poff += segs[i].size;
+    }
+}
