@@ -1,5 +1,6 @@
 /* theus-bench: what machine and build a run measured (recorded with every report). */
 #include "bench.h"
+#include "backend.h"
 #include "replay_pool.h"
 #include "theus/theus.h"
 #include <stdlib.h>
@@ -54,23 +55,7 @@ static int file_value(const char *path, const char *key, char *out, size_t len)
 
 size_t machine_llc_bytes(void)
 {
-    FILE *f = fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r");
-    size_t bytes = 32u << 20;
-    if (!f)
-        return bytes;
-    char buf[64] = "";
-    if (fgets(buf, sizeof buf, f)) {
-        char *end = NULL;
-        unsigned long long v = strtoull(buf, &end, 10);
-        if (end && (*end == 'K' || *end == 'k'))
-            v <<= 10;
-        else if (end && (*end == 'M' || *end == 'm'))
-            v <<= 20;
-        if (v >= (1u << 20))
-            bytes = (size_t)v;
-    }
-    fclose(f);
-    return bytes;
+    return cpu_llc_bytes();   /* what theus's CPU replay sizes its streaming by */
 }
 
 static size_t meminfo_bytes(const char *key)

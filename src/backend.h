@@ -84,6 +84,9 @@ int backend_cpu_replay_threads(const replay_op *ops, size_t n);
  * CPU replay's copy into fields larger than the LLC, and theus-bench's streaming ceiling. */
 void cpu_copy_stream(void *dst, const void *src, size_t n);
 void cpu_stream_fence(void);
+/* The last-level cache one core can use: sysfs's cpu0 index3 (per CCX on AMD, where sysconf
+ * reports the whole socket's), else sysconf, else 32 MiB. Reads the files on every call. */
+size_t cpu_llc_bytes(void);
 /* The CPU replay's thresholds, for tests and measurements (0 in a member: its default). */
 typedef struct backend_cpu_tuning {
     size_t parallel_min;       /* batches of fewer payload bytes replay on one thread */

@@ -155,9 +155,7 @@ static size_t tuned(_Atomic size_t *v, size_t dflt)
     return x ? x : dflt;
 }
 
-/* The last-level cache one core can use: sysfs's cpu0 index3 (per CCX on AMD, where sysconf
- * reports the whole socket's), else sysconf, else 32 MiB. */
-static size_t llc_bytes(void)
+size_t cpu_llc_bytes(void)
 {
     size_t v = 0;
     FILE *f = fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r");
@@ -190,7 +188,7 @@ static size_t stream_min_bytes(void)
     static _Atomic size_t llc;
     size_t v = atomic_load_explicit(&llc, memory_order_relaxed);
     if (v == 0) {
-        v = llc_bytes();
+        v = cpu_llc_bytes();
         atomic_store_explicit(&llc, v, memory_order_relaxed);
     }
     return tuned(&tune_stream_min, v);
