@@ -540,7 +540,7 @@ static int cuda_stage(void *ctx, theus_placement pl, const void *src, theus_mem 
         return rc;
     cuda_lane *l = k.lane;
     void *p = NULL;
-    if (src && src_mem == THEUS_MEM_HOST && nbytes > 0 && nbytes <= c->small.max &&
+    if (src && src_mem == THEUS_MEM_HOST && nbytes > 0 &&
         (p = small_alloc(&c->small, nbytes)) != NULL) {
         memcpy(p, src, nbytes);
         *out = p;

@@ -2,8 +2,9 @@
  * descriptor, numbers its chunks and records its destination byte span; a batch whose spans
  * come in address order without overlap (the usual sorted batch) is done then. Otherwise
  * the spans are radix-sorted: a batch without overlapping spans is still one wave; the
- * transfers whose spans meet another's are compared exactly and put into waves, each one
- * after every earlier transfer it overlaps. */
+ * transfers whose spans meet another's are compared exactly (up to EXACT_BUDGET neighbours,
+ * by span beyond that) and put into waves, each one after every earlier transfer it
+ * overlaps. */
 #include "replay_plan.h"
 #include "alloc.h"
 #include "dtype.h"
@@ -213,9 +214,9 @@ static uint32_t over_max(const uint32_t *t, size_t n, size_t q)
  * transfers it overlaps. Neighbours in address order whose spans meet are compared
  * exactly, up to EXACT_BUDGET of them; a transfer with more is placed after every earlier
  * transfer whose span meets its own (the trees answer that in O(log n)). */
-static uint32_t assign_waves(replay_plan *p, const replay_xfer *t, const uint32_t *live,
-                             size_t n)
+static uint32_t assign_waves(replay_plan *p, const replay_xfer *t, size_t n)
 {
+    const uint32_t *live = p->live;
     sort_spans(p, n);
     /* key2 now holds the prefix maximum of hi in sorted order. */
     uint64_t *pmax = p->key2;
@@ -265,6 +266,10 @@ static uint32_t assign_waves(replay_plan *p, const replay_xfer *t, const uint32_
     return nwaves;
 }
 
+/* Scratch bytes per transfer: lo, hi, key, key2 (u64); idx, idx2, live, wave, pos (u32);
+ * and the two trees' 2 entries each (u32). */
+#define SCRATCH_PER_XFER (4 * sizeof(uint64_t) + 9 * sizeof(uint32_t))
+
 /* Per-transfer scratch for @n transfers, in one block. */
 static int scratch_reserve(replay_plan *p, size_t n)
 {
@@ -273,7 +278,7 @@ static int scratch_reserve(replay_plan *p, size_t n)
     size_t cap = p->scratch_cap ? p->scratch_cap : 256;
     while (cap < n)
         cap *= 2;
-    const size_t per = 4 * sizeof(uint64_t) + 9 * sizeof(uint32_t);
+    const size_t per = SCRATCH_PER_XFER;
     if (cap > SIZE_MAX / per)
         return -1;
     unsigned char *b = theus_xmalloc(cap * per);
@@ -352,7 +357,7 @@ int replay_plan_build(replay_plan *p, const replay_xfer *t, size_t n)
     p->total_chunks = chunk;
     if (m == 0)
         return THEUS_OK;
-    const uint32_t nwaves = ordered ? 1 : assign_waves(p, t, p->live, m);
+    const uint32_t nwaves = ordered ? 1 : assign_waves(p, t, m);
     if (nwaves == 1) {
         p->nwaves = 1;
         p->waves[0].desc_begin = 0;
@@ -362,8 +367,8 @@ int replay_plan_build(replay_plan *p, const replay_xfer *t, size_t n)
         p->max_wave_chunks = chunk;
         return THEUS_OK;
     }
-    /* Several waves: a stable counting sort of the descriptors by wave (idx2 holds the
-     * counts), chunks renumbered in the new order. */
+    /* Several waves: a stable counting sort of the descriptors by wave (into the other
+     * descriptor buffer), chunks renumbered in the new order. */
     if (GROW(p, waves, waves_cap, nwaves, 0) || GROW(p, tmp, tmp_cap, m, 0))
         return fail(p, THEUS_ENOMEM, n);
     theus_replay_desc *batch = p->descs;
@@ -411,7 +416,7 @@ size_t replay_plan_footprint(const replay_plan *p)
 {
     return p->waves_cap * sizeof *p->waves + p->descs_cap * sizeof *p->descs +
            p->dims_cap * sizeof *p->dims + p->tmp_cap * sizeof *p->tmp +
-           p->scratch_cap * (4 * sizeof(uint64_t) + 9 * sizeof(uint32_t));
+           p->scratch_cap * SCRATCH_PER_XFER;
 }
 
 void replay_plan_trim(replay_plan *p, size_t keep)

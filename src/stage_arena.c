@@ -30,7 +30,6 @@
 #define CACHE_BLOCKS 16
 
 enum { FROM_BLOCK = 1, FROM_LIBC = 2, FROM_HOOKS = 3 };
-#define HDR_MAGIC 0x54485354u /* "THST" */
 
 typedef struct block {
     atomic_size_t refs;
@@ -41,12 +40,11 @@ typedef struct block {
 } block;
 
 typedef struct hdr {
-    uint32_t magic;
-    uint32_t from;
     block *blk;                  /* FROM_BLOCK */
     void *raw;                   /* FROM_LIBC, FROM_HOOKS */
     size_t need;                 /* FROM_BLOCK: bytes of the block it took, header included */
-    unsigned char pad[ALIGN - 2 * sizeof(uint32_t) - 2 * sizeof(void *) - sizeof(size_t)];
+    uint32_t from;
+    unsigned char pad[ALIGN - sizeof(uint32_t) - 2 * sizeof(void *) - sizeof(size_t)];
 } hdr;
 _Static_assert(sizeof(hdr) == ALIGN, "the header keeps payloads aligned");
 
@@ -142,7 +140,6 @@ static void *single(size_t n, int hooked)
     if (n >= HUGE_PAYLOAD)
         theus_advise_huge(raw, n + 2 * ALIGN);
     hdr *h = (hdr *)(((uintptr_t)raw + ALIGN - 1) & ~(uintptr_t)(ALIGN - 1));
-    h->magic = HDR_MAGIC;
     h->from = hooked ? FROM_HOOKS : FROM_LIBC;
     h->blk = NULL;
     h->raw = raw;
@@ -175,7 +172,6 @@ void *stage_alloc(size_t n)
     UNPOISON(h, need);
     b->used += need;
     atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
-    h->magic = HDR_MAGIC;
     h->from = FROM_BLOCK;
     h->blk = b;
     h->raw = NULL;
