@@ -19,8 +19,9 @@
  *      whatever their size, the host planning (qsort, per-call allocations) being the cost.
  *   v2 (this file) — the same kernel; planning moved to src/replay_plan.c (one pass, radix
  *      sort only for unsorted batches: 11-45 ns per transfer on a 2.6 GHz EPYC against
- *      54-380 for v1, side by side; 13-56 in theus-bench replay.plan), chunk decoding shared with the planner's CPU tests (replay_desc.h), and a
- *      wave of one chunk per transfer finds its transfer without a search.
+ *      54-380 for v1, side by side; 13-56 in theus-bench replay.plan), chunk decoding
+ *      shared with the planner's CPU tests (replay_desc.h), and a wave of one chunk per
+ *      transfer finds its transfer without a search.
  *      Not yet run on a GPU.
  *   Validated against the CPU backend by tests/test_cuda_parity.c (byte-identical fields).  */
 #include "replay.cuh"
