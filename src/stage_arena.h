@@ -4,8 +4,8 @@
  * per thread (a bump pointer); a block goes back to a small process-wide cache when its
  * last payload is freed, and the cache hands it out again with its pages already mapped.
  * Without it every transaction's staging paid a page fault per 4 KiB and a heap trim at
- * its end (stage at 3.4 GB/s, commit's frees a third of its time, for 64 KiB payloads on
- * the machine of docs/benchmarks.md). Larger payloads, and every payload while
+ * its end (64 KiB x 1k segments, docs/benchmarks.md: stage+commit 2.6 GB/s in run A,
+ * 14 GB/s in run D, which has the arena and the replay changes). Larger payloads, and every payload while
  * theus_set_alloc_funcs hooks are installed (whose users count and own allocations), are
  * separate allocations.
  *
