@@ -2,6 +2,7 @@
  * checks a segment must pass before it is used; leases (pid plus start time); and this
  * process's mappings of segments and of GPU memory, made once per process. */
 #include "shared.h"
+#include "tx.h"
 #include "alloc.h"
 #include "error.h"
 #include "theus/theus_shared.h"
@@ -794,7 +795,7 @@ static void layout_segment(const theus_state *st, const uint32_t *place, size_t 
                            seg_layout *L)
 {
     size_t nf = st->schema->nfields, off_fields, off_log, hdr_bytes;
-    state_layout(nf, st->opts.commit_log_capacity, &off_fields, &off_log, &hdr_bytes);
+    state_layout(st->schema, st->opts.commit_log_capacity, &off_fields, &off_log, &hdr_bytes);
     L->off_shared = align_to(hdr_bytes, 64);
     L->off_schema = align_to(L->off_shared + sizeof(shared_area), 64);
     L->schema_len = schema_len;
