@@ -41,7 +41,7 @@ void tx_free(theus_tx *tx)
         const delta *d = &tx->deltas[i];
         if (d->ref) {
             payload_unref(d->ref);
-        } else {
+        } else if (!d->borrowed) {
             const theus_backend *b = tx->st->backend[d->field];
             b->iface->unstage(b->ctx, d->payload);
         }

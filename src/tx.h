@@ -18,6 +18,9 @@ typedef struct delta {
     void *payload;          /* staged by the field's backend; C-contiguous in r's shape */
     int user_filled;        /* from theus_tx_stage_buffer */
     payload_ref *ref;       /* non-NULL once exported through DLPack */
+    int borrowed;           /* payload is not this delta's to unstage: the caller's memory
+                               (theus_tx_*_borrowed, THEUS_STAGE_BORROW), or a part of the block
+                               that the first delta of the same multi-region call owns */
 } delta;
 
 typedef struct read_rec {
