@@ -128,7 +128,7 @@ void pool_destroy(pool *p);
 /* ---- workflows registered in the engine (workflow.c) -------------------------------------- */
 typedef struct wf_list {
     pthread_mutex_t mu;
-    theus_workflow **v;
+    struct theus_workflow **v;
     size_t n, cap;
 } wf_list;
 
