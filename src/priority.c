@@ -1,10 +1,11 @@
 /* The priority lease (theus_tx_run's fallback for a starving transaction): one holder at a
- * time, for a bounded time, so that it can neither starve nor hang the others. */
+ * time, for a bounded time, so that it can neither starve nor hang the others; and the
+ * commit lock as commits take it, which waits out another holder's lease. */
 #include "state.h"
 
 /* With the commit lock held: wait while someone else holds a live lease; an expired
  * lease is dropped so that a stuck (or dead) priority holder cannot hang everyone. */
-int state_wait_out_lease(theus_state *st, uint64_t ticket)
+static int wait_out_lease(theus_state *st, uint64_t ticket)
 {
     state_header *h = st->hdr;
     while (h->priority_ticket != 0 && h->priority_ticket != ticket) {
@@ -25,12 +26,25 @@ int state_wait_out_lease(theus_state *st, uint64_t ticket)
     return THEUS_OK;
 }
 
+int state_commit_lock(theus_state *st, uint64_t ticket)
+{
+    int rc = state_lock(st);
+    if (rc == THEUS_OK)
+        rc = wait_out_lease(st, ticket);
+    return rc;
+}
+
+void state_commit_unlock(theus_state *st)
+{
+    state_unlock(st);
+}
+
 uint64_t state_priority_acquire(theus_state *st)
 {
     state_header *h = st->hdr;
     if (state_lock(st) != THEUS_OK)
         return 0;
-    if (state_wait_out_lease(st, 0) != THEUS_OK)
+    if (wait_out_lease(st, 0) != THEUS_OK)
         return 0;
     uint64_t ticket = ++h->next_ticket;
     h->priority_ticket = ticket;

@@ -146,7 +146,7 @@ int state_place_field(const theus_state *st, field_desc *f, const theus_backend 
 /* The hold lock (robust in a shared state: taken over from a dead owner as it is). */
 void state_hold_lock(state_header *h);
 void state_hold_unlock(state_header *h);
-/* Bump a futex word and wake everyone waiting on it (hold_wake, priority_wake). */
+/* Bump a futex word and wake everyone waiting on it (hold_wake, priority_wake; futex.c). */
 void state_futex_wake(_Atomic uint32_t *word, int pshared);
 /* Wait while *word == @seen, at most @timeout_ns (0: no limit); spurious returns happen. */
 void state_futex_wait(_Atomic uint32_t *word, uint32_t seen, int pshared, uint64_t timeout_ns);
@@ -161,10 +161,6 @@ static inline int state_pshared(const theus_state *st)
  * state finishes a commit a dead process left half done), and fails only when that fails. */
 int state_lock(theus_state *st);
 void state_unlock(theus_state *st);
-/* state_lock, then wait out another holder's live priority lease; @ticket is the caller's
- * own lease (0: none). */
-int state_commit_lock(theus_state *st, uint64_t ticket);
-void state_commit_unlock(theus_state *st);
 /* ---- holds, the replay gate and the read sequence (state_hold.c) -------------------- */
 /* Around a replay, with the commit lock held: wait until no one holds commits, make the
  * replay sequence odd (readers retry, new holds wait); leave makes it even again. */
@@ -176,9 +172,10 @@ void state_replay_gate_leave(theus_state *st);
 int state_read_begin(const theus_state *st, uint64_t *seq);
 int state_read_valid(const theus_state *st, uint64_t seq);
 /* ---- the priority lease (priority.c) ------------------------------------------------ */
-/* With the commit lock held: wait while someone else holds a live lease (@ticket: the
- * caller's own, 0: none); an expired lease is dropped. */
-int state_wait_out_lease(theus_state *st, uint64_t ticket);
+/* The commit lock as a commit takes it: state_lock, then wait out another holder's live
+ * priority lease (an expired one is dropped); @ticket is the caller's own lease (0: none). */
+int state_commit_lock(theus_state *st, uint64_t ticket);
+void state_commit_unlock(theus_state *st);
 /* Take / give back the priority lease (see theus_tx_run). */
 uint64_t state_priority_acquire(theus_state *st);
 void state_priority_release(theus_state *st, uint64_t ticket);

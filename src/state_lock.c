@@ -1,6 +1,6 @@
 /* The commit lock: taken by every commit (and by readers that lose the optimistic race),
- * robust in a shared state, followed by the ops' recovery; the commit lock proper also
- * waits out another holder's priority lease (priority.c). */
+ * robust in a shared state, followed by the ops' recovery. A commit takes it through
+ * state_commit_lock (priority.c), which also waits out another holder's priority lease. */
 #include "state.h"
 #include "error.h"
 #include <errno.h>
@@ -30,17 +30,4 @@ int state_lock(theus_state *st)
 void state_unlock(theus_state *st)
 {
     pthread_mutex_unlock(&st->hdr->commit_lock);
-}
-
-int state_commit_lock(theus_state *st, uint64_t ticket)
-{
-    int rc = state_lock(st);
-    if (rc == THEUS_OK)
-        rc = state_wait_out_lease(st, ticket);
-    return rc;
-}
-
-void state_commit_unlock(theus_state *st)
-{
-    state_unlock(st);
 }
