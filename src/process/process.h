@@ -118,6 +118,8 @@ void audit_fini(audit_state *a);
 /* Under the commit lock, before the replay: evaluate every rule of the fields the batch
  * writes on the values it would write; THEUS_ESCHEMA refuses the commit. */
 int audit_prepare(theus_engine *e, const struct publish_batch *b, const theus_run *run);
+/* Under the commit lock: the commit prepared last will not be published; forget it. */
+void audit_cancel(theus_engine *e);
 /* Under the commit lock, after publish: keep the counters and records of that commit. */
 void audit_published(theus_engine *e, const struct publish_batch *b);
 
