@@ -212,6 +212,7 @@ int scn_commit_latency(void);
 int scn_replay_plan(void);          /* replay.plan: the GPU replay's host work */
 int scn_commit_scaling(void);
 int scn_commit_contention(void);
+int scn_process(void);           /* process.overhead and process.signal */
 /* The GPU variants are declared in gpu.h. */
 
 #ifdef __cplusplus

@@ -43,6 +43,7 @@ struct theus_run {
     int published;                /* the commit of this run went through the publish hook */
     uint64_t version;
     uint64_t ob_seq;              /* seq of its last outbox entry in the queue; 0: none */
+    uint64_t attempts;            /* bodies run for this run */
 };
 
 /* ---- signals (signal.c) ---------------------------------------------------------------- */
