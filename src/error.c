@@ -28,6 +28,9 @@ const char *theus_strerror(int status)
     case THEUS_ENODEV: return "THEUS_ENODEV: no usable GPU";
     case THEUS_EBUSY: return "THEUS_EBUSY: busy or retry budget exhausted";
     case THEUS_ECORRUPT: return "THEUS_ECORRUPT: corrupt or foreign data";
+    /* The process layer's codes (theus/theus_process.h). */
+    case -12: return "THEUS_EUNDECLARED: a process returned a status it did not declare";
+    case -13: return "THEUS_ETIMEDOUT: the wait timed out";
     default: return "unknown theus status";
     }
 }

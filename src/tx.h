@@ -18,6 +18,9 @@ typedef struct delta {
     void *payload;          /* staged by the field's backend; C-contiguous in r's shape */
     int user_filled;        /* from theus_tx_stage_buffer */
     payload_ref *ref;       /* non-NULL once exported through DLPack */
+    int borrowed;           /* payload is not this delta's to unstage: the caller's memory
+                               (theus_tx_*_borrowed, THEUS_STAGE_BORROW), or a part of the block
+                               that the first delta of the same multi-region call owns */
 } delta;
 
 typedef struct read_rec {
@@ -51,6 +54,10 @@ struct commit_batch {
 void payload_unref(payload_ref *ref);
 /* Free everything a transaction holds, and the transaction. */
 void tx_free(theus_tx *tx);
+/* Resolve the field and region of a call (@what names it in messages) and check the
+ * contract and, when @writing, the const zone; fail fast with the error set. */
+int tx_target(theus_tx *tx, const char *what, const char *field, const theus_region *r,
+              int writing, int *idx, theus_region *res);
 /* Make room for one more element in a growable array; 0 ok, -1 out of memory. */
 int tx_grow(void **arr, size_t *cap, size_t need, size_t elem);
 /* Apply this transaction's deltas on @field that intersect @frame onto @buf (in @mem, laid
