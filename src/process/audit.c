@@ -90,10 +90,10 @@ static int add_pending(audit_state *a, uint32_t field, uint32_t rule, const theu
 }
 
 /* The values delta @k's region holds before (@old) and after (@cur) the batch. */
-static int final_values(theus_engine *e, const commit_batch *b, size_t k, void *old, void *cur)
+static int final_values(theus_engine *e, const publish_batch *b, size_t k, void *old, void *cur)
 {
     theus_state *st = e->st;
-    const delta *d = &b->deltas[k];
+    const delta *d = &b->tx->deltas[k];
     theus_dtype dt = (theus_dtype)st->fields[d->field].dtype;
     const theus_backend *be = st->backend[d->field];
     int rc = be->iface->read(be->ctx, st->data[d->field], &st->frames[d->field], dt, &d->r, old,
@@ -101,8 +101,8 @@ static int final_values(theus_engine *e, const commit_batch *b, size_t k, void *
     if (rc != THEUS_OK)
         return rc;
     memcpy(cur, old, d->nelems * theus_dtype_size(dt));
-    for (size_t j = 0; j < b->ndeltas; j++) {
-        const delta *o = &b->deltas[j];
+    for (size_t j = 0; j < b->tx->ndeltas; j++) {
+        const delta *o = &b->tx->deltas[j];
         theus_region sub;
         if (o->field != d->field || !region_intersect(&o->r, &d->r, &sub))
             continue;
@@ -115,11 +115,11 @@ static int final_values(theus_engine *e, const commit_batch *b, size_t k, void *
 }
 
 /* Evaluate the rules of delta @k's field on its region; one violation per rule a commit. */
-static int check_delta(theus_engine *e, const commit_batch *b, size_t k)
+static int check_delta(theus_engine *e, const publish_batch *b, size_t k)
 {
     audit_state *a = &e->audit;
     theus_state *st = e->st;
-    const delta *d = &b->deltas[k];
+    const delta *d = &b->tx->deltas[k];
     const schema_field *sf = &st->schema->fields[d->field];
     const field_desc *f = &st->fields[d->field];
     theus_dtype dt = (theus_dtype)f->dtype;
@@ -189,7 +189,7 @@ static void keep_pending(theus_engine *e, int refused)
     a->npending = 0;
 }
 
-int audit_prepare(theus_engine *e, const commit_batch *b, const theus_run *run)
+int audit_prepare(theus_engine *e, const publish_batch *b, const theus_run *run)
 {
     audit_state *a = &e->audit;
     if (!a->any_rules)
@@ -201,8 +201,8 @@ int audit_prepare(theus_engine *e, const commit_batch *b, const theus_run *run)
     a->npending = 0;
     a->process = run ? run->p->name : "";
     a->proc = run ? run->p : NULL;
-    for (size_t k = 0; k < b->ndeltas; k++) {
-        if (st->schema->fields[b->deltas[k].field].naudit == 0)
+    for (size_t k = 0; k < b->tx->ndeltas; k++) {
+        if (st->schema->fields[b->tx->deltas[k].field].naudit == 0)
             continue;
         int rc = check_delta(e, b, k);
         if (rc != THEUS_OK) {
@@ -245,7 +245,7 @@ int audit_prepare(theus_engine *e, const commit_batch *b, const theus_run *run)
                    stop ? "; the engine is stopped" : "");
 }
 
-void audit_published(theus_engine *e, const commit_batch *b)
+void audit_published(theus_engine *e, const publish_batch *b)
 {
     (void)b;
     audit_state *a = &e->audit;

@@ -12,11 +12,11 @@
  * outbox entries of the commit it publishes. */
 static _Thread_local theus_run *tls_run;
 
-theus_run *engine_run_of(theus_engine *e, const struct commit_batch *b)
+theus_run *engine_run_of(theus_engine *e, const struct publish_batch *b)
 {
     theus_run *r = tls_run;
     /* Only the attempt's own transaction: the deltas array is that transaction's. */
-    if (r && r->e == e && r->tx && r->tx->deltas == b->deltas)
+    if (r && r->e == e && r->tx && r->tx == b->tx)
         return r;
     return NULL;
 }

@@ -3,6 +3,7 @@
 #ifndef THEUS_SRC_PROCESS_H
 #define THEUS_SRC_PROCESS_H
 #include "theus/theus_process.h"
+#include "publish.h"
 #include "tx.h"
 #include <pthread.h>
 #include <stdatomic.h>
@@ -116,9 +117,9 @@ int audit_init(theus_engine *e, uint32_t ring);
 void audit_fini(audit_state *a);
 /* Under the commit lock, before the replay: evaluate every rule of the fields the batch
  * writes on the values it would write; THEUS_ESCHEMA refuses the commit. */
-int audit_prepare(theus_engine *e, const struct commit_batch *b, const theus_run *run);
+int audit_prepare(theus_engine *e, const struct publish_batch *b, const theus_run *run);
 /* Under the commit lock, after publish: keep the counters and records of that commit. */
-void audit_published(theus_engine *e, const struct commit_batch *b);
+void audit_published(theus_engine *e, const struct publish_batch *b);
 
 /* ---- worker pool (pool.c) --------------------------------------------------------------- */
 typedef struct pool pool;
@@ -152,7 +153,7 @@ proc_entry *engine_find(theus_engine *e, const char *name);
 /* One run of @p (theus_engine_run without the lookup). */
 int engine_run_proc(theus_engine *e, proc_entry *p, uint64_t *committed_version);
 /* The run the calling thread is in for @e, whose attempt made @b; NULL for other commits. */
-theus_run *engine_run_of(theus_engine *e, const struct commit_batch *b);
+theus_run *engine_run_of(theus_engine *e, const struct publish_batch *b);
 /* Stop the engine (level-S audit rule). */
 void engine_stop(theus_engine *e);
 

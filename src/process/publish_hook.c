@@ -4,15 +4,19 @@
 #include "publish_hook.h"
 #include "error.h"
 
-static int before_replay(void *user, const commit_batch *b)
+static int before_replay(void *user, const publish_batch *b)
 {
     theus_engine *e = user;
+    if (b->init)
+        return THEUS_OK;
     return audit_prepare(e, b, engine_run_of(e, b));
 }
 
-static void after_publish(void *user, const commit_batch *b)
+static void after_publish(void *user, const publish_batch *b)
 {
     theus_engine *e = user;
+    if (b->init)
+        return;
     audit_published(e, b);
     theus_run *run = engine_run_of(e, b);
     if (run) {
@@ -27,20 +31,14 @@ static void after_publish(void *user, const commit_batch *b)
 int publish_hook_attach(theus_engine *e)
 {
     theus_state *st = e->st;
-    if (st->hooks.before_replay || st->hooks.after_publish || st->hooks.user)
-        return err_set(st, THEUS_EBUSY, "theus_engine_create: the state already has an engine");
-    st->hooks.before_replay = before_replay;
-    st->hooks.after_publish = after_publish;
-    st->hooks.user = e;
-    return THEUS_OK;
+    for (uint32_t i = 0; i < st->listeners.n; i++)
+        if (st->listeners.l[i].prepare == before_replay)
+            return err_set(st, THEUS_EBUSY, "theus_engine_create: the state already has an engine");
+    publish_listener l = {.prepare = before_replay, .published = after_publish, .user = e};
+    return publish_listen(st, &l);
 }
 
 void publish_hook_detach(theus_engine *e)
 {
-    theus_state *st = e->st;
-    if (st->hooks.user == e) {
-        st->hooks.before_replay = NULL;
-        st->hooks.after_publish = NULL;
-        st->hooks.user = NULL;
-    }
+    publish_unlisten(e->st, e);
 }

@@ -1,6 +1,6 @@
 /* Where the process layer attaches to the commit path: audit before the replay, signals
  * and outbox entries after publish. One file, so that the attachment follows the commit
- * path's interface (the commit hooks of state.h today, publish listeners later). */
+ * path's interface (publish listeners, publish.h). */
 #ifndef THEUS_SRC_PROCESS_PUBLISH_HOOK_H
 #define THEUS_SRC_PROCESS_PUBLISH_HOOK_H
 #include "process.h"
