@@ -2,7 +2,7 @@
  * (state.h, state_ops): detach, per-handle holds in the lease table, reaping dead holders,
  * redo recovery after taking the commit lock, and commits through the redo record. */
 #include "shared_impl.h"
-#include "../redo.h"
+#include "redo.h"
 
 const state_ops shared_state_ops = {
     .detach = shared_detach,
