@@ -567,20 +567,19 @@ int theus_state_stats(const theus_state *st, theus_stats *out)
 int state_lock(theus_state *st)
 {
     state_header *h = st->hdr;
+    if (st->shm) {
+        /* Bounded: another process can stop or vanish holding it. */
+        int rc = shared_commit_lock(st);
+        if (rc == THEUS_OK && (rc = redo_recover(st)) != THEUS_OK)
+            pthread_mutex_unlock(&h->commit_lock);
+        return rc;
+    }
     int e = pthread_mutex_lock(&h->commit_lock);
     if (e == EOWNERDEAD) {
-        /* Its holder died. Whatever it was doing, redo_recover below finishes or drops it
-         * (and runs again if this process dies too). */
+        /* Its holder (a thread of this process) died. */
         pthread_mutex_consistent(&h->commit_lock);
     } else if (e != 0) {
         return err_set(st, THEUS_EBUSY, "cannot take the commit lock: %s", strerror(e));
-    }
-    if (st->shm) {
-        int rc = redo_recover(st);
-        if (rc != THEUS_OK) {
-            pthread_mutex_unlock(&h->commit_lock);
-            return rc;
-        }
     }
     return THEUS_OK;
 }
