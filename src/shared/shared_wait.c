@@ -86,6 +86,35 @@ static void deadline_in(struct timespec *ts, uint64_t ms)
     ts->tv_nsec = (long)(ns % 1000000000u);
 }
 
+/* After a wait of @bound ms timed out: THEUS_OK to wait again (the holder is working, or
+ * changed while it was looked at: someone made progress), or the error to give up with. */
+static int judge_holder(unsigned char *base, pthread_mutex_t *m, const char *what,
+                        const char *name, int wait_for_live, uint64_t bound)
+{
+    pid_t tid = lock_owner(m), pid = 0;
+    char run = '?';
+    int exists = tid != 0 && thread_of(tid, &pid, &run);
+    int att = exists && attached(base, pid);
+    if (lock_owner(m) != tid)
+        return THEUS_OK;
+    if (tid == 0)
+        return err_set(NULL, THEUS_EBUSY, "shared state '%s': its %s was not free within %llu ms "
+                       "(THEUS_SHARED_WAIT_MS)", name, what, (unsigned long long)bound);
+    if (!exists)
+        return err_set(NULL, THEUS_ECORRUPT, "shared state '%s': its %s is held by thread %d, "
+                       "which does not exist: the lock word is stale (a corrupt or copied "
+                       "segment)", name, what, (int)tid);
+    if (run == 'T' || run == 't')
+        return err_set(NULL, THEUS_EBUSY, "shared state '%s': its %s is held by process %d, "
+                       "which is stopped; gave up after %llu ms (THEUS_SHARED_WAIT_MS)", name,
+                       what, (int)pid, (unsigned long long)bound);
+    if (wait_for_live && att)
+        return THEUS_OK;
+    return err_set(NULL, THEUS_EBUSY, "shared state '%s': its %s has been held by process %d%s "
+                   "for over %llu ms (THEUS_SHARED_WAIT_MS)", name, what, (int)pid,
+                   att ? "" : ", which is not attached to it,", (unsigned long long)bound);
+}
+
 int shared_lock(unsigned char *base, pthread_mutex_t *m, const char *what, const char *name,
                 int wait_for_live)
 {
@@ -95,26 +124,9 @@ int shared_lock(unsigned char *base, pthread_mutex_t *m, const char *what, const
         if (e == ETIMEDOUT) {
             /* Who holds it? A live, running process attached to the state is working (a
              * long commit, or one waiting for commit holds): when asked, keep waiting. */
-            pid_t tid = lock_owner(m), pid = 0;
-            char run = '?';
-            if (tid == 0)
-                return err_set(NULL, THEUS_EBUSY, "shared state '%s': its %s was not free within "
-                               "%llu ms (THEUS_SHARED_WAIT_MS)", name, what,
-                               (unsigned long long)bound);
-            if (!thread_of(tid, &pid, &run))
-                return err_set(NULL, THEUS_ECORRUPT, "shared state '%s': its %s is held by "
-                               "thread %d, which does not exist: the lock word is stale (a "
-                               "corrupt or copied segment)", name, what, (int)tid);
-            if (run == 'T' || run == 't')
-                return err_set(NULL, THEUS_EBUSY, "shared state '%s': its %s is held by "
-                               "process %d, which is stopped; gave up after %llu ms "
-                               "(THEUS_SHARED_WAIT_MS)", name, what, (int)pid,
-                               (unsigned long long)bound);
-            if (!wait_for_live || !attached(base, pid))
-                return err_set(NULL, THEUS_EBUSY, "shared state '%s': its %s has been held by "
-                               "process %d%s for over %llu ms (THEUS_SHARED_WAIT_MS)", name, what,
-                               (int)pid, attached(base, pid) ? "" : ", which is not attached to it,",
-                               (unsigned long long)bound);
+            int rc = judge_holder(base, m, what, name, wait_for_live, bound);
+            if (rc != THEUS_OK)
+                return rc;
         }
         if (!bound)
             bound = shared_wait_bound_ms();
