@@ -26,7 +26,7 @@ static void layout_segment(const theus_state *st, const uint32_t *place, size_t 
                            seg_layout *L)
 {
     size_t nf = st->schema->nfields, off_fields, off_log, hdr_bytes;
-    state_layout(nf, st->opts.commit_log_capacity, &off_fields, &off_log, &hdr_bytes);
+    state_layout(st->schema, st->opts.commit_log_capacity, &off_fields, &off_log, &hdr_bytes);
     L->off_shared = shared_align(hdr_bytes, 64);
     L->off_schema = shared_align(L->off_shared + sizeof(shared_area), 64);
     L->schema_len = schema_len;

@@ -2,6 +2,7 @@
  * remove, and the clean-up of abandoned states and of half-made segments. */
 #include "shared_impl.h"
 #include "alloc.h"
+#include "tx.h"
 #include "error.h"
 #include <dirent.h>
 #include <errno.h>
