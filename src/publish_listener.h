@@ -32,6 +32,9 @@ typedef struct publish_listener {
      * published (documented as such, e.g. THEUS_EIO: published, not durable). */
     int  (*acknowledge)(void *user, const publish_batch *b);
     void *user;
+    /* When the state is destroyed (its last handle in this process goes), before its memory:
+     * free @user. */
+    void (*release)(void *user);
 } publish_listener;
 
 /* Listeners one state can hold. */

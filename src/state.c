@@ -2,6 +2,7 @@
  * its priority lease, commit holds and the replay sequence readers validate with, and
  * counters. */
 #include "state.h"
+#include "publish.h"
 #include "alloc.h"
 #include "dtype.h"
 #include "error.h"
@@ -316,6 +317,7 @@ void state_unref(theus_state *st)
 {
     if (atomic_fetch_sub(&st->refs, 1) != 1)
         return;
+    publish_release(st);
     if (st->shm) {
         shared_detach(st);
         return;
