@@ -521,3 +521,21 @@ Test(durable, group_commit_from_threads)
         theus_state_destroy(st);
     }
 }
+
+/* ---- the log's checksum ------------------------------------------------------------------ */
+#include "durable/crc32c.h"
+
+Test(durable, crc32c_known_values_and_both_implementations_agree)
+{
+    cr_assert_eq(crc32c(0, "123456789", 9), 0xE3069283u);
+    cr_assert_eq(crc32c_portable(0, "123456789", 9), 0xE3069283u);
+    cr_assert_eq(crc32c(0, "", 0), 0u);
+    static unsigned char buf[4099];
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (unsigned char)(i * 131 + 7);
+    for (size_t n = 0; n < sizeof buf; n += 37) {
+        uint32_t a = crc32c(0, buf, n), b = crc32c_portable(0, buf, n);
+        cr_assert_eq(a, b, "length %zu", n);
+        cr_assert_eq(crc32c(crc32c(0, buf, n / 3), buf + n / 3, n - n / 3), a, "chained");
+    }
+}
