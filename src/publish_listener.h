@@ -32,9 +32,6 @@ typedef struct publish_listener {
      * published (documented as such, e.g. THEUS_EIO: published, not durable). */
     int  (*acknowledge)(void *user, const publish_batch *b);
     void *user;
-    /* When the state is destroyed (its last handle in this process goes), before its memory:
-     * free @user. */
-    void (*release)(void *user);
 } publish_listener;
 
 /* Listeners one state can hold. */
@@ -42,6 +39,9 @@ typedef struct publish_listener {
 
 typedef struct publish_list {
     publish_listener l[PUBLISH_MAX_LISTENERS];
+    /* Per listener: called with its user pointer when the state is destroyed (NULL: none);
+     * set by publish_listen_owned. */
+    void (*release[PUBLISH_MAX_LISTENERS])(void *user);
     uint32_t n;
 } publish_list;
 

@@ -45,7 +45,7 @@ static void durable_release(void *user)
 durable *durable_of(const theus_state *st)
 {
     for (uint32_t i = 0; i < st->listeners.n; i++)
-        if (st->listeners.l[i].release == durable_release)
+        if (st->listeners.release[i] == durable_release)
             return st->listeners.l[i].user;
     return NULL;
 }
@@ -342,8 +342,8 @@ int theus_state_open_version(const char *dir, uint64_t version, theus_state **ou
     d->info = (theus_durable_info){.version = r.version, .checkpoint_version = r.ckpt_version,
                                    .records_replayed = r.records, .torn_bytes = r.torn_bytes,
                                    .torn_offset = r.torn_offset};
-    publish_listener l = {.prepare = read_only_prepare, .user = d, .release = durable_release};
-    if ((rc = publish_listen(st, &l)) != THEUS_OK)
+    publish_listener l = {.prepare = read_only_prepare, .user = d};
+    if ((rc = publish_listen_owned(st, &l, durable_release)) != THEUS_OK)
         goto fail;
     *out = st;
     return THEUS_OK;

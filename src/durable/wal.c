@@ -413,7 +413,6 @@ int wal_attach(wal *w, void (*release)(void *user), void *user)
                           .cancel = wal_cancel,
                           .published = wal_published,
                           .acknowledge = wal_acknowledge,
-                          .user = w,
-                          .release = release};
-    return publish_listen(w->st, &l);
+                          .user = w};
+    return publish_listen_owned(w->st, &l, release);
 }
