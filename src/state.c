@@ -3,6 +3,7 @@
  * commit lock is state_lock.c, holds and the replay sequence state_hold.c, the priority
  * lease priority.c. */
 #include "state.h"
+#include "publish.h"
 #include "alloc.h"
 #include "dtype.h"
 #include "error.h"
@@ -329,6 +330,7 @@ void state_unref(theus_state *st)
 {
     if (atomic_fetch_sub(&st->refs, 1) != 1)
         return;
+    publish_release(st);
     if (st->ops) {
         st->ops->detach(st);
         return;
