@@ -19,8 +19,6 @@ void publish_unlisten(theus_state *st, void *user);
 /* As publish_listen; @release(l->user) runs when the state is destroyed (the listener's
  * context lives as long as its state). */
 int publish_listen_owned(theus_state *st, const publish_listener *l, void (*release)(void *user));
-/* Every listener's release (reverse order), then none is attached: state destruction. */
-void publish_release(theus_state *st);
 
 /* ---- for the commit path (commit.c, redo.c) ----------------------------------------- */
 
