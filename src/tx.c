@@ -2,6 +2,7 @@
  * the fail-fast target checks staging shares (tx_stage.c stages), contracts, abort. */
 #include "tx.h"
 #include "alloc.h"
+#include "conflict.h"
 #include "error.h"
 #include <fnmatch.h>
 #include <stdint.h>
@@ -37,11 +38,13 @@ void payload_unref(payload_ref *ref)
 
 void tx_free(theus_tx *tx)
 {
+    if (tx->ext && tx->ext->free)
+        tx->ext->free(tx->ext);
     for (size_t i = 0; i < tx->ndeltas; i++) {
         const delta *d = &tx->deltas[i];
         if (d->ref) {
             payload_unref(d->ref);
-        } else {
+        } else if (!d->borrowed) {
             const theus_backend *b = tx->st->backend[d->field];
             b->iface->unstage(b->ctx, d->payload);
         }
@@ -183,58 +186,6 @@ int tx_overlay(const theus_tx *tx, uint32_t field, void *buf, const theus_region
     return THEUS_OK;
 }
 
-/* Fill @c if a commit after @base wrote a region of field @i overlapping @r. */
-static int check_region(const theus_state *st, uint64_t base, uint32_t i, const theus_region *r,
-                        int adds_commute, theus_conflict_kind kind, theus_conflict *c)
-{
-    const field_desc *f = &st->fields[i];
-    if (atomic_load_explicit(&f->version, memory_order_acquire) <= base)
-        return 0;
-    const log_entry *hit = NULL;
-    log_probe p = commit_log_probe(&st->hdr->log, st->log_ring, base, i, r, adds_commute, &hit);
-    if (p == LOG_CLEAR)
-        return 0;
-    memset(c, 0, sizeof *c);
-    c->base = base;
-    memcpy(c->field, f->name, sizeof c->field);
-    if (p == LOG_HIT) {
-        c->kind = kind;
-        c->region = hit->region;
-        c->version = hit->version;
-    } else {
-        c->kind = THEUS_CONFLICT_STALE_BASE;
-        c->region = *r;
-        c->version = atomic_load(&f->version);
-    }
-    return 1;
-}
-
-int tx_check_conflicts(const theus_tx *tx, uint64_t now, theus_conflict *c)
-{
-    const theus_state *st = tx->st;
-    if (now == tx->base)
-        return 0;
-    if (tx->isolation == THEUS_ISOLATION_STRICT) {
-        memset(c, 0, sizeof *c);
-        c->kind = THEUS_CONFLICT_STRICT;
-        c->base = tx->base;
-        c->version = tx->base + 1;
-        return 1;
-    }
-    for (size_t k = 0; k < tx->ndeltas; k++) {
-        const delta *d = &tx->deltas[k];
-        if (check_region(st, tx->base, d->field, &d->r, d->op == DELTA_ADD,
-                         THEUS_CONFLICT_WRITE_WRITE, c))
-            return 1;
-    }
-    if (tx->isolation == THEUS_ISOLATION_SERIALIZABLE)
-        for (size_t k = 0; k < tx->nreads; k++)
-            if (check_region(st, tx->base, tx->reads[k].field, &tx->reads[k].r, 0,
-                             THEUS_CONFLICT_READ_WRITE, c))
-                return 1;
-    return 0;
-}
-
 /* Optimistic attempts of a read before it copies under the commit lock. */
 #define READ_OPTIMISTIC_TRIES 4
 
@@ -269,10 +220,10 @@ int theus_tx_read(theus_tx *tx, const char *field, const theus_region *r, void *
         if (locked) {
             rc = state_lock(st);
             if (rc != THEUS_OK)
-                return err_set(st, rc, "read: %s", theus_last_error_message());
+                return err_wrap(st, rc, "read");
         } else if (!state_read_begin(st, &seq)) {
             if ((rc = state_lock(st)) != THEUS_OK)
-                return err_set(st, rc, "read: %s", theus_last_error_message());
+                return err_wrap(st, rc, "read");
             state_unlock(st);
             continue;
         }
@@ -285,8 +236,8 @@ int theus_tx_read(theus_tx *tx, const char *field, const theus_region *r, void *
             c.version = tx->base + 1;
             conflict = 1;
         } else {
-            conflict = check_region(st, tx->base, (uint32_t)i, &reg, 0, THEUS_CONFLICT_READ_WRITE,
-                                    &c);
+            conflict = conflict_check_region(st, tx->base, (uint32_t)i, &reg,
+                                             THEUS_CONFLICT_READ_WRITE, &c);
         }
         if (!conflict)
             rc = st->backend[i]->iface->read(st->backend[i]->ctx, st->data[i], &st->frames[i],
