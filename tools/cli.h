@@ -69,6 +69,9 @@ typedef struct cli_target {
     size_t map_len;
     uint64_t header_len;
     char *metadata_json;          /* the "__metadata__" object as JSON text, or NULL */
+    int theus_file;               /* its metadata says theus wrote it */
+    char *load_problem;           /* why theus_state_load_safetensors would refuse the file,
+                                     or NULL when it would accept it */
 } cli_target;
 
 /* Open @spec: an existing file (safetensors), else a shared state name. @need_values:

@@ -50,6 +50,15 @@ static void info_json(const cli_target *t)
     } else {
         printf(", \"file_bytes\": %zu, \"header_bytes\": %llu, \"metadata\": %s", t->map_len,
                (unsigned long long)t->header_len, t->metadata_json ? t->metadata_json : "null");
+        printf(", \"theus_loadable\": %s", t->load_problem ? "false" : "true");
+        if (t->theus_file) {
+            printf(", \"version\": %llu, \"schema\": ", (unsigned long long)t->version);
+            cli_put_json_string(stdout, t->schema_name);
+        }
+        if (t->load_problem) {
+            printf(", \"load_problem\": ");
+            cli_put_json_string(stdout, t->load_problem);
+        }
     }
     printf(", \"fields\": [");
     for (size_t i = 0; i < t->nfields; i++) {
@@ -91,8 +100,15 @@ static void info_text(const cli_target *t)
     } else {
         printf("safetensors file '%s': %zu tensor%s, %zu bytes (header %llu)\n", t->label,
                t->nfields, t->nfields == 1 ? "" : "s", t->map_len, (unsigned long long)t->header_len);
-        if (t->metadata_json)
+        if (t->theus_file)
+            printf("  written by theus: state version %llu, schema '%s'\n",
+                   (unsigned long long)t->version, t->schema_name);
+        else if (t->metadata_json)
             printf("  metadata: %s\n", t->metadata_json);
+        if (t->load_problem)
+            printf("  theus_state_load_safetensors would refuse it: %s\n", t->load_problem);
+        else
+            printf("  theus_state_load_safetensors accepts it\n");
     }
     const int shared = t->kind == CLI_TARGET_SHARED;
     size_t wname = shared ? 5 : 6, wshape = 5, wplace = 9;
@@ -115,8 +131,8 @@ static void info_text(const cli_target *t)
         printf("%-*s  %-5s  %-*s  %12s  %-*s  %-6s  %s\n", (int)wname, "FIELD", "DTYPE",
                (int)wshape, "SHAPE", "BYTES", (int)wplace, "PLACEMENT", "ZONE", "VERSION");
     else
-        printf("%-*s  %-7s  %-*s  %12s  %s\n", (int)wname, "TENSOR", "DTYPE", (int)wshape,
-               "SHAPE", "BYTES", "OFFSET");
+        printf("%-*s  %-7s  %-*s  %12s  %10s%s\n", (int)wname, "TENSOR", "DTYPE", (int)wshape,
+               "SHAPE", "BYTES", "OFFSET", t->theus_file ? "  ZONE    VERSION" : "");
     for (size_t i = 0; i < t->nfields; i++) {
         const cli_field *f = &t->fields[i];
         shape_text(f, shape, sizeof shape);
@@ -129,8 +145,11 @@ static void info_text(const cli_target *t)
                    f->dtype_name, (int)wshape, shape, (unsigned long long)f->nbytes, (int)wplace,
                    place, f->zone, (unsigned long long)f->version);
         } else {
-            printf("%-*s  %-7s  %-*s  %12llu  %llu\n", (int)wname, f->name, f->dtype_name,
+            printf("%-*s  %-7s  %-*s  %12llu  %10llu", (int)wname, f->name, f->dtype_name,
                    (int)wshape, shape, (unsigned long long)f->nbytes, (unsigned long long)f->offset);
+            if (t->theus_file)
+                printf("  %-6s  %llu", f->zone ? f->zone : "-", (unsigned long long)f->version);
+            printf("\n");
         }
     }
 }

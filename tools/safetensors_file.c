@@ -1,34 +1,68 @@
 /* A read-only safetensors header reader for the CLI: 8-byte little-endian header length,
  * a JSON header naming each tensor's dtype, shape and data offsets (relative to the end of
  * the header), and an optional "__metadata__" object of strings. Every offset is checked
- * against the file before anything reads it. */
+ * against the file before anything reads it. Lenient where the library's loader
+ * (src/durable/safetensors.c) is strict — dtypes theus lacks are listed, not refused — and
+ * that loader's verdict is reported beside (t->load_problem). */
 #include "cli.h"
 #include "dtype.h"
+#include "durable/safetensors.h"
 
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* safetensors dtype names theus shares. */
+/* The safetensors dtype name's theus dtype, or -1 for one theus lacks (F8_E4M3 ...). */
 static int dtype_from_st(const char *s)
 {
-    static const char *const names[THEUS_DTYPE_COUNT] = {
-        [THEUS_DTYPE_BOOL] = "BOOL", [THEUS_DTYPE_U8] = "U8",   [THEUS_DTYPE_I8] = "I8",
-        [THEUS_DTYPE_U16] = "U16",   [THEUS_DTYPE_I16] = "I16", [THEUS_DTYPE_U32] = "U32",
-        [THEUS_DTYPE_I32] = "I32",   [THEUS_DTYPE_U64] = "U64", [THEUS_DTYPE_I64] = "I64",
-        [THEUS_DTYPE_F16] = "F16",   [THEUS_DTYPE_BF16] = "BF16", [THEUS_DTYPE_F32] = "F32",
-        [THEUS_DTYPE_F64] = "F64",
-    };
-    for (int i = 0; i < THEUS_DTYPE_COUNT; i++)
-        if (strcmp(names[i], s) == 0)
-            return i;
-    return -1;
+    theus_dtype dt;
+    return st_dtype_from_name(s, &dt) == 0 ? (int)dt : -1;
 }
 
 static int bad(char *err, size_t errlen, const char *fmt, const char *a)
 {
     snprintf(err, errlen, fmt, a);
     return THEUS_ECORRUPT;
+}
+
+/* Files theus wrote (theus_state_save_safetensors, checkpoints) carry their state version,
+ * schema and field versions in "__metadata__" (docs/durability.md): show them. */
+static void read_theus_metadata(cli_target *t, json_t *meta)
+{
+    json_t *v = json_object_get(meta, "theus.version");
+    if (json_is_string(v)) {
+        t->version = strtoull(json_string_value(v), NULL, 10);
+        t->theus_file = 1;
+    }
+    json_t *fv = NULL, *schema = NULL;
+    v = json_object_get(meta, "theus.field_versions");
+    if (json_is_string(v))
+        fv = json_loads(json_string_value(v), 0, NULL);
+    v = json_object_get(meta, "theus.schema");
+    if (json_is_string(v))
+        schema = json_loads(json_string_value(v), 0, NULL);
+    json_t *name = json_object_get(schema, "name");
+    if (json_is_string(name))
+        snprintf(t->schema_name, sizeof t->schema_name, "%s", json_string_value(name));
+    json_t *fields = json_object_get(schema, "fields");
+    for (size_t i = 0; i < t->nfields; i++) {
+        cli_field *f = &t->fields[i];
+        json_t *ver = json_object_get(fv, f->name);
+        if (json_is_integer(ver) && json_integer_value(ver) > 0)
+            f->version = (uint64_t)json_integer_value(ver);
+        json_t *sf = json_object_get(fields, f->name);
+        json_t *zone = json_object_get(sf, "zone"), *place = json_object_get(sf, "placement");
+        static const char *const zones[] = {"data", "signal", "meta", "const"};
+        static const char *const places[] = {"device", "pinned", "host"};
+        for (size_t k = 0; json_is_string(zone) && k < 4; k++)
+            if (strcmp(json_string_value(zone), zones[k]) == 0)
+                f->zone = zones[k];
+        for (size_t k = 0; json_is_string(place) && k < 3; k++)
+            if (strcmp(json_string_value(place), places[k]) == 0)
+                f->requested = places[k];
+    }
+    json_decref(fv);
+    json_decref(schema);
 }
 
 int cli_safetensors_parse(cli_target *t, char *err, size_t errlen)
@@ -57,11 +91,12 @@ int cli_safetensors_parse(cli_target *t, char *err, size_t errlen)
     }
     uint64_t data_len = t->map_len - 8 - hlen;
     const char *key;
-    json_t *v;
+    json_t *v, *meta = NULL;
     int rc = THEUS_OK;
     json_object_foreach(root, key, v) {
         if (strcmp(key, "__metadata__") == 0) {
             t->metadata_json = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS);
+            meta = v;
             continue;
         }
         cli_field *f = &t->fields[t->nfields];
@@ -110,6 +145,17 @@ int cli_safetensors_parse(cli_target *t, char *err, size_t errlen)
         f->placement = "file";
         t->nfields++;
     }
+    if (rc == THEUS_OK && json_is_object(meta))
+        read_theus_metadata(t, meta);
     json_decref(root);
+    if (rc == THEUS_OK) {
+        st_header h;
+        char why[512] = "";
+        if (st_header_parse((const char *)t->map + 8, (size_t)hlen, data_len, &h, why,
+                            sizeof why) == THEUS_OK)
+            st_header_free(&h);
+        else
+            t->load_problem = strdup(why[0] ? why : "refused");
+    }
     return rc;
 }

@@ -107,6 +107,7 @@ void cli_target_close(cli_target *t)
         munmap((void *)t->map, t->map_len);
     free(t->fields);
     free(t->metadata_json);
+    free(t->load_problem);
     memset(t, 0, sizeof *t);
 }
 

@@ -160,6 +160,16 @@ expect 0 '^\[\[3\.25\]\]$' -- dump "$tmp/t.safetensors" 'a[1:,0:1]'
 expect 4 'F8_E4M3 has no theus equivalent' -- dump "$tmp/t.safetensors" d
 expect 0 "d: dtype F8_E4M3 skipped" -- dump "$tmp/t.safetensors"
 expect_json dump --json "$tmp/t.safetensors" a b c
+expect 0 'would refuse it: .*F8_E4M3' -- info "$tmp/t.safetensors"
+"$fixture" save "$tmp/saved.safetensors"
+expect 0 'theus_state_load_safetensors accepts it' -- info "$tmp/saved.safetensors"
+expect 0 "written by theus: state version 2, schema 'cli-fixture'" -- info "$tmp/saved.safetensors"
+expect 0 'flag +bool +\[2\] +2 +[0-9]+ +meta +2' -- info "$tmp/saved.safetensors"
+expect 0 '"version": 2' -- dump --json "$tmp/saved.safetensors" step
+expect 0 'w +f32 +\[2, 3\] +24' -- info "$tmp/saved.safetensors"
+expect 0 '"theus_loadable": true' -- info --json "$tmp/saved.safetensors"
+expect 0 '^\[\[4, 0\.1, nan\]\]$' -- dump "$tmp/saved.safetensors" 'w[1]'
+expect 0 '^42$' -- dump "$tmp/saved.safetensors" step
 printf 'garbage!' > "$tmp/junk.safetensors"
 expect 1 'header length' -- info "$tmp/junk.safetensors"
 head -c 40 "$tmp/t.safetensors" > "$tmp/cut.safetensors"

@@ -4,8 +4,11 @@
  *   fixture abandon NAME  create it and exit without detaching (as if killed): the state
  *                         is left abandoned
  *   fixture file PATH     write a safetensors file with known values (f16, bf16, NaN, ...)
+ *   fixture save PATH     save a private state with the values of `hold` as a safetensors
+ *                         file (theus_state_save_safetensors)
  * Only the installed public API. */
 #include <theus/theus.h>
+#include <theus/theus_durable.h>
 #include <theus/theus_shared.h>
 
 #include <math.h>
@@ -80,12 +83,23 @@ static int write_file(const char *path)
 int main(int argc, char **argv)
 {
     if (argc != 3) {
-        fprintf(stderr, "usage: fixture hold|abandon NAME | fixture file PATH\n");
+        fprintf(stderr, "usage: fixture hold|abandon NAME | fixture file|save PATH\n");
         return 2;
     }
     if (strcmp(argv[1], "file") == 0)
         return write_file(argv[2]);
     theus_state *st = NULL;
+    if (strcmp(argv[1], "save") == 0) {
+        int rc = theus_state_create(schema, NULL, &st);
+        if (rc == THEUS_OK)
+            rc = fill(st);
+        if (rc == THEUS_OK)
+            rc = theus_state_save_safetensors(st, argv[2]);
+        if (rc != THEUS_OK)
+            fprintf(stderr, "fixture: %s: %s\n", theus_strerror(rc), theus_last_error_message());
+        theus_state_destroy(st);
+        return rc == THEUS_OK ? 0 : 1;
+    }
     int rc = theus_state_create_shared(argv[2], schema, NULL, NULL, &st);
     if (rc == THEUS_OK)
         rc = fill(st);
