@@ -179,6 +179,23 @@ int state_header_init(theus_state *st, size_t total, int pshared)
     return THEUS_OK;
 }
 
+int state_maps_fit(const state_header *h, const field_desc *f, size_t size)
+{
+    if (h->off_map < h->off_log || h->off_map > size || h->off_map % 8)
+        return 0;
+    uint64_t room = (size - h->off_map) / sizeof(uint64_t), next = 0;
+    for (uint32_t i = 0; i < h->nfields; i++) {
+        uint32_t shift;
+        uint64_t blocks;
+        block_map_geometry(f[i].nbytes, &shift, &blocks);
+        if (f[i].map_shift != shift || f[i].map_blocks != blocks || f[i].map_first != next ||
+            blocks > room - next)
+            return 0;
+        next += blocks;
+    }
+    return 1;
+}
+
 void state_header_fini(state_header *h)
 {
     pthread_mutex_destroy(&h->hold_lock);

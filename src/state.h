@@ -111,6 +111,10 @@ void state_bind(theus_state *st, state_header *h);
  * (placements not chosen yet), log, locks (process-shared and robust when @pshared). */
 int state_header_init(theus_state *st, size_t total, int pshared);
 void state_header_fini(state_header *h);
+/* Whether the block maps of the @h->nfields fields @f have the geometry their sizes give
+ * and lie inside a header block of @size bytes, apart from the rest of the header (for a
+ * segment another process laid out). */
+int state_maps_fit(const state_header *h, const field_desc *f, size_t size);
 /* Where field @f would live: a GPU placement goes to the CUDA backend when @gpu is given,
  * otherwise to host memory (THEUS_ENODEV without fallback). Sets f->placement. */
 int state_place_field(const theus_state *st, field_desc *f, const theus_backend *gpu,
