@@ -1,4 +1,5 @@
-/* theus durability and interop: safetensors files (docs/durability.md). Nothing in this
+/** @file
+ * theus durability and interop: safetensors files (docs/durability.md). Nothing in this
  * header depends on CUDA or jansson. */
 #ifndef THEUS_THEUS_DURABLE_H
 #define THEUS_THEUS_DURABLE_H
@@ -41,16 +42,18 @@ typedef struct theus_load_options {
     /** NULL: a tensor loads into the field of the same name. Otherwise called once per
      *  tensor. */
     theus_tensor_map_fn map;
-    void *map_user;
+    void *map_user;       /**< passed to @c map as is */
     /** 1: also load tensors into `signal` fields (default 0: skipped, as checkpoints do). */
     int load_signal;
 } theus_load_options;
 
+/** Initializer of theus_load_options: every member at its default. */
 #define THEUS_LOAD_OPTIONS_INIT {0, NULL, NULL, 0}
 
 /**
  * @brief Load a safetensors file (written by theus, Python `safetensors`, PyTorch ...) into
  *        the fields its tensors name, as one transaction.
+ * @param[in] st   the state.
  * @param[in] path the file; borrowed for the call.
  * @return THEUS_OK; THEUS_ENOENT (no such file); THEUS_ECORRUPT (the file is not a valid
  *         safetensors file: header length, JSON, dtype names, shapes, data_offsets — the
@@ -65,7 +68,9 @@ typedef struct theus_load_options {
  */
 THEUS_API int theus_state_load_safetensors(theus_state *st, const char *path);
 
-/** @brief As theus_state_load_safetensors, with options (NULL: THEUS_LOAD_OPTIONS_INIT).
+/** @brief As theus_state_load_safetensors, with options.
+ *  @param st, path as for theus_state_load_safetensors.
+ *  @param opts options, or NULL for THEUS_LOAD_OPTIONS_INIT; borrowed for the call.
  *  @return as theus_state_load_safetensors; THEUS_EINVAL for bad options. */
 THEUS_API int theus_state_load_safetensors_ex(theus_state *st, const char *path,
                                               const theus_load_options *opts);
