@@ -1,5 +1,5 @@
 # Sourced by .ci/test after the install into $prefix: the INSTALLED `theus` tool and its
-# man page (issue 13 item 1). tests/cli/cli_test.sh checks every subcommand, good and bad
+# man page (issue 13 item 1), and the installed theus-bench (item 2). tests/cli/cli_test.sh checks every subcommand, good and bad
 # input and exit codes; its fixture comes from the release build tree.
 stage "command-line tool: installed $prefix/bin/theus"
 (
@@ -13,4 +13,10 @@ stage "command-line tool: installed $prefix/bin/theus"
     fi
     env -u LD_LIBRARY_PATH bash tests/cli/cli_test.sh "$prefix/bin/theus" \
         build-ci/release/tests/theus_cli_fixture
+    # theus-bench is installed too; --plot without gnuplot fails at once (status 2).
+    "$prefix/bin/theus-bench" --help | grep -q -- '--plot DIR'
+    rc=0
+    PATH=/nonexistent "$prefix/bin/theus-bench" --plot "$root/build-ci/plot-check" 2>/dev/null || rc=$?
+    [ "$rc" -eq 2 ] || { echo "theus-bench --plot without gnuplot: exit $rc, expected 2" >&2; exit 1; }
+    echo "installed theus-bench: --help, --plot check: OK"
 )
