@@ -26,7 +26,8 @@ typedef struct cli_command {
     int (*run)(int argc, char **argv);   /* argv[0] is the subcommand's name */
 } cli_command;
 
-extern const cli_command cli_validate, cli_ls, cli_info, cli_dump, cli_rm, cli_cleanup;
+extern const cli_command cli_validate, cli_ls, cli_info, cli_dump, cli_diff, cli_rm, cli_cleanup,
+    cli_log, cli_verify, cli_checkpoint;
 
 /* Messages: "theus <cmd>: ..." on stderr. */
 void cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -37,7 +38,7 @@ int cli_is_help(const char *arg);
 int cli_usage(const cli_command *c, int rc);   /* prints usage (stdout for 0, else stderr) */
 
 /* ---- what info and dump look at: a shared state or a safetensors file ---------------- */
-typedef enum cli_kind { CLI_TARGET_SHARED = 0, CLI_TARGET_SAFETENSORS } cli_kind;
+typedef enum cli_kind { CLI_TARGET_SHARED = 0, CLI_TARGET_SAFETENSORS, CLI_TARGET_DURABLE } cli_kind;
 
 typedef struct cli_field {
     char name[256];
@@ -60,8 +61,9 @@ typedef struct cli_target {
     cli_field *fields;
     uint64_t version;             /* the state version; 0 when not known */
     char schema_name[THEUS_NAME_MAX + 1];
-    /* shared states */
+    /* shared states, durable directories (a read-only rebuild of one version) */
     theus_state *st;              /* NULL when it could not be opened (summary only) */
+    uint64_t oldest, newest;      /* durable: the versions the directory can rebuild */
     theus_shared_summary summary;
     int open_status;              /* why st is NULL */
     /* safetensors files */
@@ -74,9 +76,10 @@ typedef struct cli_target {
                                      or NULL when it would accept it */
 } cli_target;
 
-/* Open @spec: an existing file (safetensors), else a shared state name. @need_values:
- * open a shared state's fields (info can do with the summary alone). Returns a THEUS_*
- * status and writes a message into @err. */
+/* Open @spec: a durable state directory (DIR, or DIR@VERSION for an older version), an
+ * existing file (safetensors), else a shared state name. @need_values: open a shared
+ * state's fields (info can do with the summary alone). Returns a THEUS_* status and writes
+ * a message into @err. */
 int cli_target_open(const char *spec, int need_values, cli_target *t, char *err, size_t errlen);
 void cli_target_close(cli_target *t);
 int cli_target_find(const cli_target *t, const char *field);

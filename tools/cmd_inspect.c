@@ -26,7 +26,8 @@ static void put_shape_json(FILE *out, int ndim, const int64_t *v)
 
 static const char *kind_word(const cli_target *t)
 {
-    return t->kind == CLI_TARGET_SHARED ? "shared" : "safetensors";
+    return t->kind == CLI_TARGET_SHARED ? "shared" : t->kind == CLI_TARGET_DURABLE ? "durable"
+                                                                            : "safetensors";
 }
 
 static void info_json(const cli_target *t)
@@ -47,6 +48,12 @@ static void info_json(const cli_target *t)
                (unsigned long long)s->dropped);
         if (!t->st)
             printf(", \"open_error\": \"%s\"", theus_strerror(t->open_status));
+    } else if (t->kind == CLI_TARGET_DURABLE) {
+        printf(", \"schema\": ");
+        cli_put_json_string(stdout, t->schema_name);
+        printf(", \"version\": %llu, \"oldest\": %llu, \"newest\": %llu",
+               (unsigned long long)t->version, (unsigned long long)t->oldest,
+               (unsigned long long)t->newest);
     } else {
         printf(", \"file_bytes\": %zu, \"header_bytes\": %llu, \"metadata\": %s", t->map_len,
                (unsigned long long)t->header_len, t->metadata_json ? t->metadata_json : "null");
@@ -97,6 +104,11 @@ static void info_text(const cli_target *t)
                    theus_last_error_message());
             return;
         }
+    } else if (t->kind == CLI_TARGET_DURABLE) {
+        printf("durable state '%s': schema '%s', version %llu (the directory can rebuild "
+               "versions %llu to %llu)\n", t->label, t->schema_name,
+               (unsigned long long)t->version, (unsigned long long)t->oldest,
+               (unsigned long long)t->newest);
     } else {
         printf("safetensors file '%s': %zu tensor%s, %zu bytes (header %llu)\n", t->label,
                t->nfields, t->nfields == 1 ? "" : "s", t->map_len, (unsigned long long)t->header_len);
@@ -110,7 +122,7 @@ static void info_text(const cli_target *t)
         else
             printf("  theus_state_load_safetensors accepts it\n");
     }
-    const int shared = t->kind == CLI_TARGET_SHARED;
+    const int shared = t->kind != CLI_TARGET_SAFETENSORS;   /* a state's fields */
     size_t wname = shared ? 5 : 6, wshape = 5, wplace = 9;
     char shape[160], place[64];
     for (size_t i = 0; i < t->nfields; i++) {
@@ -386,18 +398,22 @@ const cli_command cli_info = {
     .name = "info",
     .summary = "describe a shared state or a safetensors file: fields, dtypes, shapes",
     .usage =
-        "usage: theus info [--json] NAME|FILE\n"
+        "usage: theus info [--json] NAME|DIR[@VERSION]|FILE\n"
         "\n"
-        "Describe a shared state (by NAME) or a safetensors FILE (an existing path, or any\n"
-        "argument containing '/'). A shared state: schema name, version, processes, sizes,\n"
-        "and per field dtype, shape, bytes, placement (where it lives, and what the schema\n"
-        "asked for when they differ), zone and the version of the last commit that wrote\n"
-        "it. A file: its metadata and per tensor dtype, shape, bytes and data offset.\n"
-        "Durable state directories are not supported by this build.\n"
+        "Describe a shared state (by NAME), a durable state directory (its newest version,\n"
+        "or VERSION, rebuilt read-only), or a safetensors FILE (an existing path, or any\n"
+        "argument containing '/'). A state: schema name, version (a durable directory: the\n"
+        "versions it can rebuild; a shared state: processes, sizes), and per field dtype,\n"
+        "shape, bytes, placement (where it lives, and what the schema asked for when they\n"
+        "differ), zone and the version of the last commit that wrote it. A file: its\n"
+        "metadata (for files theus wrote: state version, schema, zones, field versions),\n"
+        "whether theus_state_load_safetensors accepts it, and per tensor dtype, shape,\n"
+        "bytes and data offset.\n"
         "\n"
         "  --json  the same as one JSON object\n"
         "\n"
-        "Exit status: 0; 1 a corrupt file; 3 no such state or file; 4 another error.\n",
+        "Exit status: 0; 1 a corrupt file; 2 a bad DIR@VERSION; 3 no such state, file or\n"
+        "version, or a directory that holds no durable state; 4 another error.\n",
     .run = run_info,
 };
 
@@ -405,10 +421,11 @@ const cli_command cli_dump = {
     .name = "dump",
     .summary = "print field values as text or JSON",
     .usage =
-        "usage: theus dump [--json] [--progress|--no-progress] NAME|FILE [FIELD[REGION]...]\n"
+        "usage: theus dump [--json] [--progress|--no-progress] NAME|DIR[@VERSION]|FILE\n"
+        "                  [FIELD[REGION]...]\n"
         "\n"
-        "Print the values of the given fields (default: all) of a shared state or a\n"
-        "safetensors file, read from one version. REGION selects per leading dimension\n"
+        "Print the values of the given fields (default: all) of a shared state, a version of\n"
+        "a durable state directory or a safetensors file, read from one version. REGION selects per leading dimension\n"
         "with i, a:b, a:, :b or : (negative numbers count from the end; missing\n"
         "dimensions are whole): 'theus dump run-42 w[0:2,1:]' or 'loss[0]'. Quote it for\n"
         "the shell. An index i keeps its dimension (size 1).\n"

@@ -1,6 +1,7 @@
 /* What info and dump look at: a shared state (opened by name, read through a transaction)
  * or a safetensors file (mapped read-only, read in place). */
 #include "cli.h"
+#include "theus/theus_durable.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -38,6 +39,8 @@ static int open_file(const char *path, cli_target *t, char *err, size_t errlen)
     return cli_safetensors_parse(t, err, errlen);
 }
 
+static int fields_of_state(cli_target *t);
+
 static int open_shared(const char *name, int need_values, cli_target *t, char *err, size_t errlen)
 {
     t->kind = CLI_TARGET_SHARED;
@@ -57,6 +60,48 @@ static int open_shared(const char *name, int need_values, cli_target *t, char *e
         snprintf(err, errlen, "%s: cannot open: %s", name, theus_last_error_message());
         return need_values ? rc : THEUS_OK;
     }
+    return fields_of_state(t);
+}
+
+static int open_durable(const char *spec, const char *dir, cli_target *t, char *err, size_t errlen)
+{
+    t->kind = CLI_TARGET_DURABLE;
+    snprintf(t->label, sizeof t->label, "%s", spec);
+    int rc = theus_state_versions(dir, &t->oldest, &t->newest);
+    if (rc != THEUS_OK) {
+        snprintf(err, errlen, "%s: not a durable state directory: %s", dir,
+                 theus_last_error_message());
+        return rc;
+    }
+    uint64_t v = t->newest;
+    const char *at = spec + strlen(dir);
+    if (*at == '@') {
+        char *end;
+        v = strtoull(at + 1, &end, 10);
+        if (end == at + 1 || *end) {
+            snprintf(err, errlen, "%s: expected DIR@VERSION with a decimal version", spec);
+            return THEUS_EINVAL;
+        }
+        if (v < t->oldest || v > t->newest) {
+            snprintf(err, errlen, "%s: version %llu is outside what %s can rebuild (%llu..%llu)",
+                     spec, (unsigned long long)v, dir, (unsigned long long)t->oldest,
+                     (unsigned long long)t->newest);
+            return THEUS_ENOENT;
+        }
+    }
+    rc = theus_state_open_version(dir, v, &t->st);
+    if (rc != THEUS_OK) {
+        snprintf(err, errlen, "%s: cannot rebuild version %llu: %s", dir, (unsigned long long)v,
+                 theus_last_error_message());
+        return rc;
+    }
+    snprintf(t->schema_name, sizeof t->schema_name, "%s", theus_state_name(t->st));
+    return fields_of_state(t);
+}
+
+/* The fields of an opened state (shared, or a durable version) into t->fields. */
+static int fields_of_state(cli_target *t)
+{
     t->version = theus_state_version(t->st);
     size_t n = theus_state_field_count(t->st);
     t->fields = calloc(n ? n : 1, sizeof *t->fields);
@@ -88,14 +133,20 @@ int cli_target_open(const char *spec, int need_values, cli_target *t, char *err,
     memset(t, 0, sizeof *t);
     snprintf(t->label, sizeof t->label, "%s", spec);
     struct stat sb;
-    if (strchr(spec, '/') || stat(spec, &sb) == 0) {
-        if (stat(spec, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-            snprintf(err, errlen, "%s: a directory (durable state directories are not "
-                     "supported by this build)", spec);
-            return THEUS_EINVAL;
-        }
-        return open_file(spec, t, err, errlen);
+    /* DIR@VERSION: the part before the last '@' is a directory. */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", spec);
+    char *at = strrchr(dir, '@');
+    if (at && stat(spec, &sb) != 0) {
+        *at = '\0';
+        if (stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode))
+            return open_durable(spec, dir, t, err, errlen);
+        snprintf(dir, sizeof dir, "%s", spec);
     }
+    if (stat(spec, &sb) == 0 && S_ISDIR(sb.st_mode))
+        return open_durable(spec, spec, t, err, errlen);
+    if (strchr(spec, '/') || stat(spec, &sb) == 0)
+        return open_file(spec, t, err, errlen);
     return open_shared(spec, need_values, t, err, errlen);
 }
 

@@ -6,7 +6,8 @@
 #include <string.h>
 
 static const cli_command *const commands[] = {
-    &cli_validate, &cli_ls, &cli_info, &cli_dump, &cli_rm, &cli_cleanup,
+    &cli_validate, &cli_ls, &cli_info, &cli_dump, &cli_diff, &cli_rm, &cli_cleanup,
+    &cli_log, &cli_verify, &cli_checkpoint,
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
@@ -47,7 +48,8 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: theus [--version] [--help] COMMAND [ARGS]\n"
             "\n"
-            "Inspect and manage theus states: schemas, shared states, safetensors files.\n"
+            "Inspect and manage theus states: schemas, shared states, durable state directories,\n"
+            "safetensors files.\n"
             "\n"
             "commands:\n");
     for (size_t i = 0; i < NCOMMANDS; i++)

@@ -55,7 +55,7 @@ expect 0 'commands:' -- --help
 expect 0 '^theus [0-9]+\.[0-9]+\.[0-9]+' -- --version
 expect 2 'usage' --
 expect 2 "no command 'frobnicate'" -- frobnicate
-for c in validate ls info dump rm cleanup; do
+for c in validate ls info dump diff rm cleanup log verify checkpoint; do
     expect 0 "usage: theus $c" -- "$c" --help
     expect 0 "usage: theus $c" -- help "$c"
 done
@@ -175,7 +175,57 @@ expect 1 'header length' -- info "$tmp/junk.safetensors"
 head -c 40 "$tmp/t.safetensors" > "$tmp/cut.safetensors"
 expect 1 '' -- info "$tmp/cut.safetensors"
 expect 3 'No such file' -- info "$tmp/none.safetensors"
-expect 2 'directory' -- info "$tmp"
+expect 3 'not a durable state directory' -- info "$tmp"
+
+# ---- diff between files and a live state ------------------------------------------------
+expect 0 'no differences \(5 fields compared\)' -- diff "$tmp/saved.safetensors" "$tmp/saved.safetensors"
+expect 1 '^a: only in A' -- diff "$tmp/t.safetensors" "$tmp/saved.safetensors"
+expect 1 '^w: only in B' -- diff "$tmp/t.safetensors" "$tmp/saved.safetensors"
+expect 3 "no field 'zz'" -- diff "$tmp/saved.safetensors" "$tmp/saved.safetensors" zz
+expect 2 'usage' -- diff "$tmp/saved.safetensors"
+expect 3 'No such file' -- diff "$tmp/saved.safetensors" "$tmp/none.safetensors"
+
+# ---- durable state directories: info, dump, diff, log, verify, checkpoint -------------
+dd="$tmp/durable"
+"$fixture" durable "$dd"
+expect 0 "durable state '.*durable': schema 'cli-fixture', version 4 \(the directory can rebuild versions 1 to 4\)" -- info "$dd"
+expect 0 'step +i64 +\[\] +8 +host +data +4' -- info "$dd"
+expect 0 '"kind": "durable"' -- info --json "$dd"
+expect_json info --json "$dd"
+expect 0 '^44$' -- dump "$dd" step
+expect 0 '^43$' -- dump "$dd@3" step
+expect 0 '^0$' -- dump "$dd@1" step
+expect 3 'outside what' -- dump "$dd@9" step
+expect 2 'DIR@VERSION' -- info "$dd@x"
+expect 1 '^step: 1 of 1 element differ: 42 vs 44$' -- diff "$dd@2" "$dd"
+expect 0 'no differences' -- diff "$dd@2" "$tmp/saved.safetensors" w h step flag
+expect 1 '"field": "step", "status": "values"' -- diff --json "$dd@3" "$dd@4"
+expect 0 '^version 3  commit  1 delta' -- log "$dd"
+expect 0 '^    add    step \[\]  8 bytes' -- log "$dd"
+expect 0 '^3 records in 2 segments, versions 2..4$' -- log "$dd"
+expect 0 'version 4' -- log --from 4 "$dd"
+expect_json log --json "$dd"
+expect 0 '^version 4 rebuilds$' -- verify "$dd"
+expect 0 "durable: ok" -- verify "$dd"
+expect 0 'incremental checkpoint of version 4 written' -- checkpoint --incremental "$dd"
+expect 0 'ckpt-0000000000000004.inc.safetensors \(incremental, version 4\): ok' -- verify "$dd"
+expect 0 'full checkpoint of version 4 written' -- checkpoint "$dd"
+expect 3 'not a durable state directory' -- log "$tmp"
+expect 3 'not a durable state directory' -- verify "$tmp"
+expect 3 'not a durable state directory' -- checkpoint "$tmp"
+expect 3 '' -- verify "$tmp/nope"
+# A torn tail: the last record cut short. Recovery drops it; verify and log say so.
+"$fixture" durable "$tmp/torn"
+last=$(ls "$tmp/torn"/wal-*.log | sort | tail -1)
+truncate -s -5 "$last"
+expect 0 'torn last record' -- log "$tmp/torn"
+expect 0 'note: .*torn last record' -- verify "$tmp/torn"
+# Corruption: a flipped byte inside a record that is not the last one.
+"$fixture" durable "$tmp/bad"
+seg=$(ls "$tmp/bad"/wal-*.log | sort | head -1)
+printf '\xff' | dd of="$seg" bs=1 seek=40 conv=notrunc status=none
+expect 1 'wal-0000000000000001.log: offset 32' -- verify "$tmp/bad"
+expect 1 'offset 32' -- log "$tmp/bad"
 
 echo "cli_test: $checks checks, $fails failed ($theus)"
 [ "$fails" -eq 0 ]

@@ -6,6 +6,8 @@
  *   fixture file PATH     write a safetensors file with known values (f16, bf16, NaN, ...)
  *   fixture save PATH     save a private state with the values of `hold` as a safetensors
  *                         file (theus_state_save_safetensors)
+ *   fixture durable DIR   a durable state in DIR: the values of `hold` (version 2), a full
+ *                         checkpoint, then step += 1 twice (versions 3 and 4)
  * Only the installed public API. */
 #include <theus/theus.h>
 #include <theus/theus_durable.h>
@@ -83,12 +85,32 @@ static int write_file(const char *path)
 int main(int argc, char **argv)
 {
     if (argc != 3) {
-        fprintf(stderr, "usage: fixture hold|abandon NAME | fixture file|save PATH\n");
+        fprintf(stderr, "usage: fixture hold|abandon NAME | fixture file|save PATH | fixture durable DIR\n");
         return 2;
     }
     if (strcmp(argv[1], "file") == 0)
         return write_file(argv[2]);
     theus_state *st = NULL;
+    if (strcmp(argv[1], "durable") == 0) {
+        int rc = theus_state_open_durable(argv[2], schema, NULL, NULL, &st);
+        if (rc == THEUS_OK)
+            rc = fill(st);
+        if (rc == THEUS_OK)
+            rc = theus_state_checkpoint(st, 0, NULL);
+        for (int k = 0; k < 2 && rc == THEUS_OK; k++) {
+            const int64_t one = 1;
+            theus_tx *tx = NULL;
+            rc = theus_tx_begin(st, NULL, &tx);
+            if (rc == THEUS_OK && (rc = theus_tx_add(tx, "step", NULL, &one, THEUS_MEM_HOST)) != THEUS_OK)
+                theus_tx_abort(tx);
+            else if (rc == THEUS_OK)
+                rc = theus_tx_commit(tx, NULL);
+        }
+        if (rc != THEUS_OK)
+            fprintf(stderr, "fixture: %s: %s\n", theus_strerror(rc), theus_last_error_message());
+        theus_state_destroy(st);
+        return rc == THEUS_OK ? 0 : 1;
+    }
     if (strcmp(argv[1], "save") == 0) {
         int rc = theus_state_create(schema, NULL, &st);
         if (rc == THEUS_OK)
