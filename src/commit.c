@@ -1,151 +1,68 @@
-/* The commit path: schema gatekeeper, CAS version guard with region conflicts under the
- * commit lock, replay of the whole batch, publish (commit log, versions, hooks). */
+/* The one commit path. Every commit — theus_tx_commit, theus_state_init_field, private or
+ * shared — runs commit_run: gatekeeper (before the lock), commit lock, version guard,
+ * gatekeeper on results, listeners' prepare, replay, publish (log, block map, versions),
+ * listeners' published, unlock, listeners' acknowledge. A shared state replays and
+ * publishes through its redo record (redo.c), a private one here. */
 #include "alloc.h"
-#include "dtype.h"
+#include "batch_replay.h"
+#include "conflict.h"
 #include "error.h"
-#include "shared.h"
+#include "gatekeeper.h"
+#include "publish.h"
+#include "redo.h"
 #include "tx.h"
 #include <stdint.h>
-#include <stdio.h>
 #include <string.h>
 
-static int has_constraints(const field_desc *f)
+/* The version guard, with the commit lock held and the state at version @now: whether a
+ * commit after the base conflicts with @tx under its isolation level (then *c says how).
+ * ADD deltas never conflict (they commute with every commit: the sum lands on whatever is
+ * there); ASSIGN deltas conflict with any write since the base to their region; reads,
+ * under serializable isolation, likewise. */
+static int version_guard(const theus_tx *tx, uint64_t now, theus_conflict *c)
 {
-    return f->cons.has_min || f->cons.has_max || f->cons.finite;
-}
-
-/* Per field, what the gatekeeper must do: GATE_ASSIGNS checks staged ASSIGN payloads
- * before the lock; GATE_RESULT (the batch adds to a constrained field) checks the values
- * the commit will produce, which depend on the committed state, under the lock. One pass
- * over the batch; *out stays NULL when no constrained field is touched. */
-enum { GATE_NONE = 0, GATE_ASSIGNS = 1, GATE_RESULT = 2 };
-
-static int gate_plan(theus_state *st, const theus_tx *tx, unsigned char **out)
-{
-    *out = NULL;
-    unsigned char *plan = NULL;
+    const theus_state *st = tx->st;
+    if (now == tx->base)
+        return 0;
+    if (tx->isolation == THEUS_ISOLATION_STRICT) {
+        memset(c, 0, sizeof *c);
+        c->kind = THEUS_CONFLICT_STRICT;
+        c->base = tx->base;
+        c->version = tx->base + 1;
+        return 1;
+    }
     for (size_t k = 0; k < tx->ndeltas; k++) {
         const delta *d = &tx->deltas[k];
-        if (!has_constraints(&st->fields[d->field]))
-            continue;
-        if (!plan && !(plan = theus_xcalloc(st->hdr->nfields, 1)))
-            return err_set(st, THEUS_ENOMEM, "commit: out of memory");
-        if (d->op == DELTA_ADD)
-            plan[d->field] = GATE_RESULT;
-        else if (plan[d->field] == GATE_NONE)
-            plan[d->field] = GATE_ASSIGNS;
+        if (d->op == DELTA_ASSIGN &&
+            conflict_check_region(st, tx->base, d->field, &d->r, THEUS_CONFLICT_WRITE_WRITE, c))
+            return 1;
     }
-    *out = plan;
-    return THEUS_OK;
+    if (tx->isolation == THEUS_ISOLATION_SERIALIZABLE)
+        for (size_t k = 0; k < tx->nreads; k++)
+            if (conflict_check_region(st, tx->base, tx->reads[k].field, &tx->reads[k].r,
+                                      THEUS_CONFLICT_READ_WRITE, c))
+                return 1;
+    return 0;
 }
 
-static int refuse(theus_state *st, const field_desc *f, size_t bad, double value)
-{
-    atomic_fetch_add(&st->hdr->stats.schema_refusals, 1);
-    char bounds[96] = "";
-    if (f->cons.has_min && f->cons.has_max)
-        snprintf(bounds, sizeof bounds, " (min %g, max %g)", f->cons.min, f->cons.max);
-    else if (f->cons.has_min)
-        snprintf(bounds, sizeof bounds, " (min %g)", f->cons.min);
-    else if (f->cons.has_max)
-        snprintf(bounds, sizeof bounds, " (max %g)", f->cons.max);
-    return err_set(st, THEUS_ESCHEMA, "commit refused: field '%s' element %zu would be %g, "
-                   "breaking its constraints%s%s", f->name, bad, value,
-                   f->cons.finite ? " (finite)" : "", bounds);
-}
+typedef struct tx_ops {
+    const theus_state *st;
+    const theus_tx *tx;
+} tx_ops;
 
-/* Before the lock: ASSIGN payloads of constrained fields that this transaction does not
- * also add to are the values the commit will write, so they can be checked now. */
-static int gatekeep_assigns(theus_state *st, const theus_tx *tx, const unsigned char *plan)
+static const theus_backend *tx_op(void *user, size_t k, replay_op *op)
 {
-    for (size_t k = 0; plan && k < tx->ndeltas; k++) {
-        const delta *d = &tx->deltas[k];
-        const field_desc *f = &st->fields[d->field];
-        if (plan[d->field] != GATE_ASSIGNS)
-            continue;
-        size_t bad = SIZE_MAX;
-        int rc = backend_check(st->backend[d->field], (theus_dtype)f->dtype, d->payload,
-                               d->nelems, &f->cons, &bad);
-        if (rc != THEUS_OK)
-            return err_set(st, rc, "commit: constraint check of '%s' failed to run", f->name);
-        if (bad != SIZE_MAX) {
-            double value = 0.0;
-            backend_get(st->backend[d->field], (theus_dtype)f->dtype, d->payload, d->nelems, bad,
-                        &value);
-            return refuse(st, f, bad, value);
-        }
+    const tx_ops *t = user;
+    const delta *d = &t->tx->deltas[k];
+    if (op) {
+        op->op = d->op;
+        op->dtype = (theus_dtype)t->st->fields[d->field].dtype;
+        op->base = t->st->data[d->field];
+        op->frame = &t->st->frames[d->field];
+        op->sub = d->r;
+        op->payload = d->payload;
     }
-    return THEUS_OK;
-}
-
-/* Under the lock: for constrained fields that receive ADDs, compute the values each
- * delta's region will hold after the commit (committed bytes + this batch) and check them. */
-static int gatekeep_adds(theus_state *st, const theus_tx *tx, const unsigned char *plan)
-{
-    for (size_t k = 0; plan && k < tx->ndeltas; k++) {
-        const delta *d = &tx->deltas[k];
-        const field_desc *f = &st->fields[d->field];
-        if (plan[d->field] != GATE_RESULT)
-            continue;
-        theus_dtype dt = (theus_dtype)f->dtype;
-        const theus_backend *b = st->backend[d->field];
-        void *scratch = theus_xmalloc(d->nelems * theus_dtype_size(dt));
-        if (!scratch)
-            return err_set(st, THEUS_ENOMEM, "commit: out of memory checking '%s'", f->name);
-        int rc = b->iface->read(b->ctx, st->data[d->field], &st->frames[d->field], dt, &d->r,
-                                scratch, THEUS_MEM_HOST);
-        size_t bad = SIZE_MAX;
-        if (rc == THEUS_OK)
-            rc = tx_overlay(tx, d->field, scratch, &d->r, THEUS_MEM_HOST);
-        if (rc == THEUS_OK)
-            bad = dtype_check(dt, scratch, d->nelems, &f->cons);
-        double value = bad != SIZE_MAX ? dtype_get(dt, scratch, bad) : 0.0;
-        theus_xfree(scratch);
-        if (rc != THEUS_OK)
-            return err_set(st, rc, "commit: cannot read '%s' to check its constraints", f->name);
-        if (bad != SIZE_MAX)
-            return refuse(st, f, bad, value);
-    }
-    return THEUS_OK;
-}
-
-/* The log records one entry per delta; a batch larger than an eighth of the log is
- * recorded as one bounding box per field instead, which can only add conflicts. */
-void batch_log(const theus_state *st, const theus_tx *tx, uint64_t version, log_sink sink,
-               void *user)
-{
-    log_entry e;
-    memset(&e, 0, sizeof e);
-    e.version = version;
-    if (tx->ndeltas <= st->hdr->log.capacity / 8) {
-        for (size_t k = 0; k < tx->ndeltas; k++) {
-            e.field = tx->deltas[k].field;
-            e.op = tx->deltas[k].op;
-            e.region = tx->deltas[k].r;
-            sink(user, &e);
-        }
-        return;
-    }
-    for (uint32_t f = 0; f < st->hdr->nfields; f++) {
-        int any = 0;
-        for (size_t k = 0; k < tx->ndeltas; k++) {
-            const delta *d = &tx->deltas[k];
-            if (d->field != f)
-                continue;
-            if (!any) {
-                e.field = f;
-                e.op = d->op;
-                e.region = d->r;
-                any = 1;
-            } else {
-                region_union_box(&e.region, &d->r);
-                if (d->op != (delta_op)e.op)
-                    e.op = DELTA_ASSIGN;
-            }
-        }
-        if (any)
-            sink(user, &e);
-    }
+    return t->st->backend[d->field];
 }
 
 static void append_to_log(void *user, const log_entry *e)
@@ -154,43 +71,85 @@ static void append_to_log(void *user, const log_entry *e)
     commit_log_append(&st->hdr->log, st->log_ring, e);
 }
 
-/* Replay the batch, grouped by backend so that each backend sees one call. */
-static int replay_batch(theus_state *st, const theus_tx *tx, replay_op *ops)
+/* A private state's replay and publish, inside the replay gate. */
+static int apply_private(theus_state *st, const theus_tx *tx, uint64_t version, int init,
+                         replay_op *ops)
 {
-    const theus_backend *done[4] = {0};
-    size_t ndone = 0;
-    for (size_t k = 0; k < tx->ndeltas; k++) {
-        const theus_backend *b = st->backend[tx->deltas[k].field];
-        int seen = 0;
-        for (size_t j = 0; j < ndone; j++)
-            seen |= done[j] == b;
-        if (seen)
-            continue;
-        size_t n = 0;
-        for (size_t j = k; j < tx->ndeltas; j++) {
-            const delta *d = &tx->deltas[j];
-            if (st->backend[d->field] != b)
-                continue;
-            ops[n].op = d->op;
-            ops[n].dtype = (theus_dtype)st->fields[d->field].dtype;
-            ops[n].base = st->data[d->field];
-            ops[n].frame = &st->frames[d->field];
-            ops[n].sub = d->r;
-            ops[n].payload = d->payload;
-            n++;
-        }
-        int rc = b->iface->replay(b->ctx, ops, n);
-        if (rc != THEUS_OK)
-            return rc;
-        if (ndone < 4)
-            done[ndone++] = b;
+    state_replay_gate_enter(st);
+    tx_ops src = {st, tx};
+    /* The whole batch of a backend in one call (one kernel launch on the GPU). */
+    int rc = batch_replay(tx->ndeltas, tx_op, &src, ops, tx->ndeltas);
+    if (rc != THEUS_OK)
+        rc = err_wrap(st, rc, "commit: replay failed");
+    if (rc == THEUS_OK && !init) {
+        for (size_t k = 0; k < tx->ndeltas; k++)
+            publish_region(st, tx->deltas[k].field, &tx->deltas[k].r, version);
+        publish_log_entries(st, tx, version, append_to_log, st);
+        atomic_fetch_add(&st->hdr->stats.commits, 1);
+        publish_version(st, version);
     }
-    return THEUS_OK;
+    state_replay_gate_leave(st);
+    return rc;
 }
 
-static int fail_commit(theus_tx *tx, int rc)
+static int fail_commit(theus_tx *tx, int init, int rc)
 {
-    atomic_fetch_add(&tx->st->hdr->stats.aborts, 1);
+    if (!init)
+        atomic_fetch_add(&tx->st->hdr->stats.aborts, 1);
+    tx_free(tx);
+    return rc;
+}
+
+/* The one path (see the top of the file). Consumes @tx. @init: theus_state_init_field
+ * (the state must still be at version 1; nothing is versioned or logged). */
+static int commit_run(theus_tx *tx, int init, uint64_t *committed_version)
+{
+    theus_state *st = tx->st;
+    state_header *h = st->hdr;
+    gate_plan *plan = NULL;
+    int rc = gate_begin(st, tx, &plan);
+    replay_op *ops = NULL;
+    if (rc == THEUS_OK && !st->shm && !(ops = theus_xmalloc(tx->ndeltas * sizeof *ops)))
+        rc = err_set(st, THEUS_ENOMEM, "commit: out of memory");
+    if (rc == THEUS_OK)
+        rc = state_commit_lock(st, tx->priority_ticket);
+    if (rc != THEUS_OK) {
+        gate_end(plan);
+        theus_xfree(ops);
+        return fail_commit(tx, init, rc);
+    }
+
+    uint64_t now = atomic_load_explicit(&h->version, memory_order_relaxed);
+    theus_conflict c;
+    if (init && now != 1) {
+        rc = err_set(st, THEUS_EBUSY, "field '%s': initial values only before the first commit",
+                     st->fields[tx->deltas[0].field].name);
+    } else if (!init && version_guard(tx, now, &c)) {
+        atomic_fetch_add(&h->stats.conflicts, 1);
+        rc = err_conflict(st, &c);
+    }
+    if (rc == THEUS_OK)
+        rc = gate_finish(st, tx, plan);
+    gate_end(plan);
+    publish_batch batch = {.st = st, .version = init ? 1 : now + 1, .base = tx->base, .tx = tx,
+                           .init = init};
+    if (rc == THEUS_OK)
+        rc = publish_prepare(&batch);
+    if (rc == THEUS_OK) {
+        rc = st->shm ? redo_commit(st, tx, batch.version, !init)
+                     : apply_private(st, tx, batch.version, init, ops);
+        if (rc != THEUS_OK)
+            publish_cancel(&batch);
+        else
+            publish_notify(&batch);
+    }
+    state_commit_unlock(st);
+    theus_xfree(ops);
+    if (rc != THEUS_OK)
+        return fail_commit(tx, init, rc);
+    rc = publish_acknowledge(&batch);
+    if (committed_version)
+        *committed_version = batch.version;
     tx_free(tx);
     return rc;
 }
@@ -199,8 +158,6 @@ int theus_tx_commit(theus_tx *tx, uint64_t *committed_version)
 {
     if (!tx)
         return err_set(NULL, THEUS_EINVAL, "theus_tx_commit: NULL transaction");
-    theus_state *st = tx->st;
-    state_header *h = st->hdr;
     if (tx->ndeltas == 0) {
         /* Every read was checked against the base when it was made: nothing to publish. */
         if (committed_version)
@@ -208,71 +165,38 @@ int theus_tx_commit(theus_tx *tx, uint64_t *committed_version)
         tx_free(tx);
         return THEUS_OK;
     }
-    unsigned char *plan = NULL;
-    int rc = gate_plan(st, tx, &plan);
-    if (rc == THEUS_OK)
-        rc = gatekeep_assigns(st, tx, plan);
-    replay_op *ops = NULL;
-    if (rc == THEUS_OK && !(ops = theus_xmalloc(tx->ndeltas * sizeof *ops)))
-        rc = err_set(st, THEUS_ENOMEM, "commit: out of memory");
-    if (rc != THEUS_OK) {
-        theus_xfree(plan);
-        return fail_commit(tx, rc);
-    }
+    return commit_run(tx, 0, committed_version);
+}
 
-    rc = state_commit_lock(st, tx->priority_ticket);
+int theus_state_init_field(theus_state *st, const char *field, const void *src, theus_mem src_mem)
+{
+    if (!st || !field || !src)
+        return err_set(st, THEUS_EINVAL, "theus_state_init_field: NULL argument");
+    int i = state_find_field(st, field);
+    if (i < 0)
+        return err_set(st, THEUS_ENOENT, "no field '%s'", field);
+    if (src_mem != THEUS_MEM_HOST && src_mem != THEUS_MEM_DEVICE)
+        return err_set(st, THEUS_EINVAL, "theus_state_init_field: unknown buffer kind %d",
+                       (int)src_mem);
+    /* A transaction of one whole-field ASSIGN (const fields included: this is creation). */
+    theus_tx *tx = theus_xcalloc(1, sizeof *tx);
+    if (!tx || tx_grow((void **)&tx->deltas, &tx->cap_deltas, 1, sizeof *tx->deltas)) {
+        theus_xfree(tx);
+        return err_set(st, THEUS_ENOMEM, "field '%s': out of memory", field);
+    }
+    tx->st = st;
+    tx->base = 1;
+    const field_desc *f = &st->fields[i];
+    const theus_backend *b = st->backend[i];
+    void *staged = NULL;
+    int rc = b->iface->stage(b->ctx, (theus_placement)f->placement, src, src_mem, f->nbytes,
+                             &staged);
     if (rc != THEUS_OK) {
-        theus_xfree(plan);
-        theus_xfree(ops);
-        return fail_commit(tx, rc);
+        tx_free(tx);
+        return err_wrap(st, rc, "cannot stage the initial value of '%s'", field);
     }
-    uint64_t now = atomic_load_explicit(&h->version, memory_order_relaxed);
-    theus_conflict c;
-    if (tx_check_conflicts(tx, now, &c)) {
-        state_commit_unlock(st);
-        theus_xfree(plan);
-        theus_xfree(ops);
-        atomic_fetch_add(&h->stats.conflicts, 1);
-        return fail_commit(tx, err_conflict(st, &c));
-    }
-    rc = gatekeep_adds(st, tx, plan);
-    theus_xfree(plan);
-    const uint64_t next = now + 1;
-    struct commit_batch batch = {.st = st, .version = next, .deltas = tx->deltas,
-                                 .ndeltas = tx->ndeltas};
-    if (rc == THEUS_OK && st->hooks.before_replay)
-        rc = st->hooks.before_replay(st->hooks.user, &batch);
-    if (rc != THEUS_OK) {
-        state_commit_unlock(st);
-        theus_xfree(ops);
-        return fail_commit(tx, rc);
-    }
-
-    if (st->shm) {
-        /* Shared: through the redo area, so that a process killed at any point leaves the
-         * commit wholly undone or finishable (redo.c); it publishes and counts too. */
-        rc = redo_commit(st, tx, next, 1);
-    } else {
-        state_replay_gate_enter(st);
-        rc = replay_batch(st, tx, ops);
-        if (rc == THEUS_OK) {
-            for (size_t k = 0; k < tx->ndeltas; k++)
-                atomic_store_explicit(&st->fields[tx->deltas[k].field].version, next,
-                                      memory_order_release);
-            batch_log(st, tx, next, append_to_log, st);
-            atomic_store_explicit(&h->version, next, memory_order_release);
-            atomic_fetch_add(&h->stats.commits, 1);
-        }
-        state_replay_gate_leave(st);
-    }
-    if (rc == THEUS_OK && st->hooks.after_publish)
-        st->hooks.after_publish(st->hooks.user, &batch);
-    state_commit_unlock(st);
-    theus_xfree(ops);
-    if (rc != THEUS_OK)
-        return fail_commit(tx, st->shm ? rc : err_wrap(st, rc, "commit: replay failed"));
-    if (committed_version)
-        *committed_version = next;
-    tx_free(tx);
-    return THEUS_OK;
+    tx->deltas[0] = (delta){.field = (uint32_t)i, .op = DELTA_ASSIGN, .r = st->frames[i],
+                            .nelems = f->nelems, .payload = staged};
+    tx->ndeltas = 1;
+    return commit_run(tx, 1, NULL);
 }

@@ -43,8 +43,7 @@ void commit_log_put(commit_log *log, log_entry *ring, uint64_t head, uint64_t fl
 }
 
 log_probe commit_log_probe(const commit_log *log, const log_entry *ring, uint64_t base,
-                           uint32_t field, const theus_region *r, int adds_commute,
-                           const log_entry **hit)
+                           uint32_t field, const theus_region *r, const log_entry **hit)
 {
     /* Newest first; entries are appended in version order, so stop at the base. */
     uint64_t n = log->head < log->capacity ? log->head : log->capacity;
@@ -52,14 +51,12 @@ log_probe commit_log_probe(const commit_log *log, const log_entry *ring, uint64_
         const log_entry *e = &ring[(log->head - 1 - i) % log->capacity];
         if (e->version <= base)
             return LOG_CLEAR;
-        if (e->field != field)
+        if (e->field != field || !region_overlap(&e->region, r))
             continue;
-        if (adds_commute && e->op == DELTA_ADD)
-            continue;
-        if (region_overlap(&e->region, r)) {
-            *hit = e;
-            return LOG_HIT;
-        }
+        if (e->op == LOG_OP_BLOCKS)
+            return LOG_STALE;
+        *hit = e;
+        return LOG_HIT;
     }
     return base < log->floor ? LOG_STALE : LOG_CLEAR;
 }

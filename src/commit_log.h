@@ -10,9 +10,13 @@
 typedef struct log_entry {
     uint64_t version;     /* commit that wrote the region */
     uint32_t field;       /* index in the field table */
-    uint32_t op;          /* delta_op; a mixed bounding box is DELTA_ASSIGN */
+    uint32_t op;          /* delta_op, or LOG_OP_BLOCKS */
     theus_region region;
 } log_entry;
+
+/* The entry of a batch too large to log region by region: the bounding box of what it wrote
+ * in one field; a probe that meets it asks the block map instead (LOG_STALE). */
+#define LOG_OP_BLOCKS 2u
 
 typedef struct commit_log {
     uint32_t capacity;    /* entries in the ring */
@@ -36,13 +40,13 @@ void commit_log_put(commit_log *log, log_entry *ring, uint64_t head, uint64_t fl
 
 typedef enum log_probe { LOG_CLEAR = 0, LOG_HIT, LOG_STALE } log_probe;
 
-/* Look for a commit after @base that wrote a region of @field overlapping @r; with
- * @adds_commute, ADD entries are ignored (an ADD delta never conflicts with an ADD).
- * Returns LOG_HIT (and *hit), LOG_STALE when the log no longer reaches back to @base, or
- * LOG_CLEAR. The caller excludes concurrent appends (commit lock), or validates what it
- * found with the replay sequence (state_read_valid). */
+/* Look for a commit after @base that wrote a region of @field overlapping @r. Returns
+ * LOG_HIT (and *hit: exact), LOG_CLEAR (exact: nothing since @base wrote there), or
+ * LOG_STALE when the log cannot tell — it no longer reaches back to @base, or a block-map
+ * entry (LOG_OP_BLOCKS) overlaps @r — and the caller asks the block map (block_map.h).
+ * The caller excludes concurrent appends (commit lock), or validates what it found with
+ * the replay sequence (state_read_valid). */
 log_probe commit_log_probe(const commit_log *log, const log_entry *ring, uint64_t base,
-                           uint32_t field, const theus_region *r, int adds_commute,
-                           const log_entry **hit);
+                           uint32_t field, const theus_region *r, const log_entry **hit);
 
 #endif

@@ -8,6 +8,7 @@
 
 typedef struct export_ctx {
     DLManagedTensorVersioned t;   /* first: the deleter gets this pointer back */
+    DLManagedTensor legacy;       /* the unversioned view of the same tensor, when asked for */
     int64_t shape[THEUS_MAX_DIMS];
     theus_state *st;              /* set for field views */
     payload_ref *ref;             /* set for staging buffers */
@@ -58,6 +59,12 @@ static void export_delete(DLManagedTensorVersioned *self)
     theus_xfree(x);
 }
 
+static void export_delete_legacy(DLManagedTensor *self)
+{
+    if (self)
+        export_delete(&((export_ctx *)self->manager_ctx)->t);
+}
+
 static export_ctx *export_new(const field_desc *f, const theus_backend *b, void *data, int ndim,
                               const int64_t *shape, uint64_t flags)
 {
@@ -97,6 +104,24 @@ int theus_field_export_dlpack(theus_state *st, const char *field, DLManagedTenso
     state_ref(st);
     x->st = st;
     *out = &x->t;
+    return THEUS_OK;
+}
+
+int theus_field_export_dlpack_unversioned(theus_state *st, const char *field, DLManagedTensor **out)
+{
+    if (out)
+        *out = NULL;
+    if (!out)
+        return err_set(st, THEUS_EINVAL, "theus_field_export_dlpack_unversioned: NULL argument");
+    DLManagedTensorVersioned *v = NULL;
+    int rc = theus_field_export_dlpack(st, field, &v);
+    if (rc != THEUS_OK)
+        return rc;
+    export_ctx *x = (export_ctx *)v->manager_ctx;
+    x->legacy.dl_tensor = x->t.dl_tensor;
+    x->legacy.manager_ctx = x;
+    x->legacy.deleter = export_delete_legacy;
+    *out = &x->legacy;
     return THEUS_OK;
 }
 

@@ -28,6 +28,9 @@ const char *theus_strerror(int status)
     case THEUS_ENODEV: return "THEUS_ENODEV: no usable GPU";
     case THEUS_EBUSY: return "THEUS_EBUSY: busy or retry budget exhausted";
     case THEUS_ECORRUPT: return "THEUS_ECORRUPT: corrupt or foreign data";
+    /* The process layer's codes (theus/theus_process.h). */
+    case -12: return "THEUS_EUNDECLARED: a process returned a status it did not declare";
+    case -13: return "THEUS_ETIMEDOUT: the wait timed out";
     default: return "unknown theus status";
     }
 }
@@ -63,7 +66,7 @@ int err_wrap(const theus_state *st, int code, const char *fmt, ...)
     /* Only a detail a backend just recorded for this very code (backends record with no
      * state) is carried over; anything older would mislead. */
     char inner[sizeof tls_err.msg] = "";
-    if (tls_err.st == NULL && tls_err.code == code)
+    if ((tls_err.st == NULL || tls_err.st == st) && tls_err.code == code && code != THEUS_OK)
         memcpy(inner, tls_err.msg, sizeof inner);
     va_list ap;
     va_start(ap, fmt);
@@ -75,6 +78,19 @@ int err_wrap(const theus_state *st, int code, const char *fmt, ...)
     tls_err.code = code;
     memset(&tls_err.conflict, 0, sizeof tls_err.conflict);
     return code;
+}
+
+int err_code(void)
+{
+    return tls_err.code;
+}
+
+void err_clear(void)
+{
+    tls_err.st = NULL;
+    tls_err.code = THEUS_OK;
+    tls_err.msg[0] = '\0';
+    memset(&tls_err.conflict, 0, sizeof tls_err.conflict);
 }
 
 int err_conflict(const theus_state *st, const theus_conflict *c)

@@ -4,9 +4,11 @@
  * marked READY, copied onto the fields as plain assigns, published, and marked IDLE. A
  * process killed before READY changed nothing; one killed after it left a record that the
  * next taker of the commit lock applies and publishes again (both idempotent). */
-#include "alloc.h"
+#include "batch_replay.h"
 #include "error.h"
-#include "shared.h"
+#include "gatekeeper.h"
+#include "publish.h"
+#include "redo.h"
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -64,82 +66,45 @@ static void log_sink_fn(void *user, const log_entry *e)
     w->n++;
 }
 
-/* The final bytes of delta @k's region: its payload (ASSIGN) or the committed bytes (ADD),
- * then every later delta of the batch (every delta, for an ADD) that overlaps it, in
- * staging order — the values the region holds once the whole batch is applied. */
-static int final_bytes(theus_state *st, const theus_tx *tx, size_t k, void *out)
+typedef struct record_ops {
+    const theus_state *st;
+    const redo_record *r;
+    const redo_desc *d;
+} record_ops;
+
+/* The record's regions hold final values: applied as assigns, in any order. */
+static const theus_backend *record_op(void *user, size_t k, replay_op *op)
 {
-    const delta *d = &tx->deltas[k];
-    const theus_backend *b = st->backend[d->field];
-    theus_dtype dt = (theus_dtype)st->fields[d->field].dtype;
-    int rc = d->op == DELTA_ASSIGN
-                 ? b->iface->read(b->ctx, d->payload, &d->r, dt, &d->r, out, THEUS_MEM_HOST)
-                 : b->iface->read(b->ctx, st->data[d->field], &st->frames[d->field], dt, &d->r,
-                                  out, THEUS_MEM_HOST);
-    for (size_t j = d->op == DELTA_ASSIGN ? k + 1 : 0; rc == THEUS_OK && j < tx->ndeltas; j++) {
-        const delta *o = &tx->deltas[j];
-        theus_region sub;
-        if (o->field != d->field || !region_intersect(&o->r, &d->r, &sub))
-            continue;
-        rc = b->iface->overlay(b->ctx, dt, o->op, out, &d->r, THEUS_MEM_HOST, o->payload, &o->r,
-                               &sub);
+    const record_ops *x = user;
+    uint32_t f = x->d[k].field;
+    if (op) {
+        op->op = DELTA_ASSIGN;
+        op->dtype = (theus_dtype)x->st->fields[f].dtype;
+        op->base = x->st->data[f];
+        op->frame = &x->st->frames[f];
+        op->sub = x->d[k].r;
+        op->payload = (const char *)x->r + x->d[k].offset;
     }
-    return rc;
+    return x->st->backend[f];
 }
 
-/* Copy the record's bytes onto the fields, one backend call per backend and chunk. The
- * regions hold final values, so order and overlaps do not matter. */
 static int apply(theus_state *st, redo_record *r)
 {
-    const redo_desc *d = descs_of(r);
-    const theus_backend *done[4] = {0};
-    size_t ndone = 0;
     replay_op ops[APPLY_CHUNK];
-    for (uint32_t k = 0; k < r->ndesc; k++) {
-        const theus_backend *b = st->backend[d[k].field];
-        int seen = 0;
-        for (size_t j = 0; j < ndone; j++)
-            seen |= done[j] == b;
-        if (seen)
-            continue;
-        size_t n = 0;
-        for (uint32_t j = k; j < r->ndesc; j++) {
-            if (st->backend[d[j].field] != b)
-                continue;
-            uint32_t f = d[j].field;
-            ops[n].op = DELTA_ASSIGN;
-            ops[n].dtype = (theus_dtype)st->fields[f].dtype;
-            ops[n].base = st->data[f];
-            ops[n].frame = &st->frames[f];
-            ops[n].sub = d[j].r;
-            ops[n].payload = (const char *)r + d[j].offset;
-            if (++n == APPLY_CHUNK) {
-                int rc = b->iface->replay(b->ctx, ops, n);
-                if (rc != THEUS_OK)
-                    return rc;
-                n = 0;
-            }
-        }
-        if (n) {
-            int rc = b->iface->replay(b->ctx, ops, n);
-            if (rc != THEUS_OK)
-                return rc;
-        }
-        if (ndone < 4)
-            done[ndone++] = b;
-    }
-    return THEUS_OK;
+    record_ops src = {st, r, descs_of(r)};
+    return batch_replay(r->ndesc, record_op, &src, ops, APPLY_CHUNK);
 }
 
+/* The publish step from the record (the committing process, or a recovering one). */
 static void publish(theus_state *st, redo_record *r)
 {
     state_header *h = st->hdr;
     const redo_desc *d = descs_of(r);
     for (uint32_t k = 0; k < r->ndesc; k++)
-        atomic_store_explicit(&st->fields[d[k].field].version, r->version, memory_order_release);
+        publish_region(st, d[k].field, &d[k].r, r->version);
     commit_log_put(&h->log, st->log_ring, r->log_head, r->log_floor, log_of(r), r->nlog);
     atomic_store_explicit(&h->stats.commits, r->commits, memory_order_relaxed);
-    atomic_store_explicit(&h->version, r->version, memory_order_release);
+    publish_version(st, r->version);
 }
 
 /* READY -> applied, published, IDLE. On failure the record stays READY and the replay
@@ -168,7 +133,7 @@ int redo_commit(theus_state *st, const theus_tx *tx, uint64_t version, int publi
     redo_record *r = record_of(st);
     log_writer count = {NULL, 0};
     if (publish_version)
-        batch_log(st, tx, version, log_sink_fn, &count);
+        publish_log_entries(st, tx, version, log_sink_fn, &count);
     size_t bytes = align_up(sizeof *r) + tx->ndeltas * sizeof(redo_desc) +
                    count.n * sizeof(log_entry);
     for (size_t k = 0; k < tx->ndeltas; k++) {
@@ -195,7 +160,7 @@ int redo_commit(theus_state *st, const theus_tx *tx, uint64_t version, int publi
         d[k].r = x->r;
         d[k].offset = off;
         d[k].nbytes = x->nelems * theus_dtype_size((theus_dtype)st->fields[x->field].dtype);
-        int rc = final_bytes(st, tx, k, (char *)r + off);
+        int rc = gate_final_values(st, tx, k, (char *)r + off);
         if (rc != THEUS_OK) {
             atomic_store_explicit(&r->status, REDO_IDLE, memory_order_relaxed);
             return err_wrap(st, rc, "commit: cannot compute the bytes of field '%s'",
@@ -206,7 +171,7 @@ int redo_commit(theus_state *st, const theus_tx *tx, uint64_t version, int publi
     }
     log_writer w = {log_of(r), 0};
     if (publish_version)
-        batch_log(st, tx, version, log_sink_fn, &w);
+        publish_log_entries(st, tx, version, log_sink_fn, &w);
     state_header *h = st->hdr;
     r->publish = (uint32_t)publish_version;
     r->version = version;

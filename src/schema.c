@@ -20,8 +20,8 @@
 #define SCHEMA_PRINTF(f, a)
 #endif
 
-/* Deepest path a refusal can name: $.fields.<name>.constraints.<key> or .shape[i]. */
-#define SCHEMA_MAX_DEPTH 4
+/* Deepest path a refusal can name: $.fields.<name>.audit[i].<key>. */
+#define SCHEMA_MAX_DEPTH 5
 /* Longest key or string value quoted in a message; longer ones end with "...". */
 #define SCHEMA_QUOTE_MAX 64
 
@@ -386,11 +386,117 @@ static int parse_constraints(parse_ctx *c, json_t *fobj, schema_field *f)
     return THEUS_OK;
 }
 
+/* One audit rule; @c's path ends at the rule. */
+static int parse_audit_rule(parse_ctx *c, json_t *obj, schema_field *f, schema_audit *a)
+{
+    static const char *const keys[] = {"rule", "value", "level", "threshold", "reset",
+                                       "description", NULL};
+    static const char *const rules[] = {"finite", "min", "max", "max_abs", "max_change", NULL};
+    static const char *const levels[] = {"S", "A", "B", "C", NULL};
+    if (!json_is_object(obj))
+        return fail(c, 0, "expected an object, got %s", type_name(obj));
+    int rc = check_keys(c, obj, keys, "rule, value, level, threshold, reset, description");
+    if (rc)
+        return rc;
+    if (!json_object_get(obj, "rule"))
+        return fail(c, 0, "missing required key \"rule\"");
+    int choice;
+    if ((rc = parse_choice(c, obj, "rule", rules, "finite, min, max, max_abs or max_change", 0,
+                           &choice)))
+        return rc;
+    a->rule = choice;
+    if ((rc = parse_choice(c, obj, "level", levels, "S, A, B or C", 1, &choice)))
+        return rc;
+    a->level = levels[choice][0];
+    a->reset = 1;
+    if (f->dtype == THEUS_DTYPE_BOOL)
+        return fail(c, 0, "audit rules are not allowed on a bool field");
+    json_t *v = json_object_get(obj, "value");
+    if (a->rule == SCHEMA_AUDIT_FINITE) {
+        if (!dtype_is_float(f->dtype)) {
+            push_key(c, "rule");
+            return fail(c, 0, "\"finite\" applies only to f16, bf16, f32 and f64 fields");
+        }
+        if (v) {
+            push_key(c, "value");
+            return fail(c, 1, "the finite rule takes no value");
+        }
+    } else {
+        if (!v)
+            return fail(c, 0, "missing required key \"value\" (the rule's bound)");
+        push_key(c, "value");
+        if (!json_is_number(v))
+            return fail(c, 0, "expected a number, got %s", type_name(v));
+        a->value = json_number_value(v);
+        if (!isfinite(a->value))
+            return fail(c, 0, "must be a finite number");
+        if ((a->rule == SCHEMA_AUDIT_MAX_ABS || a->rule == SCHEMA_AUDIT_MAX_CHANGE) &&
+            a->value < 0)
+            return fail(c, 0, "must not be negative for %s", rules[a->rule]);
+        pop(c);
+    }
+    json_t *t = json_object_get(obj, "threshold");
+    json_t *r = json_object_get(obj, "reset");
+    if (a->level != 'B' && (t || r)) {
+        push_key(c, t ? "threshold" : "reset");
+        return fail(c, 1, "only level B rules take %s", t ? "a threshold" : "reset");
+    }
+    if (a->level == 'B') {
+        if (!t)
+            return fail(c, 0, "missing required key \"threshold\" (level B: violations "
+                              "accepted before commits are refused)");
+        push_key(c, "threshold");
+        if (!json_is_integer(t) || json_integer_value(t) < 0 ||
+            json_integer_value(t) > (json_int_t)UINT32_MAX)
+            return fail(c, 0, "expected an integer in [0, %u]", (unsigned)UINT32_MAX);
+        a->threshold = (uint32_t)json_integer_value(t);
+        pop(c);
+        if (r) {
+            push_key(c, "reset");
+            if (!json_is_boolean(r))
+                return fail(c, 0, "expected true or false, got %s", type_name(r));
+            a->reset = json_is_true(r);
+            pop(c);
+        }
+    }
+    json_t *d = json_object_get(obj, "description");
+    if (d) {
+        push_key(c, "description");
+        if ((rc = expect_string(c, d)))
+            return rc;
+        pop(c);
+    }
+    return THEUS_OK;
+}
+
+static int parse_audit(parse_ctx *c, json_t *fobj, schema_field *f)
+{
+    json_t *arr = json_object_get(fobj, "audit");
+    if (!arr)
+        return THEUS_OK;
+    push_key(c, "audit");
+    if (!json_is_array(arr))
+        return fail(c, 0, "expected an array of rules, got %s", type_name(arr));
+    size_t n = json_array_size(arr);
+    if (n > SCHEMA_AUDIT_MAX)
+        return fail(c, 0, "at most %d audit rules per field, got %zu", SCHEMA_AUDIT_MAX, n);
+    for (size_t i = 0; i < n; i++) {
+        push_index(c, i);
+        int rc = parse_audit_rule(c, json_array_get(arr, i), f, &f->audit[i]);
+        if (rc)
+            return rc;
+        pop(c);
+    }
+    f->naudit = n;
+    pop(c);
+    return THEUS_OK;
+}
+
 /* @c's path ends at the field's member; @name is its key. */
 static int parse_field(parse_ctx *c, const char *name, json_t *fobj, schema_field *f)
 {
     static const char *const keys[] = {"dtype", "shape", "placement", "zone",
-                                       "constraints", "description", NULL};
+                                       "constraints", "audit", "description", NULL};
     static const char *const placements[] = {"device", "pinned", "host", NULL};
     static const char *const zones[] = {"data", "signal", "meta", "const", NULL};
 
@@ -405,7 +511,8 @@ static int parse_field(parse_ctx *c, const char *name, json_t *fobj, schema_fiel
                     *glob);
     if (!json_is_object(fobj))
         return fail(c, 0, "expected an object, got %s", type_name(fobj));
-    rc = check_keys(c, fobj, keys, "dtype, shape, placement, zone, constraints, description");
+    rc = check_keys(c, fobj, keys,
+                    "dtype, shape, placement, zone, constraints, audit, description");
     if (rc)
         return rc;
 
@@ -423,7 +530,7 @@ static int parse_field(parse_ctx *c, const char *name, json_t *fobj, schema_fiel
     if (rc)
         return rc;
     f->zone = (theus_zone)choice;
-    if ((rc = parse_constraints(c, fobj, f)))
+    if ((rc = parse_constraints(c, fobj, f)) || (rc = parse_audit(c, fobj, f)))
         return rc;
     json_t *d = json_object_get(fobj, "description");
     if (d) {

@@ -9,6 +9,20 @@ typedef struct theus_constraints {
     double min, max;
 } theus_constraints;
 
+/* Audit rules of a field (docs/processes.md), evaluated by the process layer's engine.
+ * rule: the values of theus_audit_rule (theus/theus_process.h), in that order. */
+#define SCHEMA_AUDIT_MAX 8
+enum { SCHEMA_AUDIT_FINITE = 0, SCHEMA_AUDIT_MIN, SCHEMA_AUDIT_MAX_VALUE, SCHEMA_AUDIT_MAX_ABS,
+       SCHEMA_AUDIT_MAX_CHANGE };
+
+typedef struct schema_audit {
+    int rule;
+    double value;                /* bound (unused by finite) */
+    char level;                  /* 'S', 'A', 'B' or 'C' */
+    uint32_t threshold;          /* level B: violations accepted before refusals */
+    int reset;                   /* level B: a clean commit sets the count back to 0 */
+} schema_audit;
+
 typedef struct schema_field {
     char name[THEUS_NAME_MAX + 1];
     theus_dtype dtype;
@@ -19,6 +33,8 @@ typedef struct schema_field {
     theus_placement placement;   /* requested; default host */
     theus_zone zone;             /* default data */
     theus_constraints cons;
+    size_t naudit;
+    schema_audit audit[SCHEMA_AUDIT_MAX];
 } schema_field;
 
 typedef struct theus_schema {

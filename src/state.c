@@ -5,8 +5,7 @@
 #include "alloc.h"
 #include "dtype.h"
 #include "error.h"
-#include "shared.h"
-#include "tx.h"
+#include "redo.h"
 #include <errno.h>
 #include <limits.h>
 #include <linux/futex.h>
@@ -55,12 +54,29 @@ int state_options_resolve(const theus_state_options *in, theus_state_options *ou
     return THEUS_OK;
 }
 
-void state_layout(size_t nfields, uint32_t log_capacity, size_t *off_fields, size_t *off_log,
-                  size_t *bytes)
+static uint64_t map_entries(const theus_schema *schema)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < schema->nfields; i++) {
+        uint32_t shift;
+        uint64_t blocks;
+        block_map_geometry(schema->fields[i].nbytes, &shift, &blocks);
+        n += blocks;
+    }
+    return n;
+}
+
+static size_t map_offset(size_t off_log, uint32_t log_capacity)
+{
+    return align_up(off_log + (size_t)log_capacity * sizeof(log_entry), 64);
+}
+
+void state_layout(const theus_schema *schema, uint32_t log_capacity, size_t *off_fields,
+                  size_t *off_log, size_t *bytes)
 {
     *off_fields = align_up(sizeof(state_header), 64);
-    *off_log = align_up(*off_fields + nfields * sizeof(field_desc), 64);
-    *bytes = *off_log + (size_t)log_capacity * sizeof(log_entry);
+    *off_log = align_up(*off_fields + schema->nfields * sizeof(field_desc), 64);
+    *bytes = map_offset(*off_log, log_capacity) + (size_t)map_entries(schema) * sizeof(uint64_t);
 }
 
 /* A shared state's mutexes are robust: a process that dies holding one does not block the
@@ -116,6 +132,7 @@ void state_bind(theus_state *st, state_header *h)
     st->hdr = h;
     st->fields = (field_desc *)((char *)h + h->off_fields);
     st->log_ring = (log_entry *)((char *)h + h->off_log);
+    st->map = (_Atomic uint64_t *)(void *)((char *)h + h->off_map);
 }
 
 int state_header_init(theus_state *st, size_t total, int pshared)
@@ -123,17 +140,19 @@ int state_header_init(theus_state *st, size_t total, int pshared)
     state_header *h = st->hdr;
     const theus_schema *schema = st->schema;
     size_t off_fields, off_log, bytes;
-    state_layout(schema->nfields, st->opts.commit_log_capacity, &off_fields, &off_log, &bytes);
+    state_layout(schema, st->opts.commit_log_capacity, &off_fields, &off_log, &bytes);
     h->magic = THEUS_STATE_MAGIC;
     h->layout_version = THEUS_LAYOUT_VERSION;
     h->nfields = (uint32_t)schema->nfields;
     h->off_fields = off_fields;
     h->off_log = off_log;
+    h->off_map = map_offset(off_log, st->opts.commit_log_capacity);
     h->total_bytes = total;
     atomic_init(&h->version, 1);
     atomic_init(&h->replay_seq, 0);
     commit_log_init(&h->log, st->opts.commit_log_capacity);
     state_bind(st, h);
+    uint64_t map_next = 0;
     for (size_t i = 0; i < schema->nfields; i++) {
         const schema_field *sf = &schema->fields[i];
         field_desc *f = &st->fields[i];
@@ -147,6 +166,9 @@ int state_header_init(theus_state *st, size_t total, int pshared)
         f->zone = sf->zone;
         f->cons = sf->cons;
         atomic_init(&f->version, 1);
+        block_map_geometry(f->nbytes, &f->map_shift, &f->map_blocks);
+        f->map_first = map_next;
+        map_next += f->map_blocks; /* the entries are zero (older than any base) */
     }
     if (mutex_init(&h->commit_lock, pshared) != 0)
         return err_set(NULL, THEUS_ENOMEM, "cannot initialise the state's locks");
@@ -216,7 +238,7 @@ int theus_state_create(const char *schema_json, const theus_state_options *opts,
         return err_set(NULL, THEUS_ENOMEM, "out of memory creating the state");
     }
     size_t nf = schema->nfields, off_fields, off_log, total;
-    state_layout(nf, o.commit_log_capacity, &off_fields, &off_log, &total);
+    state_layout(schema, o.commit_log_capacity, &off_fields, &off_log, &total);
     st->hdr = theus_xcalloc(1, total);
     if (!st->hdr) {
         rc = err_set(NULL, THEUS_ENOMEM, "out of memory creating the state");
@@ -385,7 +407,7 @@ int theus_state_hold_commits(theus_state *st)
     state_hold_unlock(h);
     int rc = state_lock(st);
     if (rc != THEUS_OK)
-        return err_set(st, rc, "theus_state_hold_commits: %s", theus_last_error_message());
+        return err_wrap(st, rc, "theus_state_hold_commits");
     state_hold_lock(h);
     (*hold_counter(st))++;
     state_hold_unlock(h);
@@ -487,64 +509,6 @@ int theus_state_field_info(const theus_state *st, const char *field, theus_field
     out->finite = f->cons.finite;
     out->min = f->cons.min;
     out->max = f->cons.max;
-    return THEUS_OK;
-}
-
-int theus_state_init_field(theus_state *st, const char *field, const void *src, theus_mem src_mem)
-{
-    if (!st || !field || !src)
-        return err_set(st, THEUS_EINVAL, "theus_state_init_field: NULL argument");
-    int i = state_find_field(st, field);
-    if (i < 0)
-        return err_set(st, THEUS_ENOENT, "no field '%s'", field);
-    field_desc *f = &st->fields[i];
-    const theus_backend *b = st->backend[i];
-    void *staged = NULL;
-    int rc = b->iface->stage(b->ctx, (theus_placement)f->placement, src, src_mem, f->nbytes,
-                             &staged);
-    if (rc != THEUS_OK)
-        return err_set(st, rc, "cannot stage the initial value of '%s'", field);
-    size_t bad = SIZE_MAX;
-    rc = backend_check(b, (theus_dtype)f->dtype, staged, f->nelems, &f->cons, &bad);
-    if (rc == THEUS_OK && bad != SIZE_MAX) {
-        double value = 0.0;
-        backend_get(b, (theus_dtype)f->dtype, staged, f->nelems, bad, &value);
-        rc = err_set(st, THEUS_ESCHEMA, "field '%s': element %zu = %g breaks its constraints",
-                     field, bad, value);
-    }
-    if (rc != THEUS_OK) {
-        b->iface->unstage(b->ctx, staged);
-        return rc;
-    }
-    rc = state_lock(st);
-    if (rc != THEUS_OK) {
-        b->iface->unstage(b->ctx, staged);
-        return err_set(st, rc, "field '%s': %s", field, theus_last_error_message());
-    }
-    if (atomic_load(&st->hdr->version) != 1) {
-        state_unlock(st);
-        b->iface->unstage(b->ctx, staged);
-        return err_set(st, THEUS_EBUSY, "field '%s': initial values only before the first commit",
-                       field);
-    }
-    if (st->shm) {
-        /* Through the redo area like a commit, so that a process killed half-way leaves the
-         * field as it was or fully written; versions stay 1. */
-        delta d = {.field = (uint32_t)i, .op = DELTA_ASSIGN, .r = st->frames[i],
-                   .nelems = f->nelems, .payload = staged};
-        theus_tx t = {.st = st, .base = 1, .deltas = &d, .ndeltas = 1};
-        rc = redo_commit(st, &t, 1, 0);
-    } else {
-        replay_op op = {.op = DELTA_ASSIGN, .dtype = (theus_dtype)f->dtype, .base = st->data[i],
-                        .frame = &st->frames[i], .sub = st->frames[i], .payload = staged};
-        state_replay_gate_enter(st);
-        rc = b->iface->replay(b->ctx, &op, 1);
-        state_replay_gate_leave(st);
-    }
-    state_unlock(st);
-    b->iface->unstage(b->ctx, staged);
-    if (rc != THEUS_OK)
-        return err_set(st, rc, "field '%s': cannot write the initial value", field);
     return THEUS_OK;
 }
 

@@ -4,18 +4,22 @@
 #ifndef THEUS_SRC_STATE_H
 #define THEUS_SRC_STATE_H
 #include "backend.h"
+#include "block_map.h"
 #include "commit_log.h"
+#include "publish_listener.h"
 #include "schema.h"
 #include <pthread.h>
 #include <stdatomic.h>
 
 #define THEUS_STATE_MAGIC 0x5355454854ULL /* "THEUS" */
-#define THEUS_LAYOUT_VERSION 2u
+#define THEUS_LAYOUT_VERSION 3u
 
 /* Field table entry: everything about a field that every process must agree on. */
 typedef struct field_desc {
     char name[THEUS_NAME_MAX + 1];
-    uint32_t dtype, ndim, requested, placement, zone, pad;
+    uint32_t dtype, ndim, requested, placement, zone;
+    uint32_t map_shift;           /* block map: log2 of its block size (block_map.h) */
+    uint64_t map_first, map_blocks; /* block map: first entry in the header's map, count */
     int64_t shape[THEUS_MAX_DIMS];
     uint64_t nelems, nbytes;
     theus_constraints cons;
@@ -34,6 +38,7 @@ typedef struct state_header {
     _Atomic uint64_t version;     /* published after replay */
     uint64_t off_fields;          /* byte offsets from the header */
     uint64_t off_log;
+    uint64_t off_map;             /* the block maps of all fields (uint64_t versions) */
     uint64_t off_shared;          /* shared_area of a shared state (shared.h); 0: private */
     uint64_t total_bytes;
     commit_log log;               /* appended under commit_lock; readers validate with replay_seq */
@@ -54,26 +59,17 @@ typedef struct state_header {
     state_stats stats;
 } state_header;
 
-/* Hooks on the commit path, for the write-ahead log and the audit trail. @before_replay
- * may refuse the commit (state unchanged); @after_publish cannot. Both run under the
- * commit lock. */
-typedef struct commit_batch commit_batch;
-typedef struct commit_hooks {
-    int (*before_replay)(void *user, const commit_batch *b);
-    void (*after_publish)(void *user, const commit_batch *b);
-    void *user;
-} commit_hooks;
-
 struct theus_state {
     state_header *hdr;
     field_desc *fields;            /* = hdr + off_fields */
     log_entry *log_ring;           /* = hdr + off_log */
+    _Atomic uint64_t *map;         /* = hdr + off_map */
     void **data;                   /* shadow: base pointer of each field in this process */
     const theus_backend **backend; /* shadow: backend of each field */
     theus_region *frames;          /* shadow: whole-field region of each field */
     theus_schema *schema;
     theus_state_options opts;
-    commit_hooks hooks;
+    publish_list listeners;        /* the publish step's listeners (publish.h) */
     _Atomic int refs;              /* 1 for the owner + 1 per live DLPack export */
     struct shared_map *shm;        /* this process's mapping of a shared state; NULL: private */
     uint32_t lease;                /* this handle's slot in a shared state's lease table */
@@ -83,6 +79,16 @@ struct theus_state {
 void state_ref(theus_state *st);
 void state_unref(theus_state *st);
 
+/* Field @i's view of the block map. */
+static inline block_map state_block_map(const theus_state *st, uint32_t i)
+{
+    const field_desc *f = &st->fields[i];
+    block_map m = {.v = st->map + f->map_first, .nblocks = f->map_blocks, .shift = f->map_shift,
+                   .esize = (uint32_t)theus_dtype_size((theus_dtype)f->dtype),
+                   .ndim = (int)f->ndim, .shape = f->shape};
+    return m;
+}
+
 /* Index of @name, or -1. */
 int state_find_field(const theus_state *st, const char *name);
 uint64_t state_now_ns(void);
@@ -90,10 +96,10 @@ uint64_t state_now_ns(void);
 /* ---- creation pieces, shared by private and shared states --------------------------- */
 /* Check @in (NULL: defaults) and fill in the defaults; THEUS_EINVAL with the reason set. */
 int state_options_resolve(const theus_state_options *in, theus_state_options *out);
-/* Offsets of the field table and the log ring, and the header block's size, for @nfields
- * fields and a log of @log_capacity entries. */
-void state_layout(size_t nfields, uint32_t log_capacity, size_t *off_fields, size_t *off_log,
-                  size_t *bytes);
+/* Offsets of the field table and the log ring, and the header block's size (the block maps
+ * last), for @schema's fields and a log of @log_capacity entries. */
+void state_layout(const theus_schema *schema, uint32_t log_capacity, size_t *off_fields,
+                  size_t *off_log, size_t *bytes);
 /* A new state shadow for @schema (stolen on success), without a header; NULL when out of
  * memory. */
 theus_state *state_shadow_new(theus_schema *schema, const theus_state_options *o);

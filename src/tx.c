@@ -1,7 +1,8 @@
 /* Transactions: begin, read (committed bytes at the base plus read-your-writes overlay),
- * staging of writes and adds with fail-fast checks, contracts, abort. */
+ * the fail-fast target checks staging shares (tx_stage.c stages), contracts, abort. */
 #include "tx.h"
 #include "alloc.h"
+#include "conflict.h"
 #include "error.h"
 #include "tsan_annotate.h"
 #include <fnmatch.h>
@@ -38,11 +39,13 @@ void payload_unref(payload_ref *ref)
 
 void tx_free(theus_tx *tx)
 {
+    if (tx->ext && tx->ext->free)
+        tx->ext->free(tx->ext);
     for (size_t i = 0; i < tx->ndeltas; i++) {
         const delta *d = &tx->deltas[i];
         if (d->ref) {
             payload_unref(d->ref);
-        } else {
+        } else if (!d->borrowed) {
             const theus_backend *b = tx->st->backend[d->field];
             b->iface->unstage(b->ctx, d->payload);
         }
@@ -143,9 +146,8 @@ static const char *contract_name(const theus_tx *tx)
     return tx->inputs[tx->n_inputs + tx->n_outputs];
 }
 
-/* Resolve the field and region of a call and check the contract; fail fast. */
-static int tx_target(theus_tx *tx, const char *what, const char *field, const theus_region *r,
-                     int writing, int *idx, theus_region *res)
+int tx_target(theus_tx *tx, const char *what, const char *field, const theus_region *r,
+              int writing, int *idx, theus_region *res)
 {
     theus_state *st = tx->st;
     int i = state_find_field(st, field);
@@ -185,58 +187,6 @@ int tx_overlay(const theus_tx *tx, uint32_t field, void *buf, const theus_region
     return THEUS_OK;
 }
 
-/* Fill @c if a commit after @base wrote a region of field @i overlapping @r. */
-static int check_region(const theus_state *st, uint64_t base, uint32_t i, const theus_region *r,
-                        int adds_commute, theus_conflict_kind kind, theus_conflict *c)
-{
-    const field_desc *f = &st->fields[i];
-    if (atomic_load_explicit(&f->version, memory_order_acquire) <= base)
-        return 0;
-    const log_entry *hit = NULL;
-    log_probe p = commit_log_probe(&st->hdr->log, st->log_ring, base, i, r, adds_commute, &hit);
-    if (p == LOG_CLEAR)
-        return 0;
-    memset(c, 0, sizeof *c);
-    c->base = base;
-    memcpy(c->field, f->name, sizeof c->field);
-    if (p == LOG_HIT) {
-        c->kind = kind;
-        c->region = hit->region;
-        c->version = hit->version;
-    } else {
-        c->kind = THEUS_CONFLICT_STALE_BASE;
-        c->region = *r;
-        c->version = atomic_load(&f->version);
-    }
-    return 1;
-}
-
-int tx_check_conflicts(const theus_tx *tx, uint64_t now, theus_conflict *c)
-{
-    const theus_state *st = tx->st;
-    if (now == tx->base)
-        return 0;
-    if (tx->isolation == THEUS_ISOLATION_STRICT) {
-        memset(c, 0, sizeof *c);
-        c->kind = THEUS_CONFLICT_STRICT;
-        c->base = tx->base;
-        c->version = tx->base + 1;
-        return 1;
-    }
-    for (size_t k = 0; k < tx->ndeltas; k++) {
-        const delta *d = &tx->deltas[k];
-        if (check_region(st, tx->base, d->field, &d->r, d->op == DELTA_ADD,
-                         THEUS_CONFLICT_WRITE_WRITE, c))
-            return 1;
-    }
-    if (tx->isolation == THEUS_ISOLATION_SERIALIZABLE)
-        for (size_t k = 0; k < tx->nreads; k++)
-            if (check_region(st, tx->base, tx->reads[k].field, &tx->reads[k].r, 0,
-                             THEUS_CONFLICT_READ_WRITE, c))
-                return 1;
-    return 0;
-}
-
 /* Optimistic attempts of a read before it copies under the commit lock. */
 #define READ_OPTIMISTIC_TRIES 4
 
@@ -271,10 +221,10 @@ int theus_tx_read(theus_tx *tx, const char *field, const theus_region *r, void *
         if (locked) {
             rc = state_lock(st);
             if (rc != THEUS_OK)
-                return err_set(st, rc, "read: %s", theus_last_error_message());
+                return err_wrap(st, rc, "read");
         } else if (!state_read_begin(st, &seq)) {
             if ((rc = state_lock(st)) != THEUS_OK)
-                return err_set(st, rc, "read: %s", theus_last_error_message());
+                return err_wrap(st, rc, "read");
             state_unlock(st);
             continue;
         }
@@ -291,8 +241,8 @@ int theus_tx_read(theus_tx *tx, const char *field, const theus_region *r, void *
             c.version = tx->base + 1;
             conflict = 1;
         } else {
-            conflict = check_region(st, tx->base, (uint32_t)i, &reg, 0, THEUS_CONFLICT_READ_WRITE,
-                                    &c);
+            conflict = conflict_check_region(st, tx->base, (uint32_t)i, &reg,
+                                             THEUS_CONFLICT_READ_WRITE, &c);
         }
         if (!conflict)
             rc = st->backend[i]->iface->read(st->backend[i]->ctx, st->data[i], &st->frames[i],
@@ -323,83 +273,6 @@ int theus_tx_read(theus_tx *tx, const char *field, const theus_region *r, void *
             tx->nreads++;
         }
     }
-    return THEUS_OK;
-}
-
-/* Stage a delta; with @src NULL the payload is a zeroed buffer the caller fills. */
-static int tx_stage(theus_tx *tx, const char *what, delta_op op, const char *field,
-                    const theus_region *r, const void *src, theus_mem src_mem, delta **made)
-{
-    theus_state *st = tx->st;
-    int i = -1;
-    theus_region reg;
-    int rc = tx_target(tx, what, field, r, 1, &i, &reg);
-    if (rc != THEUS_OK)
-        return rc;
-    if (src_mem != THEUS_MEM_HOST && src_mem != THEUS_MEM_DEVICE)
-        return err_set(st, THEUS_EINVAL, "%s: unknown buffer kind %d", what, (int)src_mem);
-    size_t n = region_nelems(&reg);
-    if (n == 0) {
-        if (made)
-            return err_set(st, THEUS_EINVAL, "%s: the region of '%s' is empty", what, field);
-        return THEUS_OK;
-    }
-    if (tx_grow((void **)&tx->deltas, &tx->cap_deltas, tx->ndeltas + 1, sizeof *tx->deltas))
-        return err_set(st, THEUS_ENOMEM, "%s: out of memory staging a delta", what);
-    const theus_backend *b = st->backend[i];
-    void *payload = NULL;
-    size_t nbytes = n * theus_dtype_size((theus_dtype)st->fields[i].dtype);
-    rc = b->iface->stage(b->ctx, (theus_placement)st->fields[i].placement, src, src_mem, nbytes,
-                         &payload);
-    if (rc == THEUS_ENOMEM)
-        return err_set(st, rc, "%s: out of memory staging %zu bytes", what, nbytes);
-    if (rc != THEUS_OK)
-        return err_wrap(st, rc, "%s: field '%s': the backend cannot stage this buffer", what, field);
-    delta *d = &tx->deltas[tx->ndeltas++];
-    d->field = (uint32_t)i;
-    d->op = op;
-    d->r = reg;
-    d->nelems = n;
-    d->payload = payload;
-    d->user_filled = src == NULL;
-    d->ref = NULL;
-    if (made)
-        *made = d;
-    return THEUS_OK;
-}
-
-int theus_tx_write(theus_tx *tx, const char *field, const theus_region *r, const void *src,
-                   theus_mem src_mem)
-{
-    if (!tx || !field || !src)
-        return err_set(tx ? tx->st : NULL, THEUS_EINVAL, "write: NULL argument");
-    return tx_stage(tx, "write", DELTA_ASSIGN, field, r, src, src_mem, NULL);
-}
-
-int theus_tx_add(theus_tx *tx, const char *field, const theus_region *r, const void *src,
-                 theus_mem src_mem)
-{
-    if (!tx || !field || !src)
-        return err_set(tx ? tx->st : NULL, THEUS_EINVAL, "add: NULL argument");
-    return tx_stage(tx, "add", DELTA_ADD, field, r, src, src_mem, NULL);
-}
-
-int theus_tx_stage_buffer(theus_tx *tx, const char *field, const theus_region *r,
-                          theus_delta_op op, void **buf, theus_mem *mem)
-{
-    if (!tx || !field || !buf)
-        return err_set(tx ? tx->st : NULL, THEUS_EINVAL, "stage_buffer: NULL argument");
-    if (op != THEUS_OP_ASSIGN && op != THEUS_OP_ADD)
-        return err_set(tx->st, THEUS_EINVAL, "stage_buffer: unknown op %d", (int)op);
-    delta *d = NULL;
-    int rc = tx_stage(tx, "stage_buffer", op == THEUS_OP_ADD ? DELTA_ADD : DELTA_ASSIGN, field,
-                      r, NULL, THEUS_MEM_HOST, &d);
-    if (rc != THEUS_OK)
-        return rc;
-    *buf = d->payload;
-    if (mem)
-        *mem = tx->st->fields[d->field].placement == THEUS_PLACEMENT_DEVICE ? THEUS_MEM_DEVICE
-                                                                           : THEUS_MEM_HOST;
     return THEUS_OK;
 }
 

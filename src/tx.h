@@ -18,6 +18,9 @@ typedef struct delta {
     void *payload;          /* staged by the field's backend; C-contiguous in r's shape */
     int user_filled;        /* from theus_tx_stage_buffer */
     payload_ref *ref;       /* non-NULL once exported through DLPack */
+    int borrowed;           /* payload is not this delta's to unstage: the caller's memory
+                               (theus_tx_*_borrowed, THEUS_STAGE_BORROW), or a part of the block
+                               that the first delta of the same multi-region call owns */
 } delta;
 
 typedef struct read_rec {
@@ -25,8 +28,15 @@ typedef struct read_rec {
     theus_region r;
 } read_rec;
 
+/* An attachment of a layer above (the process layer): embedded first in that layer's own
+ * struct; tx_free calls free(ext). */
+typedef struct tx_ext {
+    void (*free)(struct tx_ext *ext);
+} tx_ext;
+
 struct theus_tx {
     theus_state *st;
+    tx_ext *ext;                /* NULL by default; owned by the transaction */
     uint64_t base;
     int isolation;
     uint64_t priority_ticket;   /* set by theus_tx_run while it holds the priority lease */
@@ -40,31 +50,19 @@ struct theus_tx {
     size_t nreads, cap_reads;
 };
 
-struct commit_batch {
-    const theus_state *st;
-    uint64_t version;           /* the version this batch creates */
-    const delta *deltas;
-    size_t ndeltas;
-};
-
 /* Drop one reference to a shared payload. */
 void payload_unref(payload_ref *ref);
 /* Free everything a transaction holds, and the transaction. */
 void tx_free(theus_tx *tx);
+/* Resolve the field and region of a call (@what names it in messages) and check the
+ * contract and, when @writing, the const zone; fail fast with the error set. */
+int tx_target(theus_tx *tx, const char *what, const char *field, const theus_region *r,
+              int writing, int *idx, theus_region *res);
 /* Make room for one more element in a growable array; 0 ok, -1 out of memory. */
 int tx_grow(void **arr, size_t *cap, size_t need, size_t elem);
 /* Apply this transaction's deltas on @field that intersect @frame onto @buf (in @mem, laid
  * out as @frame), in staging order: the read-your-writes overlay. */
 int tx_overlay(const theus_tx *tx, uint32_t field, void *buf, const theus_region *frame,
                theus_mem mem);
-
-/* The commit log entries of @tx's batch as version @version, passed to @sink in order. */
-typedef void (*log_sink)(void *user, const log_entry *e);
-void batch_log(const theus_state *st, const theus_tx *tx, uint64_t version, log_sink sink,
-               void *user);
-
-/* With the commit lock held and the state at version @now: whether a commit after the
- * base conflicts with this transaction under its isolation level (then *c says how). */
-int tx_check_conflicts(const theus_tx *tx, uint64_t now, theus_conflict *c);
 
 #endif

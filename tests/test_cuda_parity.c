@@ -374,7 +374,10 @@ static void random_step(harness *h)
         const theus_region *rp = rand_region(h, f, &r, &n);
         void *payload = xmalloc(n * theus_dtype_size(f->dt));
         gen_values(h, f->dt, payload, n);
-        same_stage(h, tx, f, rp, payload, (int)below(h, 2));
+        /* The first delta is an ASSIGN: a competing write over it must conflict (an ADD
+         * never conflicts, whatever was committed since the base). */
+        int add = (int)below(h, 2);
+        same_stage(h, tx, f, rp, payload, first ? add : 0);
         free(payload);
         if (!first) {
             first = f;

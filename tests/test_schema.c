@@ -388,7 +388,7 @@ Test(schema, exact_messages)
     json = "{\"fields\": {\"w1\": {\"dtype\": \"f32\", \"shape\": [1], \"colour\": \"red\"}}}";
     cr_assert_eq(schema_parse(json, &s, err, sizeof err), THEUS_ESCHEMA);
     cr_expect_str_eq(err, "schema: $.fields.w1.colour: unknown key (allowed: dtype, shape, "
-                          "placement, zone, constraints, description) (line 1, column 50)");
+                          "placement, zone, constraints, audit, description) (line 1, column 50)");
 }
 
 Test(schema, long_and_odd_keys_in_paths)

@@ -25,6 +25,7 @@
 #include <theus/theus.h>
 #include <theus/theus_shared.h>
 
+#include "redo.h"
 #include "shared.h"
 #include "state.h"
 

@@ -442,7 +442,7 @@ Test(tx, schema_refusals_leave_state_untouched)
     cr_assert_eq(s.schema_refusals, 4);
 }
 
-Test(tx, adds_commute_but_add_after_assign_conflicts)
+Test(tx, adds_commute_and_an_assign_over_fresh_adds_conflicts)
 {
     theus_tx *a, *b, *c;
     float one[3] = {1, 1, 1}, two[3] = {2, 2, 2};
@@ -459,13 +459,17 @@ Test(tx, adds_commute_but_add_after_assign_conflicts)
     read_all_f32("grad.a", g);
     for (int i = 0; i < 3; i++)
         cr_expect_eq(g[i], 3.0f);
-    /* an ADD staged before someone's ASSIGN committed conflicts as well */
+    /* an ADD staged before someone's ASSIGN committed lands on the assigned values: an
+     * ADD-only transaction never conflicts */
     cr_assert_eq(theus_tx_begin(st, NULL, &a), THEUS_OK);
     cr_assert_eq(theus_tx_add(a, "grad.a", NULL, one, THEUS_MEM_HOST), THEUS_OK);
     cr_assert_eq(theus_tx_begin(st, NULL, &b), THEUS_OK);
     cr_assert_eq(theus_tx_write(b, "grad.a", NULL, one, THEUS_MEM_HOST), THEUS_OK);
     cr_assert_eq(theus_tx_commit(b, NULL), THEUS_OK);
-    cr_assert_eq(theus_tx_commit(a, NULL), THEUS_ECONFLICT);
+    cr_assert_eq(theus_tx_commit(a, NULL), THEUS_OK);
+    read_all_f32("grad.a", g);
+    for (int i = 0; i < 3; i++)
+        cr_expect_eq(g[i], 2.0f);
 }
 
 Test(tx, f16_add_rounds_to_nearest_even_like_f32_reference)
@@ -574,7 +578,7 @@ Test(tx, bad_regions_and_arguments_are_refused_and_tx_stays_usable)
     cr_assert_eq(theus_tx_commit(NULL, NULL), THEUS_EINVAL);
 }
 
-Test(tx, base_older_than_the_log_conflicts_as_stale)
+Test(tx, base_older_than_the_log_is_decided_by_the_block_map)
 {
     theus_state *small;
     theus_state_options so = THEUS_STATE_OPTIONS_INIT;
@@ -592,22 +596,25 @@ Test(tx, base_older_than_the_log_conflicts_as_stale)
         cr_assert_eq(theus_tx_add(tx, "v", &q, &one, THEUS_MEM_HOST), THEUS_OK);
         cr_assert_eq(theus_tx_commit(tx, NULL), THEUS_OK);
     }
-    /* a disjoint element of the same field: the log cannot prove it safe */
+    /* a disjoint element in the same 4 KiB block: the log no longer reaches back, and the
+     * block map is exact to the block only (the documented granularity) */
     theus_region q5 = r1(5, 6);
     cr_assert_eq(theus_tx_write(old, "v", &q5, &one, THEUS_MEM_HOST), THEUS_OK);
     cr_assert_eq(theus_tx_commit(old, NULL), THEUS_ECONFLICT);
     theus_conflict c;
     cr_assert_eq(theus_last_conflict(small, &c), THEUS_OK);
-    cr_assert_eq(c.kind, THEUS_CONFLICT_STALE_BASE);
+    cr_assert_eq(c.kind, THEUS_CONFLICT_WRITE_WRITE);
+    cr_assert_eq(c.version, 7, "the last commit that wrote the block");
     /* a field nobody wrote since the base is still fine, however old the base */
     cr_assert_eq(theus_tx_write(keep, "x", NULL, &one, THEUS_MEM_HOST), THEUS_OK);
     cr_assert_eq(theus_tx_commit(keep, NULL), THEUS_OK);
     theus_state_destroy(small);
 }
 
-Test(tx, large_batches_are_logged_as_bounding_boxes)
+Test(tx, large_batches_are_decided_by_the_block_map)
 {
-    /* with a 16-entry log, a batch of more than 2 deltas is logged as one box per field */
+    /* with a 16-entry log, a batch of more than 2 deltas is logged as one block-map entry
+     * per field (see test_conflicts.c for fields larger than a block) */
     theus_state *s2;
     theus_state_options so = THEUS_STATE_OPTIONS_INIT;
     so.commit_log_capacity = 16;
@@ -622,7 +629,8 @@ Test(tx, large_batches_are_logged_as_bounding_boxes)
         cr_assert_eq(theus_tx_write(a, "v", &q, &one, THEUS_MEM_HOST), THEUS_OK);
     }
     cr_assert_eq(theus_tx_commit(a, NULL), THEUS_OK);
-    /* element 3 lies inside the box [0, 7) though nobody wrote it: a conservative conflict */
+    /* element 3 shares its 4 KiB block with written elements: a conflict at the documented
+     * granularity */
     theus_region q3 = r1(3, 4), q9 = r1(9, 10);
     cr_assert_eq(theus_tx_write(b, "v", &q3, &one, THEUS_MEM_HOST), THEUS_OK);
     cr_assert_eq(theus_tx_commit(b, NULL), THEUS_ECONFLICT);

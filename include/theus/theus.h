@@ -335,6 +335,86 @@ THEUS_API int theus_tx_stage_buffer(theus_tx *tx, const char *field, const theus
                           theus_delta_op op, void **buf, theus_mem *mem);
 
 /**
+ * @brief Stage an overwrite of a region whose payload is borrowed from the caller until the
+ *        transaction is committed or aborted: no copy at staging, one copy (the replay) at
+ *        commit.
+ * @param[in] src C-contiguous buffer of the region's shape in the field's dtype, in
+ *            @p src_mem. Borrowed: it must stay allocated and unchanged until theus_tx_commit
+ *            or theus_tx_abort of @p tx returns (theus never frees it). Reads of the region in
+ *            this transaction, the gatekeeper and the replay all read it there.
+ * @return THEUS_OK; THEUS_EPERM (contract or const zone); THEUS_ENOENT; THEUS_EINVAL (NULL
+ *         argument, bad region, unknown @p src_mem); THEUS_ENOMEM; THEUS_EDEVICE. On failure
+ *         the transaction is unchanged and nothing is borrowed.
+ * @note Borrowing applies when the replay can read the buffer in place: the field lives in
+ *       host memory under the CPU backend (a host field, or a device/pinned field fallen back
+ *       to host memory), @p src is host memory and is aligned to the dtype's size. Otherwise
+ *       (a field in GPU or pinned memory, a device buffer, an unaligned buffer) the payload is
+ *       copied now, exactly as by theus_tx_write, and @p src is free again when the call
+ *       returns. Either way the caller's obligation above is the same, so code need not know
+ *       which happened. Another thread may read @p src meanwhile; none may write it. See
+ *       docs/threading.md, "Borrowed payloads".
+ */
+THEUS_API int theus_tx_write_borrowed(theus_tx *tx, const char *field, const theus_region *r,
+                                      const void *src, theus_mem src_mem);
+
+/** @brief Stage an element-wise add of a borrowed @p src to a region: theus_tx_add's
+ *  arithmetic with theus_tx_write_borrowed's ownership, errors and conditions. */
+THEUS_API int theus_tx_add_borrowed(theus_tx *tx, const char *field, const theus_region *r,
+                                    const void *src, theus_mem src_mem);
+
+/** Flag of theus_tx_stage_regions / theus_tx_stage_segments: borrow the packed payload
+ *  (same rules as theus_tx_write_borrowed) instead of copying it. */
+#define THEUS_STAGE_BORROW 1u
+
+/** A run of @c length elements of a field from element @c offset, the field read as one
+ *  C-ordered array of all its elements (any rank; a scalar has one element). The layout
+ *  is plain integers so that a list of segments can equally be written by a kernel into
+ *  device memory (device-described batches). */
+typedef struct theus_segment {
+    int64_t offset;
+    int64_t length;
+} theus_segment;
+
+/**
+ * @brief Stage writes (or adds) of many regions of one field from one packed payload: the
+ *        regions' bytes one after the other, each C-contiguous in its region's shape, in the
+ *        order of @p regions. Each region becomes an ordinary delta, so the batch behaves
+ *        exactly as that many theus_tx_write / theus_tx_add calls in that order (overlaps
+ *        included: later regions apply over earlier ones), at the cost of one call.
+ * @param[in] regions       @p nregions regions of @p field (borrowed for the call); empty
+ *                          regions are allowed and stage nothing.
+ * @param[in] payload       the packed bytes, @p payload_bytes of them, in @p src_mem; copied
+ *                          now in one piece, or borrowed with THEUS_STAGE_BORROW.
+ * @param[in] payload_bytes must equal the regions' elements times the dtype's size.
+ * @param[in] flags         0 or THEUS_STAGE_BORROW.
+ * @return THEUS_OK; THEUS_EINVAL (NULL argument, @p nregions 0, a region out of bounds or of
+ *         the wrong rank, a size mismatch, unknown @p op, flags or @p src_mem; the message
+ *         names the region); THEUS_EPERM (contract or const zone); THEUS_ENOENT;
+ *         THEUS_ENOMEM; THEUS_EDEVICE. On failure nothing is staged and the transaction is
+ *         unchanged and usable.
+ * @note Host work: one growth of the transaction's delta array and at most one staging copy
+ *       per call, whatever @p nregions. Threads and ownership as theus_tx_write (copied) or
+ *       theus_tx_write_borrowed (THEUS_STAGE_BORROW).
+ */
+THEUS_API int theus_tx_stage_regions(theus_tx *tx, const char *field, theus_delta_op op,
+                                     const theus_region *regions, size_t nregions,
+                                     const void *payload, size_t payload_bytes,
+                                     theus_mem src_mem, unsigned flags);
+
+/**
+ * @brief As theus_tx_stage_regions, with the targets given as element runs of the flattened
+ *        field (@p segs, a host array of @p nsegs, borrowed for the call). The packed payload
+ *        holds each segment's @c length elements in turn. A segment that crosses rows of a
+ *        multi-dimensional field is staged as up to 2·ndim−1 region deltas.
+ * @return as theus_tx_stage_regions (a segment with a negative offset or length, or past the
+ *         field's last element, is THEUS_EINVAL naming it).
+ */
+THEUS_API int theus_tx_stage_segments(theus_tx *tx, const char *field, theus_delta_op op,
+                                      const theus_segment *segs, size_t nsegs,
+                                      const void *payload, size_t payload_bytes,
+                                      theus_mem src_mem, unsigned flags);
+
+/**
  * @brief Raw read-only pointer to a committed field, for kernels (device fields), or host
  *        code (host and pinned fields). The bytes change in place at every commit that writes
  *        the field: bracket use with theus_state_hold_commits / theus_state_release_commits

@@ -24,6 +24,20 @@ extern "C" {
 THEUS_API int theus_field_export_dlpack(theus_state *st, const char *field, DLManagedTensorVersioned **out);
 
 /**
+ * @brief As theus_field_export_dlpack, as a legacy unversioned DLManagedTensor (DLPack
+ *        0.x), for consumers that predate DLPack 1.0 (the "dltensor" capsule). That struct
+ *        has no flags: the consumer must treat the view as read-only by convention.
+ * @param[in]  st    the state; borrowed.
+ * @param[in]  field the field's name; borrowed for the call.
+ * @param[out] out   new tensor owned by the caller: call (*out)->deleter(*out) exactly
+ *                   once; NULL on failure. Lifetime rules as theus_field_export_dlpack.
+ * @return THEUS_OK, THEUS_ENOENT, THEUS_EINVAL, THEUS_ENOMEM.
+ * @note Thread-safe. The deleter may run on any thread.
+ */
+THEUS_API int theus_field_export_dlpack_unversioned(theus_state *st, const char *field,
+                                                    DLManagedTensor **out);
+
+/**
  * @brief Export a buffer from theus_tx_stage_buffer as a writable DLPack tensor in the
  *        region's shape, so another framework can fill it. The deleter keeps the buffer
  *        alive after the transaction is committed or aborted.

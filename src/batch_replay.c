@@ -1,0 +1,41 @@
+/* Batch replay grouped by backend (see batch_replay.h). */
+#include "batch_replay.h"
+#include <stdint.h>
+
+int batch_replay(size_t n, batch_op_fn get, void *user, replay_op *buf, size_t cap)
+{
+    /* One pass per backend, lowest address first: needs no memory and no bound on how many
+     * backends a batch uses (in practice one or two). */
+    uintptr_t prev = 0;
+    for (;;) {
+        uintptr_t cur = UINTPTR_MAX;
+        int any = 0;
+        for (size_t k = 0; k < n; k++) {
+            uintptr_t b = (uintptr_t)get(user, k, NULL);
+            if (b > prev && b <= cur) {
+                cur = b;
+                any = 1;
+            }
+        }
+        if (!any)
+            return THEUS_OK;
+        const theus_backend *b = (const theus_backend *)cur;
+        size_t m = 0;
+        for (size_t k = 0; k < n; k++) {
+            if ((uintptr_t)get(user, k, &buf[m]) != cur)
+                continue;
+            if (++m == cap) {
+                int rc = b->iface->replay(b->ctx, buf, m);
+                if (rc != THEUS_OK)
+                    return rc;
+                m = 0;
+            }
+        }
+        if (m) {
+            int rc = b->iface->replay(b->ctx, buf, m);
+            if (rc != THEUS_OK)
+                return rc;
+        }
+        prev = cur;
+    }
+}

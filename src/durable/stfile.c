@@ -1,0 +1,392 @@
+/* Safetensors files: theus_state_save_safetensors / theus_state_load_safetensors and the
+ * pieces checkpoints share with them (atomic writer, validating opener, metadata). */
+#include "durable/stfile.h"
+#include "alloc.h"
+#include "durable/fileio.h"
+#include "durable/snapshot.h"
+#include "error.h"
+#include "theus/theus_durable.h"
+#include "tx.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int stfile_write(const theus_state *st, const char *path, mode_t mode, const st_out_tensor *t,
+                 const void *const *data, size_t n, const char *const *mkeys,
+                 const char *const *mvals, size_t nmeta)
+{
+    char why[256];
+    unsigned char *prefix = NULL;
+    size_t plen = 0;
+    int rc = st_header_build(t, n, mkeys, mvals, nmeta, &prefix, &plen, why, sizeof why);
+    if (rc != THEUS_OK)
+        return err_set(st, rc, "'%s': %s", path, why);
+    fio_atomic a;
+    rc = fio_atomic_open(st, path, mode, &a);
+    if (rc != THEUS_OK) {
+        theus_xfree(prefix);
+        return rc;
+    }
+    int bad = fio_write_all(a.fd, prefix, plen);
+    theus_xfree(prefix);
+    for (size_t i = 0; i < n && !bad; i++)
+        if (t[i].nbytes)
+            bad = fio_write_all(a.fd, data[i], t[i].nbytes);
+    if (bad) {
+        int e = errno;
+        fio_atomic_abort(&a);
+        return err_set(st, THEUS_EIO, "cannot write '%s': %s", path, strerror(e));
+    }
+    return fio_atomic_commit(st, &a);
+}
+
+int stfile_open(const theus_state *st, const char *path, int *fd, st_header *h)
+{
+    memset(h, 0, sizeof *h);
+    *fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (*fd < 0)
+        return err_set(st, errno == ENOENT ? THEUS_ENOENT : THEUS_EIO, "cannot open '%s': %s",
+                       path, strerror(errno));
+    struct stat sb;
+    char why[512];
+    unsigned char pre[8];
+    uint64_t len = 0;
+    int rc;
+    if (fstat(*fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        rc = err_set(st, THEUS_EIO, "'%s' is not a regular file", path);
+        goto fail;
+    }
+    uint64_t size = (uint64_t)sb.st_size;
+    if (size >= 8 && fio_pread_all(*fd, pre, 8, 0) != 0) {
+        rc = err_set(st, THEUS_EIO, "cannot read '%s': %s", path, strerror(errno));
+        goto fail;
+    }
+    rc = st_header_length(pre, size, &len, why, sizeof why);
+    if (rc != THEUS_OK) {
+        rc = err_set(st, rc, "'%s': %s", path, why);
+        goto fail;
+    }
+    char *json = theus_xmalloc((size_t)len);
+    if (!json) {
+        rc = err_set(st, THEUS_ENOMEM, "out of memory reading the header of '%s'", path);
+        goto fail;
+    }
+    if (fio_pread_all(*fd, json, (size_t)len, 8) != 0) {
+        theus_xfree(json);
+        rc = err_set(st, THEUS_EIO, "cannot read the header of '%s': %s", path, strerror(errno));
+        goto fail;
+    }
+    rc = st_header_parse(json, (size_t)len, size - 8 - len, h, why, sizeof why);
+    theus_xfree(json);
+    if (rc != THEUS_OK) {
+        rc = err_set(st, rc, "'%s': %s", path, why);
+        goto fail;
+    }
+    return THEUS_OK;
+fail:
+    close(*fd);
+    *fd = -1;
+    return rc;
+}
+
+int stfile_meta(const theus_state *st, const snapshot *s, const char *schema_text,
+                const char *keys[STFILE_NMETA], char *vals[STFILE_NMETA])
+{
+    keys[0] = "theus.format";
+    keys[1] = "theus.version";
+    keys[2] = "theus.schema";
+    keys[3] = "theus.field_versions";
+    for (int i = 0; i < STFILE_NMETA; i++)
+        vals[i] = NULL;
+    char num[32];
+    snprintf(num, sizeof num, "%d", THEUS_DURABLE_FORMAT);
+    vals[0] = theus_xstrdup(num);
+    snprintf(num, sizeof num, "%" PRIu64, s->version);
+    vals[1] = theus_xstrdup(num);
+    vals[2] = schema_text ? theus_xstrdup(schema_text) : schema_canonical(st->schema);
+    vals[3] = snapshot_versions_json(st, s);
+    for (int i = 0; i < STFILE_NMETA; i++)
+        if (!vals[i]) {
+            stfile_meta_free(vals);
+            return err_set(st, THEUS_ENOMEM, "out of memory writing metadata");
+        }
+    return THEUS_OK;
+}
+
+void stfile_meta_free(char *vals[STFILE_NMETA])
+{
+    for (int i = 0; i < STFILE_NMETA; i++) {
+        theus_xfree(vals[i]);
+        vals[i] = NULL;
+    }
+}
+
+int theus_state_save_safetensors(theus_state *st, const char *path)
+{
+    if (!st || !path)
+        return err_set(st, THEUS_EINVAL, "theus_state_save_safetensors: NULL argument");
+    snapshot s;
+    int rc = snapshot_take(st, NULL, &s);
+    if (rc != THEUS_OK)
+        return rc;
+    st_out_tensor *t = theus_xcalloc(s.n ? s.n : 1, sizeof *t);
+    const void **data = theus_xcalloc(s.n ? s.n : 1, sizeof *data);
+    const char *keys[STFILE_NMETA];
+    char *vals[STFILE_NMETA] = {0};
+    if (!t || !data) {
+        rc = err_set(st, THEUS_ENOMEM, "out of memory saving '%s'", path);
+        goto done;
+    }
+    for (size_t k = 0; k < s.n; k++) {
+        const field_desc *f = &st->fields[s.f[k].index];
+        t[k] = (st_out_tensor){.name = f->name, .dtype = (theus_dtype)f->dtype,
+                               .ndim = (int)f->ndim, .shape = f->shape, .nbytes = f->nbytes};
+        data[k] = s.f[k].bytes;
+    }
+    rc = stfile_meta(st, &s, NULL, keys, vals);
+    if (rc == THEUS_OK)
+        rc = stfile_write(st, path, 0644, t, data, s.n, keys, (const char *const *)vals,
+                          STFILE_NMETA);
+done:
+    stfile_meta_free(vals);
+    theus_xfree(t);
+    theus_xfree(data);
+    snapshot_free(&s);
+    return rc;
+}
+
+/* ---- loading --------------------------------------------------------------------------- */
+
+typedef struct load_item {
+    long tensor;     /* index in the header */
+    int field;
+} load_item;
+
+static int shape_equal(const st_tensor *t, const field_desc *f)
+{
+    if (t->ndim != (int)f->ndim)
+        return 0;
+    for (int d = 0; d < t->ndim; d++)
+        if (t->shape[d] != f->shape[d])
+            return 0;
+    return 1;
+}
+
+static void shape_format(int ndim, const int64_t *shape, char *buf, size_t len)
+{
+    size_t at = (size_t)snprintf(buf, len, "[");
+    for (int d = 0; d < ndim && at < len; d++)
+        at += (size_t)snprintf(buf + at, len - at, "%s%lld", d ? ", " : "", (long long)shape[d]);
+    if (at < len)
+        snprintf(buf + at, len - at, "]");
+}
+
+/* Match every tensor to a field and check it; fills @items (one per tensor loaded). */
+static int load_plan(theus_state *st, const char *path, const st_header *h,
+                     const theus_load_options *o, load_item *items, size_t *nitems,
+                     int *has_const)
+{
+    *nitems = 0;
+    *has_const = 0;
+    unsigned char *seen = theus_xcalloc(st->hdr->nfields ? st->hdr->nfields : 1, 1);
+    if (!seen)
+        return err_set(st, THEUS_ENOMEM, "out of memory loading '%s'", path);
+    int rc = THEUS_OK;
+    for (size_t i = 0; i < h->ntensors && rc == THEUS_OK; i++) {
+        const st_tensor *t = &h->tensors[i];
+        const char *name = o->map ? o->map(t->name, o->map_user) : t->name;
+        if (!name)
+            continue;
+        int fi = state_find_field(st, name);
+        if (fi < 0) {
+            if (o->skip_unknown)
+                continue;
+            rc = err_set(st, THEUS_ENOENT, "load '%s': tensor '%s' names no field (field '%s')",
+                         path, t->name, name);
+            break;
+        }
+        const field_desc *f = &st->fields[fi];
+        if (f->zone == THEUS_ZONE_SIGNAL && !o->load_signal)
+            continue;
+        char a[160], b[160];
+        if (t->dtype != (theus_dtype)f->dtype) {
+            rc = err_set(st, THEUS_ESCHEMA,
+                         "load '%s': tensor '%s' is %s, field '%s' is %s", path, t->name,
+                         st_dtype_name(t->dtype), f->name,
+                         st_dtype_name((theus_dtype)f->dtype));
+        } else if (!shape_equal(t, f)) {
+            shape_format(t->ndim, t->shape, a, sizeof a);
+            shape_format((int)f->ndim, f->shape, b, sizeof b);
+            rc = err_set(st, THEUS_ESCHEMA,
+                         "load '%s': tensor '%s' has shape %s, field '%s' has shape %s", path,
+                         t->name, a, f->name, b);
+        } else if (seen[fi]) {
+            rc = err_set(st, THEUS_EINVAL, "load '%s': two tensors go to field '%s' ('%s')",
+                         path, f->name, t->name);
+        } else {
+            seen[fi] = 1;
+            if (f->zone == THEUS_ZONE_CONST)
+                *has_const = 1;
+            items[(*nitems)++] = (load_item){.tensor = (long)i, .field = fi};
+        }
+    }
+    theus_xfree(seen);
+    return rc;
+}
+
+static int read_tensor(const theus_state *st, const char *path, int fd, const st_header *h,
+                       const st_tensor *t, void *dst)
+{
+    if (fio_pread_all(fd, dst, t->nbytes, h->data_start + t->begin) != 0)
+        return err_set(st, THEUS_EIO, "load '%s': cannot read tensor '%s': %s", path, t->name,
+                       strerror(errno));
+    return THEUS_OK;
+}
+
+/* Const fields: their old values, kept to put back if the transaction then fails. */
+typedef struct const_undo {
+    int field;
+    void *old;
+} const_undo;
+
+static void undo_consts(theus_state *st, const_undo *u, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (u[i].old)
+            theus_state_init_field(st, st->fields[u[i].field].name, u[i].old, THEUS_MEM_HOST);
+}
+
+static int load_consts(theus_state *st, const char *path, int fd, const st_header *h,
+                       const load_item *items, size_t n, const_undo *u, size_t *nu)
+{
+    *nu = 0;
+    for (size_t k = 0; k < n; k++) {
+        const field_desc *f = &st->fields[items[k].field];
+        if (f->zone != THEUS_ZONE_CONST || f->nbytes == 0)
+            continue;
+        const theus_backend *b = st->backend[items[k].field];
+        void *old = theus_xmalloc(f->nbytes), *val = theus_xmalloc(f->nbytes);
+        int rc = old && val ? THEUS_OK : err_set(st, THEUS_ENOMEM, "out of memory loading '%s'", path);
+        if (rc == THEUS_OK) {
+            rc = b->iface->read(b->ctx, st->data[items[k].field], &st->frames[items[k].field],
+                                (theus_dtype)f->dtype, &st->frames[items[k].field], old,
+                                THEUS_MEM_HOST);
+            if (rc != THEUS_OK)
+                rc = dur_wrap(st, rc, "load: cannot read a const field");
+        }
+        if (rc == THEUS_OK)
+            rc = read_tensor(st, path, fd, h, &h->tensors[items[k].tensor], val);
+        if (rc == THEUS_OK) {
+            rc = theus_state_init_field(st, f->name, val, THEUS_MEM_HOST);
+            if (rc == THEUS_EBUSY)
+                rc = err_set(st, THEUS_EPERM, "load '%s': const field '%s' can be loaded only "
+                             "before the state's first commit", path, f->name);
+            else if (rc != THEUS_OK)
+                rc = dur_wrap(st, rc, "load");
+        }
+        theus_xfree(val);
+        if (rc != THEUS_OK) {
+            theus_xfree(old);
+            return rc;
+        }
+        u[(*nu)++] = (const_undo){.field = items[k].field, .old = old};
+    }
+    return THEUS_OK;
+}
+
+static int stage_items(theus_state *st, theus_tx *tx, const char *path, int fd,
+                       const st_header *h, const load_item *items, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        const field_desc *f = &st->fields[items[k].field];
+        const st_tensor *t = &h->tensors[items[k].tensor];
+        if (f->zone == THEUS_ZONE_CONST || f->nbytes == 0)
+            continue;
+        void *buf = NULL;
+        theus_mem mem = THEUS_MEM_HOST;
+        int rc = theus_tx_stage_buffer(tx, f->name, NULL, THEUS_OP_ASSIGN, &buf, &mem);
+        if (rc != THEUS_OK)
+            return dur_wrap(st, rc, "load");
+        if (mem == THEUS_MEM_HOST)
+            rc = read_tensor(st, path, fd, h, t, buf);
+        else {
+            /* A device field: through a host buffer, then a second staging over the first. */
+            void *tmp = theus_xmalloc(t->nbytes);
+            rc = tmp ? read_tensor(st, path, fd, h, t, tmp)
+                     : err_set(st, THEUS_ENOMEM, "out of memory loading '%s'", path);
+            if (rc == THEUS_OK && (rc = theus_tx_write(tx, f->name, NULL, tmp, THEUS_MEM_HOST)))
+                rc = dur_wrap(st, rc, "load");
+            theus_xfree(tmp);
+        }
+        if (rc != THEUS_OK)
+            return rc;
+    }
+    return THEUS_OK;
+}
+
+int theus_state_load_safetensors_ex(theus_state *st, const char *path,
+                                    const theus_load_options *opts)
+{
+    if (!st || !path)
+        return err_set(st, THEUS_EINVAL, "theus_state_load_safetensors: NULL argument");
+    theus_load_options o = THEUS_LOAD_OPTIONS_INIT;
+    if (opts)
+        o = *opts;
+    if ((o.skip_unknown != 0 && o.skip_unknown != 1) || (o.load_signal != 0 && o.load_signal != 1))
+        return err_set(st, THEUS_EINVAL, "load options: skip_unknown and load_signal are 0 or 1");
+    int fd = -1;
+    st_header h;
+    int rc = stfile_open(st, path, &fd, &h);
+    if (rc != THEUS_OK)
+        return rc;
+    load_item *items = theus_xcalloc(h.ntensors ? h.ntensors : 1, sizeof *items);
+    const_undo *undo = theus_xcalloc(h.ntensors ? h.ntensors : 1, sizeof *undo);
+    size_t n = 0, nu = 0;
+    int has_const = 0;
+    theus_tx *tx = NULL;
+    if (!items || !undo) {
+        rc = err_set(st, THEUS_ENOMEM, "out of memory loading '%s'", path);
+        goto done;
+    }
+    rc = load_plan(st, path, &h, &o, items, &n, &has_const);
+    if (rc == THEUS_OK && has_const && theus_state_version(st) != 1)
+        for (size_t k = 0; k < n && rc == THEUS_OK; k++)
+            if (st->fields[items[k].field].zone == THEUS_ZONE_CONST)
+                rc = err_set(st, THEUS_EPERM, "load '%s': const field '%s' can be loaded only "
+                             "before the state's first commit", path,
+                             st->fields[items[k].field].name);
+    if (rc == THEUS_OK && (rc = theus_tx_begin(st, NULL, &tx)) != THEUS_OK)
+        rc = dur_wrap(st, rc, "load");
+    if (rc == THEUS_OK)
+        rc = stage_items(st, tx, path, fd, &h, items, n);
+    if (rc == THEUS_OK && has_const)
+        rc = load_consts(st, path, fd, &h, items, n, undo, &nu);
+    if (rc == THEUS_OK) {
+        theus_tx *t = tx;
+        tx = NULL;
+        rc = theus_tx_commit(t, NULL);
+        if (rc != THEUS_OK)
+            rc = dur_wrap(st, rc, "load: commit");
+    }
+    if (rc != THEUS_OK)
+        undo_consts(st, undo, nu);
+done:
+    theus_tx_abort(tx);
+    for (size_t i = 0; i < nu; i++)
+        theus_xfree(undo[i].old);
+    theus_xfree(undo);
+    theus_xfree(items);
+    st_header_free(&h);
+    close(fd);
+    return rc;
+}
+
+int theus_state_load_safetensors(theus_state *st, const char *path)
+{
+    return theus_state_load_safetensors_ex(st, path, NULL);
+}

@@ -1,0 +1,137 @@
+/* The schema gatekeeper: constraint checks of a batch's values before and under the commit
+ * lock, and the final values of a delta's region (see gatekeeper.h). */
+#include "gatekeeper.h"
+#include "alloc.h"
+#include "dtype.h"
+#include "error.h"
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Per field: GATE_ASSIGNS checks staged ASSIGN payloads before the lock; GATE_RESULT (the
+ * batch adds to a constrained field) checks the values the commit will produce, which
+ * depend on the committed state, under the lock. */
+enum { GATE_NONE = 0, GATE_ASSIGNS = 1, GATE_RESULT = 2 };
+
+struct gate_plan {
+    unsigned char what[1]; /* one entry per field */
+};
+
+static int has_constraints(const field_desc *f)
+{
+    return f->cons.has_min || f->cons.has_max || f->cons.finite;
+}
+
+/* The one refusal message of the commit path. */
+static int refuse(theus_state *st, const field_desc *f, size_t bad, double value)
+{
+    atomic_fetch_add(&st->hdr->stats.schema_refusals, 1);
+    char bounds[96] = "";
+    if (f->cons.has_min && f->cons.has_max)
+        snprintf(bounds, sizeof bounds, " (min %g, max %g)", f->cons.min, f->cons.max);
+    else if (f->cons.has_min)
+        snprintf(bounds, sizeof bounds, " (min %g)", f->cons.min);
+    else if (f->cons.has_max)
+        snprintf(bounds, sizeof bounds, " (max %g)", f->cons.max);
+    return err_set(st, THEUS_ESCHEMA, "commit refused: field '%s' element %zu would be %g, "
+                   "breaking its constraints%s%s", f->name, bad, value,
+                   f->cons.finite ? " (finite)" : "", bounds);
+}
+
+static int check_assigns(theus_state *st, const theus_tx *tx, const gate_plan *plan)
+{
+    for (size_t k = 0; k < tx->ndeltas; k++) {
+        const delta *d = &tx->deltas[k];
+        const field_desc *f = &st->fields[d->field];
+        if (plan->what[d->field] != GATE_ASSIGNS)
+            continue;
+        size_t bad = SIZE_MAX;
+        int rc = backend_check(st->backend[d->field], (theus_dtype)f->dtype, d->payload,
+                               d->nelems, &f->cons, &bad);
+        if (rc != THEUS_OK)
+            return err_wrap(st, rc, "commit: constraint check of '%s' failed to run", f->name);
+        if (bad != SIZE_MAX) {
+            double value = 0.0;
+            backend_get(st->backend[d->field], (theus_dtype)f->dtype, d->payload, d->nelems, bad,
+                        &value);
+            return refuse(st, f, bad, value);
+        }
+    }
+    return THEUS_OK;
+}
+
+int gate_begin(theus_state *st, const theus_tx *tx, gate_plan **out)
+{
+    *out = NULL;
+    gate_plan *plan = NULL;
+    for (size_t k = 0; k < tx->ndeltas; k++) {
+        const delta *d = &tx->deltas[k];
+        if (!has_constraints(&st->fields[d->field]))
+            continue;
+        if (!plan && !(plan = theus_xcalloc(1, sizeof *plan + st->hdr->nfields)))
+            return err_set(st, THEUS_ENOMEM, "commit: out of memory");
+        if (d->op == DELTA_ADD)
+            plan->what[d->field] = GATE_RESULT;
+        else if (plan->what[d->field] == GATE_NONE)
+            plan->what[d->field] = GATE_ASSIGNS;
+    }
+    if (!plan)
+        return THEUS_OK;
+    int rc = check_assigns(st, tx, plan);
+    if (rc != THEUS_OK) {
+        theus_xfree(plan);
+        return rc;
+    }
+    *out = plan;
+    return THEUS_OK;
+}
+
+int gate_finish(theus_state *st, const theus_tx *tx, const gate_plan *plan)
+{
+    for (size_t k = 0; plan && k < tx->ndeltas; k++) {
+        const delta *d = &tx->deltas[k];
+        const field_desc *f = &st->fields[d->field];
+        if (plan->what[d->field] != GATE_RESULT)
+            continue;
+        theus_dtype dt = (theus_dtype)f->dtype;
+        void *scratch = theus_xmalloc(d->nelems * theus_dtype_size(dt));
+        if (!scratch)
+            return err_set(st, THEUS_ENOMEM, "commit: out of memory checking '%s'", f->name);
+        int rc = gate_final_values(st, tx, k, scratch);
+        size_t bad = rc == THEUS_OK ? dtype_check(dt, scratch, d->nelems, &f->cons) : SIZE_MAX;
+        double value = bad != SIZE_MAX ? dtype_get(dt, scratch, bad) : 0.0;
+        theus_xfree(scratch);
+        if (rc != THEUS_OK)
+            return err_wrap(st, rc, "commit: cannot read '%s' to check its constraints", f->name);
+        if (bad != SIZE_MAX)
+            return refuse(st, f, bad, value);
+    }
+    return THEUS_OK;
+}
+
+void gate_end(gate_plan *plan)
+{
+    theus_xfree(plan);
+}
+
+int gate_final_values(theus_state *st, const struct theus_tx *tx, size_t k, void *host_out)
+{
+    const delta *d = &tx->deltas[k];
+    const theus_backend *b = st->backend[d->field];
+    theus_dtype dt = (theus_dtype)st->fields[d->field].dtype;
+    /* An ASSIGN starts from its own payload and only later deltas matter; an ADD starts from
+     * the committed bytes and every delta of the batch on the region applies. */
+    int rc = d->op == DELTA_ASSIGN
+                 ? b->iface->read(b->ctx, d->payload, &d->r, dt, &d->r, host_out, THEUS_MEM_HOST)
+                 : b->iface->read(b->ctx, st->data[d->field], &st->frames[d->field], dt, &d->r,
+                                  host_out, THEUS_MEM_HOST);
+    for (size_t j = d->op == DELTA_ASSIGN ? k + 1 : 0; rc == THEUS_OK && j < tx->ndeltas; j++) {
+        const delta *o = &tx->deltas[j];
+        theus_region sub;
+        if (o->field != d->field || !region_intersect(&o->r, &d->r, &sub))
+            continue;
+        rc = b->iface->overlay(b->ctx, dt, o->op, host_out, &d->r, THEUS_MEM_HOST, o->payload,
+                               &o->r, &sub);
+    }
+    return rc;
+}

@@ -1,0 +1,456 @@
+/* The engine: registered processes of one state, checked against its schema, and runs of
+ * them — one transaction through the retry helper per run (snapshot reads for pure ones). */
+#include "process.h"
+#include "alloc.h"
+#include "error.h"
+#include "publish_hook.h"
+#include <fnmatch.h>
+#include <stdint.h>
+#include <string.h>
+
+/* The run the calling thread is inside, so that the publish step can find the signals and
+ * outbox entries of the commit it publishes. */
+static _Thread_local theus_run *tls_run;
+
+theus_run *engine_run_of(theus_engine *e, const struct publish_batch *b)
+{
+    theus_run *r = tls_run;
+    /* Only the attempt's own transaction: the deltas array is that transaction's. */
+    if (r && r->e == e && r->tx && r->tx == b->tx)
+        return r;
+    return NULL;
+}
+
+static void destroy_proc(proc_entry *p)
+{
+    if (!p)
+        return;
+    theus_xfree(p->blob);
+    theus_xfree(p->codes);
+    theus_xfree((void *)p->audit_by_field);
+    theus_xfree(p);
+}
+
+int theus_engine_create(theus_state *st, const theus_engine_options *opts, theus_engine **out)
+{
+    if (out)
+        *out = NULL;
+    if (!st || !out)
+        return err_set(st, THEUS_EINVAL, "theus_engine_create: NULL state or out");
+    theus_engine_options o = THEUS_ENGINE_OPTIONS_INIT;
+    if (opts)
+        o = *opts;
+    if (o.workers == 0)
+        o.workers = 2;
+    if (o.workers > 256)
+        return err_set(st, THEUS_EINVAL, "theus_engine_create: %u workers (at most 256)", o.workers);
+    if (o.audit_ring == 0)
+        o.audit_ring = 256;
+    theus_engine *e = theus_xcalloc(1, sizeof *e);
+    if (!e)
+        return err_set(st, THEUS_ENOMEM, "theus_engine_create: out of memory");
+    e->st = st;
+    e->opts = o;
+    int inited = 0;
+    if (pthread_rwlock_init(&e->reg_lock, NULL) != 0)
+        goto nomem;
+    inited = 1;
+    pthread_mutex_init(&e->pool_mu, NULL);
+    pthread_mutex_init(&e->wfs.mu, NULL);
+    if (sig_init(&e->sig) != THEUS_OK)
+        goto nomem;
+    inited = 2;
+    if (outbox_init(&e->ob) != THEUS_OK)
+        goto nomem;
+    inited = 3;
+    if (audit_init(e, o.audit_ring) != THEUS_OK)
+        goto nomem;
+    inited = 4;
+    int rc = publish_hook_attach(e);
+    if (rc != THEUS_OK) {
+        audit_fini(&e->audit);
+        outbox_fini(&e->ob);
+        sig_fini(&e->sig);
+        pthread_mutex_destroy(&e->wfs.mu);
+        pthread_mutex_destroy(&e->pool_mu);
+        pthread_rwlock_destroy(&e->reg_lock);
+        theus_xfree(e);
+        return rc;
+    }
+    *out = e;
+    return THEUS_OK;
+nomem:
+    if (inited >= 3)
+        outbox_fini(&e->ob);
+    if (inited >= 2)
+        sig_fini(&e->sig);
+    if (inited >= 1) {
+        pthread_mutex_destroy(&e->wfs.mu);
+        pthread_mutex_destroy(&e->pool_mu);
+        pthread_rwlock_destroy(&e->reg_lock);
+    }
+    theus_xfree(e);
+    return err_set(st, THEUS_ENOMEM, "theus_engine_create: out of memory");
+}
+
+void theus_engine_destroy(theus_engine *e)
+{
+    if (!e)
+        return;
+    pool_destroy(e->pool);
+    sig_close(&e->sig);
+    publish_hook_detach(e);
+    outbox_drain(e, UINT64_MAX);
+    for (size_t i = 0; i < e->nprocs; i++)
+        destroy_proc(e->procs[i]);
+    theus_xfree(e->procs);
+    theus_xfree(e->wfs.v);
+    audit_fini(&e->audit);
+    outbox_fini(&e->ob);
+    sig_fini(&e->sig);
+    pthread_mutex_destroy(&e->wfs.mu);
+    pthread_mutex_destroy(&e->pool_mu);
+    pthread_rwlock_destroy(&e->reg_lock);
+    theus_xfree(e);
+}
+
+theus_state *theus_engine_state(const theus_engine *e)
+{
+    return e ? e->st : NULL;
+}
+
+proc_entry *engine_find(theus_engine *e, const char *name)
+{
+    proc_entry *p = NULL;
+    pthread_rwlock_rdlock(&e->reg_lock);
+    for (size_t i = 0; i < e->nprocs; i++)
+        if (strcmp(e->procs[i]->name, name) == 0) {
+            p = e->procs[i];
+            break;
+        }
+    pthread_rwlock_unlock(&e->reg_lock);
+    return p;
+}
+
+/* ---- registration ---------------------------------------------------------------------- */
+
+/* Every glob matches a field; outputs match no const field. */
+static int check_globs(theus_engine *e, const char *proc, const char *const *globs, size_t n,
+                       int outputs)
+{
+    theus_state *st = e->st;
+    size_t nf = theus_state_field_count(st);
+    for (size_t i = 0; i < n; i++) {
+        if (!globs[i] || !globs[i][0])
+            return err_set(st, THEUS_EINVAL, "register '%s': %s %zu is %s", proc,
+                           outputs ? "output" : "input", i, globs[i] ? "empty" : "NULL");
+        size_t hits = 0;
+        for (size_t f = 0; f < nf; f++) {
+            const char *fname = theus_state_field_name(st, f);
+            if (fnmatch(globs[i], fname, 0) != 0)
+                continue;
+            hits++;
+            theus_field_info fi;
+            theus_state_field_info(st, fname, &fi);
+            if (outputs && fi.zone == THEUS_ZONE_CONST)
+                return err_set(st, THEUS_EPERM,
+                               "register '%s': output '%s' matches field '%s', which is const "
+                               "(written only at creation)",
+                               proc, globs[i], fname);
+        }
+        if (hits == 0)
+            return err_set(st, THEUS_EINVAL, "register '%s': %s '%s' matches no field of the "
+                           "schema", proc, outputs ? "output" : "input", globs[i]);
+    }
+    return THEUS_OK;
+}
+
+static int copy_def(proc_entry *p, const theus_process_def *d)
+{
+    size_t n = d->n_inputs + d->n_outputs;
+    size_t bytes = (n + 1) * sizeof(char *) + strlen(d->name) + 1;
+    for (size_t i = 0; i < d->n_inputs; i++)
+        bytes += strlen(d->inputs[i]) + 1;
+    for (size_t i = 0; i < d->n_outputs; i++)
+        bytes += strlen(d->outputs[i]) + 1;
+    char *blob = theus_xmalloc(bytes);
+    if (!blob)
+        return THEUS_ENOMEM;
+    const char **ptrs = (const char **)(void *)blob;
+    char *s = blob + (n + 1) * sizeof(char *);
+    for (size_t i = 0; i < n; i++) {
+        const char *src = i < d->n_inputs ? d->inputs[i] : d->outputs[i - d->n_inputs];
+        size_t len = strlen(src) + 1;
+        memcpy(s, src, len);
+        ptrs[i] = s;
+        s += len;
+    }
+    memcpy(s, d->name, strlen(d->name) + 1);
+    ptrs[n] = s;
+    p->blob = blob;
+    p->contract.name = s;
+    p->contract.inputs = ptrs;
+    p->contract.n_inputs = d->n_inputs;
+    p->contract.outputs = ptrs + d->n_inputs;
+    p->contract.n_outputs = d->n_outputs;
+    if (d->n_status_codes) {
+        if (!(p->codes = theus_xmalloc(d->n_status_codes * sizeof *p->codes)))
+            return THEUS_ENOMEM;
+        memcpy(p->codes, d->status_codes, d->n_status_codes * sizeof *p->codes);
+        p->ncodes = d->n_status_codes;
+    }
+    return THEUS_OK;
+}
+
+static int check_def(theus_engine *e, const theus_process_def *d)
+{
+    theus_state *st = e->st;
+    if (!d->name || !d->body)
+        return err_set(st, THEUS_EINVAL, "register: NULL %s", d->name ? "body" : "name");
+    size_t len = strlen(d->name);
+    if (len == 0 || len > THEUS_NAME_MAX)
+        return err_set(st, THEUS_EINVAL, "register: process name is %zu bytes (1..%d allowed)",
+                       len, THEUS_NAME_MAX);
+    if (d->kind != THEUS_PROCESS_EFFECT && d->kind != THEUS_PROCESS_PURE)
+        return err_set(st, THEUS_EINVAL, "register '%s': unknown kind %d", d->name, (int)d->kind);
+    if (d->isolation < THEUS_ISOLATION_SERIALIZABLE || d->isolation > THEUS_ISOLATION_STRICT)
+        return err_set(st, THEUS_EINVAL, "register '%s': unknown isolation %d", d->name,
+                       d->isolation);
+    if ((d->n_inputs && !d->inputs) || (d->n_outputs && !d->outputs) ||
+        (d->n_status_codes && !d->status_codes))
+        return err_set(st, THEUS_EINVAL, "register '%s': NULL array with a non-zero count",
+                       d->name);
+    if (d->kind == THEUS_PROCESS_PURE && d->n_outputs)
+        return err_set(st, THEUS_EINVAL, "register '%s': a pure process declares no outputs",
+                       d->name);
+    for (size_t i = 0; i < d->n_status_codes; i++) {
+        if (d->status_codes[i] == THEUS_OK)
+            return err_set(st, THEUS_EINVAL, "register '%s': THEUS_OK is not a status code to "
+                           "declare", d->name);
+        for (size_t j = 0; j < i; j++)
+            if (d->status_codes[j] == d->status_codes[i])
+                return err_set(st, THEUS_EINVAL, "register '%s': status %d declared twice",
+                               d->name, d->status_codes[i]);
+    }
+    int rc = check_globs(e, d->name, d->inputs, d->n_inputs, 0);
+    if (rc == THEUS_OK)
+        rc = check_globs(e, d->name, d->outputs, d->n_outputs, 1);
+    return rc;
+}
+
+int theus_engine_register(theus_engine *e, const theus_process_def *def)
+{
+    if (!e || !def)
+        return err_set(e ? e->st : NULL, THEUS_EINVAL, "theus_engine_register: NULL argument");
+    int rc = check_def(e, def);
+    if (rc != THEUS_OK)
+        return rc;
+    proc_entry *p = theus_xcalloc(1, sizeof *p);
+    size_t nf = theus_state_field_count(e->st);
+    if (!p || copy_def(p, def) != THEUS_OK ||
+        !(p->audit_by_field = theus_xcalloc(nf ? nf : 1, sizeof *p->audit_by_field))) {
+        destroy_proc(p);
+        return err_set(e->st, THEUS_ENOMEM, "register '%s': out of memory", def->name);
+    }
+    memcpy(p->name, def->name, strlen(def->name) + 1);
+    p->body = def->body;
+    p->user = def->user;
+    p->kind = def->kind;
+    p->isolation = def->isolation;
+
+    pthread_rwlock_wrlock(&e->reg_lock);
+    rc = THEUS_OK;
+    for (size_t i = 0; i < e->nprocs; i++)
+        if (strcmp(e->procs[i]->name, p->name) == 0)
+            rc = err_set(e->st, THEUS_EINVAL, "register: process '%s' is already registered",
+                         p->name);
+    if (rc == THEUS_OK &&
+        tx_grow((void **)&e->procs, &e->cap_procs, e->nprocs + 1, sizeof *e->procs))
+        rc = err_set(e->st, THEUS_ENOMEM, "register '%s': out of memory", p->name);
+    if (rc == THEUS_OK)
+        e->procs[e->nprocs++] = p;
+    pthread_rwlock_unlock(&e->reg_lock);
+    if (rc != THEUS_OK)
+        destroy_proc(p);
+    return rc;
+}
+
+/* ---- runs -------------------------------------------------------------------------------- */
+
+static int theus_code(int rc)
+{
+    return rc <= THEUS_EINVAL && rc >= THEUS_ETIMEDOUT;
+}
+
+static int declared(const proc_entry *p, int rc)
+{
+    for (size_t i = 0; i < p->ncodes; i++)
+        if (p->codes[i] == rc)
+            return 1;
+    return 0;
+}
+
+static int run_attempt(theus_tx *tx, void *user)
+{
+    theus_run *run = user;
+    proc_entry *p = run->p;
+    /* What an earlier attempt queued went with its transaction. */
+    run->nsignals = 0;
+    outbox_drop_run(run);
+    run->tx = tx;
+    atomic_fetch_add_explicit(&p->attempts, 1, memory_order_relaxed);
+    int rc = p->body(run, p->user);
+    if (rc == THEUS_OK || rc == THEUS_ECONFLICT || theus_code(rc) || declared(p, rc))
+        return rc;
+    atomic_fetch_add_explicit(&p->undeclared, 1, memory_order_relaxed);
+    return err_set(run->e->st, THEUS_EUNDECLARED,
+                   "process '%s' returned status %d, which it does not declare", p->name, rc);
+}
+
+int engine_run_proc(theus_engine *e, proc_entry *p, uint64_t *committed_version)
+{
+    theus_run run;
+    memset(&run, 0, sizeof run);
+    run.e = e;
+    run.p = p;
+    atomic_fetch_add_explicit(&p->runs, 1, memory_order_relaxed);
+    theus_retry_options ro = e->opts.retry;
+    ro.tx.isolation = p->isolation;
+    ro.tx.contract = &p->contract;
+    if (p->kind == THEUS_PROCESS_PURE)
+        ro.priority_after = UINT32_MAX;  /* the priority lease would hold other commits */
+    uint64_t attempts0 = atomic_load_explicit(&p->attempts, memory_order_relaxed);
+    uint64_t version = 0;
+    theus_run *prev = tls_run;
+    tls_run = &run;
+    int rc = theus_tx_run(e->st, &ro, run_attempt, &run, &version);
+    tls_run = prev;
+    run.tx = NULL;
+    /* attempts of this run; concurrent runs of the same process make this approximate only
+     * in which run a retry is charged to, not in the totals. */
+    uint64_t extra = atomic_load_explicit(&p->attempts, memory_order_relaxed) - attempts0;
+    extra = extra ? extra - 1 : 0;
+    atomic_fetch_add_explicit(&p->retries, extra, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->conflicts, extra + (rc == THEUS_EBUSY), memory_order_relaxed);
+    if (rc != THEUS_OK) {
+        outbox_drop_run(&run);
+        theus_xfree(run.signals);
+        atomic_fetch_add_explicit(&p->failures, 1, memory_order_relaxed);
+        return rc;
+    }
+    if (!run.published) {
+        /* Wrote nothing: no version was published, nothing could refuse it; deliver now. */
+        run.version = version;
+        sig_deliver(e, &run);
+        outbox_publish(e, &run, version);
+    }
+    theus_xfree(run.signals);
+    if (run.ob_seq)
+        outbox_drain(e, run.ob_seq);
+    atomic_fetch_add_explicit(&p->commits, 1, memory_order_relaxed);
+    if (committed_version)
+        *committed_version = version;
+    return THEUS_OK;
+}
+
+int theus_engine_run(theus_engine *e, const char *process, uint64_t *committed_version)
+{
+    if (!e || !process)
+        return err_set(e ? e->st : NULL, THEUS_EINVAL, "theus_engine_run: NULL argument");
+    if (atomic_load(&e->stopped))
+        return err_set(e->st, THEUS_EBUSY, "run '%s': the engine was stopped by a level-S "
+                       "audit rule (theus_engine_resume)", process);
+    proc_entry *p = engine_find(e, process);
+    if (!p)
+        return err_set(e->st, THEUS_ENOENT, "run: no process '%s' is registered", process);
+    return engine_run_proc(e, p, committed_version);
+}
+
+theus_tx *theus_run_tx(theus_run *run)
+{
+    return run ? run->tx : NULL;
+}
+
+const char *theus_run_process(const theus_run *run)
+{
+    return run ? run->p->name : "";
+}
+
+theus_engine *theus_run_engine(theus_run *run)
+{
+    return run ? run->e : NULL;
+}
+
+int theus_run_signal(theus_run *run, const char *name)
+{
+    if (!run)
+        return err_set(NULL, THEUS_EINVAL, "theus_run_signal: NULL run");
+    int rc = sig_check_name(run->e, name);
+    if (rc != THEUS_OK)
+        return rc;
+    if (run->p->kind == THEUS_PROCESS_PURE)
+        return err_set(run->e->st, THEUS_EPERM, "signal '%s': process '%s' is pure", name,
+                       run->p->name);
+    if (tx_grow((void **)&run->signals, &run->cap_signals, run->nsignals + 1,
+                sizeof *run->signals))
+        return err_set(run->e->st, THEUS_ENOMEM, "signal '%s': out of memory", name);
+    memcpy(run->signals[run->nsignals++], name, strlen(name) + 1);
+    return THEUS_OK;
+}
+
+int theus_run_outbox(theus_run *run, theus_outbox_fn fn, theus_outbox_drop_fn drop, void *arg)
+{
+    if (!run || !fn)
+        return err_set(run ? run->e->st : NULL, THEUS_EINVAL, "theus_run_outbox: NULL argument");
+    if (run->p->kind == THEUS_PROCESS_PURE)
+        return err_set(run->e->st, THEUS_EPERM, "outbox: process '%s' is pure", run->p->name);
+    outbox_item *it = theus_xcalloc(1, sizeof *it);
+    if (!it) {
+        if (drop)
+            drop(arg);
+        return err_set(run->e->st, THEUS_ENOMEM, "outbox: out of memory");
+    }
+    it->fn = fn;
+    it->drop = drop;
+    it->arg = arg;
+    if (run->ob_tail)
+        run->ob_tail->next = it;
+    else
+        run->ob_head = it;
+    run->ob_tail = it;
+    return THEUS_OK;
+}
+
+int theus_engine_process_stats(theus_engine *e, const char *process, theus_process_stats *out)
+{
+    if (!e || !process || !out)
+        return err_set(e ? e->st : NULL, THEUS_EINVAL, "theus_engine_process_stats: NULL argument");
+    proc_entry *p = engine_find(e, process);
+    if (!p)
+        return err_set(e->st, THEUS_ENOENT, "stats: no process '%s' is registered", process);
+    out->runs = atomic_load(&p->runs);
+    out->commits = atomic_load(&p->commits);
+    out->failures = atomic_load(&p->failures);
+    out->attempts = atomic_load(&p->attempts);
+    out->retries = atomic_load(&p->retries);
+    out->conflicts = atomic_load(&p->conflicts);
+    out->undeclared = atomic_load(&p->undeclared);
+    out->audit = atomic_load(&p->audit);
+    return THEUS_OK;
+}
+
+void engine_stop(theus_engine *e)
+{
+    atomic_store(&e->stopped, 1);
+}
+
+int theus_engine_stopped(const theus_engine *e)
+{
+    return e ? atomic_load(&((theus_engine *)e)->stopped) : 0;
+}
+
+void theus_engine_resume(theus_engine *e)
+{
+    if (e)
+        atomic_store(&e->stopped, 0);
+}

@@ -1,0 +1,160 @@
+/* The process layer's internal types: the engine, its processes, runs, and the pieces each
+ * file of src/process/ owns (audit.c, signal.c, outbox.c, pool.c). */
+#ifndef THEUS_SRC_PROCESS_H
+#define THEUS_SRC_PROCESS_H
+#include "theus/theus_process.h"
+#include "publish.h"
+#include "tx.h"
+#include <pthread.h>
+#include <stdatomic.h>
+
+/* ---- processes ------------------------------------------------------------------------ */
+typedef struct proc_entry {
+    char name[THEUS_NAME_MAX + 1];
+    theus_process_fn body;
+    void *user;
+    theus_process_kind kind;
+    int isolation;
+    theus_contract contract;      /* name, inputs and outputs point into blob */
+    char *blob;
+    int *codes;
+    size_t ncodes;
+    _Atomic uint64_t runs, commits, failures, attempts, retries, conflicts, undeclared, audit;
+    _Atomic uint64_t *audit_by_field; /* nfields counters */
+} proc_entry;
+
+/* ---- signals and outbox entries queued by one run ------------------------------------- */
+typedef struct outbox_item {
+    theus_outbox_fn fn;
+    theus_outbox_drop_fn drop;
+    void *arg;
+    uint64_t version;
+    uint64_t seq;                 /* place in the engine queue */
+    struct outbox_item *next;
+} outbox_item;
+
+struct theus_run {
+    theus_engine *e;
+    proc_entry *p;
+    theus_tx *tx;                 /* current attempt */
+    char (*signals)[THEUS_NAME_MAX + 1];
+    size_t nsignals, cap_signals;
+    outbox_item *ob_head, *ob_tail;
+    int published;                /* the commit of this run went through the publish hook */
+    uint64_t version;
+    uint64_t ob_seq;              /* seq of its last outbox entry in the queue; 0: none */
+};
+
+/* ---- signals (signal.c) ---------------------------------------------------------------- */
+typedef struct sig_entry {
+    char name[THEUS_NAME_MAX + 1];
+    uint64_t count;
+} sig_entry;
+
+typedef struct sig_table {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;            /* every delivery and every commit broadcast */
+    sig_entry *v;
+    size_t n, cap;
+    uint32_t waiters;
+    int closing;
+    pthread_cond_t left;          /* destroy waits here for waiters to leave */
+} sig_table;
+
+int sig_init(sig_table *t);
+void sig_fini(sig_table *t);
+/* Deliver a run's queued signals and wake waiters (publish step, commit lock held). */
+void sig_deliver(theus_engine *e, const theus_run *run);
+/* Wake version waiters after a commit (publish step). */
+void sig_commit_published(theus_engine *e);
+/* Wake all waiters for good (destroy) and wait until they have left. */
+void sig_close(sig_table *t);
+int sig_check_name(theus_engine *e, const char *name);
+
+/* ---- outbox (outbox.c) ------------------------------------------------------------------ */
+typedef struct outbox_queue {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    outbox_item *head, *tail;     /* in commit order */
+    uint64_t next_seq;            /* seq of the next queued entry (from 1) */
+    uint64_t done_seq;            /* every entry with seq <= this has run */
+    int draining;
+} outbox_queue;
+
+int outbox_init(outbox_queue *q);
+void outbox_fini(outbox_queue *q);
+/* Drop (call drop on) every entry of @run. */
+void outbox_drop_run(theus_run *run);
+/* Move @run's entries to the engine queue as version @version (publish step). */
+void outbox_publish(theus_engine *e, theus_run *run, uint64_t version);
+/* Run queued entries in commit order until the one with seq @seq has run (0: nothing to
+ * wait for; UINT64_MAX: everything queued). */
+void outbox_drain(theus_engine *e, uint64_t seq);
+
+/* ---- audit (audit.c) -------------------------------------------------------------------- */
+typedef struct audit_pending {
+    theus_audit_record rec;
+    uint32_t field, rule;
+} audit_pending;
+
+typedef struct audit_state {
+    int any_rules;
+    uint64_t *b_count;            /* per field x SCHEMA_AUDIT_MAX: level-B counters */
+    unsigned char *touched;       /* per field x rule: evaluated in the pending commit */
+    unsigned char *violated;
+    audit_pending *pending;       /* violations of the commit being prepared */
+    size_t npending, cap_pending;
+    const char *process;          /* of the commit being prepared */
+    proc_entry *proc;
+    _Atomic uint64_t *by_field_outside; /* violations of commits made outside the engine */
+    pthread_mutex_t ring_mu;
+    theus_audit_record *ring;
+    size_t ring_cap;
+    uint64_t next_seq;            /* seq of the next record */
+} audit_state;
+
+int audit_init(theus_engine *e, uint32_t ring);
+void audit_fini(audit_state *a);
+/* Under the commit lock, before the replay: evaluate every rule of the fields the batch
+ * writes on the values it would write; THEUS_ESCHEMA refuses the commit. */
+int audit_prepare(theus_engine *e, const struct publish_batch *b, const theus_run *run);
+/* Under the commit lock, after publish: keep the counters and records of that commit. */
+void audit_published(theus_engine *e, const struct publish_batch *b);
+
+/* ---- worker pool (pool.c) --------------------------------------------------------------- */
+typedef struct pool pool;
+int pool_submit(theus_engine *e, const char *process, theus_job **job);
+void pool_destroy(pool *p);
+
+/* ---- workflows registered in the engine (workflow.c) -------------------------------------- */
+typedef struct wf_list {
+    pthread_mutex_t mu;
+    struct theus_workflow **v;
+    size_t n, cap;
+} wf_list;
+
+/* ---- the engine ------------------------------------------------------------------------- */
+struct theus_engine {
+    theus_state *st;
+    theus_engine_options opts;
+    pthread_rwlock_t reg_lock;    /* the process table */
+    proc_entry **procs;
+    size_t nprocs, cap_procs;
+    _Atomic int stopped;
+    pthread_mutex_t pool_mu;
+    pool *pool;
+    audit_state audit;
+    sig_table sig;
+    outbox_queue ob;
+    wf_list wfs;
+};
+
+proc_entry *engine_find(theus_engine *e, const char *name);
+/* One run of @p (theus_engine_run without the lookup). */
+int engine_run_proc(theus_engine *e, proc_entry *p, uint64_t *committed_version);
+/* The run the calling thread is in for @e, whose attempt made @b; NULL for other commits. */
+theus_run *engine_run_of(theus_engine *e, const struct publish_batch *b);
+/* Stop the engine (level-S audit rule). */
+void engine_stop(theus_engine *e);
+
+#endif

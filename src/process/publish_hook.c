@@ -1,0 +1,44 @@
+/* The process layer on the commit path: audit (may refuse, commit lock held, before the
+ * replay), then after publish the audit's counters and records, the signals and the
+ * outbox entries of the run whose transaction this is, and the version waiters. */
+#include "publish_hook.h"
+#include "error.h"
+
+static int before_replay(void *user, const publish_batch *b)
+{
+    theus_engine *e = user;
+    if (b->init)
+        return THEUS_OK;
+    return audit_prepare(e, b, engine_run_of(e, b));
+}
+
+static void after_publish(void *user, const publish_batch *b)
+{
+    theus_engine *e = user;
+    if (b->init)
+        return;
+    audit_published(e, b);
+    theus_run *run = engine_run_of(e, b);
+    if (run) {
+        run->published = 1;
+        run->version = b->version;
+        sig_deliver(e, run);
+        outbox_publish(e, run, b->version);
+    }
+    sig_commit_published(e);
+}
+
+int publish_hook_attach(theus_engine *e)
+{
+    theus_state *st = e->st;
+    for (uint32_t i = 0; i < st->listeners.n; i++)
+        if (st->listeners.l[i].prepare == before_replay)
+            return err_set(st, THEUS_EBUSY, "theus_engine_create: the state already has an engine");
+    publish_listener l = {.prepare = before_replay, .published = after_publish, .user = e};
+    return publish_listen(st, &l);
+}
+
+void publish_hook_detach(theus_engine *e)
+{
+    publish_unlisten(e->st, e);
+}

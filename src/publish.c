@@ -1,0 +1,133 @@
+/* The publish step of the commit path and its listeners (see publish.h). */
+#include "publish.h"
+#include "error.h"
+#include "tx.h"
+#include <string.h>
+
+int publish_listen(theus_state *st, const publish_listener *l)
+{
+    if (!st || !l)
+        return err_set(st, THEUS_EINVAL, "publish_listen: NULL argument");
+    publish_list *p = &st->listeners;
+    if (p->n == PUBLISH_MAX_LISTENERS)
+        return err_set(st, THEUS_EBUSY, "publish_listen: the state already has %d listeners",
+                       PUBLISH_MAX_LISTENERS);
+    p->l[p->n++] = *l;
+    return THEUS_OK;
+}
+
+void publish_unlisten(theus_state *st, void *user)
+{
+    if (!st)
+        return;
+    publish_list *p = &st->listeners;
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < p->n; i++)
+        if (p->l[i].user != user)
+            p->l[kept++] = p->l[i];
+    p->n = kept;
+}
+
+static void cancel_first(const publish_batch *b, uint32_t n)
+{
+    const publish_list *p = &b->st->listeners;
+    while (n-- > 0)
+        if (p->l[n].cancel)
+            p->l[n].cancel(p->l[n].user, b);
+}
+
+int publish_prepare(const publish_batch *b)
+{
+    const publish_list *p = &b->st->listeners;
+    for (uint32_t i = 0; i < p->n; i++) {
+        if (!p->l[i].prepare)
+            continue;
+        err_clear();
+        int rc = p->l[i].prepare(p->l[i].user, b);
+        if (rc == THEUS_OK)
+            continue;
+        if (rc > 0)
+            rc = THEUS_EINVAL; /* a listener must refuse with a THEUS_E* code */
+        if (err_code() != rc)
+            err_set(b->st, rc, "commit refused by a publish listener (%s)", theus_strerror(rc));
+        cancel_first(b, i);
+        return rc;
+    }
+    return THEUS_OK;
+}
+
+void publish_cancel(const publish_batch *b)
+{
+    cancel_first(b, b->st->listeners.n);
+}
+
+void publish_notify(const publish_batch *b)
+{
+    const publish_list *p = &b->st->listeners;
+    for (uint32_t i = 0; i < p->n; i++)
+        if (p->l[i].published)
+            p->l[i].published(p->l[i].user, b);
+}
+
+int publish_acknowledge(const publish_batch *b)
+{
+    const publish_list *p = &b->st->listeners;
+    int first = THEUS_OK;
+    for (uint32_t i = 0; i < p->n; i++) {
+        if (!p->l[i].acknowledge)
+            continue;
+        int rc = p->l[i].acknowledge(p->l[i].user, b);
+        if (rc != THEUS_OK && first == THEUS_OK)
+            first = rc > 0 ? THEUS_EINVAL : rc;
+    }
+    return first;
+}
+
+void publish_region(theus_state *st, uint32_t field, const theus_region *r, uint64_t version)
+{
+    block_map m = state_block_map(st, field);
+    block_map_mark(&m, r, version);
+    atomic_store_explicit(&st->fields[field].version, version, memory_order_release);
+}
+
+void publish_version(theus_state *st, uint64_t version)
+{
+    atomic_store_explicit(&st->hdr->version, version, memory_order_release);
+}
+
+void publish_log_entries(const theus_state *st, const struct theus_tx *tx, uint64_t version,
+                         log_sink sink, void *user)
+{
+    log_entry e;
+    memset(&e, 0, sizeof e);
+    e.version = version;
+    if (tx->ndeltas <= st->hdr->log.capacity / 8) {
+        for (size_t k = 0; k < tx->ndeltas; k++) {
+            e.field = tx->deltas[k].field;
+            e.op = tx->deltas[k].op;
+            e.region = tx->deltas[k].r;
+            sink(user, &e);
+        }
+        return;
+    }
+    /* Too many regions to log one by one: one entry per field that sends probes to the
+     * block map (exact to the block) wherever the batch's bounding box reaches. */
+    for (uint32_t f = 0; f < st->hdr->nfields; f++) {
+        int any = 0;
+        for (size_t k = 0; k < tx->ndeltas; k++) {
+            const delta *d = &tx->deltas[k];
+            if (d->field != f)
+                continue;
+            if (!any) {
+                e.field = f;
+                e.op = LOG_OP_BLOCKS;
+                e.region = d->r;
+                any = 1;
+            } else {
+                region_union_box(&e.region, &d->r);
+            }
+        }
+        if (any)
+            sink(user, &e);
+    }
+}

@@ -1,0 +1,172 @@
+/* Segments: opening one by name and checking it before anything else reads it (owner,
+ * mode, size, magic numbers, layout, offsets, checksum), mapping it, and retiring its name. */
+#include "shared_impl.h"
+#include "error.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+uint64_t shared_hash(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+static int range_ok(uint64_t off, uint64_t len, uint64_t size)
+{
+    return off <= size && len <= size - off;
+}
+
+/* Over everything that never changes after creation. */
+uint64_t shared_layout_checksum(const unsigned char *base)
+{
+    const state_header *h = (const state_header *)base;
+    const shared_area *a = (const shared_area *)(base + h->off_shared);
+    const field_desc *f = (const field_desc *)(base + h->off_fields);
+    uint64_t x = SHARED_HASH_INIT;
+    x = shared_hash(x, &h->magic, sizeof h->magic);
+    x = shared_hash(x, &h->layout_version, sizeof h->layout_version);
+    x = shared_hash(x, &h->nfields, sizeof h->nfields);
+    x = shared_hash(x, &h->off_fields, sizeof h->off_fields);
+    x = shared_hash(x, &h->off_log, sizeof h->off_log);
+    x = shared_hash(x, &h->off_shared, sizeof h->off_shared);
+    x = shared_hash(x, &h->total_bytes, sizeof h->total_bytes);
+    x = shared_hash(x, &h->log.capacity, sizeof h->log.capacity);
+    for (uint32_t i = 0; i < h->nfields; i++) {
+        x = shared_hash(x, &f[i], offsetof(field_desc, version));
+        x = shared_hash(x, &f[i].data_offset, sizeof f[i].data_offset);
+    }
+    x = shared_hash(x, a, offsetof(shared_area, checksum));
+    x = shared_hash(x, base + a->off_schema, a->schema_len);
+    return shared_hash(x, base + a->off_ipc, (size_t)h->nfields * THEUS_IPC_HANDLE_BYTES);
+}
+
+/* Whether the mapped segment is a theus shared state of this layout, whole and intact. */
+static int seg_check(const seg *s, const char *name)
+{
+    const unsigned char *base = s->base;
+    const state_header *h = (const state_header *)base;
+    if (h->magic != THEUS_STATE_MAGIC)
+        return err_set(NULL, THEUS_ECORRUPT, "shared memory '%s' is not a theus shared state "
+                       "(bad magic)", name);
+    if (h->layout_version != THEUS_LAYOUT_VERSION)
+        return err_set(NULL, THEUS_ECORRUPT, "shared state '%s' has layout version %u; this "
+                       "library reads version %u", name, h->layout_version, THEUS_LAYOUT_VERSION);
+    if (h->total_bytes != s->size || !h->off_shared ||
+        !range_ok(h->off_shared, sizeof(shared_area), s->size))
+        return err_set(NULL, THEUS_ECORRUPT, "shared state '%s': the header does not match the "
+                       "segment's size (%zu bytes)", name, s->size);
+    const shared_area *a = (const shared_area *)(base + h->off_shared);
+    if (a->magic != THEUS_SHARED_MAGIC || a->sizes[0] != sizeof(state_header) ||
+        a->sizes[1] != sizeof(field_desc) || a->sizes[2] != sizeof(log_entry) ||
+        a->sizes[3] != sizeof(shared_area))
+        return err_set(NULL, THEUS_ECORRUPT, "shared state '%s' was laid out by a different "
+                       "build of theus (or is corrupt)", name);
+    uint64_t nf = h->nfields, cap = h->log.capacity;
+    int ok = nf <= s->size / sizeof(field_desc) && range_ok(h->off_fields, nf * sizeof(field_desc), s->size) &&
+             cap >= 1 && cap <= s->size / sizeof(log_entry) &&
+             range_ok(h->off_log, cap * sizeof(log_entry), s->size) &&
+             a->schema_len >= 1 && range_ok(a->off_schema, a->schema_len, s->size) &&
+             range_ok(a->off_ipc, nf * THEUS_IPC_HANDLE_BYTES, s->size) &&
+             a->max_leases >= 1 && a->max_leases <= MAX_LEASES &&
+             range_ok(a->off_leases, (uint64_t)a->max_leases * sizeof(lease_slot), s->size) &&
+             a->redo_bytes >= PAGE && range_ok(a->off_redo, a->redo_bytes, s->size) &&
+             range_ok(a->off_data, a->data_bytes, s->size) && a->gpu_end >= a->off_redo &&
+             a->gpu_end <= s->size;
+    if (!ok)
+        return err_set(NULL, THEUS_ECORRUPT, "shared state '%s': the header's offsets point "
+                       "outside the segment", name);
+    if (shared_layout_checksum(base) != a->checksum)
+        return err_set(NULL, THEUS_ECORRUPT, "shared state '%s' fails its checksum: the segment "
+                       "is corrupt", name);
+    const field_desc *f = (const field_desc *)(base + h->off_fields);
+    for (uint64_t i = 0; i < nf; i++) {
+        int fok = f[i].dtype < THEUS_DTYPE_COUNT && f[i].ndim <= THEUS_MAX_DIMS &&
+                  f[i].placement <= THEUS_PLACEMENT_HOST &&
+                  (f[i].placement == THEUS_PLACEMENT_DEVICE ||
+                   (f[i].data_offset >= a->off_data &&
+                    range_ok(f[i].data_offset - a->off_data, f[i].nbytes, a->data_bytes)));
+        if (!fok)
+            return err_set(NULL, THEUS_ECORRUPT, "shared state '%s': field %llu is malformed",
+                           name, (unsigned long long)i);
+    }
+    if (((const char *)base)[a->off_schema + a->schema_len - 1] != '\0')
+        return err_set(NULL, THEUS_ECORRUPT, "shared state '%s': the schema text is not "
+                       "terminated", name);
+    return THEUS_OK;
+}
+
+/* Open, check and map the segment @segname (of the shared name @name). */
+int shared_seg_map(const char *segname, const char *name, int writable, seg *s)
+{
+    memset(s, 0, sizeof *s);
+    int fd = shm_open(segname, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW, 0);
+    if (fd < 0) {
+        int e = errno;
+        if (e == ENOENT)
+            return err_set(NULL, THEUS_ENOENT, "no shared state '%s'", name);
+        if (e == EACCES || e == EPERM)
+            return err_set(NULL, THEUS_EPERM, "shared state '%s' is not accessible to this "
+                           "process (%s): it belongs to another user", name, strerror(e));
+        return err_set(NULL, THEUS_EIO, "cannot open shared state '%s': %s", name, strerror(e));
+    }
+    struct stat sb;
+    int rc = THEUS_OK;
+    if (fstat(fd, &sb) != 0) {
+        rc = err_set(NULL, THEUS_EIO, "cannot stat shared state '%s': %s", name, strerror(errno));
+    } else if (sb.st_uid != geteuid()) {
+        rc = err_set(NULL, THEUS_EPERM, "shared state '%s' belongs to uid %u, not to this "
+                     "process's uid %u", name, (unsigned)sb.st_uid, (unsigned)geteuid());
+    } else if (!S_ISREG(sb.st_mode) || (sb.st_mode & 07777) != 0600) {
+        rc = err_set(NULL, THEUS_EPERM, "shared state '%s' has mode %04o; theus uses only "
+                     "segments of mode 0600", name, (unsigned)(sb.st_mode & 07777));
+    } else if ((uint64_t)sb.st_size < sizeof(state_header) + sizeof(shared_area)) {
+        rc = err_set(NULL, THEUS_ECORRUPT, "shared memory '%s' (%lld bytes) is too small to be "
+                     "a theus shared state", name, (long long)sb.st_size);
+    }
+    if (rc == THEUS_OK) {
+        void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ | (writable ? PROT_WRITE : 0),
+                       MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED)
+            rc = err_set(NULL, errno == ENOMEM ? THEUS_ENOMEM : THEUS_EIO,
+                         "cannot map shared state '%s': %s", name, strerror(errno));
+        else
+            *s = (seg){.base = p, .size = (size_t)sb.st_size, .dev = sb.st_dev, .ino = sb.st_ino};
+    }
+    close(fd);
+    if (rc == THEUS_OK && (rc = seg_check(s, name)) != THEUS_OK) {
+        munmap(s->base, s->size);
+        s->base = NULL;
+    }
+    return rc;
+}
+
+/* Remove the name @segname if it still names the segment @s (and not a newer state that
+ * took the name since). */
+void shared_unlink_if_same(const char *segname, const seg *s)
+{
+    int fd = shm_open(segname, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+    if (fd < 0)
+        return;
+    struct stat sb;
+    if (fstat(fd, &sb) == 0 && sb.st_dev == s->dev && sb.st_ino == s->ino)
+        shm_unlink(segname);
+    close(fd);
+}
+
+/* With the hold lock held: mark the state unlinked and remove its name. */
+void shared_seg_retire(const char *segname, const seg *s)
+{
+    const state_header *h = (const state_header *)s->base;
+    shared_area *a = (shared_area *)(s->base + h->off_shared);
+    atomic_store_explicit(&a->unlinked, 1, memory_order_release);
+    shared_unlink_if_same(segname, s);
+}

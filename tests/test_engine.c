@@ -1,0 +1,312 @@
+/* The engine: registration checked against the schema, runs through the retry helper,
+ * the worker pool, declared status codes, pure processes. Rows of issue #11's table:
+ * four concurrent increments end at 4; an undeclared status is reported; a pure process
+ * never waits for the commit lock. */
+#include "theus/theus_process.h"
+#include "state.h"
+
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <string.h>
+
+static const char *schema =
+    "{\"name\": \"engine-test\", \"fields\": {"
+    "\"counter\": {\"dtype\": \"i64\", \"shape\": []},"
+    "\"adds\":    {\"dtype\": \"i64\", \"shape\": []},"
+    "\"acc\":     {\"dtype\": \"f32\", \"shape\": [4]},"
+    "\"seed\":    {\"dtype\": \"u64\", \"shape\": [], \"zone\": \"const\"}}}";
+
+static theus_state *st;
+static theus_engine *eng;
+
+static void setup(void)
+{
+    cr_assert_eq(theus_state_create(schema, NULL, &st), THEUS_OK, "%s", theus_last_error_message());
+    cr_assert_eq(theus_engine_create(st, NULL, &eng), THEUS_OK, "%s", theus_last_error_message());
+}
+
+static void teardown(void)
+{
+    theus_engine_destroy(eng);
+    theus_state_destroy(st);
+}
+
+static int64_t read_i64(const char *field)
+{
+    theus_tx *tx = NULL;
+    int64_t v = -1;
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_read(tx, field, NULL, &v, THEUS_MEM_HOST), THEUS_OK);
+    theus_tx_abort(tx);
+    return v;
+}
+
+/* Read-modify-write: conflicts between concurrent runs are real and retried. */
+static int increment(theus_run *run, void *user)
+{
+    (void)user;
+    theus_tx *tx = theus_run_tx(run);
+    int64_t v;
+    int rc = theus_tx_read(tx, "counter", NULL, &v, THEUS_MEM_HOST);
+    if (rc)
+        return rc;
+    v++;
+    return theus_tx_write(tx, "counter", NULL, &v, THEUS_MEM_HOST);
+}
+
+/* ADD only: never conflicts. */
+static int add_one(theus_run *run, void *user)
+{
+    (void)user;
+    int64_t one = 1;
+    return theus_tx_add(theus_run_tx(run), "adds", NULL, &one, THEUS_MEM_HOST);
+}
+
+static const char *const counter_io[] = {"counter"};
+static const char *const adds_io[] = {"adds"};
+
+static void reg(const char *name, theus_process_fn body, const char *const *out, size_t nout,
+                theus_process_kind kind)
+{
+    theus_process_def d = {.name = name, .body = body, .inputs = out, .n_inputs = nout,
+                           .outputs = kind == THEUS_PROCESS_PURE ? NULL : out,
+                           .n_outputs = kind == THEUS_PROCESS_PURE ? 0 : nout, .kind = kind};
+    cr_assert_eq(theus_engine_register(eng, &d), THEUS_OK, "%s", theus_state_last_error(st));
+}
+
+typedef struct runner {
+    const char *proc;
+    int rc;
+} runner;
+
+static void *run_thread(void *arg)
+{
+    runner *r = arg;
+    r->rc = theus_engine_run(eng, r->proc, NULL);
+    return NULL;
+}
+
+TestSuite(engine, .init = setup, .fini = teardown, .timeout = 60);
+
+Test(engine, four_concurrent_increments_end_at_four)
+{
+    reg("increment", increment, counter_io, 1, THEUS_PROCESS_EFFECT);
+    pthread_t t[4];
+    runner r[4];
+    for (int i = 0; i < 4; i++) {
+        r[i] = (runner){.proc = "increment", .rc = -99};
+        cr_assert_eq(pthread_create(&t[i], NULL, run_thread, &r[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        cr_expect_eq(r[i].rc, THEUS_OK, "run %d: %s", i, theus_strerror(r[i].rc));
+    }
+    cr_expect_eq(read_i64("counter"), 4);
+    theus_process_stats ps;
+    cr_assert_eq(theus_engine_process_stats(eng, "increment", &ps), THEUS_OK);
+    cr_expect_eq(ps.runs, 4);
+    cr_expect_eq(ps.commits, 4);
+    cr_expect_eq(ps.attempts, 4 + ps.retries);
+    cr_expect_eq(ps.conflicts, ps.retries);
+    cr_expect_eq(theus_state_version(st), 5);
+}
+
+Test(engine, four_adds_on_the_pool_end_at_four_without_conflicts)
+{
+    reg("add", add_one, adds_io, 1, THEUS_PROCESS_EFFECT);
+    theus_job *j[4];
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(theus_engine_submit(eng, "add", &j[i]), THEUS_OK);
+    uint64_t versions[4];
+    for (int i = 0; i < 4; i++)
+        cr_expect_eq(theus_job_wait(j[i], &versions[i]), THEUS_OK);
+    cr_expect_eq(read_i64("adds"), 4);
+    theus_process_stats ps;
+    cr_assert_eq(theus_engine_process_stats(eng, "add", &ps), THEUS_OK);
+    cr_expect_eq(ps.commits, 4);
+    cr_expect_eq(ps.conflicts, 0, "ADD deltas never conflict");
+    for (int i = 0; i < 4; i++)
+        cr_expect(versions[i] >= 2 && versions[i] <= 5);
+}
+
+Test(engine, unknown_process_is_enoent_and_changes_nothing)
+{
+    cr_expect_eq(theus_engine_run(eng, "nope", NULL), THEUS_ENOENT);
+    cr_expect(strstr(theus_state_last_error(st), "'nope'") != NULL);
+    theus_job *j = (theus_job *)&j;
+    cr_expect_eq(theus_engine_submit(eng, "nope", &j), THEUS_ENOENT);
+    cr_expect_null(j);
+    theus_process_stats ps;
+    cr_expect_eq(theus_engine_process_stats(eng, "nope", &ps), THEUS_ENOENT);
+    cr_expect_eq(theus_state_version(st), 1);
+}
+
+enum { MY_NOT_READY = 7, MY_OTHER = 8 };
+
+static int returns_user(theus_run *run, void *user)
+{
+    int64_t v = 42;
+    int rc = theus_tx_write(theus_run_tx(run), "counter", NULL, &v, THEUS_MEM_HOST);
+    return rc ? rc : *(int *)user;
+}
+
+Test(engine, undeclared_status_is_reported_as_such)
+{
+    static int code;
+    static const int declared[] = {MY_NOT_READY};
+    theus_process_def d = {.name = "picky", .body = returns_user, .inputs = counter_io,
+                           .n_inputs = 1, .outputs = counter_io, .n_outputs = 1,
+                           .status_codes = declared, .n_status_codes = 1, .user = &code};
+    cr_assert_eq(theus_engine_register(eng, &d), THEUS_OK, "%s", theus_state_last_error(st));
+    code = MY_NOT_READY;
+    cr_expect_eq(theus_engine_run(eng, "picky", NULL), MY_NOT_READY);
+    code = MY_OTHER;
+    cr_expect_eq(theus_engine_run(eng, "picky", NULL), THEUS_EUNDECLARED);
+    cr_expect(strstr(theus_state_last_error(st), "status 8") != NULL, "%s",
+              theus_state_last_error(st));
+    cr_expect(strstr(theus_strerror(THEUS_EUNDECLARED), "EUNDECLARED") != NULL);
+    theus_process_stats ps;
+    cr_assert_eq(theus_engine_process_stats(eng, "picky", &ps), THEUS_OK);
+    cr_expect_eq(ps.undeclared, 1);
+    cr_expect_eq(ps.failures, 2);
+    cr_expect_eq(ps.commits, 0);
+    cr_expect_eq(theus_state_version(st), 1, "a failed run leaves the state unchanged");
+    cr_expect_eq(read_i64("counter"), 0);
+    code = THEUS_OK;
+    cr_expect_eq(theus_engine_run(eng, "picky", NULL), THEUS_OK);
+    cr_expect_eq(read_i64("counter"), 42);
+}
+
+static int noop(theus_run *run, void *user)
+{
+    (void)run;
+    (void)user;
+    return THEUS_OK;
+}
+
+Test(engine, contracts_are_checked_at_registration)
+{
+    static const char *const nothing[] = {"wei*"};
+    static const char *const seed[] = {"se?d"};
+    static const char *const ok[] = {"a*"};
+    theus_process_def d = {.name = "p", .body = noop, .inputs = nothing, .n_inputs = 1};
+    cr_expect_eq(theus_engine_register(eng, &d), THEUS_EINVAL);
+    cr_expect(strstr(theus_state_last_error(st), "'wei*' matches no field") != NULL, "%s",
+              theus_state_last_error(st));
+    d = (theus_process_def){.name = "p", .body = noop, .outputs = seed, .n_outputs = 1};
+    cr_expect_eq(theus_engine_register(eng, &d), THEUS_EPERM);
+    cr_expect(strstr(theus_state_last_error(st), "const") != NULL);
+    d = (theus_process_def){.name = "p", .body = noop, .outputs = ok, .n_outputs = 1,
+                            .kind = THEUS_PROCESS_PURE};
+    cr_expect_eq(theus_engine_register(eng, &d), THEUS_EINVAL, "pure with outputs");
+    d = (theus_process_def){.name = "p", .body = NULL};
+    cr_expect_eq(theus_engine_register(eng, &d), THEUS_EINVAL);
+    static const int zero[] = {THEUS_OK};
+    d = (theus_process_def){.name = "p", .body = noop, .status_codes = zero, .n_status_codes = 1};
+    cr_expect_eq(theus_engine_register(eng, &d), THEUS_EINVAL);
+    char longname[THEUS_NAME_MAX + 2];
+    memset(longname, 'x', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    d = (theus_process_def){.name = longname, .body = noop};
+    cr_expect_eq(theus_engine_register(eng, &d), THEUS_EINVAL);
+    d = (theus_process_def){.name = "p", .body = noop, .outputs = ok, .n_outputs = 1};
+    cr_expect_eq(theus_engine_register(eng, &d), THEUS_OK);
+    cr_expect_eq(theus_engine_register(eng, &d), THEUS_EINVAL, "duplicate name");
+}
+
+static int writes_outside(theus_run *run, void *user)
+{
+    (void)user;
+    int64_t v = 1;
+    return theus_tx_write(theus_run_tx(run), "adds", NULL, &v, THEUS_MEM_HOST);
+}
+
+Test(engine, contract_refuses_at_the_call)
+{
+    theus_process_def d = {.name = "sneaky", .body = writes_outside, .inputs = counter_io,
+                           .n_inputs = 1, .outputs = counter_io, .n_outputs = 1};
+    cr_assert_eq(theus_engine_register(eng, &d), THEUS_OK);
+    cr_expect_eq(theus_engine_run(eng, "sneaky", NULL), THEUS_EPERM);
+    cr_expect_eq(theus_state_version(st), 1);
+}
+
+static int pure_read(theus_run *run, void *user)
+{
+    int64_t *out = user;
+    int rc = theus_tx_read(theus_run_tx(run), "counter", NULL, out, THEUS_MEM_HOST);
+    if (rc)
+        return rc;
+    int64_t v = 5;
+    if (theus_tx_write(theus_run_tx(run), "counter", NULL, &v, THEUS_MEM_HOST) != THEUS_EPERM)
+        return 99;
+    if (theus_run_signal(run, "nope") != THEUS_EPERM)
+        return 98;
+    return THEUS_OK;
+}
+
+/* The commit lock is held by this very thread: a pure run that took it would deadlock
+ * (and the suite's timeout would fail the test). */
+Test(engine, pure_process_never_takes_the_commit_lock)
+{
+    static int64_t seen = -1;
+    theus_process_def d = {.name = "look", .body = pure_read, .inputs = counter_io,
+                           .n_inputs = 1, .kind = THEUS_PROCESS_PURE, .user = &seen};
+    cr_assert_eq(theus_engine_register(eng, &d), THEUS_OK);
+    reg("increment", increment, counter_io, 1, THEUS_PROCESS_EFFECT);
+    cr_assert_eq(theus_engine_run(eng, "increment", NULL), THEUS_OK);
+    cr_assert_eq(state_commit_lock(st, 0), THEUS_OK);
+    int rc = theus_engine_run(eng, "look", NULL);
+    state_commit_unlock(st);
+    cr_expect_eq(rc, THEUS_OK, "%s", theus_state_last_error(st));
+    cr_expect_eq(seen, 1);
+    cr_expect_eq(theus_state_version(st), 2);
+}
+
+/* The first attempt commits a competing write itself: its commit conflicts, the retry
+ * helper runs it again, and the engine counts that against the process. */
+static int interfered(theus_run *run, void *user)
+{
+    int *first = user;
+    theus_tx *tx = theus_run_tx(run);
+    int64_t v;
+    int rc = theus_tx_read(tx, "counter", NULL, &v, THEUS_MEM_HOST);
+    if (rc)
+        return rc;
+    if (*first) {
+        *first = 0;
+        theus_tx *other = NULL;
+        int64_t x = 100;
+        cr_assert_eq(theus_tx_begin(theus_engine_state(theus_run_engine(run)), NULL, &other),
+                     THEUS_OK);
+        cr_assert_eq(theus_tx_write(other, "counter", NULL, &x, THEUS_MEM_HOST), THEUS_OK);
+        cr_assert_eq(theus_tx_commit(other, NULL), THEUS_OK);
+    }
+    v++;
+    return theus_tx_write(tx, "counter", NULL, &v, THEUS_MEM_HOST);
+}
+
+Test(engine, retries_and_conflicts_counted_per_process)
+{
+    static int first = 1;
+    theus_process_def d = {.name = "contended", .body = interfered, .inputs = counter_io,
+                           .n_inputs = 1, .outputs = counter_io, .n_outputs = 1, .user = &first};
+    cr_assert_eq(theus_engine_register(eng, &d), THEUS_OK);
+    uint64_t v = 0;
+    cr_expect_eq(theus_engine_run(eng, "contended", &v), THEUS_OK);
+    cr_expect_eq(read_i64("counter"), 101);
+    cr_expect_eq(v, 3);
+    theus_process_stats ps;
+    cr_assert_eq(theus_engine_process_stats(eng, "contended", &ps), THEUS_OK);
+    cr_expect_eq(ps.attempts, 2);
+    cr_expect_eq(ps.retries, 1);
+    cr_expect_eq(ps.conflicts, 1);
+    cr_expect_eq(ps.commits, 1);
+}
+
+Test(engine, one_engine_per_state)
+{
+    theus_engine *second = (theus_engine *)&second;
+    cr_expect_eq(theus_engine_create(st, NULL, &second), THEUS_EBUSY);
+    cr_expect_null(second);
+    cr_expect_eq(theus_engine_create(NULL, NULL, &second), THEUS_EINVAL);
+}
