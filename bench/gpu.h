@@ -1,5 +1,5 @@
 /* theus-bench's GPU side, as the C files see it: no CUDA type here. With CUDA (THEUS_WITH_CUDA)
- * gpu_bench.cu implements it; without, gpu_none.c answers "not built" for everything. */
+ * gpu_common.cu, gpu_scn_*.cu and gpu_machine.cu implement it; without, gpu_none.c answers "not built" for everything. */
 #ifndef THEUS_BENCH_GPU_H
 #define THEUS_BENCH_GPU_H
 #include <stddef.h>

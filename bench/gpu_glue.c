@@ -1,5 +1,5 @@
 /* theus-bench: the GPU replay scenarios time the CUDA backend's replay alone, which only the
- * internal header src/backend.h reaches; this C file is the bridge (gpu_bench.cu stays free
+ * internal header src/backend.h reaches; this C file is the bridge (the gpu_*.cu files stay free
  * of theus's internal headers). */
 #include "gpu.h"
 #include "backend.h"

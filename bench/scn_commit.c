@@ -483,3 +483,239 @@ out:
     bench_free(c.scratch, fbytes + 2 * BENCH_DST_SKEW);
     return rc;
 }
+
+/* ================================ commit.zerocopy ======================================== */
+/* Whole transactions (begin -> stage -> commit) on a large 2-D f32 host field of 4 KiB rows,
+ * copying calls against borrowed and multi-region ones, each against a memcpy of the same
+ * bytes to the same places (the ceiling) measured in the same rounds:
+ *   - 1% of the field as one region: theus_tx_write vs theus_tx_write_borrowed;
+ *   - 1,000 rows of 4 KiB spread over the field: 1,000 theus_tx_write calls vs one
+ *     theus_tx_stage_regions (copied, and borrowed with THEUS_STAGE_BORROW). */
+
+enum { ZC_ROW_ELEMS = 1024, ZC_ROWS_SCATTERED = 1000 };
+
+typedef enum zc_kind {
+    ZC_WRITE,             /* one theus_tx_write per region */
+    ZC_WRITE_BORROWED,    /* one theus_tx_write_borrowed per region */
+    ZC_REGIONS,           /* one theus_tx_stage_regions, copied */
+    ZC_REGIONS_BORROWED,  /* one theus_tx_stage_regions, THEUS_STAGE_BORROW */
+} zc_kind;
+
+typedef struct zc_ctx {
+    theus_state *st;
+    float *payload, *scratch;
+    theus_region *regs;      /* the case's regions (rows or one block of rows) */
+    size_t nregs;
+    size_t region_bytes;     /* bytes per region */
+    zc_kind kind;
+} zc_ctx;
+
+typedef struct zc_op {
+    zc_ctx *c;
+    zc_kind kind;
+} zc_op;
+
+static int zc_tx(void *p)
+{
+    const zc_op *o = p;
+    zc_ctx *c = o->c;
+    theus_tx *tx = NULL;
+    int rc = theus_tx_begin(c->st, NULL, &tx);
+    const char *pl = (const char *)c->payload;
+    switch (o->kind) {
+    case ZC_WRITE:
+    case ZC_WRITE_BORROWED:
+        for (size_t i = 0; i < c->nregs && rc == THEUS_OK; i++)
+            rc = (o->kind == ZC_WRITE ? theus_tx_write : theus_tx_write_borrowed)(
+                tx, "x", &c->regs[i], pl + i * c->region_bytes, THEUS_MEM_HOST);
+        break;
+    case ZC_REGIONS:
+    case ZC_REGIONS_BORROWED:
+        if (rc == THEUS_OK)
+            rc = theus_tx_stage_regions(tx, "x", THEUS_OP_ASSIGN, c->regs, c->nregs, pl,
+                                        c->nregs * c->region_bytes, THEUS_MEM_HOST,
+                                        o->kind == ZC_REGIONS ? 0 : THEUS_STAGE_BORROW);
+        break;
+    }
+    if (rc != THEUS_OK) {
+        note_error("commit.zerocopy", "staging: %s (%s)", theus_strerror(rc),
+                   theus_last_error_message());
+        theus_tx_abort(tx);
+        return -1;
+    }
+    rc = theus_tx_commit(tx, NULL);
+    if (rc != THEUS_OK) {
+        note_error("commit.zerocopy", "theus_tx_commit: %s (%s)", theus_strerror(rc),
+                   theus_last_error_message());
+        return -1;
+    }
+    return 0;
+}
+
+/* The ceiling: the same bytes to the same offsets of a field-sized buffer, one memcpy per
+ * region. */
+static int zc_memcpy(void *p)
+{
+    const zc_op *o = p;
+    const zc_ctx *c = o->c;
+    char *dst = (char *)c->scratch + BENCH_DST_SKEW;
+    for (size_t i = 0; i < c->nregs; i++)
+        memcpy(dst + (size_t)c->regs[i].start[0] * ZC_ROW_ELEMS * 4,
+               (const char *)c->payload + i * c->region_bytes, c->region_bytes);
+    return 0;
+}
+
+static const char *zc_method(zc_kind k)
+{
+    static const char *const names[] = {"theus.write", "theus.write_borrowed",
+                                        "theus.stage_regions", "theus.stage_regions_borrowed"};
+    return names[k];
+}
+
+/* One case: @nkinds transaction kinds and the memcpy ceiling, sampled round robin; checks the
+ * field against @mirror afterwards; prints one line per kind. */
+static int zc_case(zc_ctx *c, const char *casename, const zc_kind *kinds, size_t nkinds,
+                   double target, zc_kind target_kind, float *mirror, size_t fbytes)
+{
+    const char *scenario = "commit.zerocopy";
+    const size_t delta = c->nregs * c->region_bytes;
+    zc_op ops_ctx[8];
+    bench_op ops[8];
+    measurement ms[8];
+    const int flush = llc_would_hold(2 * delta);
+    for (size_t k = 0; k <= nkinds; k++) {
+        ops_ctx[k].c = c;
+        ops_ctx[k].kind = k < nkinds ? kinds[k] : ZC_WRITE;
+        memset(&ops[k], 0, sizeof ops[k]);
+        ops[k].ctx = &ops_ctx[k];
+        ops[k].run = k < nkinds ? zc_tx : zc_memcpy;
+        ops[k].flush = flush;
+    }
+    if (measure_set(ops, nkinds + 1, ms))
+        return -1;
+    const measurement *base = &ms[nkinds];
+    /* Check: every transaction wrote the same payload to the same rows. */
+    for (size_t i = 0; i < c->nregs; i++)
+        memcpy((char *)mirror + (size_t)c->regs[i].start[0] * ZC_ROW_ELEMS * 4,
+               (const char *)c->payload + i * c->region_bytes, c->region_bytes);
+    if (read_whole(scenario, c->st, "x", c->scratch) != THEUS_OK)
+        return -1;
+    size_t bad = first_diff(c->scratch, mirror, fbytes / 4);
+    note_check(scenario, casename, bad == SIZE_MAX, "field after every kind of transaction vs "
+               "mirror: %s", bad == SIZE_MAX ? "identical" : "differ");
+    char db[16];
+    fmt_bytes((double)delta, db, sizeof db);
+    for (size_t k = 0; k <= nkinds; k++) {
+        const char *method = k < nkinds ? zc_method(kinds[k]) : "ceiling.delta_memcpy";
+        bench_result *r = result_add(scenario, "cpu", casename, method);
+        result_set(r, &ms[k], 2.0 * (double)delta, (double)c->nregs, "region");
+        result_param(r, "delta_bytes", (double)delta);
+        result_param(r, "regions", (double)c->nregs);
+        result_param(r, "field_bytes", (double)fbytes);
+        const double ratio = ms[k].st.median / base->st.median;
+        if (k < nkinds)
+            result_metric(r, "ratio_vs_delta_memcpy", ratio);
+        char verdict[48] = "";
+        if (k < nkinds && kinds[k] == target_kind)
+            snprintf(verdict, sizeof verdict, "target <= %.1fx: %s", target,
+                     ratio <= target ? "met" : "NOT met");
+        printf("%-22s %9s %6zu | %-28s | %8.3f %8.3f %8.3f | %7.2fx | %s\n", casename, db,
+               c->nregs, method, ms[k].st.p10 * 1e3, ms[k].st.median * 1e3, ms[k].st.p90 * 1e3,
+               ratio, verdict);
+    }
+    fflush(stdout);
+    return 0;
+}
+
+int scn_commit_zerocopy(void)
+{
+    const char *scenario = "commit.zerocopy";
+    /* Field, mirror, scratch (ceiling destination and read-back): three field-sized buffers. */
+    const size_t want = bench.quick ? (size_t)64 << 20 : (size_t)1 << 30;
+    const size_t fbytes = fit_field(want, 4);
+    const size_t row_bytes = ZC_ROW_ELEMS * 4, nrows = fbytes / row_bytes;
+    const size_t block_rows = nrows / 100 ? nrows / 100 : 1;
+    const size_t payload_bytes = (block_rows > ZC_ROWS_SCATTERED ? block_rows
+                                                                  : ZC_ROWS_SCATTERED) * row_bytes;
+    char fb[16], what[360];
+    snprintf(what, sizeof what,
+             "whole transactions (begin -> stage -> commit) on a %s f32 host field of 4 KiB "
+             "rows, against a memcpy of the same bytes to the same places (ceiling), sampled "
+             "in the same rounds; LLC flushed before each sample when it could hold the "
+             "delta; times in ms%s",
+             fmt_bytes((double)fbytes, fb, sizeof fb),
+             fbytes < want ? " (field reduced to fit memory)" : "");
+    print_header(scenario, "cpu", what);
+    printf("%-22s %9s %6s | %-28s | %8s %8s %8s | %8s |\n", "case", "delta", "rgns",
+           "method", "p10", "p50", "p90", "/memcpy");
+
+    zc_ctx c;
+    memset(&c, 0, sizeof c);
+    int rc = -1;
+    float *mirror = bench_alloc(fbytes);
+    c.scratch = bench_alloc(fbytes + 2 * BENCH_DST_SKEW);
+    c.payload = bench_alloc(payload_bytes);
+    c.regs = calloc(ZC_ROWS_SCATTERED, sizeof *c.regs);
+    theus_region *scattered = c.regs;
+    if (!mirror || !c.scratch || !c.payload || !c.regs) {
+        note_error(scenario, "out of memory for a %s field", fb);
+        goto out;
+    }
+    char fields[160];
+    snprintf(fields, sizeof fields,
+             "\"x\": {\"dtype\": \"f32\", \"shape\": [%zu, %d], \"placement\": \"host\"}", nrows,
+             (int)ZC_ROW_ELEMS);
+    for (size_t i = 0; i < fbytes / 4; i++)
+        mirror[i] = (float)(i % 1000);
+    if (state_with(scenario, fields, &c.st) != THEUS_OK)
+        goto out;
+    if (theus_state_init_field(c.st, "x", mirror, THEUS_MEM_HOST) != THEUS_OK) {
+        note_error(scenario, "theus_state_init_field: %s", theus_last_error_message());
+        goto out;
+    }
+    for (size_t j = 0; j < payload_bytes / 4; j++)
+        c.payload[j] = (float)(j % 997 + 1);
+    uint64_t s = bench.seed ^ 0x2e40c0b1;
+
+    /* 1% of the field as one region of whole rows at a random place. */
+    theus_region block;
+    memset(&block, 0, sizeof block);
+    block.ndim = 2;
+    block.start[0] = (int64_t)(rng_next(&s) % (nrows - block_rows + 1));
+    block.stop[0] = block.start[0] + (int64_t)block_rows;
+    block.stop[1] = ZC_ROW_ELEMS;
+    c.regs = &block;
+    c.nregs = 1;
+    c.region_bytes = block_rows * row_bytes;
+    const zc_kind one_kinds[] = {ZC_WRITE, ZC_WRITE_BORROWED};
+    if (zc_case(&c, "1 region, 1%", one_kinds, 2, 1.1, ZC_WRITE_BORROWED, mirror, fbytes))
+        goto out;
+
+    /* 1,000 rows of 4 KiB, one per stretch of the field, in ascending order. */
+    const size_t nscat = nrows < ZC_ROWS_SCATTERED ? nrows : ZC_ROWS_SCATTERED;
+    const size_t stretch = nrows / nscat;
+    for (size_t i = 0; i < nscat; i++) {
+        theus_region *r = &scattered[i];
+        memset(r, 0, sizeof *r);
+        r->ndim = 2;
+        r->start[0] = (int64_t)(i * stretch + rng_next(&s) % stretch);
+        r->stop[0] = r->start[0] + 1;
+        r->stop[1] = ZC_ROW_ELEMS;
+    }
+    c.regs = scattered;
+    c.nregs = nscat;
+    c.region_bytes = row_bytes;
+    const zc_kind row_kinds[] = {ZC_WRITE, ZC_WRITE_BORROWED, ZC_REGIONS, ZC_REGIONS_BORROWED};
+    char casename[48];
+    snprintf(casename, sizeof casename, "%zu rows of 4KiB", nscat);
+    if (zc_case(&c, casename, row_kinds, 4, 1.2, ZC_REGIONS_BORROWED, mirror, fbytes))
+        goto out;
+    rc = 0;
+out:
+    theus_state_destroy(c.st);
+    free(scattered);
+    bench_free(mirror, fbytes);
+    bench_free(c.scratch, fbytes + 2 * BENCH_DST_SKEW);
+    bench_free(c.payload, payload_bytes);
+    return rc;
+}

@@ -1,6 +1,6 @@
 /* replay.plan: what the GPU replay costs on the host, measured on any machine. Before the
  * CUDA backend launches its one kernel for a commit batch it turns the batch's ops into
- * kernel descriptors (src/replay_plan.c, called by cuda/backend_cuda.c's run_transfers)
+ * kernel descriptors (cuda/replay_plan.c, called by cuda/replay.c's cuda_run_transfers)
  * and copies them into its pinned upload area; this is that work, without the GPU. A user
  * of cub::DeviceMemcpy::Batched pays the same kind of work to build cub's three argument
  * arrays (sources, destinations, sizes) from a list of regions: the baseline. The figure

@@ -62,12 +62,22 @@ static const scenario scenarios[] = {
     {"commit.scaling", "commit cost as the written fraction of a large field goes 0.1% -> "
                        "100%, against copying the whole field",
      scn_commit_scaling, NULL, scn_gpu_commit_scaling, NULL},
+    {"commit.zerocopy", "whole transactions writing 1% of a large host field as one region "
+                        "(theus_tx_write vs theus_tx_write_borrowed) and 1,000 rows of 4 KiB "
+                        "(1,000 writes vs one theus_tx_stage_regions, copied and borrowed); "
+                        "against a memcpy of the same bytes",
+     scn_commit_zerocopy, NULL, NULL,
+     "no GPU variant: borrowing applies to host fields (device fields copy as theus_tx_write)"},
     {"commit.contention", "1, 2, 4 threads, and 1, 2, 4 processes on one shared state "
                           "(--quick: 1, 2), committing read-modify-writes to disjoint and to "
                           "overlapping regions: commits/s, conflict rate, p50/p99; against a "
                           "mutex (process-shared for the processes)",
      scn_commit_contention, NULL, NULL,
      "no GPU variant (the scenario is about host threads and processes)"},
+    {"process", "the process layer: engine overhead per run against a bare theus_tx_run of "
+                "the same body (target <= 1.2x), and signal wake-up latency across threads "
+                "(a commit+signal ping-pong against a condition variable)",
+     scn_process, NULL, NULL, "no GPU variant (host-side engine and waits)"},
     {"stage.h2d", "host payloads staged into a device field through theus_tx_write vs "
                   "cudaMemcpy from pageable and from pinned memory (GPU fields)", NULL,
      "not applicable: host fields take payloads without a host-to-device copy",

@@ -4,7 +4,7 @@
  * compared exactly against a range the host derived from the bounds.
  *
  * Build: compiled by CMake into libtheus when the CUDA backend is on (see replay.cu), or
- *   nvcc -std=c++17 -arch=sm_90 -Xcompiler -Wall,-Wextra -Iinclude -Isrc -c kernels/constraints.cu
+ *   nvcc -std=c++17 -arch=sm_90 -Xcompiler -Wall,-Wextra -Iinclude -c kernels/constraints.cu
  *
  * Versions:
  *   v1 (this file) — grid-stride loop, one element per thread and step; a violation lowers

@@ -1,6 +1,6 @@
 /* Launcher of the constraint-check kernel family (kernels/constraints.cu): the schema
  * gatekeeper's finite/min/max test of a staged payload on the GPU. Plain C, so that
- * cuda/backend_cuda.c can include it. */
+ * the C files of cuda/ can include it. */
 #ifndef THEUS_KERNELS_CONSTRAINTS_CUH
 #define THEUS_KERNELS_CONSTRAINTS_CUH
 

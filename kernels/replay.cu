@@ -5,7 +5,7 @@
  * Build: compiled by CMake into libtheus when the CUDA backend is on
  *   cmake -S . -B build -DTHEUS_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build build
  * or alone, as a syntax and warning check:
- *   nvcc -std=c++17 -arch=sm_90 -Xcompiler -Wall,-Wextra -Iinclude -Isrc -c kernels/replay.cu
+ *   nvcc -std=c++17 -arch=sm_90 -Xcompiler -Wall,-Wextra -Iinclude -c kernels/replay.cu
  *
  * Versions:
  *   v1 — the host cuts every transfer into chunks of at most THEUS_REPLAY_CHUNK_BYTES
@@ -17,7 +17,7 @@
  *      batch go to a later wave; waves are separated by a grid-wide barrier (cooperative
  *      launch). Measured on an H100 (docs/benchmarks.md, run G1): 1.5-7 M transfers/s
  *      whatever their size, the host planning (qsort, per-call allocations) being the cost.
- *   v2 (this file) — the same kernel; planning moved to src/replay_plan.c (one pass, radix
+ *   v2 (this file) — the same kernel; planning moved to cuda/replay_plan.c (one pass, radix
  *      sort only for unsorted batches: 11-45 ns per transfer on a 2.6 GHz EPYC against
  *      54-380 for v1, side by side; 13-56 in theus-bench replay.plan), chunk decoding
  *      shared with the planner's CPU tests (replay_desc.h), and a wave of one chunk per

@@ -1,5 +1,5 @@
 /* Launcher of the replay kernel family (kernels/replay.cu): copy or add many strided
- * sub-regions in one launch. Plain C, so that cuda/backend_cuda.c can include it; the
+ * sub-regions in one launch. Plain C, so that the C files of cuda/ can include it; the
  * descriptor layout is in replay_desc.h, shared by the host planner and the kernel. */
 #ifndef THEUS_KERNELS_REPLAY_CUH
 #define THEUS_KERNELS_REPLAY_CUH

@@ -1,6 +1,6 @@
 /* The replay kernel's batch description: descriptors, outer dimensions and waves, and the
  * decoding of a chunk number into rows and bytes. Plain C99, no CUDA headers: the host
- * planner (src/replay_plan.c) builds these, the kernel (kernels/replay.cu) runs them, and
+ * planner (cuda/replay_plan.c) builds these, the kernel (kernels/replay.cu) runs them, and
  * the planner's tests (tests/test_replay_plan.c) run them on the CPU with the very same
  * decoding functions, so that a plan is checked without a GPU. */
 #ifndef THEUS_KERNELS_REPLAY_DESC_H

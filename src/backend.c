@@ -25,11 +25,6 @@ int backend_get(const theus_backend *b, theus_dtype dt, const void *staged, size
     return rc;
 }
 
-int backend_sync(const theus_backend *b)
-{
-    return b->iface->sync ? b->iface->sync(b->ctx) : THEUS_OK;
-}
-
 #ifndef THEUS_HAVE_CUDA
 const theus_backend *backend_cuda(void)
 {

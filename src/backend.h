@@ -1,7 +1,10 @@
 /* The backend interface: a table of functions plus a context, one per kind of memory
- * (ggml style). The core calls only this table; the CPU backend is always present, the
- * CUDA backend (cuda/) fills the same table when a device answers. Optional entries may be
- * NULL; backend.c supplies the default. */
+ * (ggml style), its entries grouped by role (memory, transfers, the commit, sharing). The
+ * core calls only this table; the CPU backend is always present, the CUDA backend (cuda/)
+ * fills the same table when a device answers. Optional entries may be NULL; backend.c
+ * supplies the default or the caller checks. Every entry waits for its own work before it
+ * returns (nothing is left queued), so the table has no sync or teardown entry: backends are
+ * process-lifetime singletons. */
 #ifndef THEUS_SRC_BACKEND_H
 #define THEUS_SRC_BACKEND_H
 #include "region.h"
@@ -20,9 +23,19 @@ typedef struct replay_op {
 
 typedef struct theus_backend_iface {
     const char *name;
+    /* ---- memory: fields and staged payloads ---- */
     /* Field memory of @nbytes for placement @pl, zeroed. */
     int  (*alloc)(void *ctx, theus_placement pl, size_t nbytes, void **out);
     void (*free)(void *ctx, theus_placement pl, void *p);
+    /* Staging: memory for a payload of @nbytes that replay can read, filled from @src (a
+     * buffer in @src_mem), or zeroed when @src is NULL (theus_tx_stage_buffer: the caller
+     * fills it; device memory for a device field). */
+    int  (*stage)(void *ctx, theus_placement pl, const void *src, theus_mem src_mem,
+                  size_t nbytes, void **out);
+    void (*unstage)(void *ctx, void *staged);
+    /* Optional: the CUDA device ordinal of this backend's memory (NULL: 0). */
+    int  (*device_id)(void *ctx);
+    /* ---- transfers out of field memory ---- */
     /* Copy @sub of a field (@base laid out as @frame) into @dst, a buffer in @dst_mem laid
      * out as @sub. */
     int  (*read)(void *ctx, const void *base, const theus_region *frame, theus_dtype dt,
@@ -33,24 +46,14 @@ typedef struct theus_backend_iface {
     int  (*overlay)(void *ctx, theus_dtype dt, delta_op op, void *dst, const theus_region *dframe,
                     theus_mem dst_mem, const void *payload, const theus_region *pframe,
                     const theus_region *sub);
-    /* Staging: memory for a payload of @nbytes that replay can read, filled from @src (a
-     * buffer in @src_mem), or zeroed when @src is NULL (theus_tx_stage_buffer: the caller
-     * fills it; device memory for a device field). */
-    int  (*stage)(void *ctx, theus_placement pl, const void *src, theus_mem src_mem,
-                  size_t nbytes, void **out);
-    void (*unstage)(void *ctx, void *staged);
+    /* ---- the commit: replay and the gatekeeper's checks ---- */
     /* Apply a whole commit batch, in order. Must not fail half-way: a backend that can fail
      * reports before it changes anything, or the core treats the state as broken. */
     int  (*replay)(void *ctx, const replay_op *ops, size_t n);
     /* Optional: constraint check of @n staged elements; NULL means dtype_check on host. */
     int  (*check)(void *ctx, theus_dtype dt, const void *staged, size_t n,
                   const theus_constraints *c, size_t *bad_index);
-    /* Optional: wait for all queued work (NULL: nothing to wait for). */
-    int  (*sync)(void *ctx);
-    void (*destroy)(void *ctx);
-    /* Optional: the CUDA device ordinal of this backend's memory (NULL: 0). */
-    int  (*device_id)(void *ctx);
-
+    /* ---- sharing between processes ---- */
     /* Optional, for states shared between processes (NULL: not supported, and the core
      * places such fields in host memory instead, or refuses them without fallback). */
     /* Export device field memory from alloc (the whole allocation) as an IPC handle of
@@ -103,9 +106,8 @@ const theus_backend *backend_cuda(void);
 int backend_get(const theus_backend *b, theus_dtype dt, const void *staged, size_t n, size_t i,
                 double *out);
 
-/* Wrappers that supply defaults for the optional entries. */
+/* The wrapper that supplies the default for the optional check entry. */
 int backend_check(const theus_backend *b, theus_dtype dt, const void *staged, size_t n,
                   const theus_constraints *c, size_t *bad_index);
-int backend_sync(const theus_backend *b);
 
 #endif

@@ -410,8 +410,6 @@ static const theus_backend_iface cpu_iface = {
     .unstage = cpu_unstage,
     .replay = cpu_replay,
     .check = NULL,
-    .sync = NULL,
-    .destroy = NULL,
 };
 
 static const theus_backend cpu_backend = {.iface = &cpu_iface, .ctx = NULL};

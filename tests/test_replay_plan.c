@@ -1,4 +1,4 @@
-/* The GPU replay planner (src/replay_plan.c), checked without a GPU: a plan is run on the
+/* The GPU replay planner (cuda/replay_plan.c), checked without a GPU: a plan is run on the
  * CPU by an interpreter that decodes chunks with the kernel's own functions
  * (kernels/replay_desc.h) — waves one after the other, the chunks of a wave in reverse or
  * shuffled order, as a GPU may run them — and the result must be byte-identical to

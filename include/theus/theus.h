@@ -223,10 +223,11 @@ typedef struct theus_region {
 
 typedef enum theus_conflict_kind {
     THEUS_CONFLICT_NONE = 0,
-    THEUS_CONFLICT_WRITE_WRITE, /**< a staged write overlaps a region written since the base */
+    THEUS_CONFLICT_WRITE_WRITE, /**< a staged ASSIGN overlaps a region written since the base */
     THEUS_CONFLICT_READ_WRITE,  /**< a read region was written since the base (serializable) */
     THEUS_CONFLICT_STRICT,      /**< strict isolation: some commit happened since the base */
-    THEUS_CONFLICT_STALE_BASE   /**< the base is older than the commit log reaches */
+    THEUS_CONFLICT_STALE_BASE   /**< no longer reported (a base older than the commit log is
+                                     decided by the per-field block map); kept for numbering */
 } theus_conflict_kind;
 
 /** What a THEUS_ECONFLICT was about. */

@@ -37,6 +37,7 @@ uint64_t shared_layout_checksum(const unsigned char *base)
     x = shared_hash(x, &h->nfields, sizeof h->nfields);
     x = shared_hash(x, &h->off_fields, sizeof h->off_fields);
     x = shared_hash(x, &h->off_log, sizeof h->off_log);
+    x = shared_hash(x, &h->off_map, sizeof h->off_map);
     x = shared_hash(x, &h->off_shared, sizeof h->off_shared);
     x = shared_hash(x, &h->total_bytes, sizeof h->total_bytes);
     x = shared_hash(x, &h->log.capacity, sizeof h->log.capacity);
@@ -98,6 +99,9 @@ static int seg_check(const seg *s, const char *name)
             return err_set(NULL, THEUS_ECORRUPT, "shared state '%s': field %llu is malformed",
                            name, (unsigned long long)i);
     }
+    if (!state_maps_fit(h, f, s->size))
+        return err_set(NULL, THEUS_ECORRUPT, "shared state '%s': the block maps do not match "
+                       "the field table", name);
     if (((const char *)base)[a->off_schema + a->schema_len - 1] != '\0')
         return err_set(NULL, THEUS_ECORRUPT, "shared state '%s': the schema text is not "
                        "terminated", name);

@@ -9,8 +9,8 @@
  * dozen candidates a transfer is ordered after every earlier one whose span meets it, which
  * may cost a wave but never correctness). No allocation when the plan's buffers are large enough
  * already (a plan is reused from call to call). */
-#ifndef THEUS_SRC_REPLAY_PLAN_H
-#define THEUS_SRC_REPLAY_PLAN_H
+#ifndef THEUS_CUDA_REPLAY_PLAN_H
+#define THEUS_CUDA_REPLAY_PLAN_H
 
 #include "region.h"
 #include "../kernels/replay_desc.h"
@@ -74,4 +74,4 @@ void replay_plan_trim(replay_plan *p, size_t keep);
 /* Free everything; the plan is zero afterwards and can be built again. */
 void replay_plan_release(replay_plan *p);
 
-#endif /* THEUS_SRC_REPLAY_PLAN_H */
+#endif /* THEUS_CUDA_REPLAY_PLAN_H */

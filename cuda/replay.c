@@ -1,0 +1,112 @@
+/* The CUDA backend's replay driving: a batch of transfers is planned on the host
+ * (replay_plan.c), its descriptors uploaded with one copy, run by one launch of the replay
+ * kernel (kernels/replay.cu), and waited for. */
+#include "cuda_backend.h"
+#include "alloc.h"
+
+#include "../kernels/replay.cuh"
+
+#include <string.h>
+
+_Static_assert(sizeof(theus_replay_desc) == 56, "descriptor layout shared with replay.cu");
+_Static_assert(sizeof(theus_replay_dim) == 24, "descriptor layout shared with replay.cu");
+_Static_assert(sizeof(theus_replay_wave) == 32, "descriptor layout shared with replay.cu");
+
+/* Planning memory a lane keeps between replays (a bigger batch gives its back). */
+#define PLAN_KEEP_BYTES ((size_t)16 << 20)
+
+/* Grow the lane's pinned upload area to @need bytes. */
+static int desc_reserve(cuda_lane *l, size_t need)
+{
+    if (need <= l->desc_cap)
+        return THEUS_OK;
+    size_t cap = l->desc_cap ? l->desc_cap : 4096;
+    while (cap < need)
+        cap *= 2;
+    if (l->desc_host) {
+        if (cudaFreeHost(l->desc_host) != cudaSuccess)
+            (void)cudaGetLastError();
+        l->desc_host = NULL;
+        l->desc_cap = 0;
+    }
+    void *p = NULL;
+    cudaError_t e = cudaHostAlloc(&p, cap, cudaHostAllocPortable);
+    if (e != cudaSuccess)
+        return cuda_alloc_fail(e, "pinned descriptor buffer", cap);
+    l->desc_host = p;
+    l->desc_cap = cap;
+    return THEUS_OK;
+}
+
+int cuda_run_transfers(cuda_ctx *c, cuda_lane *l, const replay_xfer *t, size_t n)
+{
+    replay_plan *p = &l->plan;
+    void *dbuf = NULL;
+    int rc = replay_plan_build(p, t, n);
+    if (rc != THEUS_OK || p->nwaves == 0)
+        goto out;
+    const size_t bytes_w = (size_t)p->nwaves * sizeof(theus_replay_wave);
+    const size_t bytes_d = p->ndescs * sizeof(theus_replay_desc);
+    const size_t bytes_m = p->ndims * sizeof(theus_replay_dim);
+    const size_t total = bytes_w + bytes_d + bytes_m;
+    rc = desc_reserve(l, total);
+    if (rc != THEUS_OK)
+        goto out;
+    memcpy(l->desc_host, p->waves, bytes_w);
+    memcpy(l->desc_host + bytes_w, p->descs, bytes_d);
+    if (bytes_m)
+        memcpy(l->desc_host + bytes_w + bytes_d, p->dims, bytes_m);
+    cudaError_t e = cuda_dev_alloc(c, l, total, &dbuf);
+    if (e != cudaSuccess) {
+        rc = cuda_alloc_fail(e, "replay descriptors", total);
+        goto out;
+    }
+    CHECK_CUDA_GOTO(cudaMemcpyAsync(dbuf, l->desc_host, total, cudaMemcpyHostToDevice, l->stream),
+                    rc, out);
+    const unsigned char *db = dbuf;
+    CHECK_CUDA_GOTO(theus_replay_launch((const theus_replay_wave *)(const void *)db, p->nwaves,
+                                        (const theus_replay_desc *)(const void *)(db + bytes_w),
+                                        (const theus_replay_dim *)(const void *)(db + bytes_w + bytes_d),
+                                        p->max_wave_chunks, c->max_blocks, c->cooperative, l->stream),
+                    rc, out);
+    CHECK_CUDA_GOTO(cudaEventRecord(l->done, l->stream), rc, out);
+    CHECK_CUDA_GOTO(cudaEventSynchronize(l->done), rc, out);
+out:
+    if (dbuf) {
+        cuda_dev_free(c, l, dbuf);
+        /* The upload area is reused by the next call: never leave a copy out of it
+         * running (on success the event above already covered it). */
+        if (rc != THEUS_OK && cudaStreamSynchronize(l->stream) != cudaSuccess)
+            (void)cudaGetLastError();
+    }
+    /* A huge batch should not keep its planning memory. */
+    replay_plan_trim(p, PLAN_KEEP_BYTES);
+    return rc;
+}
+
+int cuda_replay(void *ctx, const replay_op *ops, size_t n)
+{
+    cuda_ctx *c = ctx;
+    cuda_call k;
+    if (n == 0)
+        return THEUS_OK;
+    replay_xfer *t = theus_xmalloc(n * sizeof *t);
+    if (!t)
+        return err_set(NULL, THEUS_ENOMEM, "CUDA replay: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        t[i].op = ops[i].op;
+        t[i].dtype = ops[i].dtype;
+        t[i].dst = ops[i].base;
+        t[i].dframe = ops[i].frame;
+        t[i].src = ops[i].payload;
+        t[i].sframe = &ops[i].sub;
+        t[i].sub = &ops[i].sub;
+    }
+    int rc = cuda_call_begin(c, &k);
+    if (rc == THEUS_OK) {
+        rc = cuda_run_transfers(c, k.lane, t, n);
+        cuda_call_end(&k);
+    }
+    theus_xfree(t);
+    return rc;
+}
