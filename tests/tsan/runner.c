@@ -10,6 +10,7 @@
  * THEUS_TSAN_SKIP in the environment: GLOB[:GLOB...] of tests to report as skipped without
  * running them (.ci/test.d/20-tsan.sh says which, and why). */
 #include <criterion/criterion.h>
+#include <criterion/hooks.h>
 
 #include <fnmatch.h>
 #include <math.h>
@@ -27,6 +28,7 @@ enum { EXIT_SKIPPED = 77 };
 
 static struct tsan_test *tests;
 static struct tsan_suite *suites;
+static struct tsan_hook *hooks;
 
 /* The child's state while one test runs (single test per process). */
 static pthread_t test_thread;
@@ -44,6 +46,19 @@ void tsan_register_suite(struct tsan_suite *s)
 {
     s->next = suites;
     suites = s;
+}
+
+void tsan_register_hook(struct tsan_hook *h)
+{
+    h->next = hooks;
+    hooks = h;
+}
+
+static void run_hooks(enum tsan_hook_kind kind)
+{
+    for (struct tsan_hook *h = hooks; h; h = h->next)
+        if (h->kind == kind)
+            h->call(NULL);
 }
 
 static void leave_test(void)
@@ -196,6 +211,8 @@ int main(int argc, char **argv)
     qsort(order, n, sizeof *order, by_name);
 
     int passed = 0, failed = 0, skipped = 0;
+    if (!list)
+        run_hooks(TSAN_PRE_ALL);
     for (size_t i = 0; i < n; i++) {
         const struct tsan_test *t = order[i];
         char full[512];
@@ -258,6 +275,8 @@ int main(int argc, char **argv)
         }
     }
     free(order);
+    if (!list)
+        run_hooks(TSAN_POST_ALL);
     if (!list)
         printf("[====] Synthesis: Tested: %d | Passing: %d | Failing: %d | Skipped: %d\n",
                passed + failed, passed, failed, skipped);

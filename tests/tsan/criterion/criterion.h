@@ -13,8 +13,9 @@
  * Supported: Test(suite, name, .init, .fini, .timeout, .disabled, .description),
  * TestSuite(suite, same options), cr_assert / cr_assert_not / cr_expect, the comparisons
  * cr_{assert,expect}_{eq,neq,lt,leq,gt,geq}, _null, _not_null, _str_eq, _str_neq, _arr_eq,
- * cr_log_info / cr_log_warn / cr_log_error, cr_skip_test. A suite that needs more fails to
- * compile in the TSan build: add it here (or leave that suite out of THEUS_TSAN_SUITES). */
+ * cr_log_info / cr_log_warn / cr_log_error, cr_skip_test; ReportHook(PRE_ALL / POST_ALL) in
+ * hooks.h. A suite that needs more fails to compile in the TSan build: add it here (or
+ * leave that suite out of THEUS_TSAN_SUITES). */
 #ifndef THEUS_TSAN_CRITERION_H
 #define THEUS_TSAN_CRITERION_H
 
