@@ -107,7 +107,7 @@ int measure(const bench_op *op, measurement *m);
 int measure_set(const bench_op *ops, size_t nops, measurement *ms);
 
 /* ---- results --------------------------------------------------------------------------- */
-#define BENCH_MAX_KV 10
+#define BENCH_MAX_KV 16
 
 typedef struct bench_kv {
     char key[32];
