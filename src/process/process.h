@@ -15,8 +15,9 @@ typedef struct proc_entry {
     void *user;
     theus_process_kind kind;
     int isolation;
-    theus_contract contract;      /* name, inputs and outputs point into blob */
-    char *blob;
+    theus_contract contract;      /* named after the process; globs below */
+    char **globs;                 /* inputs, then outputs */
+    size_t nglobs;
     int *codes;
     size_t ncodes;
     _Atomic uint64_t runs, commits, failures, attempts, retries, conflicts, undeclared, audit;

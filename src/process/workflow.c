@@ -86,7 +86,7 @@ static int get_name(wf_ctx *c, json_t *obj, const char *key, char *out)
     if (rc)
         return rc;
     if (!json_is_string(v))
-        return wfp_fail(c, 0, "expected a name (a string), got %s", wfp_type(v));
+        return wfp_fail(c, 0, "expected a name (a string), got %s", json_kind_phrase(v));
     size_t len = strlen(json_string_value(v));
     if (len == 0 || len > THEUS_NAME_MAX)
         return wfp_fail(c, 0, "a name is 1..%d bytes, got %zu", THEUS_NAME_MAX, len);
@@ -178,7 +178,7 @@ static int parse_step(wf_ctx *c, theus_engine *e, json_t *obj, wf_step *s)
 {
     static const char *const kinds[] = {"run", "if", "while", "call", "submit", "await", NULL};
     if (!json_is_object(obj))
-        return wfp_fail(c, 0, "a step is an object, got %s", wfp_type(obj));
+        return wfp_fail(c, 0, "a step is an object, got %s", json_kind_phrase(obj));
     int found = -1;
     for (int k = 0; kinds[k]; k++)
         if (json_object_get(obj, kinds[k])) {
@@ -241,7 +241,7 @@ static int parse_step(wf_ctx *c, theus_engine *e, json_t *obj, wf_step *s)
 static int parse_block(wf_ctx *c, theus_engine *e, json_t *arr, wf_block *out)
 {
     if (!json_is_array(arr))
-        return wfp_fail(c, 0, "expected an array of steps, got %s", wfp_type(arr));
+        return wfp_fail(c, 0, "expected an array of steps, got %s", json_kind_phrase(arr));
     size_t n = json_array_size(arr);
     out->v = n ? theus_xcalloc(n, sizeof *out->v) : NULL;
     if (n && !out->v)
@@ -284,7 +284,7 @@ static int parse_root(wf_ctx *c, theus_engine *e, json_t *root, theus_workflow *
     static const char *const keys[] = {"name", "max_ops", "position", "steps", "description",
                                        NULL};
     if (!json_is_object(root))
-        return wfp_fail(c, 0, "a workflow is an object, got %s", wfp_type(root));
+        return wfp_fail(c, 0, "a workflow is an object, got %s", json_kind_phrase(root));
     int rc = check_keys(c, root, keys, "name, max_ops, position, steps, description");
     if (rc)
         return rc;
