@@ -16,6 +16,12 @@ int publish_listen(theus_state *st, const publish_listener *l);
 /* Remove every listener whose user pointer is @user (the others keep their order). */
 void publish_unlisten(theus_state *st, void *user);
 
+/* As publish_listen; @release(l->user) runs when the state is destroyed (the listener's
+ * context lives as long as its state). */
+int publish_listen_owned(theus_state *st, const publish_listener *l, void (*release)(void *user));
+/* Every listener's release (reverse order), then none is attached: state destruction. */
+void publish_release(theus_state *st);
+
 /* ---- for the commit path (commit.c, redo.c) ----------------------------------------- */
 
 /* Listeners' prepare in order; when one refuses, the earlier ones are cancelled (reverse

@@ -39,6 +39,9 @@ typedef struct publish_listener {
 
 typedef struct publish_list {
     publish_listener l[PUBLISH_MAX_LISTENERS];
+    /* Per listener: called with its user pointer when the state is destroyed (NULL: none);
+     * set by publish_listen_owned. */
+    void (*release[PUBLISH_MAX_LISTENERS])(void *user);
     uint32_t n;
 } publish_list;
 

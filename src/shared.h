@@ -54,6 +54,9 @@ static inline shared_area *shared_area_of(const theus_state *st)
 uint64_t shared_hash(uint64_t h, const void *p, size_t n);
 #define SHARED_HASH_INIT 0xcbf29ce484222325ull
 
+/* The operations table a shared state's handle carries (st->ops, with st->shm). */
+extern const state_ops shared_state_ops;
+
 /* Detach a handle whose last reference went (theus_state_destroy): release its lease,
  * remove the segment's name when no live process is left, unmap. Frees @st. */
 void shared_detach(theus_state *st);

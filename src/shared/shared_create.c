@@ -261,6 +261,7 @@ static int build_state(theus_state *st, const char *name, const char *schema_jso
     }
     *out = m;
     st->shm = m;
+    st->ops = &shared_state_ops;
     area_fill(s.base, &L, name, st, schema_json, max_leases,
               self_start);
     for (size_t i = 0; i < nf; i++) {
@@ -343,6 +344,7 @@ fail:
     if (m)
         shared_map_free(m); /* unmaps the segment, frees any device memory */
     st->shm = NULL;
+    st->ops = NULL;
     theus_xfree(data_off);
     theus_xfree(place);
     state_shadow_free(st);

@@ -94,6 +94,7 @@ static int handle_new(shared_map *m, const char *name, const theus_schema *want,
     }
     state_bind(st, h);
     st->shm = m;
+    st->ops = &shared_state_ops;
     shared_bind_fields(st, m);
     *out = st;
     return THEUS_OK;
@@ -150,6 +151,7 @@ int theus_state_open_shared(const char *name, const char *schema_json, theus_sta
             return THEUS_OK;
         }
         st->shm = NULL;
+        st->ops = NULL;
         state_shadow_free(st);
         shared_map_release(m, abandoned);
         if (!retry)
