@@ -6,6 +6,7 @@
 #include "theus/theus_process.h"
 
 #include <criterion/criterion.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -75,15 +76,20 @@ static void reg(const char *name, theus_process_fn body, void *user, const char 
     cr_assert_eq(theus_engine_register(eng, &d), THEUS_OK, "%s", theus_state_last_error(st));
 }
 
-static void setup(void)
+static void register_all(void)
 {
-    cr_assert_eq(theus_state_create(schema, NULL, &st), THEUS_OK);
-    cr_assert_eq(theus_engine_create(st, NULL, &eng), THEUS_OK);
     reg("step", bump, "step", "step");
     reg("hit", bump, "hits", "hits");
     reg("set_loss", set_loss, NULL, "loss");
     reg("flaky", flaky, NULL, "hits");
     reg("tick", signal_tick, NULL, "hits");
+}
+
+static void setup(void)
+{
+    cr_assert_eq(theus_state_create(schema, NULL, &st), THEUS_OK);
+    cr_assert_eq(theus_engine_create(st, NULL, &eng), THEUS_OK);
+    register_all();
 }
 
 static void teardown(void)
@@ -390,4 +396,59 @@ Test(workflow, the_position_field_is_checked)
     cr_expect_eq(theus_workflow_load(eng, "{\"name\": \"p\", \"position\": \"nope\", \"steps\": []}",
                                      &wf), THEUS_ESCHEMA);
     cr_expect(strstr(theus_state_last_error(st), "no field 'nope'") != NULL);
+}
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void open_durable(const char *dir)
+{
+    cr_assert_eq(theus_state_open_durable(dir, schema, NULL, NULL, &st), THEUS_OK, "%s",
+                 theus_last_error_message());
+    cr_assert_eq(theus_engine_create(st, NULL, &eng), THEUS_OK, "%s", theus_state_last_error(st));
+    register_all();
+}
+
+static char durable_dir[64];
+
+static void durable_fini(void)
+{
+    teardown();
+    if (durable_dir[0])
+        nftw(durable_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+/* A durable state (theus_state_open_durable: log and recovery) closed after a failed step
+ * and opened again: the recovered state, with a new engine, resumes the workflow. */
+Test(workflow_durable, a_recovered_durable_state_resumes_its_workflow, .fini = durable_fini,
+     .timeout = 60)
+{
+    snprintf(durable_dir, sizeof durable_dir, "/tmp/theus-wf-durable-XXXXXX");
+    cr_assert_not_null(mkdtemp(durable_dir));
+    char dir[80];
+    snprintf(dir, sizeof dir, "%s/state", durable_dir);
+    open_durable(dir);
+    theus_workflow *wf = load(resumable);
+    fail_left = 1;
+    cr_expect_eq(theus_workflow_run(wf, NULL), FLAKY);
+    theus_workflow_free(wf);
+    cr_expect_eq(get("pos"), 1);
+    teardown();
+    st = NULL;
+    eng = NULL;
+    open_durable(dir);
+    cr_expect_eq(get("pos"), 1, "recovered from the log");
+    cr_expect_eq(get("hits"), 1);
+    wf = load(resumable);
+    theus_workflow_report rep;
+    cr_expect_eq(theus_workflow_run(wf, &rep), THEUS_OK, "%s", theus_state_last_error(st));
+    cr_expect_eq(rep.resumed_at, 1);
+    cr_expect_eq(get("hits"), 2);
+    cr_expect_eq(get("step"), 1);
+    theus_workflow_free(wf);
 }
