@@ -8,19 +8,6 @@
 #include <stdint.h>
 #include <string.h>
 
-/* The run the calling thread is inside, so that the publish step can find the signals and
- * outbox entries of the commit it publishes. */
-static _Thread_local theus_run *tls_run;
-
-theus_run *engine_run_of(theus_engine *e, const struct publish_batch *b)
-{
-    theus_run *r = tls_run;
-    /* Only the attempt's own transaction: the deltas array is that transaction's. */
-    if (r && r->e == e && r->tx && r->tx == b->tx)
-        return r;
-    return NULL;
-}
-
 static void destroy_proc(proc_entry *p)
 {
     if (!p)
@@ -328,10 +315,9 @@ int engine_run_proc(theus_engine *e, proc_entry *p, uint64_t *committed_version)
     if (p->kind == THEUS_PROCESS_PURE)
         ro.priority_after = UINT32_MAX;  /* the priority lease would hold other commits */
     uint64_t version = 0;
-    theus_run *prev = tls_run;
-    tls_run = &run;
+    theus_run *prev = publish_hook_enter(&run);
     int rc = theus_tx_run(e->st, &ro, run_attempt, &run, &version);
-    tls_run = prev;
+    publish_hook_leave(prev);
     run.tx = NULL;
     uint64_t extra = run.attempts ? run.attempts - 1 : 0;
     atomic_fetch_add_explicit(&p->retries, extra, memory_order_relaxed);
@@ -368,6 +354,41 @@ int theus_engine_run(theus_engine *e, const char *process, uint64_t *committed_v
     if (!p)
         return err_set(e->st, THEUS_ENOENT, "run: no process '%s' is registered", process);
     return engine_run_proc(e, p, committed_version);
+}
+
+/* A pool job: @a the engine, @b the process. */
+static int pool_job(void *a, void *b, uint64_t *version)
+{
+    theus_engine *e = a;
+    proc_entry *p = b;
+    if (atomic_load(&e->stopped))
+        return err_set(e->st, THEUS_EBUSY, "run '%s': the engine was stopped by a level-S audit "
+                       "rule", p->name);
+    return engine_run_proc(e, p, version);
+}
+
+int theus_engine_submit(theus_engine *e, const char *process, theus_job **job)
+{
+    if (job)
+        *job = NULL;
+    if (!e || !process || !job)
+        return err_set(e ? e->st : NULL, THEUS_EINVAL, "theus_engine_submit: NULL argument");
+    if (atomic_load(&e->stopped))
+        return err_set(e->st, THEUS_EBUSY, "submit '%s': the engine was stopped by a level-S "
+                       "audit rule", process);
+    proc_entry *p = engine_find(e, process);
+    if (!p)
+        return err_set(e->st, THEUS_ENOENT, "submit: no process '%s' is registered", process);
+    pthread_mutex_lock(&e->pool_mu);
+    if (!e->pool)
+        e->pool = pool_start(e->opts.workers);
+    pool *pl = e->pool;
+    pthread_mutex_unlock(&e->pool_mu);
+    if (!pl)
+        return err_set(e->st, THEUS_ENOMEM, "submit '%s': cannot start the worker pool", process);
+    if (pool_submit(pl, e->st, pool_job, e, p, job) != THEUS_OK)
+        return err_set(e->st, THEUS_ENOMEM, "submit '%s': out of memory", process);
+    return THEUS_OK;
 }
 
 theus_tx *theus_run_tx(theus_run *run)
@@ -441,11 +462,6 @@ int theus_engine_process_stats(theus_engine *e, const char *process, theus_proce
     out->undeclared = atomic_load(&p->undeclared);
     out->audit = atomic_load(&p->audit);
     return THEUS_OK;
-}
-
-void engine_stop(theus_engine *e)
-{
-    atomic_store(&e->stopped, 1);
 }
 
 int theus_engine_stopped(const theus_engine *e)
