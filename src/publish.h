@@ -19,10 +19,8 @@ void publish_unlisten(theus_state *st, void *user);
 /* As publish_listen; @release(l->user) runs when the state is destroyed (the listener's
  * context lives as long as its state). */
 int publish_listen_owned(theus_state *st, const publish_listener *l, void (*release)(void *user));
-/* Every listener's release (reverse order), then none is attached: state destruction. */
-void publish_release(theus_state *st);
 
-/* ---- for the commit path (commit.c, redo.c) ----------------------------------------- */
+/* ---- for the commit path (commit.c, shared/redo.c) ---------------------------------- */
 
 /* Listeners' prepare in order; when one refuses, the earlier ones are cancelled (reverse
  * order) and its code is returned (a message is set when the listener set none). */

@@ -45,4 +45,9 @@ typedef struct publish_list {
     uint32_t n;
 } publish_list;
 
+/* State destruction (state.c): every listener's release (reverse order), then none is
+ * attached. Declared here, with the list, so that the state does not depend on the commit
+ * path (publish.h); defined in publish.c. */
+void publish_release(theus_state *st);
+
 #endif

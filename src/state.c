@@ -3,7 +3,6 @@
  * commit lock is state_lock.c, holds and the replay sequence state_hold.c, the priority
  * lease priority.c. */
 #include "state.h"
-#include "publish.h"
 #include "alloc.h"
 #include "dtype.h"
 #include "error.h"
