@@ -67,4 +67,10 @@ uint32_t shared_holds(const theus_state *st);
  * returns the number of live slots. */
 uint32_t shared_reap(theus_state *st);
 
+/* Take the commit lock of a shared state. Waits as long as its holder is a running process
+ * attached to the state; a holder that is stopped, gone without the robust-futex clean-up,
+ * or not attached is given up on after THEUS_SHARED_WAIT_MS (THEUS_EBUSY or THEUS_ECORRUPT,
+ * with a message). A holder that died is taken over (THEUS_OK; redo_recover follows). */
+int shared_commit_lock(theus_state *st);
+
 #endif

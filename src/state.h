@@ -71,6 +71,9 @@ typedef struct state_ops {
     uint32_t *(*hold_slot)(theus_state *st);
     uint32_t (*holds)(const theus_state *st);
     uint32_t (*reap)(theus_state *st);
+    /* Take the commit lock (pthread_mutex_lock for a private state): THEUS_OK, taken; or
+     * the error, with a message, when it cannot be taken (a bounded wait gave up). */
+    int (*lock)(theus_state *st);
     /* Right after taking the commit lock: finish or drop what a dead holder left. On
      * failure the lock is released and the error returned. */
     int (*recover)(theus_state *st);

@@ -9,21 +9,20 @@
 int state_lock(theus_state *st)
 {
     state_header *h = st->hdr;
-    int e = pthread_mutex_lock(&h->commit_lock);
-    if (e == EOWNERDEAD) {
-        /* Its holder died. Whatever it was doing, the ops' recover below finishes or drops
-         * it (and runs again if this process dies too). */
-        pthread_mutex_consistent(&h->commit_lock);
-    } else if (e != 0) {
-        return err_set(st, THEUS_EBUSY, "cannot take the commit lock: %s", strerror(e));
-    }
     if (st->ops) {
-        int rc = st->ops->recover(st);
-        if (rc != THEUS_OK) {
+        /* Another process can stop or vanish holding it: the ops' lock gives up after a
+         * bound; a holder that died is taken over, and whatever it was doing, recover
+         * finishes or drops (and runs again if this process dies too). */
+        int rc = st->ops->lock(st);
+        if (rc == THEUS_OK && (rc = st->ops->recover(st)) != THEUS_OK)
             pthread_mutex_unlock(&h->commit_lock);
-            return rc;
-        }
+        return rc;
     }
+    int e = pthread_mutex_lock(&h->commit_lock);
+    if (e == EOWNERDEAD)
+        pthread_mutex_consistent(&h->commit_lock);
+    else if (e != 0)
+        return err_set(st, THEUS_EBUSY, "cannot take the commit lock: %s", strerror(e));
     return THEUS_OK;
 }
 

@@ -107,9 +107,12 @@ static int publish_name(const char *tmp, const char *segname, const char *name)
         int removed = 0;
         uint32_t live = 0;
         int rc = shared_remove_if_abandoned(segname, name, &removed, &live);
-        if (rc != THEUS_OK)
-            return err_wrap(NULL, THEUS_EBUSY, "a segment named '%s' exists and is not a usable "
-                            "shared state (theus_shared_remove removes it)", name);
+        if (rc != THEUS_OK) {
+            char why[256]; /* a copy: the message is rewritten from the same buffer */
+            snprintf(why, sizeof why, "%s", theus_last_error_message());
+            return err_set(NULL, THEUS_EBUSY, "a segment named '%s' exists and is not a usable "
+                           "shared state (%s); theus_shared_remove removes it", name, why);
+        }
         if (!removed)
             return err_set(NULL, THEUS_EBUSY, "shared state '%s' exists (%u live handle%s)", name,
                            live, live == 1 ? "" : "s");
