@@ -289,13 +289,11 @@ int theus_state_checkpoint(theus_state *st, int incremental, uint64_t *version)
         rc = inc ? write_incremental(st, d, &v) : write_full(st, d, &v);
         if (rc == THEUS_OK) {
             /* A fresh segment, so that the one holding the records up to here can go once
-             * a later checkpoint covers it — unless the open one is still small (an eighth
-             * of segment_bytes): then it is closed later, when full, and frequent small
-             * checkpoints do not pay for a segment each. */
+             * a later checkpoint covers it. */
             rc = state_commit_lock(st, 0);
             if (rc == THEUS_OK) {
                 uint64_t now = theus_state_version(st);
-                if (d->w.seg_first < now && d->w.seg_size >= d->o.segment_bytes / 8)
+                if (d->w.seg_first < now)
                     rc = wal_rotate(&d->w, now);
                 state_commit_unlock(st);
             }
