@@ -2,7 +2,7 @@
  * shared — runs commit_run: gatekeeper (before the lock), commit lock, version guard,
  * gatekeeper on results, listeners' prepare, replay, publish (log, block map, versions),
  * listeners' published, unlock, listeners' acknowledge. A state with ops (a shared state)
- * replays and publishes through them (its redo record, redo.c), a private one here. */
+ * replays and publishes through them (its redo record, shared/redo.c), a private one here. */
 #include "alloc.h"
 #include "batch_replay.h"
 #include "conflict.h"

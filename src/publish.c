@@ -97,9 +97,16 @@ int publish_acknowledge(const publish_batch *b)
     for (uint32_t i = 0; i < p->n; i++) {
         if (!p->l[i].acknowledge)
             continue;
+        if (first == THEUS_OK)
+            err_clear(); /* keep the first failure's message */
         int rc = p->l[i].acknowledge(p->l[i].user, b);
-        if (rc != THEUS_OK && first == THEUS_OK)
-            first = rc > 0 ? THEUS_EINVAL : rc;
+        if (rc == THEUS_OK || first != THEUS_OK)
+            continue;
+        first = rc > 0 ? THEUS_EINVAL : rc;
+        if (err_code() != first)
+            err_set(b->st, first, "commit published as version %llu, but a publish listener "
+                    "could not acknowledge it (%s)", (unsigned long long)b->version,
+                    theus_strerror(first));
     }
     return first;
 }

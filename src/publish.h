@@ -20,7 +20,7 @@ void publish_unlisten(theus_state *st, void *user);
  * context lives as long as its state). */
 int publish_listen_owned(theus_state *st, const publish_listener *l, void (*release)(void *user));
 
-/* ---- for the commit path (commit.c, redo.c) ----------------------------------------- */
+/* ---- for the commit path (commit.c, shared/redo.c) ---------------------------------- */
 
 /* Listeners' prepare in order; when one refuses, the earlier ones are cancelled (reverse
  * order) and its code is returned (a message is set when the listener set none). */

@@ -394,6 +394,8 @@ Test(conflicts, an_acknowledge_error_is_returned_after_publishing)
     listen_both(st);
     rec_a.ack = THEUS_EIO;
     cr_assert_eq(commit_n(st, 6), THEUS_EIO);
+    cr_assert(strstr(theus_last_error_message(), "published as version 2") != NULL, "%s",
+              theus_last_error_message());
     cr_assert_eq(theus_state_version(st), 2, "published, though not acknowledged");
     cr_assert_eq(read_n(st), 6);
     static const char *const want[] = {"a.prepare", "b.prepare", "a.published", "b.published",

@@ -32,7 +32,7 @@
 #include <theus/theus.h>
 #include <theus/theus_shared.h>
 
-#include "redo.h"
+#include "shared/redo.h"
 #include "shared.h"
 #include "state.h"
 

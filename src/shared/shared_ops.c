@@ -3,7 +3,7 @@
  * a bounded wait for the commit lock, redo recovery after taking it, and commits through
  * the redo record. */
 #include "shared_impl.h"
-#include "../redo.h"
+#include "redo.h"
 
 const state_ops shared_state_ops = {
     .detach = shared_detach,
