@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -186,6 +187,8 @@ static int leftovers(void)
  * stuck for a while, must not overlap a theus_shared_cleanup of another test (of this run
  * or of another run of this suite by the same user): they hold this lock, as does every
  * test that calls theus_shared_cleanup. Released by close (or the process's death). */
+static int g_lock_fd = -1;
+
 static int sweep_lock(void)
 {
     char path[64];
@@ -194,7 +197,26 @@ static int sweep_lock(void)
     cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
     while (flock(fd, LOCK_EX) != 0)
         cr_assert_eq(errno, EINTR);
+    g_lock_fd = fd;
     return fd;
+}
+
+static void sweep_unlock(int fd)
+{
+    close(fd);
+    g_lock_fd = -1;
+}
+
+/* In a child, first thing: it must not keep the sweep lock (a flock belongs to the open
+ * file, which the child shares), and it dies with the test (even stopped: a test killed
+ * while its child is stopped would leave that child, and its locks, for ever). */
+static void child_setup(pid_t parent)
+{
+    if (g_lock_fd >= 0)
+        close(g_lock_fd);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(99);
 }
 
 /* theus_shared_cleanup, which sweeps all of this user's states: THEUS_OK, or THEUS_EBUSY
@@ -217,10 +239,13 @@ typedef int (*child_fn)(void *arg);
 static pid_t spawn(child_fn fn, void *arg)
 {
     fflush(NULL);
+    pid_t parent = getpid();
     pid_t p = fork();
     cr_assert_neq(p, -1, "fork: %s", strerror(errno));
-    if (p == 0)
+    if (p == 0) {
+        child_setup(parent);
         _exit(fn(arg));
+    }
     kid_started(p);
     return p;
 }
@@ -611,9 +636,11 @@ Test(shared, disjoint_writers_from_one_base_all_commit)
 static pid_t exec_worker(const char *cmd, const char *name, const char *n, int out_fd)
 {
     fflush(NULL);
+    pid_t parent = getpid();
     pid_t p = fork();
     cr_assert_neq(p, -1);
     if (p == 0) {
+        child_setup(parent);
         if (out_fd >= 0)
             dup2(out_fd, 1);
         execl(THEUS_SHARED_WORKER, "shared_worker", cmd, name, n, (char *)NULL);
@@ -1231,7 +1258,7 @@ Test(shared, corrupt_and_foreign_segments_are_refused)
     size_t removed = 99;
     int lk = sweep_lock();
     cleanup_all(&removed);
-    close(lk);
+    sweep_unlock(lk);
     cr_assert(seg_exists(foreign));
     cr_assert_eq(theus_shared_remove(foreign), THEUS_OK);
     cr_assert_not(seg_exists(foreign));
@@ -1330,7 +1357,7 @@ Test(shared, list_info_remove_cleanup)
     cr_assert_eq(theus_shared_info(a, NULL), THEUS_EINVAL);
     cr_assert_eq(theus_shared_remove("bad/name"), THEUS_EINVAL);
     finish(sa, a);
-    close(lk);
+    sweep_unlock(lk);
 }
 
 static int child_open_and_die(void *p)
@@ -1713,7 +1740,7 @@ Test(shared, stale_lock_words_do_not_hang_anything)
     munmap(c3, n3);
     cr_assert_eq(write_i64(st, "x", 5), THEUS_OK);
     finish(st, src);
-    close(lk);
+    sweep_unlock(lk);
 }
 
 typedef struct lock_arg {
@@ -1818,7 +1845,7 @@ Test(shared, stopped_lock_holders_give_bounded_ebusy)
     close(down[0]);
     close(down[1]);
     finish(st, name);
-    close(lk);
+    sweep_unlock(lk);
 }
 
 typedef struct slow_arg {
