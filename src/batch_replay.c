@@ -4,8 +4,17 @@
 
 int batch_replay(size_t n, batch_op_fn get, void *user, replay_op *buf, size_t cap)
 {
-    /* One pass per backend, lowest address first: needs no memory and no bound on how many
-     * backends a batch uses (in practice one or two). */
+    if (n == 0)
+        return THEUS_OK;
+    /* The common batch: every op on one backend, up to @cap of them: one call. */
+    const theus_backend *one = get(user, 0, &buf[0]);
+    size_t same = 1;
+    while (same < n && same < cap && get(user, same, &buf[same]) == one)
+        same++;
+    if (same == n)
+        return one->iface->replay(one->ctx, buf, n);
+    /* Otherwise one pass per backend, lowest address first: needs no memory and no bound on
+     * how many backends a batch uses (in practice one or two). */
     uintptr_t prev = 0;
     for (;;) {
         uintptr_t cur = UINTPTR_MAX;

@@ -70,8 +70,33 @@ static int mark_run(const block_map *m, uint64_t first, uint64_t last, void *use
     return 0;
 }
 
+/* The blocks of @r's first and last bytes (C order: every byte of @r lies between them);
+ * 0 when @r is empty. */
+static int span(const block_map *m, const theus_region *r, uint64_t *first, uint64_t *last)
+{
+    uint64_t lo = 0, hi = 0, stride = m->esize;
+    for (int d = m->ndim - 1; d >= 0; d--) {
+        if (r->stop[d] <= r->start[d])
+            return 0;
+        lo += (uint64_t)r->start[d] * stride;
+        hi += (uint64_t)(r->stop[d] - 1) * stride;
+        stride *= (uint64_t)m->shape[d];
+    }
+    *first = lo >> m->shift;
+    *last = (hi + m->esize - 1) >> m->shift;
+    return 1;
+}
+
 void block_map_mark(const block_map *m, const theus_region *r, uint64_t version)
 {
+    uint64_t first, last;
+    if (!span(m, r, &first, &last))
+        return;
+    if (first == last) { /* the common small delta: one store */
+        if (first < m->nblocks)
+            atomic_store_explicit(&m->v[first], version, memory_order_relaxed);
+        return;
+    }
     mark_ctx c = {version, 0};
     for_each_run(m, r, mark_run, &c);
 }
@@ -99,6 +124,17 @@ static int probe_run(const block_map *m, uint64_t first, uint64_t last, void *us
 
 int block_map_probe(const block_map *m, const theus_region *r, uint64_t base, uint64_t *version)
 {
+    uint64_t first, last;
+    if (!span(m, r, &first, &last))
+        return 0;
+    if (first == last) {
+        uint64_t v = first < m->nblocks
+                         ? atomic_load_explicit(&m->v[first], memory_order_relaxed) : 0;
+        if (v <= base)
+            return 0;
+        *version = v;
+        return 1;
+    }
     probe_ctx c = {base, 0, 0};
     if (!for_each_run(m, r, probe_run, &c))
         return 0;

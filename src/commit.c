@@ -64,12 +64,6 @@ static const theus_backend *tx_op(void *user, size_t k, replay_op *op)
     return t->st->backend[d->field];
 }
 
-static void append_to_log(void *user, const log_entry *e)
-{
-    theus_state *st = user;
-    commit_log_append(&st->hdr->log, st->log_ring, e);
-}
-
 /* A private state's replay and publish, inside the replay gate. */
 static int apply_private(theus_state *st, const theus_tx *tx, uint64_t version, int init,
                          replay_op *ops)
@@ -83,7 +77,7 @@ static int apply_private(theus_state *st, const theus_tx *tx, uint64_t version, 
     if (rc == THEUS_OK && !init) {
         for (size_t k = 0; k < tx->ndeltas; k++)
             publish_region(st, tx->deltas[k].field, &tx->deltas[k].r, version);
-        publish_log_entries(st, tx, version, append_to_log, st);
+        publish_log_append(st, tx, version);
         atomic_fetch_add(&st->hdr->stats.commits, 1);
         publish_version(st, version);
     }

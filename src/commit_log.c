@@ -8,13 +8,18 @@ void commit_log_init(commit_log *log, uint32_t capacity)
     log->capacity = capacity;
 }
 
-void commit_log_append(commit_log *log, log_entry *ring, const log_entry *e)
+log_entry *commit_log_next(commit_log *log, log_entry *ring)
 {
     log_entry *slot = &ring[log->head % log->capacity];
     if (log->head >= log->capacity && slot->version > log->floor)
         log->floor = slot->version;
-    *slot = *e;
     log->head++;
+    return slot;
+}
+
+void commit_log_append(commit_log *log, log_entry *ring, const log_entry *e)
+{
+    *commit_log_next(log, ring) = *e;
 }
 
 uint64_t commit_log_floor_after(const commit_log *log, const log_entry *ring, uint64_t n,

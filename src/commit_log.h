@@ -28,6 +28,9 @@ typedef struct commit_log {
 void commit_log_init(commit_log *log, uint32_t capacity);
 /* Append; evicting the oldest entry raises the floor. */
 void commit_log_append(commit_log *log, log_entry *ring, const log_entry *e);
+/* Append in place: the slot of the next entry, for the caller to fill at once (the oldest
+ * entry is evicted, the floor raised and the head moved, as by commit_log_append). */
+log_entry *commit_log_next(commit_log *log, log_entry *ring);
 
 /* The floor that appending @n entries of version @version would leave (without appending). */
 uint64_t commit_log_floor_after(const commit_log *log, const log_entry *ring, uint64_t n,

@@ -113,13 +113,20 @@ void publish_version(theus_state *st, uint64_t version)
     atomic_store_explicit(&st->hdr->version, version, memory_order_release);
 }
 
+/* Whether a batch of @n deltas is logged one entry per delta (else one block-map entry per
+ * field). */
+static int log_per_delta(const theus_state *st, size_t n)
+{
+    return n <= st->hdr->log.capacity / 8;
+}
+
 void publish_log_entries(const theus_state *st, const struct theus_tx *tx, uint64_t version,
                          log_sink sink, void *user)
 {
     log_entry e;
     memset(&e, 0, sizeof e);
     e.version = version;
-    if (tx->ndeltas <= st->hdr->log.capacity / 8) {
+    if (log_per_delta(st, tx->ndeltas)) {
         for (size_t k = 0; k < tx->ndeltas; k++) {
             e.field = tx->deltas[k].field;
             e.op = tx->deltas[k].op;
@@ -147,5 +154,27 @@ void publish_log_entries(const theus_state *st, const struct theus_tx *tx, uint6
         }
         if (any)
             sink(user, &e);
+    }
+}
+
+static void append_entry(void *user, const log_entry *e)
+{
+    theus_state *st = user;
+    commit_log_append(&st->hdr->log, st->log_ring, e);
+}
+
+void publish_log_append(theus_state *st, const struct theus_tx *tx, uint64_t version)
+{
+    commit_log *log = &st->hdr->log;
+    if (!log_per_delta(st, tx->ndeltas)) {
+        publish_log_entries(st, tx, version, append_entry, st);
+        return;
+    }
+    for (size_t k = 0; k < tx->ndeltas; k++) {
+        log_entry *e = commit_log_next(log, st->log_ring);
+        e->version = version;
+        e->field = tx->deltas[k].field;
+        e->op = tx->deltas[k].op;
+        e->region = tx->deltas[k].r;
     }
 }

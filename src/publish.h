@@ -45,5 +45,7 @@ void publish_version(theus_state *st, uint64_t version);
 typedef void (*log_sink)(void *user, const log_entry *e);
 void publish_log_entries(const theus_state *st, const struct theus_tx *tx, uint64_t version,
                          log_sink sink, void *user);
+/* The same entries appended to @st's commit log (the private path: in place). */
+void publish_log_append(theus_state *st, const struct theus_tx *tx, uint64_t version);
 
 #endif

@@ -265,6 +265,33 @@ Test(conflicts, two_writes_in_one_block)
                  theus_last_error_message());
 }
 
+/* Regions over several blocks, contiguous (whole rows) and strided (a corner of rows),
+ * beyond the log: exactly the blocks they touch conflict. */
+Test(conflicts, multi_block_regions_beyond_the_log)
+{
+    static float buf[10 * ROW];
+    theus_tx *t[6];
+    for (int i = 0; i < 6; i++)
+        cr_assert_eq(theus_tx_begin(st, NULL, &t[i]), THEUS_OK);
+    theus_tx *w = NULL;
+    cr_assert_eq(theus_tx_begin(st, NULL, &w), THEUS_OK);
+    theus_region whole = rows(100, 110);
+    theus_region corner = {.ndim = 2, .start = {10, ROW - 4}, .stop = {13, ROW}};
+    cr_assert_eq(theus_tx_write(w, "rows", &whole, buf, THEUS_MEM_HOST), THEUS_OK);
+    cr_assert_eq(theus_tx_write(w, "rows", &corner, buf, THEUS_MEM_HOST), THEUS_OK);
+    cr_assert_eq(theus_tx_commit(w, NULL), THEUS_OK);
+    commit_add_n(5000);
+    const int64_t row[6] = {109, 110, 99, 11, 13, 9};
+    const int expect[6] = {THEUS_ECONFLICT, THEUS_OK, THEUS_OK, THEUS_ECONFLICT, THEUS_OK,
+                           THEUS_OK};
+    for (int i = 0; i < 6; i++) {
+        theus_region e = {.ndim = 2, .start = {row[i], 0}, .stop = {row[i] + 1, 1}};
+        cr_assert_eq(theus_tx_write(t[i], "rows", &e, buf, THEUS_MEM_HOST), THEUS_OK);
+        cr_assert_eq(theus_tx_commit(t[i], NULL), expect[i], "row %lld: %s", (long long)row[i],
+                     theus_last_error_message());
+    }
+}
+
 /* ---- the publish step and its listeners --------------------------------------------- */
 
 typedef struct recorder {
