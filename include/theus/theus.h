@@ -135,8 +135,10 @@ typedef struct theus_state_options {
      *  memory and theus_field_info reports THEUS_PLACEMENT_HOST. 0: creation fails with
      *  THEUS_ENODEV instead. */
     int allow_fallback;
-    /** Capacity of the commit log in region entries (0: 4096). A transaction whose base is
-     *  older than the log reaches conflicts if a field it touches changed since its base. */
+    /** Capacity of the commit log in region entries (0: 4096). While the log reaches back
+     *  to a transaction's base, conflicts are exact to the element; beyond it (and for a
+     *  commit of more than capacity/8 deltas) they are exact to the 4 KiB block (the block
+     *  map; docs/guide.md, "Granularity"). */
     uint32_t commit_log_capacity;
     /** How long, in milliseconds, a starving transaction of theus_tx_run may hold the
      *  priority lease that keeps other committers waiting (0: 100 ms). */
@@ -377,9 +379,14 @@ THEUS_API int theus_tx_add(theus_tx *tx, const char *field, const theus_region *
  * @param[in]  tx the transaction (consumed).
  * @param[out] committed_version the new state version (the base for a transaction that wrote
  *             nothing); may be NULL.
- * @return THEUS_OK; THEUS_ECONFLICT (theus_last_conflict tells why); THEUS_ESCHEMA (a
- *         constraint failed); THEUS_ENOMEM; THEUS_EINVAL for a NULL tx. On any failure the
- *         state is unchanged.
+ * @return THEUS_OK; THEUS_ECONFLICT (theus_last_conflict tells why: an ASSIGN, or under
+ *         serializable isolation a read, overlaps what a commit since the base wrote; ADD
+ *         deltas never conflict); THEUS_ESCHEMA (a constraint failed); THEUS_ENOMEM;
+ *         THEUS_EINVAL for a NULL tx. On any of these the state is unchanged. A layer that
+ *         attaches to the commit path (a durable state, a process engine) may refuse the
+ *         commit with its own code (state unchanged), or report an error after the commit
+ *         was published (e.g. THEUS_EIO from a durable state: published, not durable); then
+ *         *committed_version is set and the state's version has moved.
  */
 THEUS_API int theus_tx_commit(theus_tx *tx, uint64_t *committed_version);
 
