@@ -3,7 +3,8 @@
 The library is found, in order, at $THEUS_LIBRARY (a path to libtheus.so), by the dynamic
 loader's own search ("libtheus.so.0", then "libtheus.so": LD_LIBRARY_PATH, the ld.so cache,
 an rpath), and through ctypes.util.find_library. The struct layouts below mirror
-include/theus/theus.h, theus_shared.h, theus_durable.h and theus/dlpack.h exactly: change them together.
+include/theus/theus.h, theus_shared.h, theus_durable.h and theus/dlpack.h exactly: change
+them together.
 """
 import ctypes
 import ctypes.util
