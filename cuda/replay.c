@@ -90,6 +90,10 @@ int cuda_replay(void *ctx, const replay_op *ops, size_t n)
     cuda_call k;
     if (n == 0)
         return THEUS_OK;
+    for (size_t i = 0; i < n; i++)
+        if (ops[i].batch)
+            return err_set(NULL, THEUS_ENODEV, "CUDA replay: described batches are not "
+                           "supported by the CUDA backend yet");
     replay_xfer *t = theus_xmalloc(n * sizeof *t);
     if (!t)
         return err_set(NULL, THEUS_ENOMEM, "CUDA replay: out of memory");

@@ -10,8 +10,12 @@
 #include "region.h"
 #include "schema.h"
 
+struct seg_batch;
+
 /* One element move of a commit batch: @sub of a field whose memory starts at @base and is
- * laid out as @frame, from/to the C-contiguous @payload laid out as @sub. */
+ * laid out as @frame, from/to the C-contiguous @payload laid out as @sub. With @batch set (a
+ * described batch, seg_batch.h, staged by this backend) the op is instead the batch's
+ * segments over the whole field (@frame), in order, from @payload; @sub is their bounds. */
 typedef struct replay_op {
     delta_op op;
     theus_dtype dtype;
@@ -19,6 +23,7 @@ typedef struct replay_op {
     const theus_region *frame;
     theus_region sub;
     const void *payload;
+    const struct seg_batch *batch;
 } replay_op;
 
 typedef struct theus_backend_iface {

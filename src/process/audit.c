@@ -102,12 +102,9 @@ static int final_values(theus_engine *e, const publish_batch *b, size_t k, void 
         return rc;
     memcpy(cur, old, d->nelems * theus_dtype_size(dt));
     for (size_t j = 0; j < b->tx->ndeltas; j++) {
-        const delta *o = &b->tx->deltas[j];
-        theus_region sub;
-        if (o->field != d->field || !region_intersect(&o->r, &d->r, &sub))
+        if (b->tx->deltas[j].field != d->field)
             continue;
-        rc = be->iface->overlay(be->ctx, dt, o->op, cur, &d->r, THEUS_MEM_HOST, o->payload, &o->r,
-                                &sub);
+        rc = delta_overlay(st, &b->tx->deltas[j], cur, &d->r, THEUS_MEM_HOST);
         if (rc != THEUS_OK)
             return rc;
     }
