@@ -118,6 +118,22 @@ seg_batch *seg_batch_new(const theus_batch_segment *segs, size_t n, uint64_t pay
     return b;
 }
 
+seg_batch *seg_batch_new_staged(size_t n, uint64_t payload_elems, uint64_t nelems, size_t esize)
+{
+    seg_batch *b = theus_xcalloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    block_map_geometry(nelems * esize, &b->sum.shift, &b->sum.nblocks);
+    b->sum.touched = theus_xcalloc(b->sum.nblocks / 64 + 1, sizeof *b->sum.touched);
+    if (!b->sum.touched) {
+        theus_xfree(b);
+        return NULL;
+    }
+    b->nsegs = n;
+    b->payload_elems = payload_elems;
+    return b;
+}
+
 void seg_batch_free(seg_batch *b)
 {
     if (!b)

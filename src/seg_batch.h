@@ -28,7 +28,8 @@ typedef struct seg_summary {
 } seg_summary;
 
 typedef struct seg_batch {
-    theus_batch_segment *segs; /* host copy (CPU backend) */
+    theus_batch_segment *segs; /* host copy (CPU backend); NULL when staged by the backend */
+    void *dev_segs;            /* the segments in the backend's memory (stage_batch), or NULL */
     size_t nsegs;
     uint64_t payload_elems;
     seg_summary sum;
@@ -55,6 +56,10 @@ void seg_bounds_region(int ndim, const int64_t *shape, uint64_t lo, uint64_t hi,
  * memory. */
 seg_batch *seg_batch_new(const theus_batch_segment *segs, size_t n, uint64_t payload_elems,
                          uint64_t nelems, size_t esize);
+/* A record for a batch that the backend stages itself (stage_batch): no host segments, the
+ * summary's geometry set and its bitmap zeroed for the backend to fill. */
+seg_batch *seg_batch_new_staged(size_t n, uint64_t payload_elems, uint64_t nelems, size_t esize);
+/* Free the host record (the caller unstages dev_segs first). */
 void seg_batch_free(seg_batch *b);
 
 /* Record in the field's block map @m that @version wrote the blocks batch @b touches (the

@@ -4,7 +4,6 @@
 #include "alloc.h"
 #include "conflict.h"
 #include "error.h"
-#include "seg_batch.h"
 #include <fnmatch.h>
 #include <stdint.h>
 #include <string.h>
@@ -49,7 +48,7 @@ void tx_free(theus_tx *tx)
             const theus_backend *b = tx->st->backend[d->field];
             b->iface->unstage(b->ctx, d->payload);
         }
-        seg_batch_free(d->batch);
+        tx_batch_free(tx->st, d);
     }
     theus_xfree(tx->deltas);
     theus_xfree(tx->reads);
@@ -192,13 +191,8 @@ int delta_overlay(const theus_state *st, const delta *d, void *buf, const theus_
         return THEUS_OK;
     const field_desc *f = &st->fields[d->field];
     const theus_dtype dt = (theus_dtype)f->dtype;
-    if (d->batch) {
-        /* Only the CPU backend stages described batches: host arrays, host buffers. */
-        if (mem != THEUS_MEM_HOST)
-            return err_set(NULL, THEUS_EINVAL, "a described batch overlays host buffers only");
-        seg_batch_overlay(d->batch, dt, d->op, (int)f->ndim, f->shape, buf, frame, d->payload);
-        return THEUS_OK;
-    }
+    if (d->batch)
+        return tx_batch_overlay(st, d, buf, frame, mem);
     const theus_backend *b = st->backend[d->field];
     return b->iface->overlay(b->ctx, dt, d->op, buf, frame, mem, d->payload, &d->r, &sub);
 }

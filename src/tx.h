@@ -77,6 +77,10 @@ int delta_overlay(const theus_state *st, const delta *d, void *buf, const theus_
  * block that batch delta @d touches (then *c says how; exact to the block map's blocks), and
  * publishing what @d wrote as @version into the block map and the field's version. */
 int tx_batch_conflict(const theus_state *st, uint64_t base, const delta *d, theus_conflict *c);
+/* delta_overlay of a batch delta; and freeing what a batch delta holds besides its payload. */
+int tx_batch_overlay(const theus_state *st, const delta *d, void *buf, const theus_region *frame,
+                     theus_mem mem);
+void tx_batch_free(const theus_state *st, const delta *d);
 void tx_batch_publish(theus_state *st, const delta *d, uint64_t version);
 
 #endif

@@ -16,6 +16,8 @@
 #include "dtype.h"
 #include "seg_batch.h"
 
+#include "../kernels/batch_desc.h"
+
 static uint64_t rnd(uint64_t *s)
 {
     *s ^= *s << 13;
@@ -399,4 +401,77 @@ Test(batch, conflicts_are_exact_to_the_block_and_adds_never_conflict)
     cr_assert_eq(got[1024 * 11 + 5], 5.0f, "w11's row");
     cr_assert_eq(got[1024 * 13], 0.0f);
     theus_state_destroy(st);
+}
+
+/* The device summary's decoding (kernels/batch_desc.h, the very functions the summary kernel
+ * calls) run here in the kernel's way — every segment independently, blocks word by word,
+ * "shared" from the bits already set — against the CPU backend's validation and summary. */
+Test(batch, device_summary_decoding_matches_the_cpu_summary)
+{
+    uint64_t s = 4242;
+    for (int rep = 0; rep < 300; rep++) {
+        const uint64_t nelems = 1 + rnd(&s) % 20000, pelems = 1 + rnd(&s) % 5000;
+        const uint32_t esize = 1u << (rnd(&s) % 4);
+        const size_t n = 1 + (size_t)(rnd(&s) % 40);
+        theus_batch_segment g[40];
+        for (size_t k = 0; k < n; k++) {
+            g[k].dst = (int64_t)(rnd(&s) % (nelems + 2));
+            g[k].length = (int64_t)(rnd(&s) % 3000);
+            g[k].src = (int64_t)(rnd(&s) % (pelems + 2));
+            if (rnd(&s) % 5 == 0)
+                g[k].length = 0;
+            if (rep % 3 == 0 && rnd(&s) % 40 == 0)
+                g[k].dst = -1;
+        }
+        /* The kernel, sequentially. */
+        theus_batch_result res;
+        theus_batch_result_init(&res);
+        uint32_t shift;
+        uint64_t nblocks;
+        block_map_geometry(nelems * esize, &shift, &nblocks);
+        uint64_t *bits = calloc(nblocks / 64 + 1, sizeof *bits);
+        cr_assert_not_null(bits);
+        for (size_t k = 0; k < n; k++) {
+            if (!theus_batch_seg_ok(&g[k], nelems, pelems)) {
+                if (k < res.bad)
+                    res.bad = k;
+                continue;
+            }
+            if (g[k].length == 0)
+                continue;
+            if ((uint64_t)g[k].dst < res.lo)
+                res.lo = (uint64_t)g[k].dst;
+            if ((uint64_t)(g[k].dst + g[k].length) > res.hi)
+                res.hi = (uint64_t)(g[k].dst + g[k].length);
+            res.total += (uint64_t)g[k].length;
+            res.nonempty++;
+            uint64_t b0, b1;
+            theus_batch_seg_blocks(&g[k], esize, shift, &b0, &b1);
+            for (uint64_t w = b0 >> 6; w <= b1 >> 6; w++) {
+                const uint64_t m = theus_batch_word_mask(w, b0, b1);
+                if (bits[w] & m)
+                    res.shared = 1;
+                bits[w] |= m;
+            }
+        }
+        const size_t bad = seg_validate(g, n, nelems, pelems);
+        cr_assert_eq(res.bad, bad == SIZE_MAX ? UINT64_MAX : (uint64_t)bad, "rep %d", rep);
+        if (bad != SIZE_MAX) {
+            free(bits);
+            continue;
+        }
+        seg_summary sum;
+        cr_assert_eq(seg_summarize(g, n, nelems, esize, &sum), THEUS_OK);
+        cr_assert_eq(sum.shift, shift);
+        cr_assert_eq(sum.nonempty, res.nonempty);
+        cr_assert_eq(sum.total, res.total);
+        if (res.nonempty) {
+            cr_assert_eq(sum.lo, res.lo);
+            cr_assert_eq(sum.hi, res.hi);
+        }
+        cr_assert_eq(sum.shared_blocks, (int)res.shared, "rep %d", rep);
+        cr_assert(memcmp(sum.touched, bits, (nblocks / 64 + 1) * sizeof *bits) == 0, "rep %d", rep);
+        seg_summary_free(&sum);
+        free(bits);
+    }
 }

@@ -44,22 +44,23 @@ typedef struct theus_batch_segment {
  *                          the call (both buffers are free again when it returns).
  * @param[in] payload_elems elements of @p payload; every segment must lie inside it.
  * @param[in] mem           where @p segs and @p payload live: THEUS_MEM_HOST, or
- *                          THEUS_MEM_DEVICE (device memory, for a field in device memory).
+ *                          THEUS_MEM_DEVICE (device memory, for a field in GPU memory).
  * @return THEUS_OK; THEUS_EINVAL (NULL argument, @p nsegs 0, unknown @p op or @p mem, a
  *         segment with a negative member or outside the field or the payload — the message
  *         names the first such segment —, a field with constraints, a shared state, or
- *         @p mem not usable by the field's backend: the CPU backend takes host arrays only);
- *         THEUS_EPERM (contract or const zone); THEUS_ENOENT; THEUS_ENOMEM; THEUS_ENODEV (a
- *         field in GPU memory: the CUDA backend's side of this call is not written yet).
- *         On failure nothing is staged and the transaction is unchanged and usable.
- * @note Host work: for host arrays one pass over the segments (validation and the summary
- *       below) and one copy of each array. The batch's summary — element bounds and the
- *       touched blocks (4 KiB granularity, coarser for fields above 1 GiB) — is what the
- *       version guard and the commit log see; until the per-field block map is wired in,
- *       conflicts are decided on the bounds (the smallest region holding every segment),
- *       which can report a conflict where no segment overlapped (never miss one). Fields with
- *       constraints are refused (the gatekeeper does not check described batches yet).
- *       Threads and ownership as theus_tx_write: one thread uses @p tx.
+ *         device arrays for a field in host memory); THEUS_EPERM (contract or const zone);
+ *         THEUS_ENOENT; THEUS_ENOMEM; THEUS_EDEVICE (a CUDA error). On failure nothing is
+ *         staged and the transaction is unchanged and usable.
+ * @note Host work: for a field in host memory, one pass over the segments (validation and
+ *       the summary below) and one copy of each array; for a field in GPU memory, none per
+ *       segment: the arrays are copied into device memory, validated and summarised there by
+ *       a kernel, and the summary comes back in one small transfer (that path is compiled
+ *       but has not run on a GPU yet: docs/gpu.md). The summary — element bounds and the
+ *       touched blocks, in the block map's geometry (4 KiB, coarser above 1 GiB fields) — is
+ *       what the version guard, the commit log and the block map use: conflicts are exact to
+ *       the block; ADD batches never conflict. Fields with constraints are refused (the
+ *       gatekeeper does not check described batches yet). Threads and ownership as
+ *       theus_tx_write: one thread uses @p tx.
  */
 THEUS_API int theus_tx_stage_batch(theus_tx *tx, const char *field, theus_delta_op op,
                                    const theus_batch_segment *segs, size_t nsegs,
