@@ -213,6 +213,7 @@ int scn_replay_plan(void);          /* replay.plan: the GPU replay's host work *
 int scn_commit_scaling(void);
 int scn_commit_zerocopy(void);    /* commit.zerocopy: borrowed and multi-region staging */
 int scn_commit_contention(void);
+int scn_process(void);           /* process.overhead and process.signal */
 /* The GPU variants are declared in gpu.h. */
 
 #ifdef __cplusplus

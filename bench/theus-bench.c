@@ -74,6 +74,10 @@ static const scenario scenarios[] = {
                           "mutex (process-shared for the processes)",
      scn_commit_contention, NULL, NULL,
      "no GPU variant (the scenario is about host threads and processes)"},
+    {"process", "the process layer: engine overhead per run against a bare theus_tx_run of "
+                "the same body (target <= 1.2x), and signal wake-up latency across threads "
+                "(a commit+signal ping-pong against a condition variable)",
+     scn_process, NULL, NULL, "no GPU variant (host-side engine and waits)"},
     {"stage.h2d", "host payloads staged into a device field through theus_tx_write vs "
                   "cudaMemcpy from pageable and from pinned memory (GPU fields)", NULL,
      "not applicable: host fields take payloads without a host-to-device copy",

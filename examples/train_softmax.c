@@ -1,29 +1,32 @@
-/* train_softmax: softmax regression whose whole training state lives in a theus state.
+/* train_softmax: softmax regression whose whole training state lives in a theus state,
+ * trained by a workflow of processes (theus/theus_process.h, docs/processes.md).
  *
- * Two worker threads each compute the gradient of a batch of their own shard (OpenBLAS
- * sgemm) against the current weights, read through a transaction, and commit it as ADD
- * deltas to a gradient accumulator. The main thread is the optimizer: whenever the
- * accumulator holds at least one batch it applies an Adam step as one transaction (reads
- * the accumulator, the parameters and the moments; writes new parameters and moments,
- * resets the accumulator, bumps the step, records the loss). Conflicts between the two
- * sides are real and resolved by theus_tx_run: a worker whose weights went stale recomputes
- * its gradient, an optimizer that missed a late gradient takes it too.
+ * The engine's worker pool runs two gradient processes, each computing the gradient of a
+ * batch of its own shard (OpenBLAS sgemm) against the committed weights and adding it to an
+ * accumulator as ADD deltas (they never conflict); each publishes the signal "grad". The
+ * workflow (examples/workflows/train_softmax.json) waits for both signals, runs the Adam
+ * step (reads the accumulator, parameters and moments; writes new parameters and moments,
+ * resets the accumulator, bumps the step), and evaluates on held-out data when the step
+ * asks for it, while step < max_steps. The schema's audit watches the loss (finite, level
+ * S: a NaN stops the engine) and the gradient (max_abs, level B). Side effects that must
+ * happen once per commit — a worker's next batch, the training counters, a row of the
+ * table — go through the outbox.
  *
  * The program checks what it can see: the loss falls, held-out accuracy is good, no
- * gradient is lost or counted twice, the version counts the commits, and the gatekeeper,
+ * gradient is lost or counted twice, the version counts the commits, and the audit,
  * contracts and the const zone refuse what they must. It exits non-zero otherwise.
  *
- * usage: train_softmax [--steps N] [--quick] [--seed N] [--schema PATH]
+ * usage: train_softmax [--steps N] [--quick] [--seed N] [--schema PATH] [--workflow PATH]
  */
 #define _POSIX_C_SOURCE 200809L
 #include <theus/theus.h>
+#include <theus/theus_process.h>
 
 #include "softmax.h"
 
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +35,9 @@
 
 #ifndef TRAIN_SOFTMAX_SCHEMA
 #define TRAIN_SOFTMAX_SCHEMA "examples/schemas/train_softmax.json"
+#endif
+#ifndef TRAIN_SOFTMAX_WORKFLOW
+#define TRAIN_SOFTMAX_WORKFLOW "examples/workflows/train_softmax.json"
 #endif
 
 enum { NWORKERS = 2, BATCH = 64 };
@@ -42,18 +48,20 @@ typedef struct config {
     long steps;
     size_t n_train, n_test;
     uint64_t seed;
-    const char *schema;
+    const char *schema, *workflow;
     float lr;
     double cluster_scale; /* spread of the class centres; noise has unit variance */
 } config;
 
 static void usage(FILE *fp)
 {
-    fprintf(fp, "usage: train_softmax [--steps N] [--quick] [--seed N] [--schema PATH]\n"
+    fprintf(fp, "usage: train_softmax [--steps N] [--quick] [--seed N] [--schema PATH] "
+                "[--workflow PATH]\n"
                 "  --steps N      optimizer steps (default 400, 150 with --quick)\n"
                 "  --quick        smaller data set and fewer steps (for CI)\n"
                 "  --seed N       seed of the data set and batch order (default 42)\n"
-                "  --schema PATH  state schema (default " TRAIN_SOFTMAX_SCHEMA ")\n");
+                "  --schema PATH  state schema (default " TRAIN_SOFTMAX_SCHEMA ")\n"
+                "  --workflow PATH  the training workflow (default " TRAIN_SOFTMAX_WORKFLOW ")\n");
 }
 
 static int parse_u64(const char *s, uint64_t *out)
@@ -75,6 +83,7 @@ static int parse_args(int argc, char **argv, config *cfg)
     int quick = 0;
     cfg->seed = 42;
     cfg->schema = TRAIN_SOFTMAX_SCHEMA;
+    cfg->workflow = TRAIN_SOFTMAX_WORKFLOW;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         uint64_t v;
@@ -93,6 +102,8 @@ static int parse_args(int argc, char **argv, config *cfg)
             }
         } else if (strcmp(a, "--schema") == 0 && i + 1 < argc) {
             cfg->schema = argv[++i];
+        } else if (strcmp(a, "--workflow") == 0 && i + 1 < argc) {
+            cfg->workflow = argv[++i];
         } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             exit(0);
@@ -110,28 +121,6 @@ static int parse_args(int argc, char **argv, config *cfg)
     return 0;
 }
 
-/* ---- coordination between the workers and the optimizer ------------------------------ */
-
-typedef struct shared {
-    theus_state *st;
-    pthread_mutex_t mu;
-    pthread_cond_t work_ready; /* the optimizer waits for pending > 0 */
-    pthread_cond_t step_done;  /* workers wait for applied_step to pass their batch's step */
-    int64_t pending;           /* batches committed by workers and not yet seen consumed */
-    int64_t applied_step;      /* the state's step after the optimizer's last commit */
-    int done, failed;
-} shared;
-
-static void shared_fail(shared *sh)
-{
-    pthread_mutex_lock(&sh->mu);
-    sh->failed = 1;
-    sh->done = 1;
-    pthread_cond_broadcast(&sh->work_ready);
-    pthread_cond_broadcast(&sh->step_done);
-    pthread_mutex_unlock(&sh->mu);
-}
-
 /* Print a failed theus call with this thread's error detail (it is kept per thread). */
 static void report(theus_state *st, const char *who, const char *what, int rc)
 {
@@ -143,19 +132,27 @@ static void report(theus_state *st, const char *who, const char *what, int rc)
                 (unsigned long long)c.version, (unsigned long long)c.base);
 }
 
-/* ---- workers ------------------------------------------------------------------------- */
+/* ---- the processes --------------------------------------------------------------------
+ * Every body may run several times (a conflict retries it): what must happen once per
+ * commit (advancing a worker's batch, the training counters, printing a row) is queued in
+ * the outbox, which runs after the commit, once, in commit order. */
 
-static const char *const worker_inputs[] = {"W", "b", "step"};
-static const char *const worker_outputs[] = {"grad_*"};
-static const theus_contract worker_contract = {
-    .name = "grad-worker",
-    .inputs = worker_inputs, .n_inputs = 3,
-    .outputs = worker_outputs, .n_outputs = 1,
-};
+/* load: the run's step budget, the loop bound of the workflow. */
+typedef struct run_info {
+    const config *cfg;
+    long log_every;
+} run_info;
 
+static int load_body(theus_run *run, void *user)
+{
+    const run_info *ri = user;
+    int64_t steps = ri->cfg->steps;
+    return theus_tx_write(theus_run_tx(run), "max_steps", NULL, &steps, THEUS_MEM_HOST);
+}
+
+/* grad0, grad1: the gradient of this worker's current batch, added to the accumulator. */
 typedef struct worker {
     int id;
-    shared *sh;
     const dataset *train;
     size_t lo, n;        /* this worker's shard: rows [lo, lo + n) */
     size_t *perm, cursor;
@@ -163,12 +160,10 @@ typedef struct worker {
     float x[BATCH * FEAT];
     int32_t y[BATCH];
     float W[FEAT * CLASSES], b[CLASSES], Z[BATCH * CLASSES], dW[FEAT * CLASSES], db[CLASSES];
-    int64_t step_seen;   /* the step the committed gradient was computed at */
-    uint64_t commits, attempts;
+    uint64_t commits;    /* counted by the outbox: once per committed gradient */
 } worker;
 
-/* Copy the next batch of the shard (reshuffled every epoch) into w->x, w->y. The batch is
- * fixed before the transaction, so a retried attempt recomputes the same batch. */
+/* Copy the next batch of the shard (reshuffled every epoch) into w->x, w->y. */
 static void next_batch(worker *w)
 {
     for (int i = 0; i < BATCH; i++) {
@@ -186,89 +181,165 @@ static void next_batch(worker *w)
     }
 }
 
-/* One attempt: read the parameters at the transaction's base, stage the gradient as ADDs.
- * Serializable isolation records the reads, so the commit fails (and theus_tx_run retries)
- * if the optimizer changed W or b, or reset the accumulator, in the meantime. */
-static int worker_body(theus_tx *tx, void *user)
+/* After the gradient's commit: the next batch for the next step. */
+static void worker_committed(void *arg, uint64_t version)
+{
+    (void)version;
+    worker *w = arg;
+    w->commits++;
+    next_batch(w);
+}
+
+static int worker_body(theus_run *run, void *user)
 {
     worker *w = user;
+    theus_tx *tx = theus_run_tx(run);
     int rc;
-    w->attempts++;
-    if ((rc = theus_tx_read(tx, "step", NULL, &w->step_seen, THEUS_MEM_HOST)) ||
-        (rc = theus_tx_read(tx, "W", NULL, w->W, THEUS_MEM_HOST)) ||
+    if ((rc = theus_tx_read(tx, "W", NULL, w->W, THEUS_MEM_HOST)) ||
         (rc = theus_tx_read(tx, "b", NULL, w->b, THEUS_MEM_HOST)))
         return rc;
     float loss = loss_and_grad(w->x, w->y, BATCH, w->W, w->b, w->Z, w->dW, w->db);
-    return add_gradient(tx, w->dW, w->db, loss);
+    if ((rc = add_gradient(tx, w->dW, w->db, loss)) || (rc = theus_run_signal(run, "grad")))
+        return rc;
+    return theus_run_outbox(run, worker_committed, NULL, w);
 }
 
-static void *worker_main(void *arg)
+/* adam: one optimizer step over the accumulator (softmax.h), and whether to evaluate. */
+typedef struct trainer {
+    optimizer opt;
+    const run_info *ri;
+    int64_t max_steps;
+    /* Kept by the outbox, once per committed step. */
+    int64_t consumed, steps_done;
+    double first_loss, window_loss, last_window;
+    int64_t window_batches;
+    long window_steps;
+    /* What the attempt that committed computed (copied by the outbox). */
+    float step_loss;
+    int64_t step_count;
+} trainer;
+
+static void step_committed(void *arg, uint64_t version)
 {
-    worker *w = arg;
-    shared *sh = w->sh;
-    theus_retry_options ro = THEUS_RETRY_OPTIONS_INIT;
-    ro.tx.contract = &worker_contract;
-    char who[32];
-    snprintf(who, sizeof who, "worker %d", w->id);
-    for (;;) {
-        pthread_mutex_lock(&sh->mu);
-        int stop = sh->done;
-        pthread_mutex_unlock(&sh->mu);
-        if (stop)
-            break;
-        next_batch(w);
-        int rc = theus_tx_run(sh->st, &ro, worker_body, w, NULL);
-        if (rc != THEUS_OK) {
-            report(sh->st, who, "committing a gradient", rc);
-            shared_fail(sh);
-            break;
-        }
-        w->commits++;
-        /* One batch per step and worker: wait until the optimizer has consumed this one. */
-        pthread_mutex_lock(&sh->mu);
-        sh->pending++;
-        pthread_cond_signal(&sh->work_ready);
-        while (!sh->done && sh->applied_step <= w->step_seen)
-            pthread_cond_wait(&sh->step_done, &sh->mu);
-        pthread_mutex_unlock(&sh->mu);
-    }
-    return NULL;
+    (void)version;
+    trainer *t = arg;
+    t->consumed += t->step_count;
+    t->steps_done++;
+    if (t->first_loss < 0.0)
+        t->first_loss = t->step_loss;
+    t->window_loss += t->step_loss;
+    t->window_batches += t->step_count;
+    t->window_steps++;
 }
 
-/* ---- the optimizer ------------------------------------------------------------------- */
+static int adam_body(theus_run *run, void *user)
+{
+    trainer *t = user;
+    theus_tx *tx = theus_run_tx(run);
+    int rc = theus_tx_read(tx, "max_steps", NULL, &t->max_steps, THEUS_MEM_HOST);
+    if (rc || (rc = optimizer_body(tx, &t->opt)))
+        return rc;
+    const int64_t step = t->opt.step + 1;
+    int32_t due = step % t->ri->log_every == 0 || step >= t->max_steps;
+    if ((rc = theus_tx_write(tx, "eval_due", NULL, &due, THEUS_MEM_HOST)))
+        return rc;
+    t->step_loss = t->opt.loss;
+    t->step_count = t->opt.count;
+    return theus_run_outbox(run, step_committed, NULL, t);
+}
 
-/* ---- evaluation (a read-only transaction) -------------------------------------------- */
-
-static const char *const eval_inputs[] = {"W", "b", "step"};
-static const theus_contract eval_contract = {
-    .name = "evaluator", .inputs = eval_inputs, .n_inputs = 3, .outputs = NULL, .n_outputs = 0,
-};
-
-typedef struct eval_result {
+/* evaluate: held-out loss and accuracy of the committed weights, into the state; the row of
+ * the progress table is printed by the outbox, once. */
+typedef struct evaluator {
+    const dataset *test;
+    trainer *tr;
+    float *Z;
+    float W[FEAT * CLASSES], b[CLASSES];
     int64_t step;
     double loss, accuracy;
-} eval_result;
+    double first_loss;   /* at step 0 */
+    int rows;
+} evaluator;
 
-static int evaluate(theus_state *st, const dataset *d, float *Z, eval_result *out)
+static void print_row(void *arg, uint64_t version)
 {
-    float W[FEAT * CLASSES], b[CLASSES];
-    theus_tx_options to = THEUS_TX_OPTIONS_INIT;
-    to.contract = &eval_contract;
-    theus_tx *tx = NULL;
-    int rc = theus_tx_begin(st, &to, &tx);
-    if (rc == THEUS_OK && ((rc = theus_tx_read(tx, "step", NULL, &out->step, THEUS_MEM_HOST)) ||
-                           (rc = theus_tx_read(tx, "W", NULL, W, THEUS_MEM_HOST)) ||
-                           (rc = theus_tx_read(tx, "b", NULL, b, THEUS_MEM_HOST)))) {
-        theus_tx_abort(tx);
-        return rc;
+    (void)version;
+    evaluator *ev = arg;
+    trainer *t = ev->tr;
+    if (ev->rows++ == 0) {
+        ev->first_loss = ev->loss;
+        printf("%6s %8s %12s %14s %13s\n", "step", "batches", "train loss", "held-out loss",
+               "held-out acc");
+        printf("%6lld %8s %12s %14.4f %12.1f%%\n", (long long)ev->step, "-", "-", ev->loss,
+               100.0 * ev->accuracy);
+        return;
     }
-    /* Nothing staged: commit publishes nothing and just releases the transaction. */
-    if (rc == THEUS_OK)
-        rc = theus_tx_commit(tx, NULL);
-    if (rc != THEUS_OK)
+    t->last_window = t->window_steps ? t->window_loss / (double)t->window_steps : 0.0;
+    printf("%6lld %8lld %12.4f %14.4f %12.1f%%\n", (long long)ev->step,
+           (long long)t->window_batches, t->last_window, ev->loss, 100.0 * ev->accuracy);
+    t->window_loss = 0.0;
+    t->window_batches = 0;
+    t->window_steps = 0;
+}
+
+static int evaluate_body(theus_run *run, void *user)
+{
+    evaluator *ev = user;
+    theus_tx *tx = theus_run_tx(run);
+    int rc;
+    if ((rc = theus_tx_read(tx, "step", NULL, &ev->step, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_read(tx, "W", NULL, ev->W, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_read(tx, "b", NULL, ev->b, THEUS_MEM_HOST)))
         return rc;
-    model_eval(d, W, b, Z, &out->loss, &out->accuracy);
-    return THEUS_OK;
+    model_eval(ev->test, ev->W, ev->b, ev->Z, &ev->loss, &ev->accuracy);
+    float l = (float)ev->loss, a = (float)ev->accuracy;
+    int32_t not_due = 0;
+    if ((rc = theus_tx_write(tx, "eval_loss", NULL, &l, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_write(tx, "eval_acc", NULL, &a, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_write(tx, "eval_due", NULL, &not_due, THEUS_MEM_HOST)))
+        return rc;
+    return theus_run_outbox(run, print_row, NULL, ev);
+}
+
+static const char *const load_out[] = {"max_steps"};
+static const char *const worker_in[] = {"W", "b"};
+static const char *const worker_out[] = {"grad_*"};
+static const char *const adam_in[] = {"grad_*", "max_steps"};
+static const char *const adam_out[] = {"W", "b", "adam_*", "grad_*", "step", "loss", "eval_due"};
+static const char *const eval_in[] = {"W", "b", "step"};
+static const char *const eval_out[] = {"eval_*"};
+static const int adam_codes[] = {NOTHING_TO_APPLY};
+
+/* The worker's contract, for the refusal check below (the engine keeps its own copy). */
+static const theus_contract worker_contract = {
+    .name = "grad-worker",
+    .inputs = worker_in, .n_inputs = 2,
+    .outputs = worker_out, .n_outputs = 1,
+};
+
+static int register_all(theus_engine *e, run_info *ri, worker **workers, trainer *tr,
+                        evaluator *ev)
+{
+    theus_process_def defs[] = {
+        {.name = "load", .body = load_body, .outputs = load_out, .n_outputs = 1, .user = ri},
+        {.name = "grad0", .body = worker_body, .inputs = worker_in, .n_inputs = 2,
+         .outputs = worker_out, .n_outputs = 1, .user = workers[0]},
+        {.name = "grad1", .body = worker_body, .inputs = worker_in, .n_inputs = 2,
+         .outputs = worker_out, .n_outputs = 1, .user = workers[1]},
+        {.name = "adam", .body = adam_body, .inputs = adam_in, .n_inputs = 2,
+         .outputs = adam_out, .n_outputs = 7, .status_codes = adam_codes, .n_status_codes = 1,
+         .user = tr},
+        {.name = "evaluate", .body = evaluate_body, .inputs = eval_in, .n_inputs = 3,
+         .outputs = eval_out, .n_outputs = 1, .user = ev},
+    };
+    for (size_t i = 0; i < sizeof defs / sizeof defs[0]; i++) {
+        int rc = theus_engine_register(e, &defs[i]);
+        if (rc != THEUS_OK) {
+            report(theus_engine_state(e), "main", "registering a process", rc);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* ---- setup checks -------------------------------------------------------------------- */
@@ -283,7 +354,9 @@ static int check_shapes(theus_state *st)
         {"grad_W", THEUS_DTYPE_F32, 2, FEAT, CLASSES},  {"grad_b", THEUS_DTYPE_F32, 1, CLASSES, 0},
         {"grad_count", THEUS_DTYPE_I64, 0, 0, 0},       {"grad_loss", THEUS_DTYPE_F32, 0, 0, 0},
         {"step", THEUS_DTYPE_I64, 0, 0, 0},             {"loss", THEUS_DTYPE_F32, 1, 1, 0},
-        {"seed", THEUS_DTYPE_U64, 0, 0, 0},
+        {"seed", THEUS_DTYPE_U64, 0, 0, 0},             {"max_steps", THEUS_DTYPE_I64, 0, 0, 0},
+        {"eval_due", THEUS_DTYPE_I32, 0, 0, 0},         {"eval_loss", THEUS_DTYPE_F32, 0, 0, 0},
+        {"eval_acc", THEUS_DTYPE_F32, 0, 0, 0},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         theus_field_info fi;
@@ -311,24 +384,31 @@ static int check_shapes(theus_state *st)
     return 0;
 }
 
-/* After training: the runtime must refuse what the schema, contracts and zones forbid,
- * and leave the state unchanged. Returns the number of failed checks. */
-static int check_refusals(theus_state *st)
+/* After training: the runtime must refuse what the schema, its audit, contracts and zones
+ * forbid, and leave the state unchanged. Returns the number of failed checks. */
+static int check_refusals(theus_engine *e)
 {
+    theus_state *st = theus_engine_state(e);
     int failures = 0;
     uint64_t v0 = theus_state_version(st);
     theus_tx *tx = NULL;
 
-    /* 1. The gatekeeper refuses a NaN loss ("finite") at commit. */
+    /* 1. The audit refuses a NaN loss (finite, level S) and stops the engine. */
     float nan_loss = NAN;
     int rc = theus_tx_begin(st, NULL, &tx);
     if (rc == THEUS_OK && (rc = theus_tx_write(tx, "loss", NULL, &nan_loss, THEUS_MEM_HOST)))
         theus_tx_abort(tx);
     if (rc == THEUS_OK)
         rc = theus_tx_commit(tx, NULL);
-    int ok = rc == THEUS_ESCHEMA && theus_state_version(st) == v0;
-    printf("  gatekeeper  NaN loss refused at commit: %s\n      %s\n", ok ? "yes" : "NO",
-           theus_state_last_error(st));
+    char why[512];
+    snprintf(why, sizeof why, "%s", theus_state_last_error(st));
+    int stopped = theus_engine_stopped(e);
+    int rc_run = theus_engine_run(e, "evaluate", NULL);
+    int ok = rc == THEUS_ESCHEMA && stopped && rc_run == THEUS_EBUSY &&
+             theus_state_version(st) == v0;
+    printf("  audit S     NaN loss refused, engine stopped, runs refused: %s\n      %s\n",
+           ok ? "yes" : "NO", why);
+    theus_engine_resume(e);
     failures += !ok;
 
     /* 2. A worker's contract does not let it write the weights (refused at the call). */
@@ -363,6 +443,26 @@ static int check_refusals(theus_state *st)
         printf("  a refused call changed the state version\n");
         failures++;
     }
+
+    /* 4. Level B: oversized gradients (max_abs 10, threshold 3) pass three times, are
+     *    recorded, and the fourth in a row is refused. */
+    int accepted = 0, refused = 0;
+    for (int k = 0; k < 4; k++) {
+        w[0] = 100.0f;
+        rc = theus_tx_begin(st, NULL, &tx);
+        if (rc == THEUS_OK && (rc = theus_tx_write(tx, "grad_W", NULL, w, THEUS_MEM_HOST)))
+            theus_tx_abort(tx);
+        if (rc == THEUS_OK)
+            rc = theus_tx_commit(tx, NULL);
+        accepted += rc == THEUS_OK;
+        refused += rc == THEUS_ESCHEMA;
+    }
+    uint64_t recorded = 0;
+    theus_engine_audit_count(e, "", "grad_W", &recorded);
+    ok = accepted == 3 && refused == 1 && recorded == 4;
+    printf("  audit B     oversized gradients: %d accepted, %d refused, %llu recorded: %s\n",
+           accepted, refused, (unsigned long long)recorded, ok ? "yes" : "NO");
+    failures += !ok;
     return failures;
 }
 
@@ -371,6 +471,17 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void print_process(theus_engine *e, const char *name)
+{
+    theus_process_stats ps;
+    if (theus_engine_process_stats(e, name, &ps) != THEUS_OK)
+        return;
+    printf("  %-9s runs %5llu, commits %5llu, attempts %5llu, conflicts %3llu, audit %llu\n",
+           name, (unsigned long long)ps.runs, (unsigned long long)ps.commits,
+           (unsigned long long)ps.attempts, (unsigned long long)ps.conflicts,
+           (unsigned long long)ps.audit);
 }
 
 /* ---- main ---------------------------------------------------------------------------- */
@@ -386,15 +497,13 @@ int main(int argc, char **argv)
 #endif
     int status = 1;
     theus_state *st = NULL;
+    theus_engine *eng = NULL;
+    theus_workflow *wf = NULL;
     dataset train = {.n = cfg.n_train}, test = {.n = cfg.n_test};
     worker *workers[NWORKERS] = {0};
-    pthread_t tids[NWORKERS];
-    int nstarted = 0;
-    float *Z = NULL;
-    shared sh = {0};
-    pthread_mutex_init(&sh.mu, NULL);
-    pthread_cond_init(&sh.work_ready, NULL);
-    pthread_cond_init(&sh.step_done, NULL);
+    trainer *tr = NULL;
+    evaluator ev = {0};
+    run_info ri = {.cfg = &cfg, .log_every = cfg.steps >= 10 ? cfg.steps / 10 : 1};
 
     /* 1. The state, from its schema; fields start zeroed (W = 0 is a fine start for a
      *    convex problem), versions start at 1. */
@@ -406,7 +515,6 @@ int main(int argc, char **argv)
     }
     if (check_shapes(st) != 0)
         goto done;
-    sh.st = st;
     theus_field_info wi;
     theus_state_field_info(st, "W", &wi);
     printf("theus %d.%d.%d  state '%s': %zu fields, version %llu; W asked for %s memory, "
@@ -434,141 +542,68 @@ int main(int argc, char **argv)
         goto done;
     }
     if (make_data(seed, cfg.cluster_scale, &train, &test) != 0 ||
-        !(Z = malloc(test.n * CLASSES * sizeof *Z))) {
+        !(ev.Z = malloc(test.n * CLASSES * sizeof *ev.Z)) || !(tr = calloc(1, sizeof *tr))) {
         fprintf(stderr, "train_softmax: out of memory\n");
         goto done;
     }
     printf("data: %d classes, %d features, %zu train rows (%d shards), %zu held-out rows, "
            "seed %llu\n", CLASSES, FEAT, train.n, NWORKERS, test.n, (unsigned long long)seed);
-    printf("training: %ld Adam steps, batches of %d rows, lr %g\n\n", cfg.steps, BATCH,
-           (double)cfg.lr);
+    printf("training: %ld Adam steps, batches of %d rows, lr %g; workflow %s\n\n", cfg.steps,
+           BATCH, (double)cfg.lr, cfg.workflow);
 
-    eval_result ev0;
-    if ((rc = evaluate(st, &test, Z, &ev0)) != THEUS_OK) {
-        report(st, "main", "evaluating", rc);
-        goto done;
-    }
-    printf("%6s %8s %12s %14s %13s\n", "step", "batches", "train loss", "held-out loss",
-           "held-out acc");
-    printf("%6lld %8s %12s %14.4f %12.1f%%\n", (long long)ev0.step, "-", "-", ev0.loss,
-           100.0 * ev0.accuracy);
-
-    /* Filled by the training loop below, read after the workers are joined. */
-    double elapsed = 0.0, first_loss = -1.0, last_window = 0.0;
-    int64_t consumed = 0;
-    eval_result ev = ev0;
-    int train_ok = 0;
-
-    /* 3. Workers. */
+    /* 3. The engine (its pool runs the two workers), the processes, the workflow. */
     for (int k = 0; k < NWORKERS; k++) {
         worker *w = calloc(1, sizeof *w);
         if (!w || !(w->perm = malloc(train.n / NWORKERS * sizeof *w->perm))) {
             free(w);
             fprintf(stderr, "train_softmax: out of memory\n");
-            shared_fail(&sh);
-            goto join;
+            goto done;
         }
         w->id = k;
-        w->sh = &sh;
         w->train = &train;
         w->n = train.n / NWORKERS;
         w->lo = (size_t)k * w->n;
         for (size_t i = 0; i < w->n; i++)
             w->perm[i] = i;
         w->r.s = seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(k + 1));
+        next_batch(w);
         workers[k] = w;
-        if (pthread_create(&tids[k], NULL, worker_main, w) != 0) {
-            fprintf(stderr, "train_softmax: cannot start worker %d\n", k);
-            shared_fail(&sh);
-            goto join;
-        }
-        nstarted++;
     }
-
-    /* 4. The optimizer: one Adam step per transaction, as soon as a batch is in. */
-    optimizer *opt = calloc(1, sizeof *opt);
-    if (!opt) {
-        shared_fail(&sh);
-        goto join;
-    }
-    opt->hp = (adam_hp){.lr = cfg.lr, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
-    theus_retry_options ro = THEUS_RETRY_OPTIONS_INIT;
-    ro.tx.contract = &optimizer_contract;
-    const long log_every = cfg.steps >= 10 ? cfg.steps / 10 : 1;
-    double t0 = now_s(), window_loss = 0.0;
-    int64_t window_batches = 0;
-    long window_steps = 0;
-    ev = ev0;
-    train_ok = 1;
-    for (long s = 0; s < cfg.steps; s++) {
-        pthread_mutex_lock(&sh.mu);
-        while (sh.pending <= 0 && !sh.failed)
-            pthread_cond_wait(&sh.work_ready, &sh.mu);
-        int failed = sh.failed;
-        pthread_mutex_unlock(&sh.mu);
-        if (failed) {
-            train_ok = 0;
-            break;
-        }
-        rc = theus_tx_run(st, &ro, optimizer_body, opt, NULL);
-        if (rc != THEUS_OK) {
-            if (rc == NOTHING_TO_APPLY)
-                fprintf(stderr, "train_softmax: optimizer: accumulator empty although a "
-                                "worker committed a batch\n");
-            else
-                report(st, "optimizer", "applying a step", rc);
-            shared_fail(&sh);
-            train_ok = 0;
-            break;
-        }
-        consumed += opt->count;
-        if (first_loss < 0.0)
-            first_loss = opt->loss;
-        window_loss += opt->loss;
-        window_batches += opt->count;
-        window_steps++;
-        pthread_mutex_lock(&sh.mu);
-        sh.pending -= opt->count;
-        sh.applied_step = opt->step + 1;
-        pthread_cond_broadcast(&sh.step_done);
-        pthread_mutex_unlock(&sh.mu);
-
-        if ((s + 1) % log_every == 0 || s + 1 == cfg.steps) {
-            if ((rc = evaluate(st, &test, Z, &ev)) != THEUS_OK) {
-                report(st, "main", "evaluating", rc);
-                shared_fail(&sh);
-                train_ok = 0;
-                break;
-            }
-            last_window = window_loss / (double)window_steps;
-            printf("%6lld %8lld %12.4f %14.4f %12.1f%%\n", (long long)ev.step,
-                   (long long)window_batches, last_window, ev.loss, 100.0 * ev.accuracy);
-            window_loss = 0.0;
-            window_batches = 0;
-            window_steps = 0;
-        }
-    }
-    elapsed = now_s() - t0;
-    pthread_mutex_lock(&sh.mu);
-    sh.done = 1;
-    pthread_cond_broadcast(&sh.step_done);
-    pthread_mutex_unlock(&sh.mu);
-    free(opt);
-
-join:
-    for (int k = 0; k < nstarted; k++)
-        pthread_join(tids[k], NULL);
-    if (nstarted < NWORKERS || sh.failed)
+    tr->opt.hp = (adam_hp){.lr = cfg.lr, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
+    tr->ri = &ri;
+    tr->first_loss = -1.0;
+    ev.test = &test;
+    ev.tr = tr;
+    theus_engine_options eo = THEUS_ENGINE_OPTIONS_INIT;
+    eo.workers = NWORKERS;
+    if ((rc = theus_engine_create(st, &eo, &eng)) != THEUS_OK) {
+        report(st, "main", "creating the engine", rc);
         goto done;
+    }
+    if (register_all(eng, &ri, workers, tr, &ev) != 0)
+        goto done;
+    if ((rc = theus_workflow_load_file(eng, cfg.workflow, &wf)) != THEUS_OK) {
+        report(st, "main", "loading the workflow", rc);
+        goto done;
+    }
+
+    /* 4. Training is the workflow: load, then while step < max_steps: both gradients on
+     *    the pool, the optimizer once the "grad" signal came twice, an evaluation when due. */
+    double t0 = now_s();
+    theus_workflow_report rep;
+    rc = theus_workflow_run(wf, &rep);
+    double elapsed = now_s() - t0;
+    if (rc != THEUS_OK) {
+        report(st, "workflow", rep.where[0] ? rep.where : "running", rc);
+        goto done;
+    }
 
     /* 5. What the runtime saw, and invariants a broken runtime would break. */
     theus_stats stats;
     theus_state_stats(st, &stats);
-    uint64_t worker_commits = 0, worker_attempts = 0;
-    for (int k = 0; k < NWORKERS; k++) {
+    uint64_t worker_commits = 0;
+    for (int k = 0; k < NWORKERS; k++)
         worker_commits += workers[k]->commits;
-        worker_attempts += workers[k]->attempts;
-    }
     int64_t left = -1, final_step = -1;
     if ((rc = theus_tx_begin(st, NULL, &tx)) == THEUS_OK) {
         if ((rc = theus_tx_read(tx, "grad_count", NULL, &left, THEUS_MEM_HOST)) == THEUS_OK)
@@ -580,70 +615,88 @@ join:
         goto done;
     }
     uint64_t version = theus_state_version(st);
-    printf("\ntrained %ld steps in %.2f s: %llu gradient batches committed by %d workers "
-           "(%llu attempts)\n",
+    uint64_t grads = 0, audit_loss = 0, audit_grad = 0, evals = (uint64_t)ev.rows;
+    theus_engine_signal_count(eng, "grad", &grads);
+    theus_engine_audit_count(eng, NULL, "loss", &audit_loss);
+    theus_engine_audit_count(eng, NULL, "grad_W", &audit_grad);
+    printf("\ntrained %ld steps in %.2f s: %llu gradient batches committed by %d workers; "
+           "workflow: %llu ops, %llu runs, %llu failures\n",
            cfg.steps, elapsed, (unsigned long long)worker_commits, NWORKERS,
-           (unsigned long long)worker_attempts);
+           (unsigned long long)rep.ops, (unsigned long long)rep.runs,
+           (unsigned long long)rep.failures);
     printf("stats: commits %llu, conflicts %llu, retries %llu, priority runs %llu, aborts %llu, "
            "schema refusals %llu\n",
            (unsigned long long)stats.commits, (unsigned long long)stats.conflicts,
            (unsigned long long)stats.retries, (unsigned long long)stats.priority_runs,
            (unsigned long long)stats.aborts, (unsigned long long)stats.schema_refusals);
+    printf("signals: grad delivered %llu times; audit violations: loss (finite, S) %llu, "
+           "grad_W (max_abs, B) %llu\n",
+           (unsigned long long)grads, (unsigned long long)audit_loss,
+           (unsigned long long)audit_grad);
+    printf("processes:\n");
+    static const char *const names[] = {"load", "grad0", "grad1", "adam", "evaluate"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        print_process(eng, names[i]);
     printf("final state version: %llu\n", (unsigned long long)version);
 
     int failures = 0;
-    if (final_step != cfg.steps) {
-        printf("FAIL: the state's step is %lld, expected %ld\n", (long long)final_step, cfg.steps);
+    if (final_step != cfg.steps || tr->steps_done != cfg.steps) {
+        printf("FAIL: the state's step is %lld (%lld steps committed), expected %ld\n",
+               (long long)final_step, (long long)tr->steps_done, cfg.steps);
         failures++;
     }
-    if ((int64_t)worker_commits != consumed + left) {
-        printf("FAIL: %llu batches committed but %lld consumed + %lld left in the accumulator\n",
-               (unsigned long long)worker_commits, (long long)consumed, (long long)left);
+    if ((int64_t)worker_commits != tr->consumed + left || grads != worker_commits) {
+        printf("FAIL: %llu batches committed (%llu signals) but %lld consumed + %lld left\n",
+               (unsigned long long)worker_commits, (unsigned long long)grads,
+               (long long)tr->consumed, (long long)left);
         failures++;
     }
-    if (version != 1 + stats.commits || stats.commits != worker_commits + (uint64_t)cfg.steps) {
-        printf("FAIL: version %llu, %llu commits; expected 1 + %llu worker + %ld optimizer\n",
+    /* load + gradients + optimizer steps + evaluations: one commit each. */
+    uint64_t expect = 1 + worker_commits + (uint64_t)cfg.steps + evals;
+    if (version != 1 + stats.commits || stats.commits != expect) {
+        printf("FAIL: version %llu, %llu commits; expected 1 + %llu\n",
                (unsigned long long)version, (unsigned long long)stats.commits,
-               (unsigned long long)worker_commits, cfg.steps);
+               (unsigned long long)expect);
         failures++;
     }
     printf("invariants: step = %lld, batches committed %llu = consumed %lld + left %lld, "
            "version = 1 + commits: %s\n",
-           (long long)final_step, (unsigned long long)worker_commits, (long long)consumed,
+           (long long)final_step, (unsigned long long)worker_commits, (long long)tr->consumed,
            (long long)left, failures ? "NO" : "yes");
 
     printf("refusals:\n");
-    failures += check_refusals(st);
+    failures += check_refusals(eng);
 
     /* 6. The verdict. */
     const double min_accuracy = 0.85;
-    int fell = train_ok && first_loss > 0.0 && last_window < 0.5 * first_loss &&
-               ev.loss < 0.5 * ev0.loss;
+    int fell = tr->first_loss > 0.0 && tr->last_window < 0.5 * tr->first_loss &&
+               ev.loss < 0.5 * ev.first_loss;
     int accurate = ev.accuracy >= min_accuracy;
     if (!fell)
         printf("FAIL: the loss did not fall enough (train %.4f -> %.4f, held-out %.4f -> %.4f)\n",
-               first_loss, last_window, ev0.loss, ev.loss);
+               tr->first_loss, tr->last_window, ev.first_loss, ev.loss);
     if (!accurate)
         printf("FAIL: held-out accuracy %.1f%% is below %.0f%%\n", 100.0 * ev.accuracy,
                100.0 * min_accuracy);
     if (fell && accurate && failures == 0) {
         printf("OK: train loss %.4f -> %.4f, held-out loss %.4f -> %.4f, held-out accuracy "
-               "%.1f%%\n", first_loss, last_window, ev0.loss, ev.loss, 100.0 * ev.accuracy);
+               "%.1f%%\n", tr->first_loss, tr->last_window, ev.first_loss, ev.loss,
+               100.0 * ev.accuracy);
         status = 0;
     }
 
 done:
+    theus_workflow_free(wf);
+    theus_engine_destroy(eng);
     for (int k = 0; k < NWORKERS; k++)
         if (workers[k]) {
             free(workers[k]->perm);
             free(workers[k]);
         }
-    free(Z);
+    free(tr);
+    free(ev.Z);
     free_data(&train);
     free_data(&test);
     theus_state_destroy(st);
-    pthread_cond_destroy(&sh.step_done);
-    pthread_cond_destroy(&sh.work_ready);
-    pthread_mutex_destroy(&sh.mu);
     return status;
 }

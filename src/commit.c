@@ -1,15 +1,14 @@
 /* The one commit path. Every commit — theus_tx_commit, theus_state_init_field, private or
  * shared — runs commit_run: gatekeeper (before the lock), commit lock, version guard,
  * gatekeeper on results, listeners' prepare, replay, publish (log, block map, versions),
- * listeners' published, unlock, listeners' acknowledge. A shared state replays and
- * publishes through its redo record (redo.c), a private one here. */
+ * listeners' published, unlock, listeners' acknowledge. A state with ops (a shared state)
+ * replays and publishes through them (its redo record, shared/redo.c), a private one here. */
 #include "alloc.h"
 #include "batch_replay.h"
 #include "conflict.h"
 #include "error.h"
 #include "gatekeeper.h"
 #include "publish.h"
-#include "redo.h"
 #include "tx.h"
 #include <stdint.h>
 #include <string.h>
@@ -116,7 +115,7 @@ static int commit_run(theus_tx *tx, int init, uint64_t *committed_version)
     gate_plan *plan = NULL;
     int rc = gate_begin(st, tx, &plan);
     replay_op *ops = NULL;
-    if (rc == THEUS_OK && !st->shm && !(ops = theus_xmalloc(tx->ndeltas * sizeof *ops)))
+    if (rc == THEUS_OK && !st->ops && !(ops = theus_xmalloc(tx->ndeltas * sizeof *ops)))
         rc = err_set(st, THEUS_ENOMEM, "commit: out of memory");
     if (rc == THEUS_OK)
         rc = state_commit_lock(st, tx->priority_ticket);
@@ -143,7 +142,7 @@ static int commit_run(theus_tx *tx, int init, uint64_t *committed_version)
     if (rc == THEUS_OK)
         rc = publish_prepare(&batch);
     if (rc == THEUS_OK) {
-        rc = st->shm ? redo_commit(st, tx, batch.version, !init)
+        rc = st->ops ? st->ops->apply(st, tx, batch.version, !init)
                      : apply_private(st, tx, batch.version, init, ops);
         if (rc != THEUS_OK)
             publish_cancel(&batch);

@@ -3,8 +3,15 @@
  * as logical or), and constraint checks for the schema gatekeeper. */
 #ifndef THEUS_SRC_DTYPE_H
 #define THEUS_SRC_DTYPE_H
-#include "schema.h"
+#include "theus/theus.h"
+#include <stddef.h>
 #include <stdint.h>
+
+/* A field's constraints (schema "constraints"), checked by dtype_check. */
+typedef struct theus_constraints {
+    int has_min, has_max, finite;
+    double min, max;
+} theus_constraints;
 
 int dtype_is_float(theus_dtype dt);      /* f16, bf16, f32, f64 */
 int dtype_from_name(const char *name, theus_dtype *out); /* 0 ok, -1 unknown */

@@ -12,8 +12,17 @@ int publish_listen(theus_state *st, const publish_listener *l)
     if (p->n == PUBLISH_MAX_LISTENERS)
         return err_set(st, THEUS_EBUSY, "publish_listen: the state already has %d listeners",
                        PUBLISH_MAX_LISTENERS);
+    p->release[p->n] = NULL;
     p->l[p->n++] = *l;
     return THEUS_OK;
+}
+
+int publish_listen_owned(theus_state *st, const publish_listener *l, void (*release)(void *user))
+{
+    int rc = publish_listen(st, l);
+    if (rc == THEUS_OK)
+        st->listeners.release[st->listeners.n - 1] = release;
+    return rc;
 }
 
 void publish_unlisten(theus_state *st, void *user)
@@ -23,9 +32,21 @@ void publish_unlisten(theus_state *st, void *user)
     publish_list *p = &st->listeners;
     uint32_t kept = 0;
     for (uint32_t i = 0; i < p->n; i++)
-        if (p->l[i].user != user)
+        if (p->l[i].user != user) {
+            p->release[kept] = p->release[i];
             p->l[kept++] = p->l[i];
+        }
     p->n = kept;
+}
+
+void publish_release(theus_state *st)
+{
+    publish_list *p = &st->listeners;
+    while (p->n > 0) {
+        p->n--;
+        if (p->release[p->n])
+            p->release[p->n](p->l[p->n].user);
+    }
 }
 
 static void cancel_first(const publish_batch *b, uint32_t n)
@@ -76,9 +97,16 @@ int publish_acknowledge(const publish_batch *b)
     for (uint32_t i = 0; i < p->n; i++) {
         if (!p->l[i].acknowledge)
             continue;
+        if (first == THEUS_OK)
+            err_clear(); /* keep the first failure's message */
         int rc = p->l[i].acknowledge(p->l[i].user, b);
-        if (rc != THEUS_OK && first == THEUS_OK)
-            first = rc > 0 ? THEUS_EINVAL : rc;
+        if (rc == THEUS_OK || first != THEUS_OK)
+            continue;
+        first = rc > 0 ? THEUS_EINVAL : rc;
+        if (err_code() != first)
+            err_set(b->st, first, "commit published as version %llu, but a publish listener "
+                    "could not acknowledge it (%s)", (unsigned long long)b->version,
+                    theus_strerror(first));
     }
     return first;
 }

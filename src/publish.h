@@ -16,7 +16,11 @@ int publish_listen(theus_state *st, const publish_listener *l);
 /* Remove every listener whose user pointer is @user (the others keep their order). */
 void publish_unlisten(theus_state *st, void *user);
 
-/* ---- for the commit path (commit.c, redo.c) ----------------------------------------- */
+/* As publish_listen; @release(l->user) runs when the state is destroyed (the listener's
+ * context lives as long as its state). */
+int publish_listen_owned(theus_state *st, const publish_listener *l, void (*release)(void *user));
+
+/* ---- for the commit path (commit.c, shared/redo.c) ---------------------------------- */
 
 /* Listeners' prepare in order; when one refuses, the earlier ones are cancelled (reverse
  * order) and its code is returned (a message is set when the listener set none). */

@@ -39,7 +39,15 @@ typedef struct publish_listener {
 
 typedef struct publish_list {
     publish_listener l[PUBLISH_MAX_LISTENERS];
+    /* Per listener: called with its user pointer when the state is destroyed (NULL: none);
+     * set by publish_listen_owned. */
+    void (*release[PUBLISH_MAX_LISTENERS])(void *user);
     uint32_t n;
 } publish_list;
+
+/* State destruction (state.c): every listener's release (reverse order), then none is
+ * attached. Declared here, with the list, so that the state does not depend on the commit
+ * path (publish.h); defined in publish.c. */
+void publish_release(theus_state *st);
 
 #endif

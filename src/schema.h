@@ -2,12 +2,8 @@
  * JSON text with jansson, naming the JSON path, line and column of every refusal. */
 #ifndef THEUS_SRC_SCHEMA_H
 #define THEUS_SRC_SCHEMA_H
+#include "dtype.h"
 #include "theus/theus.h"
-
-typedef struct theus_constraints {
-    int has_min, has_max, finite;
-    double min, max;
-} theus_constraints;
 
 /* Audit rules of a field (docs/processes.md), evaluated by the process layer's engine.
  * rule: the values of theus_audit_rule (theus/theus_process.h), in that order. */

@@ -54,6 +54,9 @@ static inline shared_area *shared_area_of(const theus_state *st)
 uint64_t shared_hash(uint64_t h, const void *p, size_t n);
 #define SHARED_HASH_INIT 0xcbf29ce484222325ull
 
+/* The operations table a shared state's handle carries (st->ops, with st->shm). */
+extern const state_ops shared_state_ops;
+
 /* Detach a handle whose last reference went (theus_state_destroy): release its lease,
  * remove the segment's name when no live process is left, unmap. Frees @st. */
 void shared_detach(theus_state *st);
@@ -63,5 +66,11 @@ uint32_t shared_holds(const theus_state *st);
 /* With the hold lock held: free the lease slots of dead processes (dropping their holds);
  * returns the number of live slots. */
 uint32_t shared_reap(theus_state *st);
+
+/* Take the commit lock of a shared state. Waits as long as its holder is a running process
+ * attached to the state; a holder that is stopped, gone without the robust-futex clean-up,
+ * or not attached is given up on after THEUS_SHARED_WAIT_MS (THEUS_EBUSY or THEUS_ECORRUPT,
+ * with a message). A holder that died is taken over (THEUS_OK; redo_recover follows). */
+int shared_commit_lock(theus_state *st);
 
 #endif

@@ -1,20 +1,16 @@
-/* State creation and destruction, shadow descriptors, field metadata, the commit lock with
- * its priority lease, commit holds and the replay sequence readers validate with, and
- * counters. */
+/* State creation and destruction: options, the header block's layout (field table, commit
+ * log, block maps), shadow descriptors, field memory, field metadata and counters. The
+ * commit lock is state_lock.c, holds and the replay sequence state_hold.c, the priority
+ * lease priority.c. */
 #include "state.h"
 #include "alloc.h"
 #include "dtype.h"
 #include "error.h"
-#include "redo.h"
 #include <errno.h>
-#include <limits.h>
-#include <linux/futex.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <time.h>
-#include <unistd.h>
 
 #define DEFAULT_LOG_CAPACITY 4096u
 #define DEFAULT_LEASE_MS 100u
@@ -333,8 +329,9 @@ void state_unref(theus_state *st)
 {
     if (atomic_fetch_sub(&st->refs, 1) != 1)
         return;
-    if (st->shm) {
-        shared_detach(st);
+    publish_release(st);
+    if (st->ops) {
+        st->ops->detach(st);
         return;
     }
     free_fields(st, st->hdr->nfields);
@@ -362,126 +359,6 @@ int theus_state_field_ptr(const theus_state *st, const char *field, const void *
         *mem = st->fields[i].placement == THEUS_PLACEMENT_DEVICE ? THEUS_MEM_DEVICE
                                                                 : THEUS_MEM_HOST;
     return THEUS_OK;
-}
-
-/* ---- futex words: wake-ups that work between processes and survive a waiter's death
- * (a process-shared condition variable does not: glibc's can hang its next signaller when
- * a waiter is killed). */
-
-static void futex_wait(_Atomic uint32_t *word, uint32_t seen, int pshared, uint64_t timeout_ns)
-{
-    struct timespec ts = {.tv_sec = (time_t)(timeout_ns / 1000000000ull),
-                          .tv_nsec = (long)(timeout_ns % 1000000000ull)};
-    syscall(SYS_futex, (uint32_t *)word, pshared ? FUTEX_WAIT : FUTEX_WAIT_PRIVATE, seen,
-            timeout_ns ? &ts : NULL, NULL, 0);
-}
-
-void state_futex_wake(_Atomic uint32_t *word, int pshared)
-{
-    atomic_fetch_add_explicit(word, 1u, memory_order_release);
-    syscall(SYS_futex, (uint32_t *)word, pshared ? FUTEX_WAKE : FUTEX_WAKE_PRIVATE, INT_MAX,
-            NULL, NULL, 0);
-}
-
-/* The hold lock guards single counters (and a shared state's lease slots), each consistent
- * on its own: taking it over from a dead owner needs no repair. */
-void state_hold_lock(state_header *h)
-{
-    if (pthread_mutex_lock(&h->hold_lock) == EOWNERDEAD)
-        pthread_mutex_consistent(&h->hold_lock);
-}
-
-void state_hold_unlock(state_header *h)
-{
-    pthread_mutex_unlock(&h->hold_lock);
-}
-
-/* With the hold lock held: the calling handle's hold counter, and all live holds. */
-static uint32_t *hold_counter(theus_state *st)
-{
-    return st->shm ? shared_hold_slot(st) : &st->hdr->holds;
-}
-
-static uint32_t holds_live(theus_state *st)
-{
-    return st->shm ? shared_holds(st) : st->hdr->holds;
-}
-
-/* Holds are a gate of their own rather than a lock's read side: a holder's reads must go
- * on while a commit waits for it. A replay in progress (odd sequence) holds the commit
- * lock, so a new hold waits for it there, which also recovers the replay of a dead process. */
-int theus_state_hold_commits(theus_state *st)
-{
-    if (!st)
-        return err_set(NULL, THEUS_EINVAL, "theus_state_hold_commits: NULL state");
-    state_header *h = st->hdr;
-    state_hold_lock(h);
-    if (!(atomic_load_explicit(&h->replay_seq, memory_order_relaxed) & 1u)) {
-        (*hold_counter(st))++;
-        state_hold_unlock(h);
-        return THEUS_OK;
-    }
-    state_hold_unlock(h);
-    int rc = state_lock(st);
-    if (rc != THEUS_OK)
-        return err_wrap(st, rc, "theus_state_hold_commits");
-    state_hold_lock(h);
-    (*hold_counter(st))++;
-    state_hold_unlock(h);
-    state_unlock(st);
-    return THEUS_OK;
-}
-
-void theus_state_release_commits(theus_state *st)
-{
-    if (!st)
-        return;
-    state_header *h = st->hdr;
-    state_hold_lock(h);
-    uint32_t *c = hold_counter(st);
-    if (*c > 0 && (--*c, holds_live(st) == 0))
-        state_futex_wake(&h->hold_wake, st->shm != NULL);
-    state_hold_unlock(h);
-}
-
-/* How often a commit waiting for holds looks for holders that died (shared states). */
-#define REAP_PERIOD_NS 20000000ull
-
-void state_replay_gate_enter(theus_state *st)
-{
-    state_header *h = st->hdr;
-    state_hold_lock(h);
-    while (holds_live(st) > 0) {
-        uint32_t seen = atomic_load_explicit(&h->hold_wake, memory_order_acquire);
-        state_hold_unlock(h);
-        futex_wait(&h->hold_wake, seen, st->shm != NULL, st->shm ? REAP_PERIOD_NS : 0);
-        state_hold_lock(h);
-        if (st->shm)
-            shared_reap(st);
-    }
-    uint64_t s = atomic_load_explicit(&h->replay_seq, memory_order_relaxed);
-    atomic_store_explicit(&h->replay_seq, s | 1u, memory_order_relaxed);
-    atomic_thread_fence(memory_order_release);
-    state_hold_unlock(h);
-}
-
-void state_replay_gate_leave(theus_state *st)
-{
-    state_header *h = st->hdr;
-    uint64_t s = atomic_load_explicit(&h->replay_seq, memory_order_relaxed);
-    atomic_store_explicit(&h->replay_seq, (s | 1u) + 1u, memory_order_release);
-}
-
-int state_read_begin(const theus_state *st, uint64_t *seq)
-{
-    *seq = atomic_load_explicit(&st->hdr->replay_seq, memory_order_acquire);
-    return !(*seq & 1u);
-}
-
-int state_read_valid(const theus_state *st, uint64_t seq)
-{
-    atomic_thread_fence(memory_order_acquire);
-    return atomic_load_explicit(&st->hdr->replay_seq, memory_order_relaxed) == seq;
 }
 
 uint64_t theus_state_version(const theus_state *st)
@@ -541,94 +418,4 @@ int theus_state_stats(const theus_state *st, theus_stats *out)
     out->retries = atomic_load(&s->retries);
     out->priority_runs = atomic_load(&s->priority_runs);
     return THEUS_OK;
-}
-
-/* ---- commit lock and priority lease ------------------------------------------------- */
-
-int state_lock(theus_state *st)
-{
-    state_header *h = st->hdr;
-    int e = pthread_mutex_lock(&h->commit_lock);
-    if (e == EOWNERDEAD) {
-        /* Its holder died. Whatever it was doing, redo_recover below finishes or drops it
-         * (and runs again if this process dies too). */
-        pthread_mutex_consistent(&h->commit_lock);
-    } else if (e != 0) {
-        return err_set(st, THEUS_EBUSY, "cannot take the commit lock: %s", strerror(e));
-    }
-    if (st->shm) {
-        int rc = redo_recover(st);
-        if (rc != THEUS_OK) {
-            pthread_mutex_unlock(&h->commit_lock);
-            return rc;
-        }
-    }
-    return THEUS_OK;
-}
-
-void state_unlock(theus_state *st)
-{
-    pthread_mutex_unlock(&st->hdr->commit_lock);
-}
-
-/* With the commit lock held: wait while someone else holds a live lease; an expired
- * lease is dropped so that a stuck (or dead) priority holder cannot hang everyone. */
-static int wait_out_lease(theus_state *st, uint64_t ticket)
-{
-    state_header *h = st->hdr;
-    while (h->priority_ticket != 0 && h->priority_ticket != ticket) {
-        uint64_t now = state_now_ns();
-        if (now >= h->priority_deadline_ns) {
-            h->priority_ticket = 0;
-            state_futex_wake(&h->priority_wake, st->shm != NULL);
-            break;
-        }
-        uint32_t seen = atomic_load_explicit(&h->priority_wake, memory_order_acquire);
-        uint64_t left = h->priority_deadline_ns - now;
-        state_unlock(st);
-        futex_wait(&h->priority_wake, seen, st->shm != NULL, left);
-        int rc = state_lock(st);
-        if (rc != THEUS_OK)
-            return rc;
-    }
-    return THEUS_OK;
-}
-
-int state_commit_lock(theus_state *st, uint64_t ticket)
-{
-    int rc = state_lock(st);
-    if (rc == THEUS_OK)
-        rc = wait_out_lease(st, ticket);
-    return rc;
-}
-
-void state_commit_unlock(theus_state *st)
-{
-    state_unlock(st);
-}
-
-uint64_t state_priority_acquire(theus_state *st)
-{
-    state_header *h = st->hdr;
-    if (state_lock(st) != THEUS_OK)
-        return 0;
-    if (wait_out_lease(st, 0) != THEUS_OK)
-        return 0;
-    uint64_t ticket = ++h->next_ticket;
-    h->priority_ticket = ticket;
-    h->priority_deadline_ns = state_now_ns() + (uint64_t)st->opts.priority_lease_ms * 1000000ull;
-    state_unlock(st);
-    return ticket;
-}
-
-void state_priority_release(theus_state *st, uint64_t ticket)
-{
-    state_header *h = st->hdr;
-    if (state_lock(st) != THEUS_OK)
-        return;
-    if (h->priority_ticket == ticket) {
-        h->priority_ticket = 0;
-        state_futex_wake(&h->priority_wake, st->shm != NULL);
-    }
-    state_unlock(st);
 }

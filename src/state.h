@@ -59,6 +59,31 @@ typedef struct state_header {
     state_stats stats;
 } state_header;
 
+/* What a state whose header block other processes map too (a shared state) does
+ * differently; it fills this table (src/shared/shared_ops.c). NULL for a private state,
+ * and the core does the private thing. Entries run as documented, never NULL in a table. */
+struct theus_tx;
+typedef struct state_ops {
+    /* The last reference went (theus_state_destroy): detach, free @st. */
+    void (*detach)(theus_state *st);
+    /* With the hold lock held: this handle's hold counter; all live holds; free the holds
+     * of dead processes (returns the live handles). */
+    uint32_t *(*hold_slot)(theus_state *st);
+    uint32_t (*holds)(const theus_state *st);
+    uint32_t (*reap)(theus_state *st);
+    /* Take the commit lock (pthread_mutex_lock for a private state): THEUS_OK, taken; or
+     * the error, with a message, when it cannot be taken (a bounded wait gave up). */
+    int (*lock)(theus_state *st);
+    /* Right after taking the commit lock: finish or drop what a dead holder left. On
+     * failure the lock is released and the error returned. */
+    int (*recover)(theus_state *st);
+    /* Under the commit lock: replay @tx's batch and publish @version (@publish 0: the
+     * bytes only, theus_state_init_field), instead of the private path. */
+    int (*apply)(theus_state *st, const struct theus_tx *tx, uint64_t version, int publish);
+    /* Futex words and mutexes are process-shared. */
+    int pshared;
+} state_ops;
+
 struct theus_state {
     state_header *hdr;
     field_desc *fields;            /* = hdr + off_fields */
@@ -71,7 +96,8 @@ struct theus_state {
     theus_state_options opts;
     publish_list listeners;        /* the publish step's listeners (publish.h) */
     _Atomic int refs;              /* 1 for the owner + 1 per live DLPack export */
-    struct shared_map *shm;        /* this process's mapping of a shared state; NULL: private */
+    const state_ops *ops;          /* NULL: a private state */
+    struct shared_map *shm;        /* the mapping behind ops (shared.h); NULL: private */
     uint32_t lease;                /* this handle's slot in a shared state's lease table */
 };
 
@@ -123,18 +149,22 @@ int state_place_field(const theus_state *st, field_desc *f, const theus_backend 
 /* The hold lock (robust in a shared state: taken over from a dead owner as it is). */
 void state_hold_lock(state_header *h);
 void state_hold_unlock(state_header *h);
-/* Bump a futex word and wake everyone waiting on it (hold_wake, priority_wake). */
+/* Bump a futex word and wake everyone waiting on it (hold_wake, priority_wake; futex.c). */
 void state_futex_wake(_Atomic uint32_t *word, int pshared);
+/* Wait while *word == @seen, at most @timeout_ns (0: no limit); spurious returns happen. */
+void state_futex_wait(_Atomic uint32_t *word, uint32_t seen, int pshared, uint64_t timeout_ns);
+/* Whether the state's futex words and mutexes are process-shared. */
+static inline int state_pshared(const theus_state *st)
+{
+    return st->ops && st->ops->pshared;
+}
 
-/* ---- the commit lock -------------------------------------------------------------------
- * state_lock takes the commit lock; in a shared state it first finishes a commit that a
- * dead process left half done (redo_recover), and fails only when that recovery fails. */
+/* ---- the commit lock (state_lock.c) ---------------------------------------------------
+ * state_lock takes the commit lock; then, when the state has ops, their recover (a shared
+ * state finishes a commit a dead process left half done), and fails only when that fails. */
 int state_lock(theus_state *st);
 void state_unlock(theus_state *st);
-/* state_lock, then wait out another holder's live priority lease; @ticket is the caller's
- * own lease (0: none). */
-int state_commit_lock(theus_state *st, uint64_t ticket);
-void state_commit_unlock(theus_state *st);
+/* ---- holds, the replay gate and the read sequence (state_hold.c) -------------------- */
 /* Around a replay, with the commit lock held: wait until no one holds commits, make the
  * replay sequence odd (readers retry, new holds wait); leave makes it even again. */
 void state_replay_gate_enter(theus_state *st);
@@ -144,6 +174,11 @@ void state_replay_gate_leave(theus_state *st);
  * is running (the caller waits for it with state_lock / state_unlock and tries again). */
 int state_read_begin(const theus_state *st, uint64_t *seq);
 int state_read_valid(const theus_state *st, uint64_t seq);
+/* ---- the priority lease (priority.c) ------------------------------------------------ */
+/* The commit lock as a commit takes it: state_lock, then wait out another holder's live
+ * priority lease (an expired one is dropped); @ticket is the caller's own lease (0: none). */
+int state_commit_lock(theus_state *st, uint64_t ticket);
+void state_commit_unlock(theus_state *st);
 /* Take / give back the priority lease (see theus_tx_run). */
 uint64_t state_priority_acquire(theus_state *st);
 void state_priority_release(theus_state *st, uint64_t ticket);

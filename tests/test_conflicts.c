@@ -394,6 +394,8 @@ Test(conflicts, an_acknowledge_error_is_returned_after_publishing)
     listen_both(st);
     rec_a.ack = THEUS_EIO;
     cr_assert_eq(commit_n(st, 6), THEUS_EIO);
+    cr_assert(strstr(theus_last_error_message(), "published as version 2") != NULL, "%s",
+              theus_last_error_message());
     cr_assert_eq(theus_state_version(st), 2, "published, though not acknowledged");
     cr_assert_eq(read_n(st), 6);
     static const char *const want[] = {"a.prepare", "b.prepare", "a.published", "b.published",
@@ -484,4 +486,43 @@ Test(conflicts, shared_commits_and_init_field_reach_the_listeners, .fini = remov
     cr_assert_eq(n, 6);
     cr_assert_eq(rc3, THEUS_EIO);
     cr_assert_eq(after, 11);
+}
+
+/* ---- transaction attachments (tx_ext) -------------------------------------------------- */
+
+typedef struct counted_ext {
+    tx_ext ext;
+    int *freed;
+} counted_ext;
+
+static void counted_free(tx_ext *e)
+{
+    counted_ext *c = (counted_ext *)e;
+    (*c->freed)++;
+}
+
+Test(conflicts, tx_ext_is_freed_by_commit_abort_and_a_failed_commit)
+{
+    int freed = 0;
+    counted_ext ce[3] = {{{counted_free}, &freed}, {{counted_free}, &freed},
+                         {{counted_free}, &freed}};
+    theus_tx *tx = NULL;
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_null(tx->ext, "NULL by default");
+    tx->ext = &ce[0].ext;
+    int64_t v = 1;
+    cr_assert_eq(theus_tx_write(tx, "n", NULL, &v, THEUS_MEM_HOST), THEUS_OK);
+    cr_assert_eq(theus_tx_commit(tx, NULL), THEUS_OK);
+    cr_assert_eq(freed, 1);
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    tx->ext = &ce[1].ext;
+    theus_tx_abort(tx);
+    cr_assert_eq(freed, 2);
+    theus_tx *old = NULL;
+    cr_assert_eq(theus_tx_begin(st, NULL, &old), THEUS_OK);
+    old->ext = &ce[2].ext;
+    cr_assert_eq(theus_tx_write(old, "n", NULL, &v, THEUS_MEM_HOST), THEUS_OK);
+    cr_assert_eq(commit_n(st, 2), THEUS_OK);
+    cr_assert_eq(theus_tx_commit(old, NULL), THEUS_ECONFLICT);
+    cr_assert_eq(freed, 3);
 }

@@ -6,17 +6,24 @@
  * nothing sleeps. Child processes never call Criterion's asserts: they report through
  * their exit status. */
 #include <criterion/criterion.h>
+#include <criterion/hooks.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
 #include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -25,7 +32,7 @@
 #include <theus/theus.h>
 #include <theus/theus_shared.h>
 
-#include "redo.h"
+#include "shared/redo.h"
 #include "shared.h"
 #include "state.h"
 
@@ -35,10 +42,15 @@
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
-/* A name unique to this test process (Criterion runs every test in its own). */
+/* Every name a test makes is "test_shared-<pid>-<tag>", <pid> the test's process:
+ * Criterion runs every test in its own. What a test leaves (it failed, or was killed) is
+ * removed by the suite's fini in the same process, and by a sweep of the names of dead
+ * test processes when a run starts and ends. Nothing else in /dev/shm is looked at. */
+#define TEST_PREFIX "test_shared-"
+
 static const char *uname_of(char *buf, size_t n, const char *tag)
 {
-    snprintf(buf, n, "t%d-%s", (int)getpid(), tag);
+    snprintf(buf, n, TEST_PREFIX "%d-%s", (int)getpid(), tag);
     return buf;
 }
 
@@ -51,24 +63,138 @@ static int seg_exists(const char *name)
 {
     char p[256];
     seg_path(p, sizeof p, name);
-    return access(p, F_OK) == 0;
+    struct stat sb;
+    return lstat(p, &sb) == 0;
 }
 
-/* Segments (named or half-made) that this test process's states left in /dev/shm. */
-static int leftovers(void)
+/* The pid of a test process in the /dev/shm entry @e ("theus-<uid>-test_shared-<pid>-..."
+ * or a half-made "theus-<uid>.tmp-<pid>-..."), or 0. */
+static pid_t entry_pid(const char *e)
 {
     char named[64], tmp[64];
-    snprintf(named, sizeof named, "theus-%u-t%d-", (unsigned)geteuid(), (int)getpid());
-    snprintf(tmp, sizeof tmp, "theus-%u.tmp-%d-", (unsigned)geteuid(), (int)getpid());
+    snprintf(named, sizeof named, "theus-%u-" TEST_PREFIX, (unsigned)geteuid());
+    snprintf(tmp, sizeof tmp, "theus-%u.tmp-", (unsigned)geteuid());
+    const char *p = strncmp(e, named, strlen(named)) == 0 ? e + strlen(named)
+                    : strncmp(e, tmp, strlen(tmp)) == 0 ? e + strlen(tmp) : NULL;
+    if (!p)
+        return 0;
+    char *end = NULL;
+    long pid = strtol(p, &end, 10);
+    return end != p && *end == '-' && pid > 0 ? (pid_t)pid : 0;
+}
+
+/* Remove the /dev/shm entries of the processes for which @mine says so, whatever they
+ * are (segments, planted FIFOs, links, directories). */
+static int sweep(int (*mine)(pid_t))
+{
+    DIR *d = opendir("/dev/shm");
+    if (!d)
+        return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        pid_t pid = entry_pid(e->d_name);
+        if (!pid || !mine(pid))
+            continue;
+        char path[300];
+        snprintf(path, sizeof path, "/dev/shm/%s", e->d_name);
+        n += unlink(path) == 0 || rmdir(path) == 0;
+    }
+    closedir(d);
+    return n;
+}
+
+/* The children this test process started and has not reaped (killed by the fini), and
+ * every child it started (their half-made segments are this test's too). */
+enum { KIDS = 1024 };
+static pid_t g_live[KIDS], g_ever[KIDS];
+static int g_nlive, g_never;
+
+static void kid_started(pid_t p)
+{
+    if (g_nlive < KIDS)
+        g_live[g_nlive++] = p;
+    if (g_never < KIDS)
+        g_ever[g_never++] = p;
+}
+
+static void kid_reaped(pid_t p)
+{
+    for (int i = 0; i < g_nlive; i++)
+        if (g_live[i] == p) {
+            g_live[i] = g_live[--g_nlive];
+            return;
+        }
+}
+
+static int this_test(pid_t pid)
+{
+    if (pid == getpid())
+        return 1;
+    for (int i = 0; i < g_never; i++)
+        if (g_ever[i] == pid)
+            return 1;
+    return 0;
+}
+
+static int dead_process(pid_t pid)
+{
+    return kill(pid, 0) != 0 && errno == ESRCH;
+}
+
+static void suite_fini(void)
+{
+    for (int i = 0; i < g_nlive; i++) {
+        kill(g_live[i], SIGKILL);
+        waitpid(g_live[i], NULL, 0);
+    }
+    g_nlive = 0;
+    sweep(this_test);
+}
+
+/* No test has a Criterion .timeout: its runner leaks (LeakSanitizer fails the run) when
+ * tests with one run in parallel. ctest's TIMEOUT bounds the suite. */
+TestSuite(shared, .fini = suite_fini);
+
+/* Before and after the whole run: what killed runs left. */
+ReportHook(PRE_ALL)(struct criterion_test_set *set)
+{
+    (void)set;
+    sweep(dead_process);
+}
+
+ReportHook(POST_ALL)(struct criterion_global_stats *stats)
+{
+    (void)stats;
+    sweep(dead_process);
+}
+
+/* Entries that this test process's states (named or half-made) left in /dev/shm. */
+static int leftovers(void)
+{
     DIR *d = opendir("/dev/shm");
     cr_assert_not_null(d);
     int n = 0;
     struct dirent *e;
     while ((e = readdir(d)) != NULL)
-        n += strncmp(e->d_name, named, strlen(named)) == 0 ||
-             strncmp(e->d_name, tmp, strlen(tmp)) == 0;
+        n += entry_pid(e->d_name) == getpid();
     closedir(d);
     return n;
+}
+
+/* Tests that need abandoned states to stay until they look at them, or that leave a lock
+ * stuck for a while, must not overlap a theus_shared_cleanup of another test (of this run
+ * or of another run of this suite by the same user): they hold this lock, as does every
+ * test that calls theus_shared_cleanup. Released by close (or the process's death). */
+static int sweep_lock(void)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/theus-test_shared-%u.lock", (unsigned)geteuid());
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
+    while (flock(fd, LOCK_EX) != 0)
+        cr_assert_eq(errno, EINTR);
+    return fd;
 }
 
 typedef int (*child_fn)(void *arg);
@@ -80,6 +206,7 @@ static pid_t spawn(child_fn fn, void *arg)
     cr_assert_neq(p, -1, "fork: %s", strerror(errno));
     if (p == 0)
         _exit(fn(arg));
+    kid_started(p);
     return p;
 }
 
@@ -89,6 +216,7 @@ static int wait_code(pid_t p)
     int status = 0;
     while (waitpid(p, &status, 0) < 0)
         cr_assert_eq(errno, EINTR, "waitpid: %s", strerror(errno));
+    kid_reaped(p);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
@@ -476,10 +604,11 @@ static pid_t exec_worker(const char *cmd, const char *name, const char *n, int o
         execl(THEUS_SHARED_WORKER, "shared_worker", cmd, name, n, (char *)NULL);
         _exit(127);
     }
+    kid_started(p);
     return p;
 }
 
-Test(shared, many_processes_increment_one_counter, .timeout = 120)
+Test(shared, many_processes_increment_one_counter)
 {
     char name[64];
     uname_of(name, sizeof name, "many");
@@ -878,7 +1007,7 @@ static void storm_verify(theus_state *st, const storm_slot *s, uint64_t extra)
         cr_assert_eq(last, mirror[last >> 32], "the last commit's writes are not all there");
 }
 
-Test(shared, kill_storm, .timeout = 300)
+Test(shared, kill_storm)
 {
     char name[64];
     uname_of(name, sizeof name, "storm");
@@ -1085,7 +1214,9 @@ Test(shared, corrupt_and_foreign_segments_are_refused)
     /* Creating over it is refused too; cleanup leaves it; remove takes it away. */
     cr_assert_eq(theus_state_create_shared(foreign, COUNTER_SCHEMA, NULL, NULL, &o), THEUS_EBUSY);
     size_t removed = 99;
-    cr_assert_eq(theus_shared_cleanup(&removed), THEUS_OK);
+    int lk = sweep_lock();
+    cr_assert_eq(theus_shared_cleanup(&removed), THEUS_OK, "%s", theus_last_error_message());
+    close(lk);
     cr_assert(seg_exists(foreign));
     cr_assert_eq(theus_shared_remove(foreign), THEUS_OK);
     cr_assert_not(seg_exists(foreign));
@@ -1110,6 +1241,8 @@ Test(shared, list_info_remove_cleanup)
     uname_of(b, sizeof b, "list-b");
     uname_of(dead, sizeof dead, "list-dead");
     uname_of(dead2, sizeof dead2, "list-dead2");
+    /* Another test's clean-up would take the abandoned states away before they are seen. */
+    int lk = sweep_lock();
     theus_state *sa = create(a, COUNTER_SCHEMA, NULL, NULL);
     theus_state *sb = create(b, CRASH_SCHEMA, NULL, NULL);
     cr_assert_eq(wait_code(spawn(child_create_and_die, dead)), 128 + SIGKILL);
@@ -1182,6 +1315,7 @@ Test(shared, list_info_remove_cleanup)
     cr_assert_eq(theus_shared_info(a, NULL), THEUS_EINVAL);
     cr_assert_eq(theus_shared_remove("bad/name"), THEUS_EINVAL);
     finish(sa, a);
+    close(lk);
 }
 
 static int child_open_and_die(void *p)
@@ -1283,7 +1417,7 @@ Test(shared, init_field_overlaps_and_constraints)
 
 /* ---- GPU variant ------------------------------------------------------------------------ */
 
-Test(shared, gpu_workers_add_to_a_device_field, .timeout = 300)
+Test(shared, gpu_workers_add_to_a_device_field)
 {
     if (!theus_gpu_available())
         cr_skip_test("no GPU answers: the device-field variant runs on a GPU host");
@@ -1353,5 +1487,384 @@ Test(shared, gpu_workers_add_to_a_device_field, .timeout = 300)
     for (int i = 0; i < 65536; i++)
         cr_assert_eq(acc[i], (float)count, "acc[%d] = %g, count %lld", i, (double)acc[i],
                      (long long)count);
+    finish(st, name);
+}
+
+/* ---- nothing can hang or fool the shared calls ---------------------------------------- */
+
+/* Waits on other processes' locks give up after this (THEUS_SHARED_WAIT_MS), so that the
+ * tests of stuck locks run fast. Nothing asserts how long anything took. */
+static void short_bound(void)
+{
+    cr_assert_eq(setenv("THEUS_SHARED_WAIT_MS", "150", 1), 0);
+}
+
+/* Every shared call on @name refuses it at once as THEUS_EPERM, saying what it is. */
+static void refused_as(const char *name, const char *kind)
+{
+    theus_shared_summary info;
+    theus_state *o = NULL;
+    cr_assert_eq(theus_shared_info(name, &info), THEUS_EPERM, "info of %s", kind);
+    cr_assert_eq(info.status, THEUS_EPERM);
+    cr_assert(strstr(theus_last_error_message(), kind) != NULL, "%s: %s", kind,
+              theus_last_error_message());
+    cr_assert_eq(theus_state_open_shared(name, NULL, &o), THEUS_EPERM, "open of %s", kind);
+    cr_assert_null(o);
+    cr_assert(strstr(theus_last_error_message(), "regular files") != NULL, "%s",
+              theus_last_error_message());
+    cr_assert_eq(theus_shared_remove(name), THEUS_EPERM, "remove of %s", kind);
+    cr_assert(seg_exists(name), "remove took the %s away", kind);
+    cr_assert_eq(theus_state_create_shared(name, COUNTER_SCHEMA, NULL, NULL, &o), THEUS_EBUSY);
+    cr_assert_null(o);
+    /* list reports it, with its status, and goes on. */
+    size_t n = 0;
+    cr_assert_eq(theus_shared_list(NULL, 0, &n), THEUS_OK);
+    theus_shared_summary *all = calloc(n + 8, sizeof *all);
+    size_t m = 0;
+    cr_assert_eq(theus_shared_list(all, n + 8, &m), THEUS_OK);
+    int seen = 0;
+    for (size_t i = 0; i < m && i < n + 8; i++)
+        if (strcmp(all[i].name, name) == 0) {
+            seen = 1;
+            cr_assert_eq(all[i].status, THEUS_EPERM, "%s listed with %d", kind, all[i].status);
+        }
+    free(all);
+    cr_assert(seen, "%s not listed", kind);
+}
+
+Test(shared, planted_files_are_refused_at_once)
+{
+    char live[64], name[64], path[256], target[256];
+    uname_of(live, sizeof live, "plant-live");
+    theus_state *st = create(live, COUNTER_SCHEMA, NULL, NULL);
+    seg_path(target, sizeof target, live);
+
+    /* A FIFO: opening it for reading would wait for a writer for ever. */
+    uname_of(name, sizeof name, "plant-fifo");
+    seg_path(path, sizeof path, name);
+    cr_assert_eq(mkfifo(path, 0600), 0, "%s", strerror(errno));
+    refused_as(name, "FIFO");
+    cr_assert_eq(unlink(path), 0);
+
+    /* A symbolic link, even to a live segment of this user. */
+    uname_of(name, sizeof name, "plant-link");
+    seg_path(path, sizeof path, name);
+    cr_assert_eq(symlink(target, path), 0);
+    refused_as(name, "symbolic link");
+    cr_assert_eq(unlink(path), 0);
+
+    /* A directory. */
+    uname_of(name, sizeof name, "plant-dir");
+    seg_path(path, sizeof path, name);
+    cr_assert_eq(mkdir(path, 0700), 0);
+    refused_as(name, "directory");
+    cr_assert_eq(rmdir(path), 0);
+
+    /* A socket. */
+    uname_of(name, sizeof name, "plant-sock");
+    seg_path(path, sizeof path, name);
+    int sfd = socket(AF_UNIX, SOCK_STREAM, 0);
+    cr_assert_geq(sfd, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    cr_assert_lt(strlen(path), sizeof sa.sun_path);
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    cr_assert_eq(bind(sfd, (struct sockaddr *)&sa, sizeof sa), 0, "%s", strerror(errno));
+    refused_as(name, "socket");
+    close(sfd);
+    cr_assert_eq(unlink(path), 0);
+
+    if (geteuid() == 0) {
+        /* Another user's file in this user's name space: refused, and not removed, even
+         * though root could remove it. */
+        uname_of(name, sizeof name, "plant-other");
+        seg_path(path, sizeof path, name);
+        int fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(ftruncate(fd, 1 << 16), 0);
+        cr_assert_eq(fchown(fd, 65534, 65534), 0);
+        close(fd);
+        theus_shared_summary info;
+        cr_assert_eq(theus_shared_info(name, &info), THEUS_EPERM);
+        cr_assert_eq(theus_shared_remove(name), THEUS_EPERM);
+        cr_assert(strstr(theus_last_error_message(), "uid 65534") != NULL, "%s",
+                  theus_last_error_message());
+        cr_assert(seg_exists(name));
+        cr_assert_eq(unlink(path), 0);
+    }
+    /* The live state was never disturbed. */
+    cr_assert_eq(write_i64(st, "x", 5), THEUS_OK);
+    finish(st, name);
+}
+
+/* A copy of the segment of @from under the name @to, its leases cleared (no process holds
+ * it: abandoned) unless @keep_leases. Returns the copy's mapping (for tampering). */
+static unsigned char *copy_segment(const char *from, const char *to, int keep_leases,
+                                   size_t *size)
+{
+    size_t n;
+    unsigned char *src = tamper_map(from, &n);
+    char path[256];
+    seg_path(path, sizeof path, to);
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(ftruncate(fd, (off_t)n), 0);
+    unsigned char *dst = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    cr_assert_neq(dst, MAP_FAILED);
+    memcpy(dst, src, n);
+    munmap(src, n);
+    state_header *h = (state_header *)dst;
+    shared_area *a = (shared_area *)(dst + h->off_shared);
+    if (!keep_leases)
+        memset(dst + a->off_leases, 0, (size_t)a->max_leases * sizeof(lease_slot));
+    *size = n;
+    return dst;
+}
+
+/* What a lock word holds when a thread that cannot exist (ids stop below 2^22) holds it. */
+#define GHOST_TID 0x3ffffff0
+
+static void ghost_owns(pthread_mutex_t *m)
+{
+    __atomic_store_n(&m->__data.__lock, GHOST_TID, __ATOMIC_RELEASE);
+}
+
+Test(shared, stale_lock_words_do_not_hang_anything)
+{
+    short_bound();
+    int lk = sweep_lock();
+    char src[64], held[64], hold_abandoned[64], commit_stale[64], dead[64];
+    uname_of(src, sizeof src, "stale-src");
+    uname_of(held, sizeof held, "stale-held");
+    uname_of(hold_abandoned, sizeof hold_abandoned, "stale-aband");
+    uname_of(commit_stale, sizeof commit_stale, "stale-commit");
+    uname_of(dead, sizeof dead, "stale-dead");
+    theus_state *st = create(src, COUNTER_SCHEMA, NULL, NULL);
+    cr_assert_eq(write_i64(st, "x", 3), THEUS_OK);
+
+    /* A copy that this (live) process still holds a lease in, its hold lock stale. */
+    size_t n1, n2, n3;
+    unsigned char *c1 = copy_segment(src, held, 1, &n1);
+    ghost_owns(&((state_header *)c1)->hold_lock);
+    /* An abandoned copy with a stale hold lock: nothing can ever use it. */
+    unsigned char *c2 = copy_segment(src, hold_abandoned, 0, &n2);
+    ghost_owns(&((state_header *)c2)->hold_lock);
+    /* A copy whose commit lock is stale. */
+    unsigned char *c3 = copy_segment(src, commit_stale, 1, &n3);
+    ghost_owns(&((state_header *)c3)->commit_lock);
+    /* And an ordinary abandoned state, for the sweep to reach after the others. */
+    cr_assert_eq(wait_code(spawn(child_create_and_die, dead)), 128 + SIGKILL);
+
+    theus_shared_summary info;
+    theus_state *o = NULL;
+    cr_assert_eq(theus_shared_info(held, &info), THEUS_ECORRUPT);
+    cr_assert(strstr(theus_last_error_message(), "hold lock") != NULL, "%s",
+              theus_last_error_message());
+    cr_assert_eq(theus_shared_info(commit_stale, &info), THEUS_ECORRUPT);
+    cr_assert(strstr(theus_last_error_message(), "commit lock") != NULL);
+    cr_assert_eq(theus_state_open_shared(held, NULL, &o), THEUS_ECORRUPT);
+    cr_assert(strstr(theus_last_error_message(), "does not exist") != NULL, "%s",
+              theus_last_error_message());
+    cr_assert_null(o);
+
+    /* A commit waits for the commit lock a bounded time, and the state is unchanged. */
+    cr_assert_eq(theus_state_open_shared(commit_stale, NULL, &o), THEUS_OK, "%s",
+                 theus_last_error_message());
+    uint64_t v = theus_state_version(o);
+    cr_assert_eq(write_i64(o, "x", 4), THEUS_ECORRUPT);
+    cr_assert(strstr(theus_last_error_message(), "commit lock") != NULL, "%s",
+              theus_last_error_message());
+    cr_assert_eq(theus_state_version(o), v);
+    cr_assert_eq(read_i64(o, "x"), 3);
+    theus_state_destroy(o);
+
+    /* The sweep: the stale abandoned copy and the dead state go; the copy held by a live
+     * lease stays (it is not abandoned) without holding the sweep up. */
+    size_t removed = 0;
+    cr_assert_eq(theus_shared_cleanup(&removed), THEUS_OK, "%s", theus_last_error_message());
+    cr_assert_geq(removed, 2);
+    cr_assert_not(seg_exists(hold_abandoned));
+    cr_assert_not(seg_exists(dead));
+    cr_assert(seg_exists(held));
+    cr_assert(seg_exists(commit_stale));
+    cr_assert(seg_exists(src));
+    /* Remove needs no lock. */
+    cr_assert_eq(theus_shared_remove(held), THEUS_OK);
+    cr_assert_not(seg_exists(held));
+    cr_assert_eq(theus_shared_remove(commit_stale), THEUS_OK);
+    cr_assert_not(seg_exists(commit_stale));
+    munmap(c1, n1);
+    munmap(c2, n2);
+    munmap(c3, n3);
+    cr_assert_eq(write_i64(st, "x", 5), THEUS_OK);
+    finish(st, src);
+    close(lk);
+}
+
+typedef struct lock_arg {
+    const char *name;
+    int to_parent, from_parent;
+    int commit_lock; /* 1: the commit lock; 0: the hold lock */
+} lock_arg;
+
+/* Open, take a lock, tell the parent, stop (SIGSTOP); when continued, wait for the
+ * parent's word, release, detach. */
+static int child_stop_holding(void *p)
+{
+    lock_arg *a = p;
+    theus_state *st = NULL;
+    if (theus_state_open_shared(a->name, NULL, &st) != THEUS_OK)
+        return 10;
+    if (a->commit_lock ? state_lock(st) != THEUS_OK : (state_hold_lock(st->hdr), 0))
+        return 11;
+    if (child_send(a->to_parent))
+        return 12;
+    raise(SIGSTOP);
+    if (child_recv(a->from_parent))
+        return 13;
+    if (a->commit_lock)
+        state_unlock(st);
+    else
+        state_hold_unlock(st->hdr);
+    theus_state_destroy(st);
+    return 0;
+}
+
+/* Wait until child @p has stopped (waitpid reports it). */
+static void wait_stopped(pid_t p)
+{
+    int status = 0;
+    while (waitpid(p, &status, WUNTRACED) < 0)
+        cr_assert_eq(errno, EINTR);
+    cr_assert(WIFSTOPPED(status), "child did not stop (status %#x)", status);
+}
+
+Test(shared, stopped_lock_holders_give_bounded_ebusy)
+{
+    short_bound();
+    int lk = sweep_lock();
+    char name[64], dead[64];
+    uname_of(name, sizeof name, "stopped");
+    uname_of(dead, sizeof dead, "stopped-dead");
+    theus_state *st = create(name, COUNTER_SCHEMA, NULL, NULL);
+    int up[2], down[2];
+    cr_assert_eq(pipe(up), 0);
+    cr_assert_eq(pipe(down), 0);
+
+    /* The commit lock's holder stops: a commit gives up with THEUS_EBUSY, state unchanged. */
+    lock_arg a = {name, up[1], down[0], 1};
+    pid_t p = spawn(child_stop_holding, &a);
+    cr_assert_eq(recv_byte(up[0]), 1);
+    wait_stopped(p);
+    uint64_t v = theus_state_version(st);
+    cr_assert_eq(write_i64(st, "x", 1), THEUS_EBUSY);
+    cr_assert(strstr(theus_last_error_message(), "stopped") != NULL, "%s",
+              theus_last_error_message());
+    cr_assert_eq(theus_state_version(st), v);
+    /* Continued, it releases the lock and commits go on. */
+    kill(p, SIGCONT);
+    send_byte(down[1]);
+    cr_assert_eq(wait_code(p), 0);
+    cr_assert_eq(write_i64(st, "x", 2), THEUS_OK, "%s", theus_last_error_message());
+
+    /* The hold lock's holder stops: open and the sweep give up on this state with
+     * THEUS_EBUSY, and the sweep still removes the abandoned state after it. */
+    a.commit_lock = 0;
+    p = spawn(child_stop_holding, &a);
+    cr_assert_eq(recv_byte(up[0]), 1);
+    wait_stopped(p);
+    cr_assert_eq(wait_code(spawn(child_create_and_die, dead)), 128 + SIGKILL);
+    theus_state *o = NULL;
+    cr_assert_eq(theus_state_open_shared(name, NULL, &o), THEUS_EBUSY);
+    cr_assert(strstr(theus_last_error_message(), "stopped") != NULL, "%s",
+              theus_last_error_message());
+    cr_assert_null(o);
+    theus_shared_summary info;
+    cr_assert_eq(theus_shared_info(name, &info), THEUS_OK, "info never waits");
+    cr_assert_eq(info.processes, 2);
+    size_t removed = 0;
+    cr_assert_eq(theus_shared_cleanup(&removed), THEUS_EBUSY);
+    cr_assert(strstr(theus_last_error_message(), name) != NULL, "%s",
+              theus_last_error_message());
+    cr_assert_geq(removed, 1);
+    cr_assert_not(seg_exists(dead), "the sweep stopped at the stuck state");
+    cr_assert(seg_exists(name));
+
+    /* Killed while stopped: its robust lock is taken over, its lease reclaimed. */
+    kill(p, SIGKILL);
+    cr_assert_eq(wait_code(p), 128 + SIGKILL);
+    cr_assert_eq(theus_state_open_shared(name, NULL, &o), THEUS_OK, "%s",
+                 theus_last_error_message());
+    cr_assert_eq(write_i64(o, "x", 3), THEUS_OK);
+    theus_state_destroy(o);
+    cr_assert_eq(theus_shared_cleanup(&removed), THEUS_OK, "%s", theus_last_error_message());
+    cr_assert(seg_exists(name), "a live state survives the clean-up");
+    cr_assert_eq(read_i64(st, "x"), 3);
+    close(up[0]);
+    close(up[1]);
+    close(down[0]);
+    close(down[1]);
+    finish(st, name);
+    close(lk);
+}
+
+typedef struct slow_arg {
+    theus_state *st;
+    _Atomic pid_t tid;
+    int rc;
+    char msg[512];
+} slow_arg;
+
+static void *commit_thread(void *p)
+{
+    slow_arg *s = p;
+    atomic_store(&s->tid, (pid_t)syscall(SYS_gettid));
+    s->rc = write_i64(s->st, "x", 9);
+    snprintf(s->msg, sizeof s->msg, "%s", theus_last_error_message());
+    return NULL;
+}
+
+/* Whether thread @tid of this process is blocked in a futex wait (a lock). */
+static int in_futex(pid_t tid)
+{
+    char path[64], buf[64] = "";
+    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)tid);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    return n > 0 && atoi(buf) == SYS_futex;
+}
+
+Test(shared, live_slow_commit_lock_holder_is_waited_for)
+{
+    /* The bound is tiny: a holder that runs (here: waits on a pipe) is waited for beyond it. */
+    cr_assert_eq(setenv("THEUS_SHARED_WAIT_MS", "1", 1), 0);
+    char name[64];
+    uname_of(name, sizeof name, "slow");
+    theus_state *st = create(name, COUNTER_SCHEMA, NULL, NULL);
+    int up[2], down[2];
+    cr_assert_eq(pipe(up), 0);
+    cr_assert_eq(pipe(down), 0);
+    lock_arg a = {name, up[1], down[0], 1};
+    pid_t p = spawn(child_stop_holding, &a);
+    cr_assert_eq(recv_byte(up[0]), 1);
+    wait_stopped(p);
+    kill(p, SIGCONT); /* running again, holding the commit lock until told */
+    slow_arg s = {.st = st};
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, commit_thread, &s), 0);
+    while (!atomic_load(&s.tid) || !in_futex(atomic_load(&s.tid)))
+        sched_yield(); /* the commit is waiting for the lock */
+    send_byte(down[1]);
+    cr_assert_eq(pthread_join(t, NULL), 0);
+    cr_assert_eq(s.rc, THEUS_OK, "%s: %s", theus_strerror(s.rc), s.msg);
+    cr_assert_eq(wait_code(p), 0);
+    cr_assert_eq(read_i64(st, "x"), 9);
+    close(up[0]);
+    close(up[1]);
+    close(down[0]);
+    close(down[1]);
     finish(st, name);
 }

@@ -47,6 +47,23 @@ THEUS_API int theus_field_export_dlpack_unversioned(theus_state *st, const char 
  */
 THEUS_API int theus_tx_export_dlpack(theus_tx *tx, void *buf, DLManagedTensorVersioned **out);
 
+/**
+ * @brief A CPython capsule destructor (`PyCapsule_Destructor`) for capsules that wrap a
+ *        tensor from the exports above, for Python bindings without a compiled extension
+ *        (ctypes: `PyCapsule_New(tensor, "dltensor_versioned", <address of this function>)`).
+ *        As the DLPack Python specification says: a capsule still named
+ *        "dltensor_versioned" (or "dltensor", for a legacy DLManagedTensor) was never
+ *        consumed, and its tensor's deleter is called; a consumed one (renamed
+ *        "used_dltensor_versioned" / "used_dltensor") is left to its consumer. An exception
+ *        pending while the capsule dies is kept, and none is raised.
+ * @param[in] capsule the dying capsule (a `PyObject *`).
+ * @note Called by Python with the GIL held. The capsule's name must be a string that
+ *       outlives it (a static or module-level buffer: PyCapsule keeps the pointer). The few
+ *       Python functions it calls are found in the running process at the first call; in a
+ *       process without them it does nothing. No Python header is needed to use it.
+ */
+THEUS_API void theus_dlpack_capsule_destructor(void *capsule);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,5 +1,6 @@
-/* theus durability and interop: safetensors files (docs/durability.md). Nothing in this
- * header depends on CUDA or jansson. */
+/* theus durability and interop (docs/durability.md): durable states in a directory — a
+ * write-ahead log of committed batches and safetensors checkpoints, recovery, time travel —
+ * and standalone safetensors files. Nothing in this header depends on CUDA or jansson. */
 #ifndef THEUS_THEUS_DURABLE_H
 #define THEUS_THEUS_DURABLE_H
 
@@ -8,6 +9,115 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* ---------------------------------------------------------------------------------------
+ * Durable states
+ * ------------------------------------------------------------------------------------ */
+
+/** When a commit's log record must be on disk before the commit returns THEUS_OK. */
+typedef enum theus_sync {
+    /** fdatasync of the log before each commit returns: survives a process crash and a
+     *  power loss (as far as the disk honours fdatasync). */
+    THEUS_SYNC_COMMIT = 0,
+    /** Commits of several threads share one fdatasync; each still returns only once its
+     *  own record is synced. Survives what THEUS_SYNC_COMMIT survives. */
+    THEUS_SYNC_GROUP = 1,
+    /** The record is written (page cache) before the commit returns, never synced by the
+     *  commit: survives a crash of the process, NOT a power loss or kernel crash. */
+    THEUS_SYNC_NONE = 2
+} theus_sync;
+
+/** Options of a durable state. Start from THEUS_DURABLE_OPTIONS_INIT. */
+typedef struct theus_durable_options {
+    theus_sync sync;
+    /** THEUS_SYNC_GROUP: how long the leader of a group fsync waits for more records when
+     *  the previous group had several (microseconds; 0: never waits). */
+    uint32_t group_window_us;
+    /** A log segment is closed once it holds this many bytes (0: 64 MiB). */
+    uint64_t segment_bytes;
+    /** Checkpoints kept by theus_state_checkpoint (0: 2); older ones, and the log segments
+     *  only they need, are removed. Time travel reaches back to the oldest one kept. */
+    uint32_t keep_checkpoints;
+} theus_durable_options;
+
+#define THEUS_DURABLE_OPTIONS_INIT { THEUS_SYNC_COMMIT, 200, 0, 0 }
+
+/**
+ * @brief Open a durable state in directory @p dir: create it, or recover it.
+ * @param[in] dir         the directory; missing or empty: created (mode 0700) holding
+ *                        @p schema_json. Holding a state: recovered from its newest checkpoint
+ *                        and the log after it. Borrowed for the call.
+ * @param[in] schema_json the schema (needed to create); when recovering, NULL or a schema equal
+ *                        to the stored one (compared field by field, not as text).
+ * @param[in] opts        state options, or NULL.
+ * @param[in] dopts       durability options, or NULL for THEUS_DURABLE_OPTIONS_INIT.
+ * @param[out] out        the state (theus_state_destroy closes the log), or NULL on failure.
+ * @return THEUS_OK (a torn last record is dropped and reported by theus_state_durable_info);
+ *         THEUS_ECORRUPT (a record, segment or checkpoint failed a check: the message names
+ *         the file and the byte offset — never a silently older state); THEUS_ESCHEMA (the
+ *         schema differs from the stored one, or is invalid); THEUS_EPERM (the directory
+ *         belongs to another user, or is writable by group or others); THEUS_EINVAL (NULL
+ *         arguments, bad options, @p dir not a directory, creating without a schema);
+ *         THEUS_EIO; THEUS_ENOMEM; the codes of theus_state_create.
+ * @note One process opens a directory at a time (it is locked; THEUS_EBUSY otherwise). Every
+ *       commit then writes a log record before it returns; with THEUS_SYNC_COMMIT/GROUP a
+ *       commit that returns THEUS_EIO is published in memory but not durable, and the state
+ *       refuses further commits. Thread-safe as any state.
+ */
+THEUS_API int theus_state_open_durable(const char *dir, const char *schema_json,
+                                       const theus_state_options *opts,
+                                       const theus_durable_options *dopts, theus_state **out);
+
+/**
+ * @brief Write a checkpoint of the state's current committed version into its directory.
+ * @param[in]  st          a state from theus_state_open_durable.
+ * @param[in]  incremental 0: a full checkpoint (a plain safetensors file of every field but
+ *                         the signal zone); 1: only the blocks written since the previous
+ *                         checkpoint (docs/durability.md) — written as a full one when there
+ *                         is no previous checkpoint or the chain already holds 8 incrementals.
+ * @param[out] version     the version checkpointed; may be NULL.
+ * @return THEUS_OK; THEUS_EINVAL (NULL, not a durable state, read-only state, bad flag);
+ *         THEUS_EIO; THEUS_ENOMEM; THEUS_EDEVICE.
+ * @note Commits wait only while the changed bytes are copied to host memory; the file is
+ *       written after. Afterwards checkpoints beyond keep_checkpoints (with the log segments
+ *       only they needed) are removed. Thread-safe; one checkpoint at a time per state (a
+ *       second concurrent call waits). Must not be called holding theus_state_hold_commits.
+ */
+THEUS_API int theus_state_checkpoint(theus_state *st, int incremental, uint64_t *version);
+
+/**
+ * @brief The range of versions directory @p dir can still rebuild (theus_state_open_version).
+ * @return THEUS_OK; THEUS_ENOENT (no state there); THEUS_EPERM / THEUS_EINVAL as
+ *         theus_state_open_durable; THEUS_EIO.
+ * @note Reads the directory only; may run while a process has it open. @p oldest is 1 while
+ *       the log still starts at the state's creation, else the oldest full checkpoint kept.
+ */
+THEUS_API int theus_state_versions(const char *dir, uint64_t *oldest, uint64_t *newest);
+
+/**
+ * @brief Rebuild version @p version of the durable state in @p dir, read-only: every commit
+ *        (and theus_state_init_field) on it is refused with THEUS_EPERM.
+ * @param[out] out the state (theus_state_destroy), or NULL on failure.
+ * @return THEUS_OK; THEUS_ENOENT (the version is outside theus_state_versions' range);
+ *         THEUS_ECORRUPT (as recovery); THEUS_EPERM; THEUS_EINVAL; THEUS_EIO; THEUS_ENOMEM.
+ * @note Reads the directory only (no lock): it may run while another process has the state
+ *       open, but a checkpoint's retention running at the same time may remove files it needs
+ *       (then THEUS_ECORRUPT or THEUS_EIO; retry).
+ */
+THEUS_API int theus_state_open_version(const char *dir, uint64_t version, theus_state **out);
+
+/** What recovery did when the durable state was opened. */
+typedef struct theus_durable_info {
+    uint64_t version;            /**< state version after recovery */
+    uint64_t checkpoint_version; /**< version of the checkpoint it started from (1: none) */
+    uint64_t records_replayed;   /**< log records applied after the checkpoint */
+    uint64_t torn_bytes;         /**< bytes of a torn last record dropped (0: none) */
+    uint64_t torn_offset;        /**< where in the newest segment they started */
+} theus_durable_info;
+
+/** @brief What opening a durable state recovered.
+ *  @return THEUS_OK; THEUS_EINVAL for NULL arguments or a state that is not durable. */
+THEUS_API int theus_state_durable_info(const theus_state *st, theus_durable_info *out);
 
 /* ---------------------------------------------------------------------------------------
  * Standalone safetensors files

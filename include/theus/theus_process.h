@@ -251,6 +251,50 @@ THEUS_API int theus_engine_audit_records(theus_engine *e, uint64_t from_seq,
 THEUS_API int theus_engine_audit_count(theus_engine *e, const char *process, const char *field,
                                        uint64_t *count);
 
+/* ---------------------------------------------------------------------------------------
+ * Workflows (JSON, docs/processes.md)
+ * ------------------------------------------------------------------------------------ */
+typedef struct theus_workflow theus_workflow;
+
+/**
+ * @brief Parse a workflow and check it against the engine: process names exist, conditions
+ *        name scalar fields or elements in range.
+ * @param[in]  json NUL-terminated JSON text; borrowed.
+ * @param[out] out  the workflow (theus_workflow_free; before the engine), NULL on failure.
+ * @return THEUS_OK; THEUS_ESCHEMA for a malformed workflow (the JSON path, line and column
+ *         are in theus_state_last_error); THEUS_EINVAL (NULL, a name already loaded);
+ *         THEUS_ENOMEM.
+ * @note Thread-safe.
+ */
+THEUS_API int theus_workflow_load(theus_engine *e, const char *json, theus_workflow **out);
+/** @brief As theus_workflow_load, from a file. Adds THEUS_ENOENT / THEUS_EIO. */
+THEUS_API int theus_workflow_load_file(theus_engine *e, const char *path, theus_workflow **out);
+/** @brief Release a workflow (not while it runs). NULL is a no-op. */
+THEUS_API void theus_workflow_free(theus_workflow *wf);
+/** @brief The workflow's "name" (borrowed). */
+THEUS_API const char *theus_workflow_name(const theus_workflow *wf);
+
+/** What a workflow run did. */
+typedef struct theus_workflow_report {
+    uint64_t ops;        /**< steps and loop turns counted against max_ops */
+    uint64_t runs;       /**< process runs started (retries included) */
+    uint64_t failures;   /**< failed runs (also those passed over by on_error continue) */
+    int status;          /**< the status the run returned */
+    char where[128];     /**< JSON path of the step that ended it with an error, or "" */
+} theus_workflow_report;
+
+/**
+ * @brief Run a workflow on its engine, on the calling thread. Conditions are evaluated on
+ *        the committed state after the previous step.
+ * @param[out] rep may be NULL.
+ * @return THEUS_OK; the status of a failed step (on_error stop or retries spent);
+ *         THEUS_EBUSY (max_ops passed, or the engine stopped by a level-S audit rule);
+ *         THEUS_EINVAL (recursion through called workflows); THEUS_ENOENT (a called
+ *         workflow is not loaded); THEUS_ETIMEDOUT (an await step).
+ * @note One thread per workflow at a time; different workflows may run concurrently.
+ */
+THEUS_API int theus_workflow_run(theus_workflow *wf, theus_workflow_report *rep);
+
 #ifdef __cplusplus
 }
 #endif

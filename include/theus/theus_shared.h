@@ -66,14 +66,18 @@ THEUS_API int theus_state_create_shared(const char *name, const char *schema_jso
  *                         detaches it), or NULL on any failure.
  * @return THEUS_OK; THEUS_ENOENT when no such state exists (a state whose processes all
  *         died is removed by this call, which then returns THEUS_ENOENT); THEUS_EPERM when
- *         the segment belongs to another user or its mode is not 0600; THEUS_ECORRUPT for a
- *         segment that is not a theus state of this layout version or fails its checksum;
+ *         the name is not a regular file (FIFO, directory, symbolic link, socket: refused
+ *         at once), or belongs to another user, or its mode is not 0600; THEUS_ECORRUPT for a
+ *         segment that is not a theus state of this layout version or fails its checksum,
+ *         or whose hold lock names a thread that does not exist; THEUS_EBUSY when its hold
+ *         lock is held past THEUS_SHARED_WAIT_MS (default 5000 ms) by a live process;
  *         THEUS_ESCHEMA when @p schema_json is malformed or differs from the state's;
  *         THEUS_ENODEV when the state has device fields and this process has no GPU;
  *         THEUS_EBUSY when every lease slot is taken; THEUS_EINVAL; THEUS_ENOMEM;
  *         THEUS_EDEVICE.
- * @note Thread-safe. A process may open the same state more than once; it maps the segment
- *       and the GPU memory once. Each handle takes a lease slot, released by
+ * @note Thread-safe. Never blocks longer than THEUS_SHARED_WAIT_MS on another process
+ *       (docs/sharing.md, "What can block"). A process may open the same state more than
+ *       once; it maps the segment and the GPU memory once. Each handle takes a lease slot, released by
  *       theus_state_destroy (or reclaimed when its process dies).
  */
 THEUS_API int theus_state_open_shared(const char *name, const char *schema_json, theus_state **out);
@@ -104,10 +108,13 @@ typedef struct theus_shared_summary {
 } theus_shared_summary;
 
 /**
- * @brief Describe the shared state @p name without opening it (no lease, nothing changed).
- * @return THEUS_OK; THEUS_ENOENT; THEUS_EPERM; THEUS_ECORRUPT (out->status says the same);
+ * @brief Describe the shared state @p name without opening it (no lease, no lock, nothing
+ *        changed).
+ * @return THEUS_OK; THEUS_ENOENT; THEUS_EPERM (not a regular file of this user, or mode
+ *         not 0600); THEUS_ECORRUPT (bad contents, or a lock word naming a thread that does
+ *         not exist: then the other members are filled in too); out->status says the same;
  *         THEUS_EINVAL for a bad name or NULL @p out.
- * @note Thread-safe; the counts may be outdated by the time they are read.
+ * @note Thread-safe; never waits; the counts may be outdated by the time they are read.
  */
 THEUS_API int theus_shared_info(const char *name, theus_shared_summary *out);
 
@@ -119,6 +126,7 @@ THEUS_API int theus_shared_info(const char *name, theus_shared_summary *out);
  *                   again with a larger array).
  * @return THEUS_OK; THEUS_EINVAL (NULL @p count, or NULL @p out with @p cap > 0);
  *         THEUS_EIO when the shared memory directory cannot be read; THEUS_ENOMEM.
+ * @note Thread-safe; never waits (planted FIFOs and the like are listed as THEUS_EPERM).
  */
 THEUS_API int theus_shared_list(theus_shared_summary *out, size_t cap, size_t *count);
 
@@ -126,8 +134,11 @@ THEUS_API int theus_shared_list(theus_shared_summary *out, size_t cap, size_t *c
  * @brief Remove the name @p name now. Processes that have the state open keep working on
  *        it; its memory goes when the last of them detaches. The name can be created again
  *        at once (as a new, separate state).
- * @return THEUS_OK; THEUS_ENOENT; THEUS_EPERM (another user's segment); THEUS_EINVAL.
- * @note Thread-safe. Works on unusable (corrupt) segments of the user too.
+ * @return THEUS_OK; THEUS_ENOENT; THEUS_EPERM when the name is another user's file (also
+ *         for root) or not a regular file (FIFO, directory, link, socket): it is left as it
+ *         is; THEUS_EINVAL.
+ * @note Thread-safe; takes no lock, never waits. Works on unusable (corrupt) segments of
+ *       the user too.
  */
 THEUS_API int theus_shared_remove(const char *name);
 
@@ -135,9 +146,14 @@ THEUS_API int theus_shared_remove(const char *name);
  * @brief Remove every shared state of this user whose processes all died, and segments
  *        left by creators killed half-way through theus_state_create_shared.
  * @param[out] removed receives how many segments were removed; may be NULL.
- * @return THEUS_OK; THEUS_EIO when the shared memory directory cannot be read.
- * @note Thread-safe. States in use, and unusable segments, are left alone (see
- *       theus_shared_remove).
+ * @return THEUS_OK; THEUS_EBUSY when the hold lock of some state was held past
+ *         THEUS_SHARED_WAIT_MS by a live (e.g. stopped) process: that state was left, every
+ *         other one swept, *removed counts those removed; THEUS_EIO when the shared memory
+ *         directory cannot be read.
+ * @note Thread-safe. Waits at most THEUS_SHARED_WAIT_MS (default 5000 ms) per stuck state.
+ *       States in use, and unusable segments, are left alone (see theus_shared_remove); an
+ *       abandoned state whose hold lock is stale (names a thread that does not exist) is
+ *       removed.
  */
 THEUS_API int theus_shared_cleanup(size_t *removed);
 

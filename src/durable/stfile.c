@@ -2,6 +2,7 @@
  * pieces checkpoints share with them (atomic writer, validating opener, metadata). */
 #include "durable/stfile.h"
 #include "alloc.h"
+#include "durable/crc32c.h"
 #include "durable/fileio.h"
 #include "durable/snapshot.h"
 #include "error.h"
@@ -11,10 +12,28 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <jansson.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+/* {"tensor": crc32c, ...} of the tensors' bytes (jansson text, theus_xmalloc'd). */
+static char *crc_json(const st_out_tensor *t, const void *const *data, size_t n)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        json_object_set_new(o, t[i].name,
+                            json_integer(t[i].nbytes ? crc32c(0, data[i], t[i].nbytes) : 0));
+    char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    char *c = text ? theus_xstrdup(text) : NULL;
+    free(text);
+    return c;
+}
 
 int stfile_write(const theus_state *st, const char *path, mode_t mode, const st_out_tensor *t,
                  const void *const *data, size_t n, const char *const *mkeys,
@@ -23,7 +42,20 @@ int stfile_write(const theus_state *st, const char *path, mode_t mode, const st_
     char why[256];
     unsigned char *prefix = NULL;
     size_t plen = 0;
-    int rc = st_header_build(t, n, mkeys, mvals, nmeta, &prefix, &plen, why, sizeof why);
+    const char *keys[16], *vals[16];
+    if (nmeta + 1 > 16)
+        return err_set(st, THEUS_EINVAL, "'%s': too many metadata keys", path);
+    char *crcs = crc_json(t, data, n);
+    if (!crcs)
+        return err_set(st, THEUS_ENOMEM, "out of memory writing '%s'", path);
+    for (size_t i = 0; i < nmeta; i++) {
+        keys[i] = mkeys[i];
+        vals[i] = mvals[i];
+    }
+    keys[nmeta] = STFILE_CRC_KEY;
+    vals[nmeta] = crcs;
+    int rc = st_header_build(t, n, keys, vals, nmeta + 1, &prefix, &plen, why, sizeof why);
+    theus_xfree(crcs);
     if (rc != THEUS_OK)
         return err_set(st, rc, "'%s': %s", path, why);
     fio_atomic a;
@@ -101,6 +133,7 @@ int stfile_meta(const theus_state *st, const snapshot *s, const char *schema_tex
     keys[1] = "theus.version";
     keys[2] = "theus.schema";
     keys[3] = "theus.field_versions";
+    keys[4] = "theus.kind";
     for (int i = 0; i < STFILE_NMETA; i++)
         vals[i] = NULL;
     char num[32];
@@ -110,6 +143,7 @@ int stfile_meta(const theus_state *st, const snapshot *s, const char *schema_tex
     vals[1] = theus_xstrdup(num);
     vals[2] = schema_text ? theus_xstrdup(schema_text) : schema_canonical(st->schema);
     vals[3] = snapshot_versions_json(st, s);
+    vals[4] = theus_xstrdup("full");
     for (int i = 0; i < STFILE_NMETA; i++)
         if (!vals[i]) {
             stfile_meta_free(vals);

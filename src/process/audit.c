@@ -7,6 +7,7 @@
 #include "alloc.h"
 #include "dtype.h"
 #include "error.h"
+#include "gatekeeper.h"
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -89,26 +90,21 @@ static int add_pending(audit_state *a, uint32_t field, uint32_t rule, const theu
     return THEUS_OK;
 }
 
-/* The values delta @k's region holds before (@old) and after (@cur) the batch. */
+/* The values delta @k's region holds after the batch (@cur: gate_final_values) and, when
+ * @old is not NULL (a rate rule needs it), before. */
 static int final_values(theus_engine *e, const publish_batch *b, size_t k, void *old, void *cur)
 {
     theus_state *st = e->st;
     const delta *d = &b->tx->deltas[k];
-    theus_dtype dt = (theus_dtype)st->fields[d->field].dtype;
-    const theus_backend *be = st->backend[d->field];
-    int rc = be->iface->read(be->ctx, st->data[d->field], &st->frames[d->field], dt, &d->r, old,
-                             THEUS_MEM_HOST);
-    if (rc != THEUS_OK)
-        return rc;
-    memcpy(cur, old, d->nelems * theus_dtype_size(dt));
-    for (size_t j = 0; j < b->tx->ndeltas; j++) {
-        if (b->tx->deltas[j].field != d->field)
-            continue;
-        rc = delta_overlay(st, &b->tx->deltas[j], cur, &d->r, THEUS_MEM_HOST);
+    if (old) {
+        const theus_backend *be = st->backend[d->field];
+        int rc = be->iface->read(be->ctx, st->data[d->field], &st->frames[d->field],
+                                 (theus_dtype)st->fields[d->field].dtype, &d->r, old,
+                                 THEUS_MEM_HOST);
         if (rc != THEUS_OK)
             return rc;
     }
-    return THEUS_OK;
+    return gate_final_values(st, b->tx, k, cur);
 }
 
 /* Evaluate the rules of delta @k's field on its region; one violation per rule a commit. */
@@ -121,8 +117,12 @@ static int check_delta(theus_engine *e, const publish_batch *b, size_t k)
     const field_desc *f = &st->fields[d->field];
     theus_dtype dt = (theus_dtype)f->dtype;
     size_t bytes = d->nelems * theus_dtype_size(dt);
-    void *old = theus_xmalloc(bytes ? bytes : 1), *cur = theus_xmalloc(bytes ? bytes : 1);
-    int rc = old && cur ? final_values(e, b, k, old, cur) : THEUS_ENOMEM;
+    int rate = 0;
+    for (size_t r = 0; r < sf->naudit; r++)
+        rate |= sf->audit[r].rule == SCHEMA_AUDIT_MAX_CHANGE;
+    void *old = rate ? theus_xmalloc(bytes ? bytes : 1) : NULL;
+    void *cur = theus_xmalloc(bytes ? bytes : 1);
+    int rc = cur && (old || !rate) ? final_values(e, b, k, old, cur) : THEUS_ENOMEM;
     for (size_t r = 0; rc == THEUS_OK && r < sf->naudit; r++) {
         size_t slot = d->field * SCHEMA_AUDIT_MAX + r;
         a->touched[slot] = 1;
@@ -240,6 +240,15 @@ int audit_prepare(theus_engine *e, const publish_batch *b, const theus_run *run)
         engine_stop(e);
     return err_set(st, THEUS_ESCHEMA, "%s: commit refused%s", msg,
                    stop ? "; the engine is stopped" : "");
+}
+
+void audit_cancel(theus_engine *e)
+{
+    audit_state *a = &e->audit;
+    if (!a->any_rules)
+        return;
+    a->npending = 0;
+    memset(a->touched, 0, e->st->schema->nfields * SCHEMA_AUDIT_MAX);
 }
 
 void audit_published(theus_engine *e, const publish_batch *b)

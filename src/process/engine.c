@@ -298,6 +298,7 @@ static int run_attempt(theus_tx *tx, void *user)
     run->nsignals = 0;
     outbox_drop_run(run);
     run->tx = tx;
+    run->attempts++;
     atomic_fetch_add_explicit(&p->attempts, 1, memory_order_relaxed);
     int rc = p->body(run, p->user);
     if (rc == THEUS_OK || rc == THEUS_ECONFLICT || theus_code(rc) || declared(p, rc))
@@ -319,17 +320,13 @@ int engine_run_proc(theus_engine *e, proc_entry *p, uint64_t *committed_version)
     ro.tx.contract = &p->contract;
     if (p->kind == THEUS_PROCESS_PURE)
         ro.priority_after = UINT32_MAX;  /* the priority lease would hold other commits */
-    uint64_t attempts0 = atomic_load_explicit(&p->attempts, memory_order_relaxed);
     uint64_t version = 0;
     theus_run *prev = tls_run;
     tls_run = &run;
     int rc = theus_tx_run(e->st, &ro, run_attempt, &run, &version);
     tls_run = prev;
     run.tx = NULL;
-    /* attempts of this run; concurrent runs of the same process make this approximate only
-     * in which run a retry is charged to, not in the totals. */
-    uint64_t extra = atomic_load_explicit(&p->attempts, memory_order_relaxed) - attempts0;
-    extra = extra ? extra - 1 : 0;
+    uint64_t extra = run.attempts ? run.attempts - 1 : 0;
     atomic_fetch_add_explicit(&p->retries, extra, memory_order_relaxed);
     atomic_fetch_add_explicit(&p->conflicts, extra + (rc == THEUS_EBUSY), memory_order_relaxed);
     if (rc != THEUS_OK) {

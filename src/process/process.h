@@ -43,6 +43,7 @@ struct theus_run {
     int published;                /* the commit of this run went through the publish hook */
     uint64_t version;
     uint64_t ob_seq;              /* seq of its last outbox entry in the queue; 0: none */
+    uint64_t attempts;            /* bodies run for this run */
 };
 
 /* ---- signals (signal.c) ---------------------------------------------------------------- */
@@ -118,6 +119,8 @@ void audit_fini(audit_state *a);
 /* Under the commit lock, before the replay: evaluate every rule of the fields the batch
  * writes on the values it would write; THEUS_ESCHEMA refuses the commit. */
 int audit_prepare(theus_engine *e, const struct publish_batch *b, const theus_run *run);
+/* Under the commit lock: the commit prepared last will not be published; forget it. */
+void audit_cancel(theus_engine *e);
 /* Under the commit lock, after publish: keep the counters and records of that commit. */
 void audit_published(theus_engine *e, const struct publish_batch *b);
 

@@ -12,6 +12,12 @@ static int before_replay(void *user, const publish_batch *b)
     return audit_prepare(e, b, engine_run_of(e, b));
 }
 
+static void cancel(void *user, const publish_batch *b)
+{
+    if (!b->init)
+        audit_cancel(user);
+}
+
 static void after_publish(void *user, const publish_batch *b)
 {
     theus_engine *e = user;
@@ -34,7 +40,8 @@ int publish_hook_attach(theus_engine *e)
     for (uint32_t i = 0; i < st->listeners.n; i++)
         if (st->listeners.l[i].prepare == before_replay)
             return err_set(st, THEUS_EBUSY, "theus_engine_create: the state already has an engine");
-    publish_listener l = {.prepare = before_replay, .published = after_publish, .user = e};
+    publish_listener l = {.prepare = before_replay, .cancel = cancel, .published = after_publish,
+                         .user = e};
     return publish_listen(st, &l);
 }
 

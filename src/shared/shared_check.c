@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -108,28 +109,66 @@ static int seg_check(const seg *s, const char *name)
     return THEUS_OK;
 }
 
-/* Open, check and map the segment @segname (of the shared name @name). */
+static const char *file_kind(mode_t m)
+{
+    return S_ISFIFO(m) ? "a FIFO" : S_ISDIR(m) ? "a directory" : S_ISLNK(m) ? "a symbolic link"
+           : S_ISSOCK(m) ? "a socket" : S_ISCHR(m) ? "a character device"
+           : S_ISBLK(m) ? "a block device" : "not a regular file";
+}
+
+/* Why the entry of @segname could not be opened (errno @e), from what it is. */
+static int open_failed(const char *path, const char *name, int e)
+{
+    struct stat lb;
+    if (e == ENOENT)
+        return err_set(NULL, THEUS_ENOENT, "no shared state '%s'", name);
+    if (lstat(path, &lb) == 0 && !S_ISREG(lb.st_mode))
+        return err_set(NULL, THEUS_EPERM, "'%s' is %s, not a theus segment: theus uses only "
+                       "regular files", path, file_kind(lb.st_mode));
+    if (e == EACCES || e == EPERM)
+        return err_set(NULL, THEUS_EPERM, "shared state '%s' is not accessible to this process "
+                       "(%s): it belongs to another user", name, strerror(e));
+    if (e == ELOOP || e == ENXIO || e == EISDIR)
+        return err_set(NULL, THEUS_EPERM, "'%s' is not a theus segment (%s): theus uses only "
+                       "regular files", path, strerror(e));
+    return err_set(NULL, THEUS_EIO, "cannot open shared state '%s': %s", name, strerror(e));
+}
+
+int shared_seg_open(const char *segname, const char *name, int writable, struct stat *sb)
+{
+    char path[SEG_MAX + 16];
+    snprintf(path, sizeof path, SHM_DIR "%s", segname);
+    /* Never blocks (a FIFO opens at once with O_NONBLOCK) and never follows a link; what it
+     * is, is decided from the open file, so that it cannot change in between. */
+    int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK |
+                            O_NOCTTY);
+    if (fd < 0)
+        return open_failed(path, name, errno);
+    int rc = THEUS_OK;
+    if (fstat(fd, sb) != 0)
+        rc = err_set(NULL, THEUS_EIO, "cannot stat shared state '%s': %s", name, strerror(errno));
+    else if (!S_ISREG(sb->st_mode))
+        rc = err_set(NULL, THEUS_EPERM, "'%s' is %s, not a theus segment: theus uses only "
+                     "regular files", path, file_kind(sb->st_mode));
+    else if (sb->st_uid != geteuid())
+        rc = err_set(NULL, THEUS_EPERM, "shared state '%s' belongs to uid %u, not to this "
+                     "process's uid %u", name, (unsigned)sb->st_uid, (unsigned)geteuid());
+    if (rc != THEUS_OK) {
+        close(fd);
+        return rc;
+    }
+    return fd;
+}
+
 int shared_seg_map(const char *segname, const char *name, int writable, seg *s)
 {
     memset(s, 0, sizeof *s);
-    int fd = shm_open(segname, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW, 0);
-    if (fd < 0) {
-        int e = errno;
-        if (e == ENOENT)
-            return err_set(NULL, THEUS_ENOENT, "no shared state '%s'", name);
-        if (e == EACCES || e == EPERM)
-            return err_set(NULL, THEUS_EPERM, "shared state '%s' is not accessible to this "
-                           "process (%s): it belongs to another user", name, strerror(e));
-        return err_set(NULL, THEUS_EIO, "cannot open shared state '%s': %s", name, strerror(e));
-    }
     struct stat sb;
+    int fd = shared_seg_open(segname, name, writable, &sb);
+    if (fd < 0)
+        return fd;
     int rc = THEUS_OK;
-    if (fstat(fd, &sb) != 0) {
-        rc = err_set(NULL, THEUS_EIO, "cannot stat shared state '%s': %s", name, strerror(errno));
-    } else if (sb.st_uid != geteuid()) {
-        rc = err_set(NULL, THEUS_EPERM, "shared state '%s' belongs to uid %u, not to this "
-                     "process's uid %u", name, (unsigned)sb.st_uid, (unsigned)geteuid());
-    } else if (!S_ISREG(sb.st_mode) || (sb.st_mode & 07777) != 0600) {
+    if ((sb.st_mode & 07777) != 0600) {
         rc = err_set(NULL, THEUS_EPERM, "shared state '%s' has mode %04o; theus uses only "
                      "segments of mode 0600", name, (unsigned)(sb.st_mode & 07777));
     } else if ((uint64_t)sb.st_size < sizeof(state_header) + sizeof(shared_area)) {
@@ -153,17 +192,14 @@ int shared_seg_map(const char *segname, const char *name, int writable, seg *s)
     return rc;
 }
 
-/* Remove the name @segname if it still names the segment @s (and not a newer state that
- * took the name since). */
-void shared_unlink_if_same(const char *segname, const seg *s)
+int shared_unlink_if_same(const char *segname, const seg *s)
 {
-    int fd = shm_open(segname, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
-    if (fd < 0)
-        return;
+    char path[SEG_MAX + 16];
+    snprintf(path, sizeof path, SHM_DIR "%s", segname);
     struct stat sb;
-    if (fstat(fd, &sb) == 0 && sb.st_dev == s->dev && sb.st_ino == s->ino)
-        shm_unlink(segname);
-    close(fd);
+    if (lstat(path, &sb) == 0 && sb.st_dev == s->dev && sb.st_ino == s->ino)
+        return shm_unlink(segname) == 0;
+    return 0;
 }
 
 /* With the hold lock held: mark the state unlinked and remove its name. */

@@ -107,9 +107,12 @@ static int publish_name(const char *tmp, const char *segname, const char *name)
         int removed = 0;
         uint32_t live = 0;
         int rc = shared_remove_if_abandoned(segname, name, &removed, &live);
-        if (rc != THEUS_OK)
-            return err_wrap(NULL, THEUS_EBUSY, "a segment named '%s' exists and is not a usable "
-                            "shared state (theus_shared_remove removes it)", name);
+        if (rc != THEUS_OK) {
+            char why[256]; /* a copy: the message is rewritten from the same buffer */
+            snprintf(why, sizeof why, "%s", theus_last_error_message());
+            return err_set(NULL, THEUS_EBUSY, "a segment named '%s' exists and is not a usable "
+                           "shared state (%s); theus_shared_remove removes it", name, why);
+        }
         if (!removed)
             return err_set(NULL, THEUS_EBUSY, "shared state '%s' exists (%u live handle%s)", name,
                            live, live == 1 ? "" : "s");
@@ -261,6 +264,7 @@ static int build_state(theus_state *st, const char *name, const char *schema_jso
     }
     *out = m;
     st->shm = m;
+    st->ops = &shared_state_ops;
     area_fill(s.base, &L, name, st, schema_json, max_leases,
               self_start);
     for (size_t i = 0; i < nf; i++) {
@@ -343,6 +347,7 @@ fail:
     if (m)
         shared_map_free(m); /* unmaps the segment, frees any device memory */
     st->shm = NULL;
+    st->ops = NULL;
     theus_xfree(data_off);
     theus_xfree(place);
     state_shadow_free(st);

@@ -6,6 +6,7 @@
 #include "../shared.h"
 #include "theus/theus_shared.h"
 #include <pthread.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 /* Where POSIX shared memory lives on Linux (glibc's shm_open opens files there). */
@@ -37,6 +38,8 @@ lease_slot *shared_leases_at(unsigned char *base);
 /* With the hold lock held: free the slots of dead processes; returns the live slots and
  * adds the holds it dropped to *dropped. */
 uint32_t shared_leases_reap(unsigned char *base, uint32_t *dropped);
+/* Lease slots held by live processes, read without the hold lock (a snapshot). */
+uint32_t shared_leases_live(const unsigned char *base);
 /* With the hold lock held (and dead slots reaped): take a slot for this handle. */
 int shared_lease_take(theus_state *st);
 
@@ -56,17 +59,43 @@ static inline uint64_t shared_align(uint64_t n, uint64_t a)
 
 /* Over everything that never changes after creation. */
 uint64_t shared_layout_checksum(const unsigned char *base);
-/* Open, check and map the segment @segname (of the shared name @name). */
+/* Open the entry @segname (of the shared name @name) without blocking or following links:
+ * a file descriptor (*sb its fstat), or THEUS_ENOENT, or THEUS_EPERM when it is not a
+ * regular file (FIFO, directory, symbolic link, socket, device) or not owned by this
+ * process's effective uid, or THEUS_EIO; with a message. */
+int shared_seg_open(const char *segname, const char *name, int writable, struct stat *sb);
+/* Open, check (as shared_seg_open, then mode 0600 and the contents) and map the segment
+ * @segname. */
 int shared_seg_map(const char *segname, const char *name, int writable, seg *s);
 /* Remove the name @segname if it still names the segment @s (and not a newer state that
- * took the name since). */
-void shared_unlink_if_same(const char *segname, const seg *s);
+ * took the name since); 1 if removed. */
+int shared_unlink_if_same(const char *segname, const seg *s);
 /* With the hold lock held: mark the state unlinked and remove its name. */
 void shared_seg_retire(const char *segname, const seg *s);
 /* If no live process holds the state @segname, remove its name: *removed = 1. Also when
- * the name is already gone, or was left by a process that died removing it. */
+ * the name is already gone, or was left by a process that died removing it, or when its
+ * hold lock names a thread that no longer exists and no live process holds a lease.
+ * Otherwise as shared_seg_map and shared_hold_lock (bounded). */
 int shared_remove_if_abandoned(const char *segname, const char *name, int *removed,
                                uint32_t *live);
+
+/* ---- bounded waits (shared_wait.c) ---- */
+
+/* The bound of a wait on another process's lock, in ms: THEUS_SHARED_WAIT_MS from the
+ * environment (1 to 3600000), 5000 by default. */
+uint64_t shared_wait_bound_ms(void);
+/* Take the robust mutex @m (@what, "hold lock" or "commit lock") of the segment at @base,
+ * of the shared name @name. A holder that died is taken over (THEUS_OK). Gives up after the
+ * bound with a message saying who holds it: THEUS_ECORRUPT when the lock word names a
+ * thread that does not exist (or is not a lock), THEUS_EBUSY when a live process holds it
+ * (stopped, stuck, or not attached to the state). With @wait_for_live, a holder that is a
+ * running process holding a lease in the segment is waited for as long as it holds it. */
+int shared_lock(unsigned char *base, pthread_mutex_t *m, const char *what, const char *name,
+                int wait_for_live);
+/* shared_lock of the segment's hold lock, without waiting for live holders. */
+int shared_hold_lock(unsigned char *base, const char *name);
+/* Whether the lock word of @m names a thread that does not exist (no wait). */
+int shared_lock_stale(unsigned char *base, pthread_mutex_t *m);
 
 /* ---- this process's mappings (shared_map.c) ----
  * One per segment and process, whatever the number of handles: GPU memory is opened (or,

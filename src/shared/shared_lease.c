@@ -130,9 +130,21 @@ int shared_remove_if_abandoned(const char *segname, const char *name, int *remov
     if (rc != THEUS_OK)
         return rc;
     state_header *h = (state_header *)s.base;
-    const shared_area *a = (const shared_area *)(s.base + h->off_shared);
+    shared_area *a = (shared_area *)(s.base + h->off_shared);
+    rc = shared_hold_lock(s.base, name);
+    if (rc != THEUS_OK) {
+        /* A hold lock whose word names a thread that no longer exists is never freed: if
+         * no live process holds a lease either, nobody can use the state again. */
+        if (rc == THEUS_ECORRUPT && shared_leases_live(s.base) == 0) {
+            atomic_store_explicit(&a->unlinked, 1, memory_order_release);
+            shared_unlink_if_same(segname, &s);
+            *removed = 1;
+            rc = THEUS_OK;
+        }
+        munmap(s.base, s.size);
+        return rc;
+    }
     uint32_t dropped = 0;
-    state_hold_lock(h);
     if (!atomic_load_explicit(&a->unlinked, memory_order_acquire))
         *live = shared_leases_reap(s.base, &dropped);
     if (*live == 0) {
@@ -144,4 +156,17 @@ int shared_remove_if_abandoned(const char *segname, const char *name, int *remov
     state_hold_unlock(h);
     munmap(s.base, s.size);
     return THEUS_OK;
+}
+
+uint32_t shared_leases_live(const unsigned char *base)
+{
+    const state_header *h = (const state_header *)base;
+    const shared_area *a = (const shared_area *)(base + h->off_shared);
+    const lease_slot *l = (const lease_slot *)(base + a->off_leases);
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < a->max_leases; i++)
+        if (atomic_load_explicit(&l[i].used, memory_order_acquire) &&
+            shared_proc_alive(l[i].pid, l[i].start))
+            n++;
+    return n;
 }

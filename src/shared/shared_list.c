@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int info_of(const char *name, theus_shared_summary *out)
@@ -40,8 +41,18 @@ static int info_of(const char *name, theus_shared_summary *out)
     out->abandoned = out->processes == 0;
     out->recovered = atomic_load_explicit(&a->recovered, memory_order_relaxed);
     out->dropped = atomic_load_explicit(&a->dropped, memory_order_relaxed);
+    /* A lock word naming a thread that no longer exists is never freed (the kernel frees
+     * the locks of threads that die): nothing could open or commit. */
+    state_header *hw = (state_header *)s.base;
+    const char *stale = shared_lock_stale(s.base, &hw->hold_lock)     ? "hold lock"
+                        : shared_lock_stale(s.base, &hw->commit_lock) ? "commit lock"
+                                                                      : NULL;
     munmap(s.base, s.size);
-    return THEUS_OK;
+    if (stale)
+        rc = out->status = err_set(NULL, THEUS_ECORRUPT, "shared state '%s': its %s is held by "
+                                   "a thread that does not exist (a stale lock word)", name,
+                                   stale);
+    return rc;
 }
 
 int theus_shared_info(const char *name, theus_shared_summary *out)
@@ -110,22 +121,50 @@ int theus_shared_remove(const char *name)
     seg s;
     rc = shared_seg_map(segname, name, 1, &s);
     if (rc == THEUS_OK) {
-        state_header *h = (state_header *)s.base;
-        state_hold_lock(h);
-        shared_seg_retire(segname, &s);
-        state_hold_unlock(h);
+        /* No lock: its holder may be stopped. Marked first, so that an opener that mapped
+         * it already retries, and its last user leaves the name (by then maybe another
+         * state's) alone; an opener that checked the mark just before keeps a working
+         * handle on the nameless state, as if it had opened it before the remove. */
+        shared_area *a = (shared_area *)(s.base + ((state_header *)s.base)->off_shared);
+        atomic_store_explicit(&a->unlinked, 1, memory_order_release);
+        shared_unlink_if_same(segname, &s);
         munmap(s.base, s.size);
         return THEUS_OK;
     }
     if (rc == THEUS_ENOENT)
         return rc;
-    /* Not a usable state: remove the name as it is, if the system lets this user. */
-    if (shm_unlink(segname) == 0)
+    /* Not a usable state: remove the name as it is when it is a regular file of this user
+     * (never another user's, even for root, and never a FIFO, link, directory...). */
+    struct stat sb;
+    int fd = shared_seg_open(segname, name, 0, &sb);
+    if (fd < 0)
+        return fd;
+    close(fd);
+    s = (seg){.dev = sb.st_dev, .ino = sb.st_ino};
+    if (shared_unlink_if_same(segname, &s))
         return THEUS_OK;
     if (errno == ENOENT)
         return err_set(NULL, THEUS_ENOENT, "no shared state '%s'", name);
     return err_set(NULL, THEUS_EPERM, "cannot remove shared state '%s': %s", name,
                    strerror(errno));
+}
+
+/* A creator killed before it named its segment left "theus-<uid>.tmp-<pid>-<start>-<n>":
+ * remove it if that process is gone and the entry is a regular file of this user. */
+static int remove_tmp(const char *entry, const char *tmp_prefix, size_t tlen)
+{
+    int pid = 0;
+    unsigned long long start = 0;
+    if (strncmp(entry, tmp_prefix, tlen) != 0 ||
+        sscanf(entry + tlen, "%d-%llu-", &pid, &start) != 2 ||
+        shared_proc_alive(pid, (uint64_t)start))
+        return 0;
+    char path[sizeof SHM_DIR + 256];
+    struct stat sb;
+    snprintf(path, sizeof path, SHM_DIR "/%s", entry);
+    if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_uid != geteuid())
+        return 0;
+    return shm_unlink(path + strlen(SHM_DIR)) == 0;
 }
 
 int theus_shared_cleanup(size_t *removed)
@@ -138,33 +177,32 @@ int theus_shared_cleanup(size_t *removed)
     char prefix[32], tmp_prefix[40];
     int plen = snprintf(prefix, sizeof prefix, "theus-%u-", (unsigned)geteuid());
     int tlen = snprintf(tmp_prefix, sizeof tmp_prefix, "theus-%u.tmp-", (unsigned)geteuid());
-    size_t count = 0;
+    size_t count = 0, stuck = 0;
+    char why[256] = "";
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         const char *name = shared_entry_name(e->d_name, prefix, (size_t)plen);
-        if (name) {
-            char segname[SEG_MAX];
-            shared_seg_name(segname, name);
-            int gone = 0;
-            uint32_t live = 0;
-            if (shared_remove_if_abandoned(segname, name, &gone, &live) == THEUS_OK && gone)
-                count++;
+        if (!name) {
+            count += (size_t)remove_tmp(e->d_name, tmp_prefix, (size_t)tlen);
             continue;
         }
-        /* A creator killed before it named its segment: "theus-<uid>.tmp-<pid>-<start>-<n>". */
-        int pid = 0;
-        unsigned long long start = 0;
-        if (strncmp(e->d_name, tmp_prefix, (size_t)tlen) == 0 &&
-            sscanf(e->d_name + tlen, "%d-%llu-", &pid, &start) == 2 &&
-            !shared_proc_alive(pid, (uint64_t)start)) {
-            char path[sizeof e->d_name + 1];
-            snprintf(path, sizeof path, "/%s", e->d_name);
-            if (shm_unlink(path) == 0)
-                count++;
-        }
+        char segname[SEG_MAX];
+        shared_seg_name(segname, name);
+        int gone = 0;
+        uint32_t live = 0;
+        int rc = shared_remove_if_abandoned(segname, name, &gone, &live);
+        if (rc == THEUS_OK && gone)
+            count++;
+        /* Unusable segments are not the sweep's to judge (theus_shared_list shows them);
+         * a lock held past the bound by a live process is reported, after the others. */
+        if (rc == THEUS_EBUSY && stuck++ == 0)
+            snprintf(why, sizeof why, "%s", theus_last_error_message());
     }
     closedir(d);
     if (removed)
         *removed = count;
+    if (stuck)
+        return err_set(NULL, THEUS_EBUSY, "theus_shared_cleanup: %zu state%s left unchecked "
+                       "(the others were swept): %s", stuck, stuck == 1 ? "" : "s", why);
     return THEUS_OK;
 }

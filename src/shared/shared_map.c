@@ -231,18 +231,29 @@ void shared_detach(theus_state *st)
 {
     shared_map *m = st->shm;
     state_header *h = st->hdr;
-    const shared_area *a = shared_area_of(st);
+    shared_area *a = shared_area_of(st);
     lease_slot *l = &shared_leases_at((unsigned char *)h)[st->lease];
-    state_hold_lock(h);
+    int locked = shared_hold_lock((unsigned char *)h, a->name);
     uint32_t held = l->holds;
     l->holds = 0;
     atomic_store_explicit(&l->used, 0, memory_order_release);
     if (held)
         state_futex_wake(&h->hold_wake, 1);
-    uint32_t live = shared_reap(st);
-    if (live == 0 && !atomic_load_explicit(&a->unlinked, memory_order_acquire))
-        shared_seg_retire(m->segname, &m->s);
-    state_hold_unlock(h);
+    uint32_t live;
+    if (locked == THEUS_OK) {
+        live = shared_reap(st);
+        if (live == 0 && !atomic_load_explicit(&a->unlinked, memory_order_acquire))
+            shared_seg_retire(m->segname, &m->s);
+        state_hold_unlock(h);
+    } else {
+        /* The hold lock is stuck (its holder stopped, or a stale lock word): the slot is
+         * released all the same; the name goes only when nobody can ever take the lock. */
+        live = shared_leases_live((unsigned char *)h);
+        if (live == 0 && locked == THEUS_ECORRUPT) {
+            atomic_store_explicit(&a->unlinked, 1, memory_order_release);
+            shared_unlink_if_same(m->segname, &m->s);
+        }
+    }
     state_shadow_free(st);
     shared_map_release(m, live == 0);
 }

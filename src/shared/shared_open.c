@@ -94,6 +94,7 @@ static int handle_new(shared_map *m, const char *name, const theus_schema *want,
     }
     state_bind(st, h);
     st->shm = m;
+    st->ops = &shared_state_ops;
     shared_bind_fields(st, m);
     *out = st;
     return THEUS_OK;
@@ -130,7 +131,13 @@ int theus_state_open_shared(const char *name, const char *schema_json, theus_sta
         }
         shared_area *a = shared_area_of(st);
         int retry = 0, abandoned = 0;
-        state_hold_lock(st->hdr);
+        rc = shared_hold_lock((unsigned char *)st->hdr, name);
+        if (rc != THEUS_OK) {
+            st->shm = NULL;
+            state_shadow_free(st);
+            shared_map_release(m, 0);
+            break;
+        }
         if (atomic_load_explicit(&a->unlinked, memory_order_acquire)) {
             /* Its last user removed the name just now (or died doing so). */
             shared_unlink_if_same(segname, &m->s);
@@ -150,6 +157,7 @@ int theus_state_open_shared(const char *name, const char *schema_json, theus_sta
             return THEUS_OK;
         }
         st->shm = NULL;
+        st->ops = NULL;
         state_shadow_free(st);
         shared_map_release(m, abandoned);
         if (!retry)

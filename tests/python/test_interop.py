@@ -109,3 +109,29 @@ def test_round_trip_through_both(tmp_path):
     back = helper("load", b)
     for name in NUMPY:
         assert back["fields"][name] == dump["fields"][name], name
+
+
+def test_checkpoints_open_in_safetensors(tmp_path):
+    """A durable state's full checkpoint is a plain safetensors file; an incremental one is
+    a valid safetensors file too (changed blocks as U8, their runs as U64)."""
+    d = tmp_path / "state"
+    out = subprocess.run([HELPER, "durable", str(d)], check=True, capture_output=True, text=True)
+    full_dump, inc_dump = [json.loads(line) for line in out.stdout.splitlines()]
+    assert full_dump["version"] == 3 and inc_dump["version"] == 4
+    full = str(d / ("ckpt-%016x.safetensors" % 3))
+    check_theus_file(full, full_dump, 3)
+    with safe_open(full, framework="numpy") as f:
+        meta = f.metadata()
+    assert meta["theus.kind"] == "full"
+    crcs = json.loads(meta["theus.crc32c"])
+    assert set(crcs) == set(SHAPES)
+    inc = str(d / ("ckpt-%016x.inc.safetensors" % 4))
+    with safe_open(inc, framework="numpy") as f:
+        meta = f.metadata()
+        assert meta["theus.kind"] == "incremental"
+        assert meta["theus.base"] == "3"
+        assert meta["theus.version"] == "4"
+        assert set(f.keys()) == {"u8", "u8.__blocks__"}      # only the field written since
+        runs = f.get_tensor("u8.__blocks__")
+        assert runs.dtype == np.uint64 and runs.tolist() == [[0, 1]]
+        assert f.get_tensor("u8").tobytes() == bytes.fromhex(inc_dump["fields"]["u8"])

@@ -2,7 +2,7 @@
  * (its layout, the commit and the recovery), and fault points for the tests. */
 #ifndef THEUS_SRC_REDO_H
 #define THEUS_SRC_REDO_H
-#include "shared.h"
+#include "../shared.h"
 #include "tx.h"
 
 /* The redo record at the start of the redo area, followed by ndesc redo_desc, nlog

@@ -1,0 +1,72 @@
+/* A durable state's context: its directory, log writer, options and what recovery found;
+ * the directory's file names; recovery (checkpoint chain + log replay) shared by opening
+ * a state and time travel. Internal to src/durable/. */
+#ifndef THEUS_SRC_DURABLE_DURABLE_H
+#define THEUS_SRC_DURABLE_DURABLE_H
+#include "durable/wal.h"
+#include "state.h"
+#include "theus/theus_durable.h"
+
+typedef struct durable {
+    wal w;                       /* first: the log listener's user pointer is the durable */
+    char *dir;                   /* owned */
+    char *schema_text;           /* schema.json as stored (owned) */
+    theus_durable_options o;
+    theus_durable_info info;
+    int lock_fd;                 /* flock'ed LOCK file; -1 for a read-only state */
+    int read_only;               /* theus_state_open_version: every commit refused */
+    int has_wal;
+    uint64_t last_ckpt;          /* version of the newest checkpoint (0: none) */
+    uint32_t chain;              /* incremental checkpoints since the newest full one */
+    pthread_mutex_t ckpt_lock;   /* one checkpoint at a time */
+} durable;
+
+/* The durable context of @st, or NULL when @st is not durable. */
+durable *durable_of(const theus_state *st);
+
+/* ---- the directory ------------------------------------------------------------------- */
+#define DUR_SCHEMA_FILE "schema.json"
+#define DUR_FORMAT_FILE "FORMAT"
+#define DUR_LOCK_FILE "LOCK"
+/* Longest path theus builds inside a durable directory. */
+#define DUR_PATH_MAX 4096
+
+enum { DUR_SEGMENT = 0, DUR_FULL = 1, DUR_INCREMENTAL = 2 };
+
+typedef struct dir_entry {
+    uint64_t version;            /* a segment's start version, a checkpoint's version */
+    int kind;
+} dir_entry;
+
+typedef struct dir_list {
+    dir_entry *seg, *ckpt;       /* each sorted by version, ascending */
+    size_t nseg, nckpt;
+} dir_list;
+
+int dir_scan(const theus_state *st, const char *dir, dir_list *out);
+void dir_list_free(dir_list *l);
+void ckpt_path(const char *dir, uint64_t version, int kind, char *buf, size_t len);
+
+/* ---- recovery -------------------------------------------------------------------------- */
+typedef struct rebuild_result {
+    uint64_t version, ckpt_version, records;
+    uint64_t torn_bytes, torn_offset;
+    uint64_t last_seg_start, last_seg_size; /* the segment to append to (have_seg) */
+    int have_seg;
+    uint32_t chain;              /* incrementals in the chain loaded */
+} rebuild_result;
+
+/* Rebuild @st (fresh, at version 1) from @dir up to version @target (UINT64_MAX: the
+ * newest): the newest checkpoint at or below it with its chain, then the log. With
+ * @repair, a torn tail of the newest segment is cut off the file. THEUS_ECORRUPT names
+ * file and offset; THEUS_ENOENT when @target cannot be reached. */
+int dur_rebuild(theus_state *st, const char *dir, uint64_t target, int repair,
+                rebuild_result *r);
+
+/* Scan only: the versions @dir can rebuild. */
+int dur_versions(const char *dir, uint64_t *oldest, uint64_t *newest);
+
+/* The schema stored in @dir (theus_xmalloc'd text). THEUS_ENOENT when @dir holds none. */
+int dur_read_schema(const char *dir, char **out);
+
+#endif

@@ -1,0 +1,50 @@
+/* The write-ahead log writer: appends one record per commit from the publish step
+ * (publish.h listener), in version order, into segment files "wal-<start version>.log" of
+ * a durable directory, and makes them durable under the sync policy. A segment's start
+ * version is the state version when it was begun: its commit records create start+1,
+ * start+2, ... (init records carry version 1 and appear only while the state is at 1). */
+#ifndef THEUS_SRC_DURABLE_WAL_H
+#define THEUS_SRC_DURABLE_WAL_H
+#include "state.h"
+#include "theus/theus_durable.h"
+#include <pthread.h>
+
+typedef struct wal {
+    theus_state *st;
+    char *dir;                 /* owned */
+    theus_sync sync;
+    uint32_t window_us;
+    uint64_t segment_bytes;
+    /* Under the commit lock: the open segment. */
+    int fd;
+    uint64_t seg_first;        /* start version of the open segment */
+    uint64_t seg_size;         /* bytes in it */
+    uint64_t rec_start;        /* where the record of the commit in flight starts (cancel) */
+    unsigned char *buf;        /* encoding scratch */
+    size_t buf_cap;
+    /* Group sync: under m. Records are numbered in write order (seq); a committer returns
+     * once synced >= its record's number. */
+    pthread_mutex_t m;
+    pthread_cond_t cv;
+    uint64_t written, synced;  /* record numbers */
+    int syncing;               /* a leader is in fdatasync */
+    uint64_t last_group;       /* records the previous group fsync covered */
+    int broken;                /* a write or sync failed: every later commit is refused */
+} wal;
+
+/* Open (create when absent) the segment starting at @start for appending at its
+ * end (@size bytes, as recovery found them). THEUS_OK / THEUS_EIO / THEUS_ENOMEM. */
+int wal_open(wal *w, theus_state *st, const char *dir, const theus_durable_options *o,
+             uint64_t start, int create, uint64_t size);
+void wal_close(wal *w);
+/* Attach the listener to w->st. */
+int wal_attach(wal *w, void (*release)(void *user), void *user);
+/* Close the open segment (synced unless THEUS_SYNC_NONE) and start a new one at
+ * @start. Under the commit lock. */
+int wal_rotate(wal *w, uint64_t start);
+/* Make everything written so far durable (fdatasync). Under the commit lock. */
+int wal_sync_all(wal *w);
+/* Segment file name of @start in @dir into @buf. */
+void wal_segment_path(const char *dir, uint64_t start, char *buf, size_t len);
+
+#endif

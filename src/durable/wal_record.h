@@ -1,0 +1,108 @@
+/* The write-ahead log's on-disk format (docs/durability.md, "Log format"): segment heads,
+ * records, and the reader that walks them and tells a clean end, a torn tail and real
+ * corruption apart. Pure functions on memory: no state, no files (the fuzz target calls
+ * them on arbitrary bytes). Integers are little-endian. */
+#ifndef THEUS_SRC_DURABLE_WAL_RECORD_H
+#define THEUS_SRC_DURABLE_WAL_RECORD_H
+#include "theus/theus.h"
+#include <stddef.h>
+#include <stdint.h>
+
+/* Segment head, 32 bytes: "THEUSWAL", u32 format (1), u32 head size (32), u64 start version
+ * (the state version when the segment was begun: its commit records follow it), u32
+ * reserved (0), u32 CRC32C of bytes 0..27. */
+#define WAL_SEG_HEAD 32u
+#define WAL_FORMAT 1u
+
+/* Record: head of 28 bytes — u32 magic "TWR1", u32 kind, u64 version, u64 body length,
+ * u32 CRC32C of the 24 bytes before it — then the body, then u32 CRC32C of the body. */
+#define WAL_REC_MAGIC 0x31525754u
+#define WAL_REC_HEAD 28u
+#define WAL_REC_OVERHEAD (WAL_REC_HEAD + 4u)
+#define WAL_KIND_COMMIT 1u   /* a commit creating `version` */
+#define WAL_KIND_INIT 2u     /* theus_state_init_field (version 1, no new version) */
+
+/* Body: u32 delta count, u32 reserved (0), then per delta: u32 field, u32 op (0 assign,
+ * 1 add), u32 ndim, u32 reserved, ndim x (i64 start, i64 stop), u64 payload bytes, payload
+ * (C-contiguous in the region's shape, the field's dtype). */
+#define WAL_DELTA_HEAD 16u
+
+void wal_seg_head_encode(unsigned char out[WAL_SEG_HEAD], uint64_t start);
+/* 0 ok (start version in *start), -1 not a theus log segment (reason in @why). */
+int wal_seg_head_decode(const unsigned char *buf, uint64_t size, uint64_t *start, char *why,
+                        size_t whylen);
+
+typedef struct wal_rec {
+    uint32_t kind;
+    uint64_t version;
+    uint64_t offset;              /* of the record in the segment */
+    uint64_t size;                /* whole record, head to trailer */
+    const unsigned char *body;    /* borrowed from the buffer */
+    uint64_t body_len;
+} wal_rec;
+
+typedef enum wal_scan {
+    WAL_SCAN_RECORD = 1,          /* *r holds the record at @off */
+    WAL_SCAN_END = 0,             /* @off is the end of the buffer */
+    WAL_SCAN_TORN = -1,           /* what starts at @off is a cut or unwritten last record */
+    WAL_SCAN_CORRUPT = -2         /* a check failed at @off: never a torn write */
+} wal_scan;
+
+/* Decode the record at @off of a segment of @size bytes. A record is TORN when the buffer
+ * ends inside it, when everything from @off on is zero bytes (a crash after the file grew),
+ * or when its body checksum fails and it ends exactly at the end of the buffer; a bad
+ * magic, a bad head checksum, an unknown kind, or a failed body checksum with bytes after
+ * the record is CORRUPT. @why says what. Whether a TORN record may be dropped (only at the
+ * end of the newest segment) is the caller's decision. */
+wal_scan wal_next(const unsigned char *buf, uint64_t size, uint64_t off, wal_rec *r, char *why,
+                  size_t whylen);
+
+typedef struct wal_delta {
+    uint32_t field, op;
+    theus_region r;
+    uint64_t nbytes;
+    const unsigned char *payload; /* borrowed */
+} wal_delta;
+
+typedef struct wal_cursor {
+    const unsigned char *p, *end;
+    uint32_t left;
+} wal_cursor;
+
+/* Start walking a record's deltas: 0, or -1 when the body is too short. */
+int wal_deltas_begin(const wal_rec *r, wal_cursor *c, uint32_t *ndeltas, char *why,
+                     size_t whylen);
+/* The next delta: 1 (in *d), 0 when all were read and the body is used up exactly, -1 for
+ * a malformed body (a rank above 8, start > stop, a payload length that is not the
+ * region's element count times @esize — the caller's dtype size for field d->field, looked
+ * up through @esize_of, which returns 0 for an unknown field — or bytes left over). */
+int wal_delta_next(wal_cursor *c, size_t (*esize_of)(void *user, uint32_t field), void *user,
+                   wal_delta *d, char *why, size_t whylen);
+
+/* Little-endian stores and loads. */
+static inline void wal_put32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+static inline void wal_put64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+static inline uint32_t wal_get32(const unsigned char *p)
+{
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+static inline uint64_t wal_get64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+#endif

@@ -1,0 +1,322 @@
+/* Workflows: each control form, failure policies, the max_ops safety trip, recursion
+ * through called workflows, and a table of malformed files refused with JSON path, line
+ * and column. Rows of issue #11's table: a while loop sees its own writes; conditions are
+ * a small expression language (no eval). */
+#include "theus/theus_process.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *schema =
+    "{\"fields\": {"
+    "\"step\":  {\"dtype\": \"i64\", \"shape\": []},"
+    "\"hits\":  {\"dtype\": \"i64\", \"shape\": []},"
+    "\"loss\":  {\"dtype\": \"f32\", \"shape\": [1]},"
+    "\"W\":     {\"dtype\": \"f32\", \"shape\": [2, 3]}}}";
+
+static theus_state *st;
+static theus_engine *eng;
+static int fail_left;    /* "flaky" fails this many more times */
+
+static int64_t get(const char *field)
+{
+    theus_tx *tx = NULL;
+    int64_t v = -1;
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_read(tx, field, NULL, &v, THEUS_MEM_HOST), THEUS_OK);
+    theus_tx_abort(tx);
+    return v;
+}
+
+static int bump(theus_run *run, void *user)
+{
+    const char *field = user;
+    int64_t one = 1;
+    return theus_tx_add(theus_run_tx(run), field, NULL, &one, THEUS_MEM_HOST);
+}
+
+static int set_loss(theus_run *run, void *user)
+{
+    (void)user;
+    float l = 7.5f;
+    return theus_tx_write(theus_run_tx(run), "loss", NULL, &l, THEUS_MEM_HOST);
+}
+
+enum { FLAKY = 5 };
+
+static int flaky(theus_run *run, void *user)
+{
+    (void)user;
+    if (fail_left > 0) {
+        fail_left--;
+        return FLAKY;
+    }
+    return bump(run, "hits");
+}
+
+static int signal_tick(theus_run *run, void *user)
+{
+    (void)user;
+    int rc = bump(run, "hits");
+    return rc ? rc : theus_run_signal(run, "tick");
+}
+
+static void reg(const char *name, theus_process_fn body, void *user, const char *out)
+{
+    static const int codes[] = {FLAKY};
+    const char *io[] = {out};
+    theus_process_def d = {.name = name, .body = body, .user = user, .inputs = io,
+                           .n_inputs = 1, .outputs = io, .n_outputs = 1,
+                           .status_codes = codes, .n_status_codes = 1};
+    cr_assert_eq(theus_engine_register(eng, &d), THEUS_OK, "%s", theus_state_last_error(st));
+}
+
+static void setup(void)
+{
+    cr_assert_eq(theus_state_create(schema, NULL, &st), THEUS_OK);
+    cr_assert_eq(theus_engine_create(st, NULL, &eng), THEUS_OK);
+    reg("step", bump, "step", "step");
+    reg("hit", bump, "hits", "hits");
+    reg("set_loss", set_loss, NULL, "loss");
+    reg("flaky", flaky, NULL, "hits");
+    reg("tick", signal_tick, NULL, "hits");
+}
+
+static void teardown(void)
+{
+    theus_engine_destroy(eng);
+    theus_state_destroy(st);
+}
+
+TestSuite(workflow, .init = setup, .fini = teardown, .timeout = 60);
+
+static theus_workflow *load(const char *json)
+{
+    theus_workflow *wf = NULL;
+    cr_assert_eq(theus_workflow_load(eng, json, &wf), THEUS_OK, "%s", theus_state_last_error(st));
+    return wf;
+}
+
+/* Theus 3.0.22's while never saw its own writes and ran into its 10,000-op trip. */
+Test(workflow, while_loop_sees_its_own_writes)
+{
+    theus_workflow *wf = load("{\"name\": \"count\", \"max_ops\": 100, \"steps\": ["
+                              "{\"while\": {\"lt\": [\"step\", 10]}, \"do\": [{\"run\": \"step\"}]}]}");
+    theus_workflow_report rep;
+    cr_expect_eq(theus_workflow_run(wf, &rep), THEUS_OK, "%s", theus_state_last_error(st));
+    cr_expect_eq(get("step"), 10);
+    cr_expect_eq(rep.runs, 10);
+    cr_expect_eq(rep.ops, 1 + 10 + 10, "the while step, 10 runs, 10 loop turns");
+    theus_workflow_free(wf);
+}
+
+Test(workflow, if_else_and_logic)
+{
+    theus_workflow *wf = load(
+        "{\"name\": \"branches\", \"steps\": ["
+        " {\"run\": \"set_loss\"},"
+        " {\"if\": {\"and\": [{\"ge\": [\"loss[0]\", 5.0]}, {\"not\": {\"eq\": [\"step\", 1]}}]},"
+        "  \"then\": [{\"run\": \"step\"}], \"else\": [{\"run\": \"hit\"}]},"
+        " {\"if\": {\"or\": [{\"gt\": [\"W[1][2]\", 0]}, {\"le\": [\"step\", 0]}]},"
+        "  \"then\": [{\"run\": \"step\"}], \"else\": [{\"run\": \"hit\"}]},"
+        " {\"if\": false, \"then\": [{\"run\": \"step\"}]},"
+        " {\"if\": {\"ne\": [\"step\", \"hits\"]}, \"then\": [{\"run\": \"hit\"}]}]}");
+    cr_expect_eq(theus_workflow_run(wf, NULL), THEUS_OK, "%s", theus_state_last_error(st));
+    /* then (step=1), else (hits=1), nothing, step == hits: nothing */
+    cr_expect_eq(get("step"), 1);
+    cr_expect_eq(get("hits"), 1);
+    theus_workflow_free(wf);
+}
+
+Test(workflow, calls_nested_workflows_and_refuses_recursion)
+{
+    theus_workflow *inner = load("{\"name\": \"inner\", \"steps\": [{\"run\": \"hit\"}]}");
+    theus_workflow *outer = load("{\"name\": \"outer\", \"steps\": [{\"call\": \"inner\"}, "
+                                 "{\"call\": \"inner\"}]}");
+    cr_expect_eq(theus_workflow_run(outer, NULL), THEUS_OK, "%s", theus_state_last_error(st));
+    cr_expect_eq(get("hits"), 2);
+
+    theus_workflow *a = load("{\"name\": \"a\", \"steps\": [{\"run\": \"hit\"}, {\"call\": \"b\"}]}");
+    theus_workflow_report rep;
+    cr_expect_eq(theus_workflow_run(a, &rep), THEUS_ENOENT, "b is not loaded yet");
+    theus_workflow *b = load("{\"name\": \"b\", \"steps\": [{\"if\": true, \"then\": "
+                             "[{\"call\": \"a\"}]}]}");
+    cr_expect_eq(theus_workflow_run(a, &rep), THEUS_EINVAL);
+    cr_expect(strstr(theus_state_last_error(st), "recursion") != NULL, "%s",
+              theus_state_last_error(st));
+    cr_expect(strstr(theus_state_last_error(st), "'a' -> 'b' -> 'a'") != NULL, "%s",
+              theus_state_last_error(st));
+    cr_expect_eq(get("hits"), 2, "refused before anything ran");
+    theus_workflow *dup = (theus_workflow *)&dup;
+    cr_expect_eq(theus_workflow_load(eng, "{\"name\": \"a\", \"steps\": []}", &dup), THEUS_EINVAL);
+    cr_expect_null(dup);
+    theus_workflow_free(b);
+    theus_workflow_free(a);
+    theus_workflow_free(outer);
+    theus_workflow_free(inner);
+}
+
+Test(workflow, max_ops_safety_trip)
+{
+    theus_workflow *wf = load("{\"name\": \"forever\", \"max_ops\": 50, \"steps\": ["
+                              "{\"while\": true, \"do\": [{\"run\": \"hit\"}]}]}");
+    theus_workflow_report rep;
+    cr_expect_eq(theus_workflow_run(wf, &rep), THEUS_EBUSY);
+    cr_expect(strstr(theus_state_last_error(st), "max_ops (50)") != NULL, "%s",
+              theus_state_last_error(st));
+    cr_expect_eq(rep.ops, 51);
+    cr_expect_str_eq(rep.where, "$.steps[0]", "the 51st op is the 25th loop turn");
+    cr_expect_eq(get("hits"), 25);
+    theus_workflow_free(wf);
+}
+
+Test(workflow, on_error_stop_continue_retry)
+{
+    theus_workflow *stop = load("{\"name\": \"stop\", \"steps\": [{\"run\": \"flaky\"}, "
+                                "{\"run\": \"step\"}]}");
+    theus_workflow_report rep;
+    fail_left = 1;
+    cr_expect_eq(theus_workflow_run(stop, &rep), FLAKY);
+    cr_expect_str_eq(rep.where, "$.steps[0]");
+    cr_expect_eq(get("step"), 0, "stop: the next step did not run");
+
+    theus_workflow *cont = load("{\"name\": \"cont\", \"steps\": [{\"run\": \"flaky\", "
+                                "\"on_error\": \"continue\"}, {\"run\": \"step\"}]}");
+    fail_left = 1;
+    cr_expect_eq(theus_workflow_run(cont, &rep), THEUS_OK);
+    cr_expect_eq(rep.failures, 1);
+    cr_expect_eq(get("step"), 1);
+
+    theus_workflow *retry = load("{\"name\": \"retry\", \"steps\": [{\"run\": \"flaky\", "
+                                 "\"on_error\": \"retry\", \"retries\": 3}]}");
+    fail_left = 3;
+    cr_expect_eq(theus_workflow_run(retry, &rep), THEUS_OK);
+    cr_expect_eq(rep.runs, 4);
+    cr_expect_eq(get("hits"), 1);
+    fail_left = 4;
+    cr_expect_eq(theus_workflow_run(retry, &rep), FLAKY, "retries spent");
+    cr_expect_eq(get("hits"), 1);
+    theus_workflow_free(retry);
+    theus_workflow_free(cont);
+    theus_workflow_free(stop);
+}
+
+Test(workflow, submit_and_await_a_signal)
+{
+    theus_workflow *wf = load("{\"name\": \"fanout\", \"steps\": ["
+                              "{\"submit\": \"tick\"}, {\"submit\": \"tick\"}, {\"submit\": \"tick\"},"
+                              "{\"await\": \"tick\", \"count\": 3, \"timeout_ms\": 60000},"
+                              "{\"if\": {\"eq\": [\"hits\", 3]}, \"then\": [{\"run\": \"step\"}]}]}");
+    cr_expect_eq(theus_workflow_run(wf, NULL), THEUS_OK, "%s", theus_state_last_error(st));
+    cr_expect_eq(get("step"), 1, "after the await every tick had committed");
+    uint64_t n = 0;
+    cr_expect_eq(theus_engine_signal_count(eng, "tick", &n), THEUS_OK);
+    cr_expect_eq(n, 3);
+    theus_workflow_free(wf);
+
+    /* Nobody ticks: the await ends at its timeout. */
+    wf = load("{\"name\": \"lonely\", \"steps\": [{\"await\": \"tick\", \"timeout_ms\": 1}]}");
+    cr_expect_eq(theus_workflow_run(wf, NULL), THEUS_ETIMEDOUT);
+    theus_workflow_free(wf);
+}
+
+Test(workflow, load_from_file)
+{
+    char path[] = "/tmp/theus-wf-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    const char *text = "{\"name\": \"f\", \"steps\": [{\"run\": \"hit\"}]}";
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    theus_workflow *wf = NULL;
+    int rc = theus_workflow_load_file(eng, path, &wf);
+    unlink(path);
+    cr_assert_eq(rc, THEUS_OK, "%s", theus_state_last_error(st));
+    cr_expect_str_eq(theus_workflow_name(wf), "f");
+    cr_expect_eq(theus_workflow_run(wf, NULL), THEUS_OK);
+    theus_workflow_free(wf);
+    cr_expect_eq(theus_workflow_load_file(eng, "/nonexistent/wf.json", &wf), THEUS_ENOENT);
+}
+
+/* ---- malformed files --------------------------------------------------------------------- */
+
+typedef struct bad_case {
+    const char *json;
+    const char *message;   /* the whole refusal */
+} bad_case;
+
+static const bad_case bad[] = {
+    {"{\"name\": \"x\", \"steps\": [", "workflow: $: invalid JSON: ']' expected near end of file (line 1, column 24)"},
+    {"[]", "workflow: $: a workflow is an object, got an array (line 1, column 1)"},
+    {"{\"steps\": []}", "workflow: $: missing required key \"name\" (line 1, column 1)"},
+    {"{\"name\": \"x\"}", "workflow: $: missing required key \"steps\" (line 1, column 1)"},
+    {"{\"name\": \"x\", \"steps\": [], \"colour\": 1}",
+     "workflow: $.colour: unknown key (allowed: name, max_ops, steps, description) (line 1, column 28)"},
+    {"{\"name\": \"x\", \"max_ops\": 0, \"steps\": []}",
+     "workflow: $.max_ops: expected an integer in [1, 9007199254740992] (line 1, column 26)"},
+    {"{\"name\": \"x\", \"steps\": {}}",
+     "workflow: $.steps: expected an array of steps, got an object (line 1, column 24)"},
+    {"{\"name\": \"x\", \"steps\": [{\"run\": \"nope\"}]}",
+     "workflow: $.steps[0].run: no process 'nope' is registered in the engine (line 1, column 33)"},
+    {"{\"name\": \"x\", \"steps\": [{\"run\": \"hit\", \"if\": true}]}",
+     "workflow: $.steps[0]: a step has one of run, if, while, call, submit, await; this one has \"run\" and \"if\" (line 1, column 25)"},
+    {"{\"name\": \"x\", \"steps\": [{\"jump\": 3}]}",
+     "workflow: $.steps[0]: a step needs one of run, if, while, call, submit, await (line 1, column 25)"},
+    {"{\"name\": \"x\", \"steps\": [{\"run\": \"hit\", \"on_error\": \"ignore\"}]}",
+     "workflow: $.steps[0].on_error: on_error is \"stop\", \"continue\" or \"retry\" (line 1, column 52)"},
+    {"{\"name\": \"x\", \"steps\": [{\"run\": \"hit\", \"retries\": 2}]}",
+     "workflow: $.steps[0].retries: retries needs \"on_error\": \"retry\" (line 1, column 40)"},
+    {"{\"name\": \"x\", \"steps\": [{\"if\": {\"lt\": [\"step\"]}, \"then\": []}]}",
+     "workflow: $.steps[0].if.lt: \"lt\" takes an array of two operands (line 1, column 39)"},
+    {"{\"name\": \"x\", \"steps\": [{\"if\": {\"lt\": [\"W\", 1]}, \"then\": []}]}",
+     "workflow: $.steps[0].if.lt[0]: field 'W' is not a scalar (6 elements): name an element, e.g. \"W[0]\" (line 1, column 40)"},
+    {"{\"name\": \"x\", \"steps\": [{\"if\": {\"lt\": [\"loss[1]\", 1]}, \"then\": []}]}",
+     "workflow: $.steps[0].if.lt[0]: \"loss[1]\": index 1 is out of range for dimension 0 of 'loss' (size 1) (line 1, column 40)"},
+    {"{\"name\": \"x\", \"steps\": [{\"if\": {\"lt\": [\"W[0]\", 1]}, \"then\": []}]}",
+     "workflow: $.steps[0].if.lt[0]: \"W[0]\": field 'W' has 2 dimensions; give one index each (line 1, column 40)"},
+    {"{\"name\": \"x\", \"steps\": [{\"if\": {\"lt\": [\"nope\", 1]}, \"then\": []}]}",
+     "workflow: $.steps[0].if.lt[0]: no field 'nope' in the state (line 1, column 40)"},
+    {"{\"name\": \"x\", \"steps\": [{\"while\": {\"eval\": \"step < 3\"}, \"do\": []}]}",
+     "workflow: $.steps[0].while.eval: unknown operator \"eval\" (expected eq, ne, lt, le, gt, ge, and, or, not) (line 1, column 36)"},
+    {"{\"name\": \"x\", \"steps\": [{\"while\": \"step < 3\", \"do\": []}]}",
+     "workflow: $.steps[0].while: a condition is an object with one operator (eq ne lt le gt ge and or not), or true or false; got a string (line 1, column 35)"},
+    {"{\"name\": \"x\", \"steps\": [{\"while\": true}]}",
+     "workflow: $.steps[0]: missing required key \"do\" (line 1, column 25)"},
+    {"{\"name\": \"x\", \"steps\": [{\"if\": {\"and\": []}, \"then\": []}]}",
+     "workflow: $.steps[0].if.and: \"and\" takes a non-empty array of conditions (line 1, column 40)"},
+    {"{\"name\": \"x\", \"steps\": [{\"if\": {\"eq\": [\"step\", null]}, \"then\": []}]}",
+     "workflow: $.steps[0].if.eq[1]: an operand is a number, true, false or a field (\"step\", \"loss[0]\"), got null (line 1, column 48)"},
+    {"{\"name\": \"x\", \"steps\": [{\"await\": \"tick\", \"count\": 0}]}",
+     "workflow: $.steps[0].count: expected an integer in [1, 1000000] (line 1, column 52)"},
+    {"{\"name\": \"x\",\n \"steps\": [\n  {\"while\": true, \"do\": [\n    {\"run\": \"hit\", \"on_error\": 3}]}]}",
+     "workflow: $.steps[0].do[0].on_error: on_error is \"stop\", \"continue\" or \"retry\" (line 4, column 32)"},
+};
+
+Test(workflow, malformed_files_are_refused_with_path_line_and_column)
+{
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        theus_workflow *wf = (theus_workflow *)&wf;
+        int rc = theus_workflow_load(eng, bad[i].json, &wf);
+        cr_expect_eq(rc, THEUS_ESCHEMA, "case %zu: %s", i, theus_strerror(rc));
+        cr_expect_null(wf, "case %zu", i);
+        cr_expect_str_eq(theus_state_last_error(st), bad[i].message, "case %zu: got %s", i,
+                         theus_state_last_error(st));
+    }
+}
+
+Test(workflow, nesting_too_deep_is_refused)
+{
+    char json[4096];
+    size_t len = (size_t)snprintf(json, sizeof json, "{\"name\": \"deep\", \"steps\": [");
+    for (int i = 0; i < 40; i++)
+        len += (size_t)snprintf(json + len, sizeof json - len, "{\"if\": true, \"then\": [");
+    for (int i = 0; i < 40; i++)
+        len += (size_t)snprintf(json + len, sizeof json - len, "]}");
+    snprintf(json + len, sizeof json - len, "]}");
+    theus_workflow *wf = NULL;
+    cr_expect_eq(theus_workflow_load(eng, json, &wf), THEUS_ESCHEMA);
+    cr_expect(strstr(theus_state_last_error(st), "nested more than") != NULL, "%s",
+              theus_state_last_error(st));
+}
