@@ -14,7 +14,9 @@
 
 #include "backend.h"
 #include "dtype.h"
+#include "gatekeeper.h"
 #include "seg_batch.h"
+#include "tx.h"
 
 #include "../kernels/batch_desc.h"
 
@@ -474,4 +476,38 @@ Test(batch, device_summary_decoding_matches_the_cpu_summary)
         seg_summary_free(&sum);
         free(bits);
     }
+}
+
+/* The final values of a batch delta's region (its bounds), as the audit and the redo record
+ * see them: committed bytes, then every delta of the transaction in order — earlier deltas
+ * included, since a batch does not cover its bounds. */
+Test(batch, final_values_of_a_batch_region)
+{
+    theus_state *st = make_state("i32", "[4, 8]", NULL);
+    int32_t init[32], w[8], pay[4] = {100, 200, 300, 400}, out[32], ref[32];
+    for (int i = 0; i < 32; i++)
+        init[i] = i;
+    cr_assert_eq(theus_state_init_field(st, "x", init, THEUS_MEM_HOST), THEUS_OK);
+    theus_tx *tx;
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    theus_region row1 = {.ndim = 2, .start = {1, 0}, .stop = {2, 8}};
+    for (int i = 0; i < 8; i++)
+        w[i] = -1 - i;
+    cr_assert_eq(theus_tx_write(tx, "x", &row1, w, THEUS_MEM_HOST), THEUS_OK);
+    const theus_batch_segment g[2] = {{.dst = 6, .length = 2, .src = 0},   /* row 0, cols 6..7 */
+                                      {.dst = 17, .length = 2, .src = 2}}; /* row 2, cols 1..2 */
+    cr_assert_eq(theus_tx_stage_batch(tx, "x", THEUS_OP_ASSIGN, g, 2, pay, 4, THEUS_MEM_HOST),
+                 THEUS_OK);
+    const delta *d = &tx->deltas[1];
+    cr_assert_not_null(d->batch);
+    cr_assert(d->r.start[0] == 0 && d->r.stop[0] == 3 && d->r.start[1] == 0 && d->r.stop[1] == 8,
+              "bounds of flat [6, 19) in a [4, 8] field: rows 0..2, all columns");
+    cr_assert_eq(d->nelems, 24);
+    cr_assert_eq(gate_final_values(st, tx, 1, out), THEUS_OK);
+    memcpy(ref, init, sizeof ref);
+    memcpy(ref + 8, w, sizeof w);
+    ref[6] = 100, ref[7] = 200, ref[17] = 300, ref[18] = 400;
+    cr_assert(memcmp(out, ref, 24 * sizeof *out) == 0, "row 1 from the earlier write");
+    theus_tx_abort(tx);
+    theus_state_destroy(st);
 }
