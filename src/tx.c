@@ -4,6 +4,7 @@
 #include "alloc.h"
 #include "conflict.h"
 #include "error.h"
+#include "tsan_annotate.h"
 #include <fnmatch.h>
 #include <stdint.h>
 #include <string.h>
@@ -239,6 +240,10 @@ int theus_tx_read(theus_tx *tx, const char *field, const theus_region *r, void *
             continue;
         }
         rc = THEUS_OK;
+        /* Optimistic: a replay may race with this copy, which is then thrown away
+         * (src/tsan_annotate.h). */
+        if (!locked)
+            TSAN_IGNORE_BEGIN();
         uint64_t now = atomic_load_explicit(&st->hdr->version, memory_order_acquire);
         if (tx->isolation == THEUS_ISOLATION_STRICT && now != tx->base) {
             memset(&c, 0, sizeof c);
@@ -253,6 +258,8 @@ int theus_tx_read(theus_tx *tx, const char *field, const theus_region *r, void *
         if (!conflict)
             rc = st->backend[i]->iface->read(st->backend[i]->ctx, st->data[i], &st->frames[i],
                                              (theus_dtype)st->fields[i].dtype, &reg, dst, dst_mem);
+        if (!locked)
+            TSAN_IGNORE_END();
         if (locked) {
             state_unlock(st);
             break;
