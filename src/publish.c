@@ -129,7 +129,8 @@ void publish_log_entries(const theus_state *st, const struct theus_tx *tx, uint6
     if (log_per_delta(st, tx->ndeltas)) {
         for (size_t k = 0; k < tx->ndeltas; k++) {
             e.field = tx->deltas[k].field;
-            e.op = tx->deltas[k].op;
+            /* A described batch: its bounds send probes to the block map (exact to the block). */
+            e.op = tx->deltas[k].batch ? LOG_OP_BLOCKS : tx->deltas[k].op;
             e.region = tx->deltas[k].r;
             sink(user, &e);
         }
@@ -174,7 +175,8 @@ void publish_log_append(theus_state *st, const struct theus_tx *tx, uint64_t ver
         log_entry *e = commit_log_next(log, st->log_ring);
         e->version = version;
         e->field = tx->deltas[k].field;
-        e->op = tx->deltas[k].op;
+        /* A described batch: its bounds send probes to the block map (exact to the block). */
+        e->op = tx->deltas[k].batch ? LOG_OP_BLOCKS : tx->deltas[k].op;
         e->region = tx->deltas[k].r;
     }
 }
