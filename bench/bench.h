@@ -202,6 +202,15 @@ void report_free(void);
 const char *fmt_bytes(double bytes, char *buf, size_t len);
 /* "1k", "10k", "1M"; returns @buf. */
 const char *fmt_count(double n, char *buf, size_t len);
+/* Output is kept readable in this many columns: longer prose lines are wrapped. */
+#define BENCH_COLUMNS 120
+/* Write @text, wrapping each line longer than BENCH_COLUMNS at spaces (continuations
+ * indented under the line's label). */
+void bench_wrap(FILE *f, const char *text);
+/* A measured cell is done (report.c calls it): moves the progress line (theus-bench.c). */
+void bench_progress_tick(void);
+/* 1 when a gnuplot executable is on PATH. */
+int report_gnuplot_present(void);
 /* Print a section header for a scenario. */
 void print_header(const char *scenario, const char *target, const char *what);
 

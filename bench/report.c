@@ -75,6 +75,7 @@ void result_set(bench_result *r, const measurement *m, double bytes, double item
     r->item_name = item_name;
     r->nsamples = m->st.n <= BENCH_MAX_SAMPLES ? m->st.n : 0;
     memcpy(r->samples, m->samples, r->nsamples * sizeof(double));
+    bench_progress_tick();   /* a measured cell: the live progress line may move */
 }
 
 /* Returns -1 when @arr is full (the caller reports it: a scenario's bug, never dropped
@@ -201,9 +202,58 @@ const char *fmt_count(double n, char *buf, size_t len)
     return buf;
 }
 
+/* Where a wrapped line's continuation starts: after "label : ", after "== ", or a little
+ * deeper than the line's own indentation. */
+static size_t wrap_indent(const char *line, size_t len)
+{
+    if (len > 3 && strncmp(line, "== ", 3) == 0)
+        return 3;
+    const char *colon = memchr(line, ':', len < 12 ? len : 12);
+    if (colon && colon + 1 < line + len && colon[1] == ' ' && colon > line && colon[-1] == ' ')
+        return (size_t)(colon - line) + 2;
+    size_t lead = 0;
+    while (lead < len && line[lead] == ' ')
+        lead++;
+    return lead + 4;
+}
+
+void bench_wrap(FILE *f, const char *text)
+{
+    while (*text) {
+        const char *nl = strchr(text, '\n');
+        size_t len = nl ? (size_t)(nl - text) : strlen(text);
+        size_t indent = wrap_indent(text, len);
+        const char *p = text, *end = text + len;
+        int first = 1;
+        while (p < end) {
+            size_t room = BENCH_COLUMNS - (first ? 0 : indent);
+            size_t take = (size_t)(end - p);
+            if (take > room) {   /* break at the last space that fits */
+                size_t k = room;
+                while (k > 0 && p[k] != ' ')
+                    k--;
+                take = k > 0 ? k : room;
+            }
+            if (!first)
+                fprintf(f, "%*s", (int)indent, "");
+            fwrite(p, 1, take, f);
+            fputc('\n', f);
+            p += take;
+            while (p < end && *p == ' ')
+                p++;
+            first = 0;
+        }
+        if (len == 0)
+            fputc('\n', f);
+        text = nl ? nl + 1 : end;
+    }
+}
+
 void print_header(const char *scenario, const char *target, const char *what)
 {
-    printf("\n== %s [%s] — %s\n", scenario, target, what);
+    char line[2048];
+    snprintf(line, sizeof line, "\n== %s [%s] — %s", scenario, target, what);
+    bench_wrap(stdout, line);
     fflush(stdout);
 }
 
@@ -502,6 +552,34 @@ void plot_point(const char *name, const char *sname, double x, double y)
     s->n++;
 }
 
+/* x values that are all integers (thread or process counts, segment counts), few enough
+ * to label each: ticks at exactly those values, so that a log axis reads 1 2 4, not 10^0. */
+static void put_integer_xtics(FILE *f, const chart *c)
+{
+    double v[16];
+    size_t n = 0;
+    for (size_t k = 0; k < c->ns; k++)
+        for (size_t j = 0; j < c->s[k].n; j++) {
+            double x = c->s[k].x[j];
+            if (x != floor(x) || fabs(x) > 1e15)
+                return;
+            size_t q = 0;
+            while (q < n && v[q] != x)
+                q++;
+            if (q == n) {
+                if (n == 16)
+                    return;
+                v[n++] = x;
+            }
+        }
+    if (n == 0)
+        return;
+    fprintf(f, "set xtics (");
+    for (size_t q = 0; q < n; q++)
+        fprintf(f, "%s%.0f", q ? ", " : "", v[q]);
+    fprintf(f, ")\nset mxtics 1\n");
+}
+
 /* gnuplot strings in single quotes: a quote is doubled. */
 static void gp_str(FILE *f, const char *s)
 {
@@ -567,7 +645,7 @@ static int run_gnuplot(const char *script)
     return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
 }
 
-static int gnuplot_present(void)
+int report_gnuplot_present(void)
 {
     const char *path = getenv("PATH");
     if (!path)
@@ -590,10 +668,10 @@ static int gnuplot_present(void)
 
 int report_plots(const char *dir)
 {
-    if (!gnuplot_present()) {
-        printf("--plot: gnuplot not found, no charts written (Debian: apt-get install "
-               "gnuplot-nox)\n");
-        return 0;
+    if (!report_gnuplot_present()) {   /* theus-bench checks before the run; it went away */
+        fprintf(stderr, "theus-bench: --plot: gnuplot not found, no charts written (Debian: "
+                "apt-get install gnuplot-nox)\n");
+        return -1;
     }
     if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
         fprintf(stderr, "theus-bench: cannot create %s: %s\n", dir, strerror(errno));
@@ -649,6 +727,9 @@ int report_plots(const char *dir)
         if (xlo == xhi)
             fprintf(f, "set xrange [%.9g:%.9g]\n", c->logx ? xlo / 2 : xlo - 1,
                     c->logx ? xhi * 2 : xhi + 1);
+        else if (c->logx)   /* room around the end points on a log axis */
+            fprintf(f, "set xrange [%.9g:%.9g]\n", xlo / 1.25, xhi * 1.25);
+        put_integer_xtics(f, c);
         fprintf(f, "plot ");
         for (size_t k = 0; k < c->ns; k++) {
             int color, dash;
@@ -805,7 +886,24 @@ static void report_targets_gpu(FILE *f)
     }
 }
 
-void report_targets(FILE *f)
+static void report_targets_lines(FILE *f);
+
+void report_targets(FILE *out)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) {
+        report_targets_lines(out);
+        return;
+    }
+    report_targets_lines(f);
+    fclose(f);
+    bench_wrap(out, text);
+    free(text);
+}
+
+static void report_targets_lines(FILE *f)
 {
     int any = 0;
     for (size_t i = 0; i < nrows; i++)

@@ -370,15 +370,18 @@ int scn_commit_scaling(void)
         result_metric(r, "is_baseline", k == wbest);
     }
     const double whole = m_whole->st.median;
-    printf("baseline: copy of the whole %s field (%s): %.3f ms (p10 %.3f, p90 %.3f), %.2f GB/s\n",
-           fb, wbest ? "memcpy in 64 KiB calls, faster here than one call"
-                     : "one memcpy call, faster here than 64 KiB calls",
-           whole * 1e3, m_whole->st.p10 * 1e3, m_whole->st.p90 * 1e3,
-           2.0 * (double)fbytes / whole * 1e-9);
-    printf("%-13s %8s %9s %7s | %-24s | %-8s | %-16s | %-16s | %s\n", "layout", "fraction",
-           "delta", "deltas", "theus commit ms", "% whole", "delta memcpy ms", "tx (stage+commit)",
+    char line[512];
+    snprintf(line, sizeof line,
+             "baseline: copy of the whole %s field (%s): %.3f ms (p10 %.3f, p90 %.3f), %.2f GB/s\n",
+             fb, wbest ? "memcpy in 64 KiB calls, faster here than one call"
+                       : "one memcpy call, faster here than 64 KiB calls",
+             whole * 1e3, m_whole->st.p10 * 1e3, m_whole->st.p90 * 1e3,
+             2.0 * (double)fbytes / whole * 1e-9);
+    bench_wrap(stdout, line);
+    printf("%-13s %7s %8s %6s | %-23s | %-8s | %-16s | %-16s | %s\n", "layout", "written",
+           "delta", "deltas", "theus commit ms", "% whole", "delta memcpy ms", "tx stage+commit",
            "check");
-    printf("%-13s %8s %9s %7s | %7s %7s %7s | %8s | %7s %8s | %7s %8s |\n", "", "", "", "",
+    printf("%-13s %7s %8s %6s | %7s %7s %7s | %8s | %7s %8s | %7s %8s |\n", "", "", "", "",
            "p10", "p50", "p90", "", "p50", "commit/", "p50 ms", "% whole");
     plot_axes(scenario, "commit.scaling: commit cost vs written fraction of the field (CPU)",
               "written fraction of the field (%)", "milliseconds", 1, 1);
@@ -464,7 +467,7 @@ int scn_commit_scaling(void)
             if (layout == 0)
                 plot_point(scenario, "whole-field copy", fracs[fi] * 100, whole * 1e3);
 
-            printf("%-13s %7.1f%% %9s %7zu | %7.3f %7.3f %7.3f | %7.2f%% | %7.3f %7.2fx | "
+            printf("%-13s %6.1f%% %8s %6zu | %7.3f %7.3f %7.3f | %7.2f%% | %7.3f %7.2fx | "
                    "%7.3f %7.2f%% | %s\n",
                    lname, fracs[fi] * 100, db, c.nseg, m_commit->st.p10 * 1e3, cm * 1e3,
                    m_commit->st.p90 * 1e3, 100 * cm / whole, m_delta->st.median * 1e3,
@@ -619,7 +622,7 @@ static int zc_case(zc_ctx *c, const char *casename, const zc_kind *kinds, size_t
         if (k < nkinds && kinds[k] == target_kind)
             snprintf(verdict, sizeof verdict, "target <= %.1fx: %s", target,
                      ratio <= target ? "met" : "NOT met");
-        printf("%-22s %9s %6zu | %-28s | %8.3f %8.3f %8.3f | %7.2fx | %s\n", casename, db,
+        printf("%-17s %7s %5zu | %-28s | %7.3f %7.3f %7.3f | %6.2fx | %s\n", casename, db,
                c->nregs, method, ms[k].st.p10 * 1e3, ms[k].st.median * 1e3, ms[k].st.p90 * 1e3,
                ratio, verdict);
     }
@@ -646,7 +649,7 @@ int scn_commit_zerocopy(void)
              fmt_bytes((double)fbytes, fb, sizeof fb),
              fbytes < want ? " (field reduced to fit memory)" : "");
     print_header(scenario, "cpu", what);
-    printf("%-22s %9s %6s | %-28s | %8s %8s %8s | %8s |\n", "case", "delta", "rgns",
+    printf("%-17s %7s %5s | %-28s | %7s %7s %7s | %7s |\n", "case", "delta", "rgns",
            "method", "p10", "p50", "p90", "/memcpy");
 
     zc_ctx c;

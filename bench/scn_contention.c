@@ -770,6 +770,6 @@ int scn_commit_contention(void)
                     return -1;
     }
     plot_axes(scenario, "commit.contention: read-modify-write commits per second (CPU)",
-              "threads or processes", "commits/s", 0, 0);
+              "threads or processes", "commits/s", 1, 1);
     return 0;
 }

@@ -206,10 +206,11 @@ int scn_replay_plan(void)
         }
         replay_plan_release(&c.plan);
     }
-    printf("theus: cuda_replay's ops -> transfers, replay_plan_build, the copy into the upload "
-           "area (run_transfers without its CUDA calls); cub-args: cub::DeviceMemcpy::Batched's "
-           "source, destination and size arrays built from the same ops; theus/cub: throughput "
-           "ratio; GPU bound: 2 x segment bytes x the planning rate\n");
+    bench_wrap(stdout, "theus: cuda_replay's ops -> transfers, replay_plan_build, the copy into "
+               "the upload area (run_transfers without its CUDA calls); cub-args: "
+               "cub::DeviceMemcpy::Batched's source, destination and size arrays built from "
+               "the same ops; theus/cub: throughput ratio; GPU bound: 2 x segment bytes x the "
+               "planning rate\n");
 out:
     replay_plan_release(&c.plan);
     free(slot);

@@ -4,8 +4,11 @@
 #include "bench.h"
 #include "gpu.h"
 #include "theus/theus.h"
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 bench_cfg bench;
 
@@ -31,6 +34,8 @@ static int run_gpu_replay_add(void)
 
 typedef struct scenario {
     const char *name;
+    double quick_s;        /* rough seconds of a --quick CPU run on a 2-core VM: the time
+                              estimate's starting point, corrected as the run goes */
     const char *desc;
     int (*cpu)(void);      /* NULL: no CPU variant */
     const char *cpu_na;    /* why, when cpu is NULL */
@@ -39,7 +44,7 @@ typedef struct scenario {
 } scenario;
 
 static const scenario scenarios[] = {
-    {"replay.copy", "apply a batch of ASSIGN region deltas to a field much larger than the "
+    {"replay.copy", 95, "apply a batch of ASSIGN region deltas to a field much larger than the "
                     "caches; sweep segment size x count, random and sorted placement; against "
                     "a per-segment memcpy loop and the fastest packed copy (ceiling: one "
                     "memcpy, 64 KiB calls, streaming stores, on one thread or on as many as "
@@ -47,43 +52,155 @@ static const scenario scenarios[] = {
                     "against cudaMemcpyAsync per segment, cudaMemcpyBatchAsync, "
                     "cub::DeviceMemcpy::Batched and a streaming-copy kernel (ceiling)",
      run_replay_copy, NULL, run_gpu_replay_copy, NULL},
-    {"replay.add", "the same sweep with ADD deltas (f32); against a per-segment add loop and "
+    {"replay.add", 70, "the same sweep with ADD deltas (f32); against a per-segment add loop and "
                    "one packed add (ceiling; also split over theus's replay threads)",
      run_replay_add, NULL, run_gpu_replay_add, NULL},
-    {"replay.plan", "the GPU replay's host work (a commit batch -> kernel descriptors -> "
+    {"replay.plan", 2, "the GPU replay's host work (a commit batch -> kernel descriptors -> "
                     "upload area) per segment, measured without a GPU; against building "
                     "cub::DeviceMemcpy::Batched's argument arrays; bounds the GPU replay's "
                     "segment rate on this host",
      scn_replay_plan, NULL, NULL,
      "no GPU variant: the figure is host work (the CPU variant, which needs no GPU)"},
-    {"commit.latency", "one small delta per transaction, begin -> commit, p50/p99, on a small "
+    {"commit.latency", 2, "one small delta per transaction, begin -> commit, p50/p99, on a small "
                        "and a large host field; against a mutex-guarded store",
      scn_commit_latency, NULL, scn_gpu_commit_latency, NULL},
-    {"commit.scaling", "commit cost as the written fraction of a large field goes 0.1% -> "
+    {"commit.scaling", 20, "commit cost as the written fraction of a large field goes 0.1% -> "
                        "100%, against copying the whole field",
      scn_commit_scaling, NULL, scn_gpu_commit_scaling, NULL},
-    {"commit.zerocopy", "whole transactions writing 1% of a large host field as one region "
+    {"commit.zerocopy", 6, "whole transactions writing 1% of a large host field as one region "
                         "(theus_tx_write vs theus_tx_write_borrowed) and 1,000 rows of 4 KiB "
                         "(1,000 writes vs one theus_tx_stage_regions, copied and borrowed); "
                         "against a memcpy of the same bytes",
      scn_commit_zerocopy, NULL, NULL,
      "no GPU variant: borrowing applies to host fields (device fields copy as theus_tx_write)"},
-    {"commit.contention", "1, 2, 4 threads, and 1, 2, 4 processes on one shared state "
+    {"commit.contention", 12, "1, 2, 4 threads, and 1, 2, 4 processes on one shared state "
                           "(--quick: 1, 2), committing read-modify-writes to disjoint and to "
                           "overlapping regions: commits/s, conflict rate, p50/p99; against a "
                           "mutex (process-shared for the processes)",
      scn_commit_contention, NULL, NULL,
      "no GPU variant (the scenario is about host threads and processes)"},
-    {"process", "the process layer: engine overhead per run against a bare theus_tx_run of "
+    {"process", 5, "the process layer: engine overhead per run against a bare theus_tx_run of "
                 "the same body (target <= 1.2x), and signal wake-up latency across threads "
                 "(a commit+signal ping-pong against a condition variable)",
      scn_process, NULL, NULL, "no GPU variant (host-side engine and waits)"},
-    {"stage.h2d", "host payloads staged into a device field through theus_tx_write vs "
+    {"stage.h2d", 5, "host payloads staged into a device field through theus_tx_write vs "
                   "cudaMemcpy from pageable and from pinned memory (GPU fields)", NULL,
      "not applicable: host fields take payloads without a host-to-device copy",
      scn_gpu_stage_h2d, NULL},
 };
 #define NSCENARIOS (sizeof scenarios / sizeof scenarios[0])
+
+/* ---- progress on a terminal ------------------------------------------------------------ */
+/* Each variant that will run (scenario x target) is a step weighted by its rough cost;
+ * the estimate of the time left scales the remaining weights by how fast the finished
+ * steps went compared to their weights. Shown only on a terminal: a line before each step
+ * when stdout is one, and a live line on stderr (updated as cells finish) when stderr is a
+ * terminal and stdout is not (output sent to a file). */
+static struct {
+    int lines, live;
+    size_t step, steps;
+    double weight_total, weight_done, weight_cur;
+    double t0, step_t0, last_live;
+    const char *name, *target;
+} prog;
+
+static void fmt_duration(double s, char *buf, size_t len)
+{
+    if (s < 0)
+        s = 0;
+    if (s < 60)
+        snprintf(buf, len, "%.0f s", s);
+    else if (s < 3600)
+        snprintf(buf, len, "%d min %02d s", (int)s / 60, (int)s % 60);
+    else
+        snprintf(buf, len, "%d h %02d min", (int)s / 3600, ((int)s % 3600) / 60);
+}
+
+static double time_left(double now)
+{
+    double in_step = now - prog.step_t0;
+    /* seconds per weight unit: from the finished steps, else the weights as they are */
+    double rate = prog.weight_done > 0 ? (prog.step_t0 - prog.t0) / prog.weight_done
+                                       : (bench.quick ? 1.0 : 2.0);
+    double cur_left = prog.weight_cur * rate - in_step;
+    if (cur_left < 0)
+        cur_left = 0;
+    return cur_left + (prog.weight_total - prog.weight_done - prog.weight_cur) * rate;
+}
+
+static void progress_line(char *buf, size_t len, double now)
+{
+    char el[32], left[32];
+    fmt_duration(now - prog.t0, el, sizeof el);
+    fmt_duration(time_left(now), left, sizeof left);
+    snprintf(buf, len, "[%zu/%zu] %s [%s]: %s elapsed, about %s left", prog.step, prog.steps,
+             prog.name, prog.target, el, left);
+}
+
+static void progress_step(const char *name, const char *target, double weight)
+{
+    double now = now_s();
+    if (prog.step > 0) {
+        prog.weight_done += prog.weight_cur;
+    }
+    prog.step++;
+    prog.step_t0 = now;
+    prog.weight_cur = weight;
+    prog.name = name;
+    prog.target = target;
+    char line[256];
+    progress_line(line, sizeof line, now);
+    if (prog.lines) {
+        printf("\n-- %s\n", line);
+        fflush(stdout);
+    }
+    if (prog.live) {
+        fprintf(stderr, "\r\033[K%s", line);
+        prog.last_live = now;
+    }
+}
+
+void bench_progress_tick(void)
+{
+    if (!prog.live || prog.step == 0)
+        return;
+    double now = now_s();
+    if (now - prog.last_live < 0.5)
+        return;
+    prog.last_live = now;
+    char line[256];
+    progress_line(line, sizeof line, now);
+    fprintf(stderr, "\r\033[K%s", line);
+}
+
+static void progress_end(void)
+{
+    if (prog.live)
+        fprintf(stderr, "\r\033[K");
+}
+
+/* --plot DIR is checked before anything runs: a run of minutes must not end in "no
+ * gnuplot". The directory is created now (it must be writable). 0 ok, else a message. */
+static int check_plot(const char *dir)
+{
+    if (!report_gnuplot_present()) {
+        fprintf(stderr, "theus-bench: --plot needs gnuplot, which is not on PATH (Debian: "
+                "apt-get install gnuplot-nox); nothing was run\n");
+        return -1;
+    }
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "theus-bench: --plot: cannot create %s: %s; nothing was run\n", dir,
+                strerror(errno));
+        return -1;
+    }
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || access(dir, W_OK | X_OK) != 0) {
+        fprintf(stderr, "theus-bench: --plot: %s is not a writable directory; nothing was "
+                "run\n", dir);
+        return -1;
+    }
+    return 0;
+}
 
 static void usage(FILE *f)
 {
@@ -97,7 +214,10 @@ static void usage(FILE *f)
             "options:\n"
             "  --quick              short pass (CI): smaller fields, fewer sweep cells\n"
             "  --json FILE          write every measurement, check and the machine as JSON\n"
-            "  --plot DIR           write PNG charts of the sweeps into DIR (needs gnuplot)\n"
+            "  --plot DIR           write PNG charts of the sweeps into DIR (needs gnuplot,\n"
+            "                       checked before the run: missing, exit status 2)\n"
+            "  --no-progress        no progress lines (default: shown on a terminal, with an\n"
+            "                       estimate of the time left)\n"
             "  --list               list the scenarios and exit\n"
             "  --seed N             seed of the random placements (default 1)\n"
             "  --max-field-mib N    cap the large fields at N MiB (default: 1024, or 128/64\n"
@@ -107,7 +227,8 @@ static void usage(FILE *f)
             "  --help               this text\n"
             "\n"
             "Exit status: 0 when every check passed, 1 when a result was wrong or a scenario\n"
-            "failed (a CUDA error included), 2 on a usage error. Speed never fails the run.\n"
+            "failed (a CUDA error included), 2 on a usage error (--plot without gnuplot\n"
+            "included). Speed never fails the run.\n"
             "GPU variants run when theus_gpu_available() = 1 and print \"skipped: no GPU\"\n"
             "otherwise.\n");
 }
@@ -162,7 +283,7 @@ int main(int argc, char **argv)
 {
     const char *json = NULL, *plot = NULL;
     int selected[NSCENARIOS] = {0}, any_selected = 0;
-    int want_cpu = 1, want_gpu = 1;
+    int want_cpu = 1, want_gpu = 1, progress = 1;
     bench.seed = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -172,6 +293,8 @@ int main(int argc, char **argv)
         } else if (strcmp(a, "--list") == 0) {
             list();
             return 0;
+        } else if (strcmp(a, "--no-progress") == 0) {
+            progress = 0;
         } else if (strcmp(a, "--quick") == 0) {
             bench.quick = 1;
         } else if (strcmp(a, "--target") == 0) {
@@ -228,6 +351,8 @@ int main(int argc, char **argv)
     if (!any_selected)
         for (size_t k = 0; k < NSCENARIOS; k++)
             selected[k] = 1;
+    if (plot && check_plot(plot) != 0)
+        return 2;
 
     if (bench.quick) {
         bench.min_samples = 10;
@@ -248,18 +373,29 @@ int main(int argc, char **argv)
     char *command = join_command(argc, argv);
     machine_info mi;
     machine_collect(&mi);
-    printf("theus-bench %s (%s pass): %s\n", mi.theus_version, bench.quick ? "quick" : "full",
-           command ? command : "");
-    machine_print(&mi, stdout);
-    printf("method  : warm-up, then at least %u samples until the median moves < %.0f%% "
-           "(at most %u, or %.2f s); median reported, p10/p90 in --json; LLC flushed "
-           "(%zu MiB stream) before each sample whose working set fits in it\n",
-           bench.min_samples, bench.stable_tol * 100, bench.max_samples, bench.max_seconds,
-           2 * bench.llc_bytes >> 20);
-    printf("ratios  : theus/baseline is a throughput ratio (above 1: theus faster); "
-           "%%ceil = theus throughput / ceiling throughput; '~' marks a median that did not "
-           "settle\n");
-    fflush(stdout);
+    {
+        char *text = NULL;
+        size_t textlen = 0;
+        FILE *mf = open_memstream(&text, &textlen);
+        FILE *o = mf ? mf : stdout;
+        fprintf(o, "theus-bench %s (%s pass): %s\n", mi.theus_version,
+                bench.quick ? "quick" : "full", command ? command : "");
+        machine_print(&mi, o);
+        fprintf(o, "method  : warm-up, then at least %u samples until the median moves < %.0f%% "
+                "(at most %u, or %.2f s); median reported, p10/p90 in --json; LLC flushed "
+                "(%zu MiB stream) before each sample whose working set fits in it\n",
+                bench.min_samples, bench.stable_tol * 100, bench.max_samples, bench.max_seconds,
+                2 * bench.llc_bytes >> 20);
+        fprintf(o, "ratios  : theus/baseline is a throughput ratio (above 1: theus faster); "
+                "%%ceil = theus throughput / ceiling throughput; '~' marks a median that did "
+                "not settle\n");
+        if (mf) {
+            fclose(mf);
+            bench_wrap(stdout, text);
+            free(text);
+        }
+        fflush(stdout);
+    }
     if (llc_flush_init() != 0) {
         fprintf(stderr, "theus-bench: out of memory for the LLC flush buffer\n");
         free(command);
@@ -268,21 +404,41 @@ int main(int argc, char **argv)
 
     const int gpu = theus_gpu_available();
     double t0 = now_s();
+    const int run_gpu = gpu && mi.gpu_i.built;
+    if (progress) {
+        prog.lines = isatty(STDOUT_FILENO);
+        prog.live = !prog.lines && isatty(STDERR_FILENO);
+    }
+    prog.t0 = t0;
+    for (size_t k = 0; k < NSCENARIOS; k++) {
+        if (!selected[k])
+            continue;
+        if (want_cpu && scenarios[k].cpu) {
+            prog.steps++;
+            prog.weight_total += scenarios[k].quick_s;
+        }
+        if (want_gpu && scenarios[k].gpu && run_gpu) {
+            prog.steps++;
+            prog.weight_total += scenarios[k].quick_s;
+        }
+    }
     for (size_t k = 0; k < NSCENARIOS; k++) {
         if (!selected[k])
             continue;
         const scenario *s = &scenarios[k];
         /* Errors and wrong results are counted in bench.failures. */
         if (want_cpu) {
-            if (s->cpu)
+            if (s->cpu) {
+                progress_step(s->name, "cpu", s->quick_s);
                 s->cpu();
-            else
+            } else {
                 note_skip(s->name, "cpu", s->cpu_na);
+            }
         }
         if (want_gpu) {
             if (!s->gpu)
                 note_skip(s->name, "gpu", s->gpu_na);
-            else if (gpu && mi.gpu_i.built)
+            else if (run_gpu && (progress_step(s->name, "gpu", s->quick_s), 1))
                 s->gpu();
             else if (!mi.gpu_i.built)
                 note_skip(s->name, "gpu", "no GPU (theus-bench built without CUDA)");
@@ -290,6 +446,7 @@ int main(int argc, char **argv)
                 note_skip(s->name, "gpu", "no GPU");
         }
     }
+    progress_end();
     gpu_shutdown();
     const double elapsed = now_s() - t0;
     machine_load(mi.load_end, sizeof mi.load_end);

@@ -3,6 +3,7 @@
 #include "schema.h"
 #include "alloc.h"
 #include "dtype.h"
+#include "json_kind.h"
 #include "json_locate.h"
 
 #include <inttypes.h>
@@ -148,21 +149,6 @@ static const char *quoted(const char *str, char *buf, size_t cap)
 
 #define QUOTE_BUF (2 * 6 * SCHEMA_QUOTE_MAX + 16)
 
-static const char *type_name(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a real number";
-    case JSON_TRUE: return "true";
-    case JSON_FALSE: return "false";
-    case JSON_NULL: return "null";
-    }
-    return "an unknown value";
-}
-
 /* Refuse at the current path: the node's value, or its key when @at_key. */
 static int fail(parse_ctx *c, int at_key, const char *fmt, ...) SCHEMA_PRINTF(3, 4);
 
@@ -220,7 +206,7 @@ static int check_keys(parse_ctx *c, json_t *obj, const char *const *allowed, con
 static int expect_string(parse_ctx *c, const json_t *v)
 {
     if (!json_is_string(v))
-        return fail(c, 0, "expected a string, got %s", type_name(v));
+        return fail(c, 0, "expected a string, got %s", json_kind_phrase(v));
     return THEUS_OK;
 }
 
@@ -238,6 +224,19 @@ static int check_name_text(parse_ctx *c, const char *name, int at_key, const cha
         if (*p < 0x20 || *p == 0x7f)
             return fail(c, at_key, "%s must not contain control characters", what);
     return THEUS_OK;
+}
+
+/* Optional free text under "description". */
+static int parse_description(parse_ctx *c, json_t *obj)
+{
+    json_t *d = json_object_get(obj, "description");
+    if (!d)
+        return THEUS_OK;
+    push_key(c, "description");
+    int rc = expect_string(c, d);
+    if (rc == THEUS_OK)
+        pop(c);
+    return rc;
 }
 
 /* ---- one field ---------------------------------------------------------------------- */
@@ -268,7 +267,7 @@ static int parse_shape(parse_ctx *c, json_t *fobj, schema_field *f)
         return fail(c, 0, "missing required key \"shape\" ([] for a scalar)");
     push_key(c, "shape");
     if (!json_is_array(v))
-        return fail(c, 0, "expected an array of dimensions, got %s", type_name(v));
+        return fail(c, 0, "expected an array of dimensions, got %s", json_kind_phrase(v));
     size_t n = json_array_size(v);
     if (n > THEUS_MAX_DIMS)
         return fail(c, 0, "at most %d dimensions are allowed, got %zu", THEUS_MAX_DIMS, n);
@@ -276,7 +275,7 @@ static int parse_shape(parse_ctx *c, json_t *fobj, schema_field *f)
         json_t *d = json_array_get(v, i);
         push_index(c, i);
         if (!json_is_integer(d))
-            return fail(c, 0, "expected a non-negative integer, got %s", type_name(d));
+            return fail(c, 0, "expected a non-negative integer, got %s", json_kind_phrase(d));
         json_int_t x = json_integer_value(d);
         if (x < 0)
             return fail(c, 0, "dimension must be non-negative, got %" JSON_INTEGER_FORMAT, x);
@@ -345,7 +344,7 @@ static int parse_constraints(parse_ctx *c, json_t *fobj, schema_field *f)
         return THEUS_OK;
     push_key(c, "constraints");
     if (!json_is_object(obj))
-        return fail(c, 0, "expected an object, got %s", type_name(obj));
+        return fail(c, 0, "expected an object, got %s", json_kind_phrase(obj));
     int rc = check_keys(c, obj, keys, "finite, min, max");
     if (rc)
         return rc;
@@ -360,11 +359,11 @@ static int parse_constraints(parse_ctx *c, json_t *fobj, schema_field *f)
             if (!dtype_is_float(f->dtype))
                 return fail(c, 0, "\"finite\" applies only to f16, bf16, f32 and f64 fields");
             if (!json_is_boolean(v))
-                return fail(c, 0, "expected true or false, got %s", type_name(v));
+                return fail(c, 0, "expected true or false, got %s", json_kind_phrase(v));
             k->finite = json_is_true(v);
         } else {
             if (!json_is_number(v))
-                return fail(c, 0, "expected a number, got %s", type_name(v));
+                return fail(c, 0, "expected a number, got %s", json_kind_phrase(v));
             double x = json_number_value(v);
             if (!isfinite(x))
                 return fail(c, 0, "must be a finite number");
@@ -394,7 +393,7 @@ static int parse_audit_rule(parse_ctx *c, json_t *obj, schema_field *f, schema_a
     static const char *const rules[] = {"finite", "min", "max", "max_abs", "max_change", NULL};
     static const char *const levels[] = {"S", "A", "B", "C", NULL};
     if (!json_is_object(obj))
-        return fail(c, 0, "expected an object, got %s", type_name(obj));
+        return fail(c, 0, "expected an object, got %s", json_kind_phrase(obj));
     int rc = check_keys(c, obj, keys, "rule, value, level, threshold, reset, description");
     if (rc)
         return rc;
@@ -426,7 +425,7 @@ static int parse_audit_rule(parse_ctx *c, json_t *obj, schema_field *f, schema_a
             return fail(c, 0, "missing required key \"value\" (the rule's bound)");
         push_key(c, "value");
         if (!json_is_number(v))
-            return fail(c, 0, "expected a number, got %s", type_name(v));
+            return fail(c, 0, "expected a number, got %s", json_kind_phrase(v));
         a->value = json_number_value(v);
         if (!isfinite(a->value))
             return fail(c, 0, "must be a finite number");
@@ -454,19 +453,12 @@ static int parse_audit_rule(parse_ctx *c, json_t *obj, schema_field *f, schema_a
         if (r) {
             push_key(c, "reset");
             if (!json_is_boolean(r))
-                return fail(c, 0, "expected true or false, got %s", type_name(r));
+                return fail(c, 0, "expected true or false, got %s", json_kind_phrase(r));
             a->reset = json_is_true(r);
             pop(c);
         }
     }
-    json_t *d = json_object_get(obj, "description");
-    if (d) {
-        push_key(c, "description");
-        if ((rc = expect_string(c, d)))
-            return rc;
-        pop(c);
-    }
-    return THEUS_OK;
+    return parse_description(c, obj);
 }
 
 static int parse_audit(parse_ctx *c, json_t *fobj, schema_field *f)
@@ -476,7 +468,7 @@ static int parse_audit(parse_ctx *c, json_t *fobj, schema_field *f)
         return THEUS_OK;
     push_key(c, "audit");
     if (!json_is_array(arr))
-        return fail(c, 0, "expected an array of rules, got %s", type_name(arr));
+        return fail(c, 0, "expected an array of rules, got %s", json_kind_phrase(arr));
     size_t n = json_array_size(arr);
     if (n > SCHEMA_AUDIT_MAX)
         return fail(c, 0, "at most %d audit rules per field, got %zu", SCHEMA_AUDIT_MAX, n);
@@ -510,7 +502,7 @@ static int parse_field(parse_ctx *c, const char *name, json_t *fobj, schema_fiel
                     "process contracts)",
                     *glob);
     if (!json_is_object(fobj))
-        return fail(c, 0, "expected an object, got %s", type_name(fobj));
+        return fail(c, 0, "expected an object, got %s", json_kind_phrase(fobj));
     rc = check_keys(c, fobj, keys,
                     "dtype, shape, placement, zone, constraints, audit, description");
     if (rc)
@@ -532,14 +524,7 @@ static int parse_field(parse_ctx *c, const char *name, json_t *fobj, schema_fiel
     f->zone = (theus_zone)choice;
     if ((rc = parse_constraints(c, fobj, f)) || (rc = parse_audit(c, fobj, f)))
         return rc;
-    json_t *d = json_object_get(fobj, "description");
-    if (d) {
-        push_key(c, "description");
-        if ((rc = expect_string(c, d)))
-            return rc;
-        pop(c);
-    }
-    return THEUS_OK;
+    return parse_description(c, fobj);
 }
 
 /* ---- the whole schema --------------------------------------------------------------- */
@@ -548,7 +533,7 @@ static int parse_root(parse_ctx *c, json_t *root, theus_schema **res)
 {
     static const char *const keys[] = {"name", "fields", "description", NULL};
     if (!json_is_object(root))
-        return fail(c, 0, "expected an object, got %s", type_name(root));
+        return fail(c, 0, "expected an object, got %s", json_kind_phrase(root));
     int rc = check_keys(c, root, keys, "name, fields, description");
     if (rc)
         return rc;
@@ -562,20 +547,15 @@ static int parse_root(parse_ctx *c, json_t *root, theus_schema **res)
         name = json_string_value(v);
         pop(c);
     }
-    v = json_object_get(root, "description");
-    if (v) {
-        push_key(c, "description");
-        if ((rc = expect_string(c, v)))
-            return rc;
-        pop(c);
-    }
+    if ((rc = parse_description(c, root)))
+        return rc;
 
     json_t *fields = json_object_get(root, "fields");
     if (!fields)
         return fail(c, 0, "missing required key \"fields\"");
     push_key(c, "fields");
     if (!json_is_object(fields))
-        return fail(c, 0, "expected an object, got %s", type_name(fields));
+        return fail(c, 0, "expected an object, got %s", json_kind_phrase(fields));
     size_t n = json_object_size(fields);
     if (n == 0)
         return fail(c, 0, "at least one field is required");

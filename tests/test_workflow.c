@@ -2,9 +2,11 @@
  * through called workflows, and a table of malformed files refused with JSON path, line
  * and column. Rows of issue #11's table: a while loop sees its own writes; conditions are
  * a small expression language (no eval). */
+#include "theus/theus_durable.h"
 #include "theus/theus_process.h"
 
 #include <criterion/criterion.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -14,7 +16,8 @@ static const char *schema =
     "\"step\":  {\"dtype\": \"i64\", \"shape\": []},"
     "\"hits\":  {\"dtype\": \"i64\", \"shape\": []},"
     "\"loss\":  {\"dtype\": \"f32\", \"shape\": [1]},"
-    "\"W\":     {\"dtype\": \"f32\", \"shape\": [2, 3]}}}";
+    "\"W\":     {\"dtype\": \"f32\", \"shape\": [2, 3]},"
+    "\"pos\":   {\"dtype\": \"i64\", \"shape\": []}}}";
 
 static theus_state *st;
 static theus_engine *eng;
@@ -73,15 +76,20 @@ static void reg(const char *name, theus_process_fn body, void *user, const char 
     cr_assert_eq(theus_engine_register(eng, &d), THEUS_OK, "%s", theus_state_last_error(st));
 }
 
-static void setup(void)
+static void register_all(void)
 {
-    cr_assert_eq(theus_state_create(schema, NULL, &st), THEUS_OK);
-    cr_assert_eq(theus_engine_create(st, NULL, &eng), THEUS_OK);
     reg("step", bump, "step", "step");
     reg("hit", bump, "hits", "hits");
     reg("set_loss", set_loss, NULL, "loss");
     reg("flaky", flaky, NULL, "hits");
     reg("tick", signal_tick, NULL, "hits");
+}
+
+static void setup(void)
+{
+    cr_assert_eq(theus_state_create(schema, NULL, &st), THEUS_OK);
+    cr_assert_eq(theus_engine_create(st, NULL, &eng), THEUS_OK);
+    register_all();
 }
 
 static void teardown(void)
@@ -253,7 +261,7 @@ static const bad_case bad[] = {
     {"{\"steps\": []}", "workflow: $: missing required key \"name\" (line 1, column 1)"},
     {"{\"name\": \"x\"}", "workflow: $: missing required key \"steps\" (line 1, column 1)"},
     {"{\"name\": \"x\", \"steps\": [], \"colour\": 1}",
-     "workflow: $.colour: unknown key (allowed: name, max_ops, steps, description) (line 1, column 28)"},
+     "workflow: $.colour: unknown key (allowed: name, max_ops, position, steps, description) (line 1, column 28)"},
     {"{\"name\": \"x\", \"max_ops\": 0, \"steps\": []}",
      "workflow: $.max_ops: expected an integer in [1, 9007199254740992] (line 1, column 26)"},
     {"{\"name\": \"x\", \"steps\": {}}",
@@ -319,4 +327,128 @@ Test(workflow, nesting_too_deep_is_refused)
     cr_expect_eq(theus_workflow_load(eng, json, &wf), THEUS_ESCHEMA);
     cr_expect(strstr(theus_state_last_error(st), "nested more than") != NULL, "%s",
               theus_state_last_error(st));
+}
+
+/* ---- the position in the state ---------------------------------------------------------- */
+
+static const char *resumable =
+    "{\"name\": \"resumable\", \"position\": \"pos\", \"steps\": ["
+    "{\"run\": \"hit\"}, {\"run\": \"flaky\"}, {\"run\": \"step\"}]}";
+
+Test(workflow, resumes_at_the_step_it_stopped)
+{
+    theus_workflow *wf = load(resumable);
+    theus_workflow_report rep;
+    fail_left = 1;
+    cr_expect_eq(theus_workflow_run(wf, &rep), FLAKY);
+    cr_expect_eq(get("pos"), 1, "the failed step is where it resumes");
+    cr_expect_eq(get("hits"), 1);
+    cr_expect_eq(theus_workflow_run(wf, &rep), THEUS_OK);
+    cr_expect_eq(rep.resumed_at, 1);
+    cr_expect_eq(get("hits"), 2, "the first step did not run again");
+    cr_expect_eq(get("step"), 1);
+    cr_expect_eq(get("pos"), 0, "a finished run starts over next time");
+    cr_expect_eq(theus_workflow_run(wf, &rep), THEUS_OK);
+    cr_expect_eq(rep.resumed_at, 0);
+    cr_expect_eq(get("hits"), 4);
+    theus_workflow_free(wf);
+}
+
+/* A checkpoint (theus/theus_durable.h) taken after a failed step, loaded into a new state
+ * with a new engine: the workflow goes on where it stopped. */
+Test(workflow, a_checkpointed_state_resumes_its_workflow)
+{
+    theus_workflow *wf = load(resumable);
+    fail_left = 1;
+    cr_expect_eq(theus_workflow_run(wf, NULL), FLAKY);
+    theus_workflow_free(wf);
+    char dir[] = "/tmp/theus-wf-ckpt-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char path[64];
+    snprintf(path, sizeof path, "%s/state.safetensors", dir);
+    int rc = theus_state_save_safetensors(st, path);
+    teardown();
+    setup();
+    if (rc == THEUS_OK)
+        rc = theus_state_load_safetensors(st, path);
+    unlink(path);
+    rmdir(dir);
+    cr_assert_eq(rc, THEUS_OK, "%s", theus_state_last_error(st));
+    cr_expect_eq(get("pos"), 1);
+    cr_expect_eq(get("hits"), 1);
+    wf = load(resumable);
+    theus_workflow_report rep;
+    cr_expect_eq(theus_workflow_run(wf, &rep), THEUS_OK, "%s", theus_state_last_error(st));
+    cr_expect_eq(rep.resumed_at, 1);
+    cr_expect_eq(get("hits"), 2);
+    cr_expect_eq(get("step"), 1);
+    theus_workflow_free(wf);
+}
+
+Test(workflow, the_position_field_is_checked)
+{
+    theus_workflow *wf = NULL;
+    cr_expect_eq(theus_workflow_load(eng, "{\"name\": \"p\", \"position\": \"W\", \"steps\": []}",
+                                     &wf), THEUS_ESCHEMA);
+    cr_expect_str_eq(theus_state_last_error(st),
+                     "workflow: $.position: the position field 'W' must be an i32, i64, u32 or "
+                     "u64 scalar outside the const and signal zones (line 1, column 27)");
+    cr_expect_eq(theus_workflow_load(eng, "{\"name\": \"p\", \"position\": \"nope\", \"steps\": []}",
+                                     &wf), THEUS_ESCHEMA);
+    cr_expect(strstr(theus_state_last_error(st), "no field 'nope'") != NULL);
+}
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void open_durable(const char *dir)
+{
+    cr_assert_eq(theus_state_open_durable(dir, schema, NULL, NULL, &st), THEUS_OK, "%s",
+                 theus_last_error_message());
+    cr_assert_eq(theus_engine_create(st, NULL, &eng), THEUS_OK, "%s", theus_state_last_error(st));
+    register_all();
+}
+
+static char durable_dir[64];
+
+static void durable_fini(void)
+{
+    teardown();
+    if (durable_dir[0])
+        nftw(durable_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+/* A durable state (theus_state_open_durable: log and recovery) closed after a failed step
+ * and opened again: the recovered state, with a new engine, resumes the workflow. */
+Test(workflow_durable, a_recovered_durable_state_resumes_its_workflow, .fini = durable_fini,
+     .timeout = 60)
+{
+    snprintf(durable_dir, sizeof durable_dir, "/tmp/theus-wf-durable-XXXXXX");
+    cr_assert_not_null(mkdtemp(durable_dir));
+    char dir[80];
+    snprintf(dir, sizeof dir, "%s/state", durable_dir);
+    open_durable(dir);
+    theus_workflow *wf = load(resumable);
+    fail_left = 1;
+    cr_expect_eq(theus_workflow_run(wf, NULL), FLAKY);
+    theus_workflow_free(wf);
+    cr_expect_eq(get("pos"), 1);
+    teardown();
+    st = NULL;
+    eng = NULL;
+    open_durable(dir);
+    cr_expect_eq(get("pos"), 1, "recovered from the log");
+    cr_expect_eq(get("hits"), 1);
+    wf = load(resumable);
+    theus_workflow_report rep;
+    cr_expect_eq(theus_workflow_run(wf, &rep), THEUS_OK, "%s", theus_state_last_error(st));
+    cr_expect_eq(rep.resumed_at, 1);
+    cr_expect_eq(get("hits"), 2);
+    cr_expect_eq(get("step"), 1);
+    theus_workflow_free(wf);
 }

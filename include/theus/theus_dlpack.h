@@ -1,4 +1,5 @@
-/* DLPack export of theus fields and staging buffers, for PyTorch, CuPy, JAX and NumPy. */
+/** @file
+ * DLPack export of theus fields and staging buffers, for PyTorch, CuPy, JAX and NumPy. */
 #ifndef THEUS_THEUS_DLPACK_H
 #define THEUS_THEUS_DLPACK_H
 
@@ -14,6 +15,8 @@ extern "C" {
  *        Device type: kDLCUDA for device fields, kDLCUDAHost for pinned, kDLCPU for host
  *        (including GPU placements that fell back to host memory). flags has
  *        DLPACK_FLAG_BITMASK_READ_ONLY set. The view follows later commits in place.
+ * @param[in]  st    the state; borrowed.
+ * @param[in]  field the field's name; borrowed for the call.
  * @param[out] out new tensor owned by the caller: call (*out)->deleter(*out) exactly once.
  *             The deleter keeps the field memory alive: the state's memory is released at
  *             the later of theus_state_destroy and the last deleter.
@@ -41,6 +44,10 @@ THEUS_API int theus_field_export_dlpack_unversioned(theus_state *st, const char 
  * @brief Export a buffer from theus_tx_stage_buffer as a writable DLPack tensor in the
  *        region's shape, so another framework can fill it. The deleter keeps the buffer
  *        alive after the transaction is committed or aborted.
+ * @param[in]  tx  the transaction.
+ * @param[in]  buf a buffer theus_tx_stage_buffer returned for @p tx.
+ * @param[out] out new tensor owned by the caller: call (*out)->deleter(*out) exactly once;
+ *                 NULL on failure.
  * @return THEUS_OK; THEUS_ENOENT when @p buf is not a staging buffer of @p tx; THEUS_EINVAL;
  *         THEUS_ENOMEM.
  * @note Same thread rules as the transaction.

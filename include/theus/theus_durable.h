@@ -1,4 +1,5 @@
-/* theus durability and interop (docs/durability.md): durable states in a directory — a
+/** @file
+ * theus durability and interop (docs/durability.md): durable states in a directory — a
  * write-ahead log of committed batches and safetensors checkpoints, recovery, time travel —
  * and standalone safetensors files. Nothing in this header depends on CUDA or jansson. */
 #ifndef THEUS_THEUS_DURABLE_H
@@ -29,7 +30,7 @@ typedef enum theus_sync {
 
 /** Options of a durable state. Start from THEUS_DURABLE_OPTIONS_INIT. */
 typedef struct theus_durable_options {
-    theus_sync sync;
+    theus_sync sync;             /**< when a commit's log record is synced (default COMMIT) */
     /** THEUS_SYNC_GROUP: how long the leader of a group fsync waits for more records when
      *  the previous group had several (microseconds; 0: never waits). */
     uint32_t group_window_us;
@@ -40,6 +41,7 @@ typedef struct theus_durable_options {
     uint32_t keep_checkpoints;
 } theus_durable_options;
 
+/** Initializer of theus_durable_options: every member at its default. */
 #define THEUS_DURABLE_OPTIONS_INIT { THEUS_SYNC_COMMIT, 200, 0, 0 }
 
 /**
@@ -87,6 +89,9 @@ THEUS_API int theus_state_checkpoint(theus_state *st, int incremental, uint64_t 
 
 /**
  * @brief The range of versions directory @p dir can still rebuild (theus_state_open_version).
+ * @param[in]  dir    the durable state's directory; borrowed for the call.
+ * @param[out] oldest receives the oldest version it can rebuild.
+ * @param[out] newest receives the newest (the last logged commit).
  * @return THEUS_OK; THEUS_ENOENT (no state there); THEUS_EPERM / THEUS_EINVAL as
  *         theus_state_open_durable; THEUS_EIO.
  * @note Reads the directory only; may run while a process has it open. @p oldest is 1 while
@@ -97,6 +102,8 @@ THEUS_API int theus_state_versions(const char *dir, uint64_t *oldest, uint64_t *
 /**
  * @brief Rebuild version @p version of the durable state in @p dir, read-only: every commit
  *        (and theus_state_init_field) on it is refused with THEUS_EPERM.
+ * @param[in]  dir     the durable state's directory; borrowed for the call.
+ * @param[in]  version the version to rebuild, within theus_state_versions' range.
  * @param[out] out the state (theus_state_destroy), or NULL on failure.
  * @return THEUS_OK; THEUS_ENOENT (the version is outside theus_state_versions' range);
  *         THEUS_ECORRUPT (as recovery); THEUS_EPERM; THEUS_EINVAL; THEUS_EIO; THEUS_ENOMEM.
@@ -116,6 +123,8 @@ typedef struct theus_durable_info {
 } theus_durable_info;
 
 /** @brief What opening a durable state recovered.
+ *  @param[in]  st  a state from theus_state_open_durable.
+ *  @param[out] out receives the recovery summary.
  *  @return THEUS_OK; THEUS_EINVAL for NULL arguments or a state that is not durable. */
 THEUS_API int theus_state_durable_info(const theus_state *st, theus_durable_info *out);
 
@@ -151,16 +160,18 @@ typedef struct theus_load_options {
     /** NULL: a tensor loads into the field of the same name. Otherwise called once per
      *  tensor. */
     theus_tensor_map_fn map;
-    void *map_user;
+    void *map_user;       /**< passed to @c map as is */
     /** 1: also load tensors into `signal` fields (default 0: skipped, as checkpoints do). */
     int load_signal;
 } theus_load_options;
 
+/** Initializer of theus_load_options: every member at its default. */
 #define THEUS_LOAD_OPTIONS_INIT {0, NULL, NULL, 0}
 
 /**
  * @brief Load a safetensors file (written by theus, Python `safetensors`, PyTorch ...) into
  *        the fields its tensors name, as one transaction.
+ * @param[in] st   the state.
  * @param[in] path the file; borrowed for the call.
  * @return THEUS_OK; THEUS_ENOENT (no such file); THEUS_ECORRUPT (the file is not a valid
  *         safetensors file: header length, JSON, dtype names, shapes, data_offsets — the
@@ -175,7 +186,9 @@ typedef struct theus_load_options {
  */
 THEUS_API int theus_state_load_safetensors(theus_state *st, const char *path);
 
-/** @brief As theus_state_load_safetensors, with options (NULL: THEUS_LOAD_OPTIONS_INIT).
+/** @brief As theus_state_load_safetensors, with options.
+ *  @param st, path as for theus_state_load_safetensors.
+ *  @param opts options, or NULL for THEUS_LOAD_OPTIONS_INIT; borrowed for the call.
  *  @return as theus_state_load_safetensors; THEUS_EINVAL for bad options. */
 THEUS_API int theus_state_load_safetensors_ex(theus_state *st, const char *path,
                                               const theus_load_options *opts);

@@ -1,4 +1,5 @@
-/* theus process layer: processes with contracts run by an engine, JSON workflows, the
+/** @file
+ * theus process layer: processes with contracts run by an engine, JSON workflows, the
  * audit (rules in the schema, levels S/A/B/C), signals and waits, and the outbox.
  * See docs/processes.md. Nothing here depends on CUDA or jansson. */
 #ifndef THEUS_THEUS_PROCESS_H
@@ -19,12 +20,14 @@ extern "C" {
 /* ---------------------------------------------------------------------------------------
  * Engines and processes
  * ------------------------------------------------------------------------------------ */
+/** An engine: the registered processes of one state, and what runs them (opaque). */
 typedef struct theus_engine theus_engine;
 /** One run of a process: what its body sees (the transaction, signals, the outbox). */
 typedef struct theus_run theus_run;
 /** A handle on a process run submitted to the engine's worker pool. */
 typedef struct theus_job theus_job;
 
+/** Whether a process writes. */
 typedef enum theus_process_kind {
     THEUS_PROCESS_EFFECT = 0, /**< reads and writes; commits through the retry helper */
     THEUS_PROCESS_PURE = 1    /**< reads only: a snapshot, never takes the commit lock */
@@ -41,13 +44,16 @@ typedef int (*theus_process_fn)(theus_run *run, void *user);
  *  keeps its own copies), except @p user, which is passed to every run of the body. */
 typedef struct theus_process_def {
     const char *name;                 /**< 1..THEUS_NAME_MAX bytes, unique in the engine */
-    theus_process_fn body;
-    const char *const *inputs;  size_t n_inputs;   /**< field names or fnmatch(3) globs */
-    const char *const *outputs; size_t n_outputs;  /**< writable fields (none for pure) */
-    theus_process_kind kind;
-    const int *status_codes; size_t n_status_codes; /**< the body's own non-zero codes */
+    theus_process_fn body;            /**< the body, run once per attempt */
+    const char *const *inputs;        /**< readable fields: names or fnmatch(3) globs */
+    size_t n_inputs;                  /**< entries of @c inputs */
+    const char *const *outputs;       /**< writable fields (none for pure) */
+    size_t n_outputs;                 /**< entries of @c outputs */
+    theus_process_kind kind;          /**< effect (default) or pure */
+    const int *status_codes;          /**< the body's own non-zero codes */
+    size_t n_status_codes;            /**< entries of @c status_codes */
     int isolation;                    /**< theus_isolation of every attempt (default 0) */
-    void *user;
+    void *user;                       /**< passed to every run of @c body */
 } theus_process_def;
 
 /** Engine options. Start from THEUS_ENGINE_OPTIONS_INIT. */
@@ -57,6 +63,7 @@ typedef struct theus_engine_options {
     theus_retry_options retry; /**< retry policy of every effect run (tx member ignored) */
 } theus_engine_options;
 
+/** Initializer of theus_engine_options: every member at its default. */
 #define THEUS_ENGINE_OPTIONS_INIT {0, 0, THEUS_RETRY_OPTIONS_INIT}
 
 /**
@@ -75,18 +82,22 @@ THEUS_API int theus_engine_create(theus_state *st, const theus_engine_options *o
 /**
  * @brief Destroy an engine: stops its worker pool (queued jobs end with THEUS_EBUSY), wakes
  *        every waiter (they return THEUS_EBUSY), detaches from the state. NULL is a no-op.
+ * @param e the engine (consumed), or NULL.
  * @note No run of the engine may be in progress and no other thread may call into it
  *       afterwards; threads blocked in theus_engine_wait_* are woken and waited for.
  */
 THEUS_API void theus_engine_destroy(theus_engine *e);
 
-/** @brief The state the engine runs on (borrowed). */
+/** @brief The state the engine runs on. @param e the engine.
+ *  @return the state (borrowed). */
 THEUS_API theus_state *theus_engine_state(const theus_engine *e);
 
 /**
  * @brief Register a process. Its contract is checked against the schema now: every input
  *        and output name or glob must match at least one field, and no output may match a
  *        const field; a pure process declares no outputs.
+ * @param e   the engine.
+ * @param def the process; borrowed for the call (see theus_process_def).
  * @return THEUS_OK; THEUS_EINVAL (NULL body or name, name too long, duplicate name, empty
  *         glob, a glob that matches no field, a pure process with outputs, THEUS_OK or a
  *         duplicate among status_codes); THEUS_EPERM (an output matches a const field);
@@ -99,6 +110,8 @@ THEUS_API int theus_engine_register(theus_engine *e, const theus_process_def *de
  * @brief Run a process by name: one transaction through theus_tx_run (retried on
  *        conflict); a pure process reads a snapshot and its transaction is released without
  *        commit. After the commit, its signals are delivered and its outbox entries have run.
+ * @param[in]  e       the engine.
+ * @param[in]  process the process's name; borrowed for the call.
  * @param[out] committed_version the version the run committed (its base when it wrote
  *             nothing); may be NULL.
  * @return THEUS_OK; THEUS_ENOENT (no such process); THEUS_EBUSY (the engine was stopped by
@@ -111,6 +124,8 @@ THEUS_API int theus_engine_run(theus_engine *e, const char *process, uint64_t *c
 
 /**
  * @brief Run a process on the engine's worker pool.
+ * @param[in]  e       the engine.
+ * @param[in]  process the process's name; borrowed for the call.
  * @param[out] job a handle to wait on (theus_job_wait consumes it); NULL on failure.
  * @return THEUS_OK; THEUS_ENOENT; THEUS_EINVAL; THEUS_ENOMEM; THEUS_EBUSY (engine stopped).
  * @note Thread-safe.
@@ -119,6 +134,7 @@ THEUS_API int theus_engine_submit(theus_engine *e, const char *process, theus_jo
 
 /**
  * @brief Wait for a submitted run to finish and release the handle.
+ * @param[in]  job the handle (consumed).
  * @param[out] committed_version as theus_engine_run; may be NULL.
  * @return the run's status, as theus_engine_run; THEUS_EINVAL for a NULL job.
  * @note Any thread may wait, once per job. Its error detail is copied to the waiting
@@ -126,11 +142,13 @@ THEUS_API int theus_engine_submit(theus_engine *e, const char *process, theus_jo
  */
 THEUS_API int theus_job_wait(theus_job *job, uint64_t *committed_version);
 
-/** @brief The transaction of the current attempt (borrowed: valid during the body only). */
+/** @brief The transaction of the current attempt. @param run the run.
+ *  @return the transaction (borrowed: valid during the body only). */
 THEUS_API theus_tx *theus_run_tx(theus_run *run);
-/** @brief The name of the running process (borrowed). */
+/** @brief The name of the running process. @param run the run.
+ *  @return the name (borrowed). */
 THEUS_API const char *theus_run_process(const theus_run *run);
-/** @brief The engine of the run (borrowed). */
+/** @brief The engine of the run. @param run the run. @return the engine (borrowed). */
 THEUS_API theus_engine *theus_run_engine(theus_run *run);
 
 /** Counters of one process. */
@@ -145,15 +163,21 @@ typedef struct theus_process_stats {
     uint64_t audit;       /**< audit violations recorded for this process's commits */
 } theus_process_stats;
 
-/** @brief Copy a process's counters. @return THEUS_OK, THEUS_ENOENT, THEUS_EINVAL.
+/** @brief Copy a process's counters.
+ *  @param[in]  e       the engine.
+ *  @param[in]  process the process's name; borrowed for the call.
+ *  @param[out] out     receives the counters.
+ *  @return THEUS_OK, THEUS_ENOENT, THEUS_EINVAL.
  *  @note Thread-safe; counters of concurrent runs may be mid-update. */
 THEUS_API int theus_engine_process_stats(theus_engine *e, const char *process,
                                          theus_process_stats *out);
 
-/** @brief 1 when a level-S audit rule stopped the engine (runs and workflows then refuse
- *  with THEUS_EBUSY), else 0. @note Thread-safe. */
+/** @brief Whether a level-S audit rule stopped the engine. @param e the engine.
+ *  @return 1 when stopped (runs and workflows then refuse with THEUS_EBUSY), else 0.
+ *  @note Thread-safe. */
 THEUS_API int theus_engine_stopped(const theus_engine *e);
-/** @brief Let a stopped engine run again (after the cause is dealt with). @note Thread-safe. */
+/** @brief Let a stopped engine run again (after the cause is dealt with).
+ *  @param e the engine. @note Thread-safe. */
 THEUS_API void theus_engine_resume(theus_engine *e);
 
 /* ---------------------------------------------------------------------------------------
@@ -163,6 +187,8 @@ THEUS_API void theus_engine_resume(theus_engine *e);
  * @brief Queue signal @p name on the run's transaction: it is delivered (its count goes up
  *        by one, waiters wake) after the commit is published, and never when the attempt
  *        aborts, conflicts or is refused.
+ * @param run  the run.
+ * @param name the signal's name; copied.
  * @return THEUS_OK; THEUS_EINVAL (NULL, empty name, name longer than THEUS_NAME_MAX);
  *         THEUS_EPERM (a pure process); THEUS_ENOMEM.
  */
@@ -178,6 +204,10 @@ typedef void (*theus_outbox_drop_fn)(void *arg);
  *        engine runs it exactly once, in commit order with the other runs' entries, before
  *        theus_engine_run returns; on abort, conflict or refusal it is dropped (@p drop, if
  *        not NULL, is called with @p arg) and never runs.
+ * @param run  the run.
+ * @param fn   the side effect.
+ * @param drop releases @p arg when the entry is dropped; may be NULL.
+ * @param arg  passed to @p fn or @p drop; owned by the entry until one of them runs.
  * @return THEUS_OK; THEUS_EINVAL (NULL run or fn); THEUS_EPERM (a pure process); THEUS_ENOMEM
  *         (@p drop has been called).
  * @note @p fn may run on another thread that committed later and drains the outbox first;
@@ -186,11 +216,18 @@ typedef void (*theus_outbox_drop_fn)(void *arg);
 THEUS_API int theus_run_outbox(theus_run *run, theus_outbox_fn fn, theus_outbox_drop_fn drop,
                                void *arg);
 
-/** @brief How often signal @p name was delivered (0 if never). @return THEUS_OK, THEUS_EINVAL. */
+/** @brief How often signal @p name was delivered (0 if never).
+ *  @param[in]  e     the engine.
+ *  @param[in]  name  the signal's name; borrowed for the call.
+ *  @param[out] count receives the count.
+ *  @return THEUS_OK, THEUS_EINVAL. */
 THEUS_API int theus_engine_signal_count(theus_engine *e, const char *name, uint64_t *count);
 
 /**
  * @brief Block until signal @p name has been delivered more than @p after times.
+ * @param[in]  e          the engine.
+ * @param[in]  name       the signal's name; borrowed for the call.
+ * @param[in]  after      the count to pass.
  * @param[in]  timeout_ms 0: do not wait (test only); UINT32_MAX: no timeout.
  * @param[out] count      the count seen last; may be NULL.
  * @return THEUS_OK; THEUS_ETIMEDOUT; THEUS_EBUSY (the engine is being destroyed);
@@ -203,6 +240,11 @@ THEUS_API int theus_engine_wait_signal(theus_engine *e, const char *name, uint64
 /**
  * @brief Block until the version of field @p field (NULL: the state's version) is greater
  *        than @p after.
+ * @param[in]  e          the engine.
+ * @param[in]  field      the field's name (borrowed for the call), or NULL.
+ * @param[in]  after      the version to pass.
+ * @param[in]  timeout_ms as for theus_engine_wait_signal.
+ * @param[out] version    the version seen last; may be NULL.
  * @return as theus_engine_wait_signal, plus THEUS_ENOENT for an unknown field.
  * @note Woken by the commits of this process's handle on the state.
  */
@@ -212,6 +254,7 @@ THEUS_API int theus_engine_wait_version(theus_engine *e, const char *field, uint
 /* ---------------------------------------------------------------------------------------
  * Audit
  * ------------------------------------------------------------------------------------ */
+/** What an audit rule checks (docs/processes.md). */
 typedef enum theus_audit_rule {
     THEUS_AUDIT_FINITE = 0, /**< no NaN or infinity */
     THEUS_AUDIT_MIN,        /**< every element >= value */
@@ -225,8 +268,8 @@ typedef struct theus_audit_record {
     uint64_t seq;                      /**< 1, 2, ... over the engine's life */
     uint64_t version;                  /**< the version the commit creates (or would have) */
     char process[THEUS_NAME_MAX + 1];  /**< "" for a commit made outside the engine */
-    char field[THEUS_NAME_MAX + 1];
-    theus_audit_rule rule;
+    char field[THEUS_NAME_MAX + 1];    /**< the field that broke the rule */
+    theus_audit_rule rule;             /**< the rule it broke */
     char level;                        /**< 'S', 'A', 'B' or 'C' */
     int refused;                       /**< 1: the commit was refused */
     uint64_t index;                    /**< first bad element (flat, C order, in the field) */
@@ -236,6 +279,9 @@ typedef struct theus_audit_record {
 
 /**
  * @brief Copy the audit records with seq >= @p from_seq that are still in the ring.
+ * @param[in]  e        the engine.
+ * @param[in]  from_seq the first sequence number wanted.
+ * @param[in]  cap      room in @p out, in records.
  * @param[out] out  room for @p cap records, oldest first.
  * @param[out] n    records copied.
  * @return THEUS_OK or THEUS_EINVAL. @note Thread-safe.
@@ -246,6 +292,10 @@ THEUS_API int theus_engine_audit_records(theus_engine *e, uint64_t from_seq,
 /**
  * @brief Number of audit violations recorded for @p process (NULL: all, "" : commits made
  *        outside the engine) on @p field (NULL: all fields).
+ * @param[in]  e       the engine.
+ * @param[in]  process the process's name, "" or NULL; borrowed for the call.
+ * @param[in]  field   the field's name or NULL; borrowed for the call.
+ * @param[out] count   receives the count.
  * @return THEUS_OK; THEUS_ENOENT (unknown process or field); THEUS_EINVAL.
  */
 THEUS_API int theus_engine_audit_count(theus_engine *e, const char *process, const char *field,
@@ -254,11 +304,13 @@ THEUS_API int theus_engine_audit_count(theus_engine *e, const char *process, con
 /* ---------------------------------------------------------------------------------------
  * Workflows (JSON, docs/processes.md)
  * ------------------------------------------------------------------------------------ */
+/** A parsed workflow of an engine (opaque). */
 typedef struct theus_workflow theus_workflow;
 
 /**
  * @brief Parse a workflow and check it against the engine: process names exist, conditions
  *        name scalar fields or elements in range.
+ * @param[in]  e    the engine.
  * @param[in]  json NUL-terminated JSON text; borrowed.
  * @param[out] out  the workflow (theus_workflow_free; before the engine), NULL on failure.
  * @return THEUS_OK; THEUS_ESCHEMA for a malformed workflow (the JSON path, line and column
@@ -267,11 +319,16 @@ typedef struct theus_workflow theus_workflow;
  * @note Thread-safe.
  */
 THEUS_API int theus_workflow_load(theus_engine *e, const char *json, theus_workflow **out);
-/** @brief As theus_workflow_load, from a file. Adds THEUS_ENOENT / THEUS_EIO. */
+/** @brief As theus_workflow_load, from a file.
+ *  @param[in]  e    the engine.
+ *  @param[in]  path the workflow file; borrowed for the call.
+ *  @param[out] out  as for theus_workflow_load.
+ *  @return as theus_workflow_load, plus THEUS_ENOENT / THEUS_EIO. */
 THEUS_API int theus_workflow_load_file(theus_engine *e, const char *path, theus_workflow **out);
-/** @brief Release a workflow (not while it runs). NULL is a no-op. */
+/** @brief Release a workflow (not while it runs). NULL is a no-op.
+ *  @param wf the workflow (consumed), or NULL. */
 THEUS_API void theus_workflow_free(theus_workflow *wf);
-/** @brief The workflow's "name" (borrowed). */
+/** @brief The workflow's "name". @param wf the workflow. @return the name (borrowed). */
 THEUS_API const char *theus_workflow_name(const theus_workflow *wf);
 
 /** What a workflow run did. */
@@ -279,6 +336,7 @@ typedef struct theus_workflow_report {
     uint64_t ops;        /**< steps and loop turns counted against max_ops */
     uint64_t runs;       /**< process runs started (retries included) */
     uint64_t failures;   /**< failed runs (also those passed over by on_error continue) */
+    uint64_t resumed_at; /**< the top-level step the run started at (the "position" field) */
     int status;          /**< the status the run returned */
     char where[128];     /**< JSON path of the step that ended it with an error, or "" */
 } theus_workflow_report;
@@ -286,7 +344,8 @@ typedef struct theus_workflow_report {
 /**
  * @brief Run a workflow on its engine, on the calling thread. Conditions are evaluated on
  *        the committed state after the previous step.
- * @param[out] rep may be NULL.
+ * @param[in]  wf  the workflow.
+ * @param[out] rep receives what the run did; may be NULL.
  * @return THEUS_OK; the status of a failed step (on_error stop or retries spent);
  *         THEUS_EBUSY (max_ops passed, or the engine stopped by a level-S audit rule);
  *         THEUS_EINVAL (recursion through called workflows); THEUS_ENOENT (a called

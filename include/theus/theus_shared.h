@@ -1,4 +1,5 @@
-/* theus: states shared between processes — the public C API (see docs/sharing.md).
+/** @file
+ * theus: states shared between processes — the public C API (see docs/sharing.md).
  * A shared state lives in a POSIX shared memory segment of the calling user (mode 0600);
  * every process that opens it by name works on the same fields, versions and commit log,
  * under the same commit rules as threads of one process. A process killed at any instant,
@@ -29,6 +30,7 @@ typedef struct theus_shared_options {
     uint32_t max_processes;
 } theus_shared_options;
 
+/** Initializer of theus_shared_options: every member at its default. */
 #define THEUS_SHARED_OPTIONS_INIT {0, 0}
 
 /**
@@ -82,8 +84,10 @@ THEUS_API int theus_state_create_shared(const char *name, const char *schema_jso
  */
 THEUS_API int theus_state_open_shared(const char *name, const char *schema_json, theus_state **out);
 
-/** @brief The shared name of @p st (borrowed; lives as long as the handle), or NULL for a
- *  private state. Thread-safe. */
+/** @brief The shared name of a state.
+ *  @param st the state.
+ *  @return its shared name (borrowed; lives as long as the handle), or NULL for a private
+ *          state. @note Thread-safe. */
 THEUS_API const char *theus_state_shared_name(const theus_state *st);
 
 /** What theus_shared_info and theus_shared_list report about a shared state. */
@@ -94,9 +98,9 @@ typedef struct theus_shared_summary {
                                then only @c name is set */
     char schema_name[THEUS_NAME_MAX + 1];   /**< the schema's "name" */
     uint64_t version;     /**< the state version */
-    uint32_t nfields;
+    uint32_t nfields;     /**< number of fields */
     uint32_t processes;   /**< live handles (lease slots held by live processes) */
-    uint32_t max_processes;
+    uint32_t max_processes; /**< lease slots (see theus_shared_options) */
     int32_t creator_pid;  /**< the process that created it (it owns device field memory) */
     uint64_t segment_bytes; /**< size of the shared memory segment */
     uint64_t redo_bytes;  /**< size of its redo area */
@@ -110,6 +114,8 @@ typedef struct theus_shared_summary {
 /**
  * @brief Describe the shared state @p name without opening it (no lease, no lock, nothing
  *        changed).
+ * @param[in]  name the shared name; borrowed for the call.
+ * @param[out] out  receives the description.
  * @return THEUS_OK; THEUS_ENOENT; THEUS_EPERM (not a regular file of this user, or mode
  *         not 0600); THEUS_ECORRUPT (bad contents, or a lock word naming a thread that does
  *         not exist: then the other members are filled in too); out->status says the same;
@@ -122,6 +128,7 @@ THEUS_API int theus_shared_info(const char *name, theus_shared_summary *out);
  * @brief List this user's shared states, sorted by name, unusable segments included (with
  *        their @c status).
  * @param[out] out   array of @p cap entries to fill (may be NULL when @p cap is 0).
+ * @param[in]  cap   number of entries of @p out.
  * @param[out] count receives the number of shared states found (may exceed @p cap: call
  *                   again with a larger array).
  * @return THEUS_OK; THEUS_EINVAL (NULL @p count, or NULL @p out with @p cap > 0);
@@ -134,6 +141,7 @@ THEUS_API int theus_shared_list(theus_shared_summary *out, size_t cap, size_t *c
  * @brief Remove the name @p name now. Processes that have the state open keep working on
  *        it; its memory goes when the last of them detaches. The name can be created again
  *        at once (as a new, separate state).
+ * @param name the shared name; borrowed for the call.
  * @return THEUS_OK; THEUS_ENOENT; THEUS_EPERM when the name is another user's file (also
  *         for root) or not a regular file (FIFO, directory, link, socket): it is left as it
  *         is; THEUS_EINVAL.

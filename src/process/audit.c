@@ -237,7 +237,7 @@ int audit_prepare(theus_engine *e, const publish_batch *b, const theus_run *run)
         n += snprintf(msg + n, sizeof msg - (size_t)n, " (level %c)", rule->level);
     keep_pending(e, 1);
     if (stop)
-        engine_stop(e);
+        atomic_store(&e->stopped, 1);   /* runs and workflows check it */
     return err_set(st, THEUS_ESCHEMA, "%s: commit refused%s", msg,
                    stop ? "; the engine is stopped" : "");
 }

@@ -8,27 +8,60 @@
 #include <stdint.h>
 #include <string.h>
 
-/* The run the calling thread is inside, so that the publish step can find the signals and
- * outbox entries of the commit it publishes. */
-static _Thread_local theus_run *tls_run;
-
-theus_run *engine_run_of(theus_engine *e, const struct publish_batch *b)
-{
-    theus_run *r = tls_run;
-    /* Only the attempt's own transaction: the deltas array is that transaction's. */
-    if (r && r->e == e && r->tx && r->tx == b->tx)
-        return r;
-    return NULL;
-}
-
 static void destroy_proc(proc_entry *p)
 {
     if (!p)
         return;
-    theus_xfree(p->blob);
+    for (size_t i = 0; p->globs && i < p->nglobs; i++)
+        theus_xfree(p->globs[i]);
+    theus_xfree(p->globs);
     theus_xfree(p->codes);
     theus_xfree((void *)p->audit_by_field);
     theus_xfree(p);
+}
+
+/* What engine_parts_init set up, in order; engine_parts_fini undoes the first @n. */
+enum { PART_LOCKS = 1, PART_SIGNALS, PART_OUTBOX, PART_AUDIT, PART_LISTENER };
+
+static void engine_parts_fini(theus_engine *e, int n)
+{
+    if (n >= PART_LISTENER)
+        publish_hook_detach(e);
+    if (n >= PART_AUDIT)
+        audit_fini(&e->audit);
+    if (n >= PART_OUTBOX)
+        outbox_fini(&e->ob);
+    if (n >= PART_SIGNALS)
+        sig_fini(&e->sig);
+    if (n >= PART_LOCKS) {
+        pthread_mutex_destroy(&e->wfs.mu);
+        pthread_mutex_destroy(&e->pool_mu);
+        pthread_rwlock_destroy(&e->reg_lock);
+    }
+}
+
+/* THEUS_OK with *done = PART_LISTENER, or the first failure with *done the parts set up. */
+static int engine_parts_init(theus_engine *e, int *done)
+{
+    *done = 0;
+    if (pthread_rwlock_init(&e->reg_lock, NULL) != 0)
+        return THEUS_ENOMEM;
+    pthread_mutex_init(&e->pool_mu, NULL);
+    pthread_mutex_init(&e->wfs.mu, NULL);
+    *done = PART_LOCKS;
+    if (sig_init(&e->sig) != THEUS_OK)
+        return THEUS_ENOMEM;
+    *done = PART_SIGNALS;
+    if (outbox_init(&e->ob) != THEUS_OK)
+        return THEUS_ENOMEM;
+    *done = PART_OUTBOX;
+    if (audit_init(e, e->opts.audit_ring) != THEUS_OK)
+        return THEUS_ENOMEM;
+    *done = PART_AUDIT;
+    int rc = publish_hook_attach(e);   /* sets its own message */
+    if (rc == THEUS_OK)
+        *done = PART_LISTENER;
+    return rc;
 }
 
 int theus_engine_create(theus_state *st, const theus_engine_options *opts, theus_engine **out)
@@ -51,46 +84,15 @@ int theus_engine_create(theus_state *st, const theus_engine_options *opts, theus
         return err_set(st, THEUS_ENOMEM, "theus_engine_create: out of memory");
     e->st = st;
     e->opts = o;
-    int inited = 0;
-    if (pthread_rwlock_init(&e->reg_lock, NULL) != 0)
-        goto nomem;
-    inited = 1;
-    pthread_mutex_init(&e->pool_mu, NULL);
-    pthread_mutex_init(&e->wfs.mu, NULL);
-    if (sig_init(&e->sig) != THEUS_OK)
-        goto nomem;
-    inited = 2;
-    if (outbox_init(&e->ob) != THEUS_OK)
-        goto nomem;
-    inited = 3;
-    if (audit_init(e, o.audit_ring) != THEUS_OK)
-        goto nomem;
-    inited = 4;
-    int rc = publish_hook_attach(e);
+    int done = 0;
+    int rc = engine_parts_init(e, &done);
     if (rc != THEUS_OK) {
-        audit_fini(&e->audit);
-        outbox_fini(&e->ob);
-        sig_fini(&e->sig);
-        pthread_mutex_destroy(&e->wfs.mu);
-        pthread_mutex_destroy(&e->pool_mu);
-        pthread_rwlock_destroy(&e->reg_lock);
+        engine_parts_fini(e, done);
         theus_xfree(e);
-        return rc;
+        return rc == THEUS_ENOMEM ? err_set(st, rc, "theus_engine_create: out of memory") : rc;
     }
     *out = e;
     return THEUS_OK;
-nomem:
-    if (inited >= 3)
-        outbox_fini(&e->ob);
-    if (inited >= 2)
-        sig_fini(&e->sig);
-    if (inited >= 1) {
-        pthread_mutex_destroy(&e->wfs.mu);
-        pthread_mutex_destroy(&e->pool_mu);
-        pthread_rwlock_destroy(&e->reg_lock);
-    }
-    theus_xfree(e);
-    return err_set(st, THEUS_ENOMEM, "theus_engine_create: out of memory");
 }
 
 void theus_engine_destroy(theus_engine *e)
@@ -105,12 +107,7 @@ void theus_engine_destroy(theus_engine *e)
         destroy_proc(e->procs[i]);
     theus_xfree(e->procs);
     theus_xfree(e->wfs.v);
-    audit_fini(&e->audit);
-    outbox_fini(&e->ob);
-    sig_fini(&e->sig);
-    pthread_mutex_destroy(&e->wfs.mu);
-    pthread_mutex_destroy(&e->pool_mu);
-    pthread_rwlock_destroy(&e->reg_lock);
+    engine_parts_fini(e, PART_AUDIT);
     theus_xfree(e);
 }
 
@@ -165,33 +162,30 @@ static int check_globs(theus_engine *e, const char *proc, const char *const *glo
     return THEUS_OK;
 }
 
+static char *dup_text(const char *t)
+{
+    size_t n = strlen(t) + 1;
+    char *d = theus_xmalloc(n);
+    if (d)
+        memcpy(d, t, n);
+    return d;
+}
+
+/* The engine's own copy of the contract's globs (inputs, then outputs) and status codes;
+ * the contract is named after the process. */
 static int copy_def(proc_entry *p, const theus_process_def *d)
 {
-    size_t n = d->n_inputs + d->n_outputs;
-    size_t bytes = (n + 1) * sizeof(char *) + strlen(d->name) + 1;
-    for (size_t i = 0; i < d->n_inputs; i++)
-        bytes += strlen(d->inputs[i]) + 1;
-    for (size_t i = 0; i < d->n_outputs; i++)
-        bytes += strlen(d->outputs[i]) + 1;
-    char *blob = theus_xmalloc(bytes);
-    if (!blob)
+    p->nglobs = d->n_inputs + d->n_outputs;
+    if (p->nglobs && !(p->globs = theus_xcalloc(p->nglobs, sizeof *p->globs)))
         return THEUS_ENOMEM;
-    const char **ptrs = (const char **)(void *)blob;
-    char *s = blob + (n + 1) * sizeof(char *);
-    for (size_t i = 0; i < n; i++) {
-        const char *src = i < d->n_inputs ? d->inputs[i] : d->outputs[i - d->n_inputs];
-        size_t len = strlen(src) + 1;
-        memcpy(s, src, len);
-        ptrs[i] = s;
-        s += len;
-    }
-    memcpy(s, d->name, strlen(d->name) + 1);
-    ptrs[n] = s;
-    p->blob = blob;
-    p->contract.name = s;
-    p->contract.inputs = ptrs;
+    for (size_t i = 0; i < p->nglobs; i++)
+        if (!(p->globs[i] = dup_text(i < d->n_inputs ? d->inputs[i]
+                                                     : d->outputs[i - d->n_inputs])))
+            return THEUS_ENOMEM;
+    p->contract.name = p->name;
+    p->contract.inputs = (const char *const *)p->globs;
     p->contract.n_inputs = d->n_inputs;
-    p->contract.outputs = ptrs + d->n_inputs;
+    p->contract.outputs = (const char *const *)p->globs + d->n_inputs;
     p->contract.n_outputs = d->n_outputs;
     if (d->n_status_codes) {
         if (!(p->codes = theus_xmalloc(d->n_status_codes * sizeof *p->codes)))
@@ -321,10 +315,9 @@ int engine_run_proc(theus_engine *e, proc_entry *p, uint64_t *committed_version)
     if (p->kind == THEUS_PROCESS_PURE)
         ro.priority_after = UINT32_MAX;  /* the priority lease would hold other commits */
     uint64_t version = 0;
-    theus_run *prev = tls_run;
-    tls_run = &run;
+    theus_run *prev = publish_hook_enter(&run);
     int rc = theus_tx_run(e->st, &ro, run_attempt, &run, &version);
-    tls_run = prev;
+    publish_hook_leave(prev);
     run.tx = NULL;
     uint64_t extra = run.attempts ? run.attempts - 1 : 0;
     atomic_fetch_add_explicit(&p->retries, extra, memory_order_relaxed);
@@ -361,6 +354,41 @@ int theus_engine_run(theus_engine *e, const char *process, uint64_t *committed_v
     if (!p)
         return err_set(e->st, THEUS_ENOENT, "run: no process '%s' is registered", process);
     return engine_run_proc(e, p, committed_version);
+}
+
+/* A pool job: @a the engine, @b the process. */
+static int pool_job(void *a, void *b, uint64_t *version)
+{
+    theus_engine *e = a;
+    proc_entry *p = b;
+    if (atomic_load(&e->stopped))
+        return err_set(e->st, THEUS_EBUSY, "run '%s': the engine was stopped by a level-S audit "
+                       "rule", p->name);
+    return engine_run_proc(e, p, version);
+}
+
+int theus_engine_submit(theus_engine *e, const char *process, theus_job **job)
+{
+    if (job)
+        *job = NULL;
+    if (!e || !process || !job)
+        return err_set(e ? e->st : NULL, THEUS_EINVAL, "theus_engine_submit: NULL argument");
+    if (atomic_load(&e->stopped))
+        return err_set(e->st, THEUS_EBUSY, "submit '%s': the engine was stopped by a level-S "
+                       "audit rule", process);
+    proc_entry *p = engine_find(e, process);
+    if (!p)
+        return err_set(e->st, THEUS_ENOENT, "submit: no process '%s' is registered", process);
+    pthread_mutex_lock(&e->pool_mu);
+    if (!e->pool)
+        e->pool = pool_start(e->opts.workers);
+    pool *pl = e->pool;
+    pthread_mutex_unlock(&e->pool_mu);
+    if (!pl)
+        return err_set(e->st, THEUS_ENOMEM, "submit '%s': cannot start the worker pool", process);
+    if (pool_submit(pl, e->st, pool_job, e, p, job) != THEUS_OK)
+        return err_set(e->st, THEUS_ENOMEM, "submit '%s': out of memory", process);
+    return THEUS_OK;
 }
 
 theus_tx *theus_run_tx(theus_run *run)
@@ -434,11 +462,6 @@ int theus_engine_process_stats(theus_engine *e, const char *process, theus_proce
     out->undeclared = atomic_load(&p->undeclared);
     out->audit = atomic_load(&p->audit);
     return THEUS_OK;
-}
-
-void engine_stop(theus_engine *e)
-{
-    atomic_store(&e->stopped, 1);
 }
 
 int theus_engine_stopped(const theus_engine *e)

@@ -113,7 +113,7 @@ static int parse_operand(wf_ctx *c, json_t *j, operand *o)
     if (json_is_string(j))
         return parse_ref(c, json_string_value(j), o);
     return wfp_fail(c, 0, "an operand is a number, true, false or a field (\"step\", "
-                    "\"loss[0]\"), got %s", wfp_type(j));
+                    "\"loss[0]\"), got %s", json_kind_phrase(j));
 }
 
 static int new_node(wf_ctx *c, int kind, size_t nkids, expr **out)
@@ -138,7 +138,7 @@ int expr_parse(wf_ctx *c, json_t *j, expr **out)
     if (!json_is_object(j) || json_object_size(j) != 1)
         return wfp_fail(c, 0, "a condition is an object with one operator (eq ne lt le gt ge "
                         "and or not), or true or false; got %s",
-                        json_is_object(j) ? "an object with several keys" : wfp_type(j));
+                        json_is_object(j) ? "an object with several keys" : json_kind_phrase(j));
     const char *op = json_object_iter_key(json_object_iter(j));
     json_t *arg = json_object_get(j, op);
     int rc = wfp_key(c, op);

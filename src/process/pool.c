@@ -1,5 +1,5 @@
-/* The engine's worker pool: a FIFO of submitted process runs served by a fixed set of
- * threads started at the first submit; each run's handle is waited on by its submitter. */
+/* The engine's worker pool: a FIFO of jobs (process runs) served by a fixed set of threads;
+ * each job's handle is waited on by its submitter. Knows nothing of processes. */
 #include "process.h"
 #include "alloc.h"
 #include "error.h"
@@ -7,8 +7,9 @@
 #include <string.h>
 
 struct theus_job {
-    theus_engine *e;
-    proc_entry *p;
+    pool_fn fn;
+    void *a, *b;
+    const theus_state *st;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int done;
@@ -53,30 +54,27 @@ static void *worker(void *arg)
             p->tail = NULL;
         pthread_mutex_unlock(&p->mu);
         uint64_t v = 0;
-        int rc = atomic_load(&j->e->stopped)
-                     ? err_set(j->e->st, THEUS_EBUSY, "run '%s': the engine was stopped by a "
-                               "level-S audit rule", j->p->name)
-                     : engine_run_proc(j->e, j->p, &v);
-        job_finish(j, rc, v, rc != THEUS_OK ? theus_state_last_error(j->e->st) : NULL);
+        int rc = j->fn(j->a, j->b, &v);
+        job_finish(j, rc, v, rc != THEUS_OK ? theus_state_last_error(j->st) : NULL);
         pthread_mutex_lock(&p->mu);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
-static pool *pool_start(theus_engine *e)
+pool *pool_start(uint32_t threads)
 {
     pool *p = theus_xcalloc(1, sizeof *p);
     if (!p)
         return NULL;
-    p->threads = theus_xcalloc(e->opts.workers, sizeof *p->threads);
+    p->threads = theus_xcalloc(threads, sizeof *p->threads);
     if (!p->threads) {
         theus_xfree(p);
         return NULL;
     }
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
-    for (uint32_t i = 0; i < e->opts.workers; i++) {
+    for (uint32_t i = 0; i < threads; i++) {
         if (pthread_create(&p->threads[i], NULL, worker, p) != 0)
             break;
         p->nthreads++;
@@ -111,37 +109,17 @@ void pool_destroy(pool *p)
     theus_xfree(p);
 }
 
-int theus_engine_submit(theus_engine *e, const char *process, theus_job **job)
+int pool_submit(pool *p, const theus_state *st, pool_fn fn, void *a, void *b, theus_job **job)
 {
-    if (job)
-        *job = NULL;
-    if (!e || !process || !job)
-        return err_set(e ? e->st : NULL, THEUS_EINVAL, "theus_engine_submit: NULL argument");
-    if (atomic_load(&e->stopped))
-        return err_set(e->st, THEUS_EBUSY, "submit '%s': the engine was stopped by a level-S "
-                       "audit rule", process);
-    proc_entry *pe = engine_find(e, process);
-    if (!pe)
-        return err_set(e->st, THEUS_ENOENT, "submit: no process '%s' is registered", process);
     theus_job *j = theus_xcalloc(1, sizeof *j);
     if (!j)
-        return err_set(e->st, THEUS_ENOMEM, "submit '%s': out of memory", process);
-    j->e = e;
-    j->p = pe;
+        return THEUS_ENOMEM;
+    j->fn = fn;
+    j->a = a;
+    j->b = b;
+    j->st = st;
     pthread_mutex_init(&j->mu, NULL);
     pthread_cond_init(&j->cv, NULL);
-
-    pthread_mutex_lock(&e->pool_mu);
-    if (!e->pool)
-        e->pool = pool_start(e);
-    pool *p = e->pool;
-    pthread_mutex_unlock(&e->pool_mu);
-    if (!p) {
-        pthread_cond_destroy(&j->cv);
-        pthread_mutex_destroy(&j->mu);
-        theus_xfree(j);
-        return err_set(e->st, THEUS_ENOMEM, "submit '%s': cannot start the worker pool", process);
-    }
     pthread_mutex_lock(&p->mu);
     if (p->tail)
         p->tail->next = j;
@@ -164,7 +142,7 @@ int theus_job_wait(theus_job *j, uint64_t *committed_version)
     pthread_mutex_unlock(&j->mu);
     int rc = j->rc;
     if (rc != THEUS_OK)
-        err_set(j->e->st, rc, "%s", j->msg);
+        err_set(j->st, rc, "%s", j->msg);
     else if (committed_version)
         *committed_version = j->version;
     pthread_cond_destroy(&j->cv);

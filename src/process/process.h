@@ -15,8 +15,9 @@ typedef struct proc_entry {
     void *user;
     theus_process_kind kind;
     int isolation;
-    theus_contract contract;      /* name, inputs and outputs point into blob */
-    char *blob;
+    theus_contract contract;      /* named after the process; globs below */
+    char **globs;                 /* inputs, then outputs */
+    size_t nglobs;
     int *codes;
     size_t ncodes;
     _Atomic uint64_t runs, commits, failures, attempts, retries, conflicts, undeclared, audit;
@@ -125,8 +126,14 @@ void audit_cancel(theus_engine *e);
 void audit_published(theus_engine *e, const struct publish_batch *b);
 
 /* ---- worker pool (pool.c) --------------------------------------------------------------- */
+/* A fixed set of threads serving a FIFO of jobs; a job runs fn(a, b, &version) and its
+ * status and error detail are handed to whoever waits on its theus_job handle. */
 typedef struct pool pool;
-int pool_submit(theus_engine *e, const char *process, theus_job **job);
+typedef int (*pool_fn)(void *a, void *b, uint64_t *version);
+pool *pool_start(uint32_t threads);
+/* THEUS_OK or THEUS_ENOMEM; @st names the state whose error messages the job sets. */
+int pool_submit(pool *p, const theus_state *st, pool_fn fn, void *a, void *b, theus_job **job);
+/* Stop the threads after the job each runs; queued jobs end with THEUS_EBUSY. */
 void pool_destroy(pool *p);
 
 /* ---- workflows registered in the engine (workflow.c) -------------------------------------- */
@@ -155,9 +162,5 @@ struct theus_engine {
 proc_entry *engine_find(theus_engine *e, const char *name);
 /* One run of @p (theus_engine_run without the lookup). */
 int engine_run_proc(theus_engine *e, proc_entry *p, uint64_t *committed_version);
-/* The run the calling thread is in for @e, whose attempt made @b; NULL for other commits. */
-theus_run *engine_run_of(theus_engine *e, const struct publish_batch *b);
-/* Stop the engine (level-S audit rule). */
-void engine_stop(theus_engine *e);
 
 #endif

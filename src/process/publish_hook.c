@@ -4,12 +4,35 @@
 #include "publish_hook.h"
 #include "error.h"
 
+/* The run the calling thread is inside, so that the publish step can find the signals and
+ * outbox entries of the commit it publishes. */
+static _Thread_local theus_run *tls_run;
+
+theus_run *publish_hook_enter(theus_run *run)
+{
+    theus_run *prev = tls_run;
+    tls_run = run;
+    return prev;
+}
+
+void publish_hook_leave(theus_run *prev)
+{
+    tls_run = prev;
+}
+
+/* The run whose attempt made @b: only that attempt's own transaction, on this thread. */
+static theus_run *run_of(theus_engine *e, const publish_batch *b)
+{
+    theus_run *r = tls_run;
+    return r && r->e == e && r->tx && r->tx == b->tx ? r : NULL;
+}
+
 static int before_replay(void *user, const publish_batch *b)
 {
     theus_engine *e = user;
     if (b->init)
         return THEUS_OK;
-    return audit_prepare(e, b, engine_run_of(e, b));
+    return audit_prepare(e, b, run_of(e, b));
 }
 
 static void cancel(void *user, const publish_batch *b)
@@ -24,7 +47,7 @@ static void after_publish(void *user, const publish_batch *b)
     if (b->init)
         return;
     audit_published(e, b);
-    theus_run *run = engine_run_of(e, b);
+    theus_run *run = run_of(e, b);
     if (run) {
         run->published = 1;
         run->version = b->version;

@@ -76,18 +76,3 @@ int wfp_fail(wf_ctx *c, int at_key, const char *fmt, ...)
                        line, col);
     return err_set(c->st, THEUS_ESCHEMA, "workflow: %s: %s", path, what);
 }
-
-const char *wfp_type(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a real number";
-    case JSON_TRUE: return "true";
-    case JSON_FALSE: return "false";
-    case JSON_NULL: return "null";
-    }
-    return "an unknown value";
-}

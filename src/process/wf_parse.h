@@ -2,6 +2,7 @@
  * message with the line and column of that node (json_locate.c), like schema refusals. */
 #ifndef THEUS_SRC_PROCESS_WF_PARSE_H
 #define THEUS_SRC_PROCESS_WF_PARSE_H
+#include "json_kind.h"
 #include "json_locate.h"
 #include "theus/theus.h"
 #include <jansson.h>
@@ -29,7 +30,5 @@ int wfp_fail(wf_ctx *c, int at_key, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)))
 #endif
     ;
-/* "an object", "a string", ... */
-const char *wfp_type(const json_t *v);
 
 #endif

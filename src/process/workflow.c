@@ -39,6 +39,7 @@ struct theus_workflow {
     theus_engine *e;
     char name[THEUS_NAME_MAX + 1];
     uint64_t max_ops;
+    int position;              /* field that keeps the next top-level step; -1: none */
     wf_block body;
     _Atomic int running;
 };
@@ -85,7 +86,7 @@ static int get_name(wf_ctx *c, json_t *obj, const char *key, char *out)
     if (rc)
         return rc;
     if (!json_is_string(v))
-        return wfp_fail(c, 0, "expected a name (a string), got %s", wfp_type(v));
+        return wfp_fail(c, 0, "expected a name (a string), got %s", json_kind_phrase(v));
     size_t len = strlen(json_string_value(v));
     if (len == 0 || len > THEUS_NAME_MAX)
         return wfp_fail(c, 0, "a name is 1..%d bytes, got %zu", THEUS_NAME_MAX, len);
@@ -177,7 +178,7 @@ static int parse_step(wf_ctx *c, theus_engine *e, json_t *obj, wf_step *s)
 {
     static const char *const kinds[] = {"run", "if", "while", "call", "submit", "await", NULL};
     if (!json_is_object(obj))
-        return wfp_fail(c, 0, "a step is an object, got %s", wfp_type(obj));
+        return wfp_fail(c, 0, "a step is an object, got %s", json_kind_phrase(obj));
     int found = -1;
     for (int k = 0; kinds[k]; k++)
         if (json_object_get(obj, kinds[k])) {
@@ -240,7 +241,7 @@ static int parse_step(wf_ctx *c, theus_engine *e, json_t *obj, wf_step *s)
 static int parse_block(wf_ctx *c, theus_engine *e, json_t *arr, wf_block *out)
 {
     if (!json_is_array(arr))
-        return wfp_fail(c, 0, "expected an array of steps, got %s", wfp_type(arr));
+        return wfp_fail(c, 0, "expected an array of steps, got %s", json_kind_phrase(arr));
     size_t n = json_array_size(arr);
     out->v = n ? theus_xcalloc(n, sizeof *out->v) : NULL;
     if (n && !out->v)
@@ -255,18 +256,45 @@ static int parse_block(wf_ctx *c, theus_engine *e, json_t *arr, wf_block *out)
     return THEUS_OK;
 }
 
+/* "position": a non-const integer scalar field that keeps where the workflow stands. */
+static int parse_position(wf_ctx *c, json_t *root, theus_workflow *wf)
+{
+    char name[THEUS_NAME_MAX + 1];
+    int rc = get_name(c, root, "position", name);
+    if (rc || (rc = wfp_key(c, "position")))
+        return rc;
+    theus_field_info fi;
+    if (theus_state_field_info(c->st, name, &fi) != THEUS_OK)
+        return wfp_fail(c, 0, "no field '%s' in the state", name);
+    int integer = fi.dtype == THEUS_DTYPE_I32 || fi.dtype == THEUS_DTYPE_I64 ||
+                  fi.dtype == THEUS_DTYPE_U32 || fi.dtype == THEUS_DTYPE_U64;
+    size_t n = 1;
+    for (int d = 0; d < fi.ndim; d++)
+        n *= (size_t)fi.shape[d];
+    if (!integer || n != 1 || fi.zone == THEUS_ZONE_CONST || fi.zone == THEUS_ZONE_SIGNAL)
+        return wfp_fail(c, 0, "the position field '%s' must be an i32, i64, u32 or u64 scalar "
+                        "outside the const and signal zones", name);
+    wf->position = state_find_field(c->st, name);
+    wfp_pop(c);
+    return THEUS_OK;
+}
+
 static int parse_root(wf_ctx *c, theus_engine *e, json_t *root, theus_workflow *wf)
 {
-    static const char *const keys[] = {"name", "max_ops", "steps", "description", NULL};
+    static const char *const keys[] = {"name", "max_ops", "position", "steps", "description",
+                                       NULL};
     if (!json_is_object(root))
-        return wfp_fail(c, 0, "a workflow is an object, got %s", wfp_type(root));
-    int rc = check_keys(c, root, keys, "name, max_ops, steps, description");
+        return wfp_fail(c, 0, "a workflow is an object, got %s", json_kind_phrase(root));
+    int rc = check_keys(c, root, keys, "name, max_ops, position, steps, description");
     if (rc)
         return rc;
     if (!json_object_get(root, "name"))
         return wfp_fail(c, 0, "missing required key \"name\"");
     if ((rc = get_name(c, root, "name", wf->name)) ||
         (rc = get_uint(c, root, "max_ops", 1, UINT64_C(1) << 53, WF_DEFAULT_MAX_OPS, &wf->max_ops)))
+        return rc;
+    wf->position = -1;
+    if (json_object_get(root, "position") && (rc = parse_position(c, root, wf)))
         return rc;
     json_t *steps = json_object_get(root, "steps");
     if (!steps)
@@ -587,6 +615,52 @@ static int exec_block(wf_exec *x, const theus_workflow *wf, const wf_block *b)
     return THEUS_OK;
 }
 
+/* The position field as an integer (dtype_get of its one element). */
+typedef struct pos_io {
+    const char *field;
+    int write;
+    uint64_t value;
+} pos_io;
+
+static int pos_body(theus_tx *tx, void *user)
+{
+    pos_io *p = user;
+    unsigned char buf[8];
+    theus_field_info fi;
+    theus_state_field_info(tx->st, p->field, &fi);
+    if (!p->write) {
+        int rc = theus_tx_read(tx, p->field, NULL, buf, THEUS_MEM_HOST);
+        if (rc == THEUS_OK) {
+            if (fi.dtype == THEUS_DTYPE_I32 || fi.dtype == THEUS_DTYPE_U32) {
+                int32_t v;
+                memcpy(&v, buf, 4);
+                p->value = fi.dtype == THEUS_DTYPE_I32 && v < 0 ? 0 : (uint64_t)(uint32_t)v;
+            } else {
+                int64_t v;
+                memcpy(&v, buf, 8);
+                p->value = fi.dtype == THEUS_DTYPE_I64 && v < 0 ? 0 : (uint64_t)v;
+            }
+        }
+        return rc;
+    }
+    if (fi.dtype == THEUS_DTYPE_I32 || fi.dtype == THEUS_DTYPE_U32) {
+        uint32_t v = (uint32_t)p->value;
+        memcpy(buf, &v, 4);
+    } else {
+        memcpy(buf, &p->value, 8);
+    }
+    return theus_tx_write(tx, p->field, NULL, buf, THEUS_MEM_HOST);
+}
+
+static int position_io(theus_workflow *wf, int write, uint64_t *value)
+{
+    theus_state *st = wf->e->st;
+    pos_io p = {.field = st->fields[wf->position].name, .write = write, .value = *value};
+    int rc = theus_tx_run(st, NULL, pos_body, &p, NULL);
+    *value = p.value;
+    return rc;
+}
+
 int theus_workflow_run(theus_workflow *wf, theus_workflow_report *rep)
 {
     theus_workflow_report local;
@@ -603,8 +677,20 @@ int theus_workflow_run(theus_workflow *wf, theus_workflow_report *rep)
     wf_exec x = {.e = e, .max_ops = wf->max_ops, .rep = rep};
     x.stack[x.depth++] = wf;
     int rc = check_calls(&x, wf, &wf->body);
-    if (rc == THEUS_OK)
-        rc = exec_block(&x, wf, &wf->body);
+    uint64_t start = 0;
+    if (rc == THEUS_OK && wf->position >= 0 && (rc = position_io(wf, 0, &start)) == THEUS_OK &&
+        start >= wf->body.n)
+        start = 0;   /* a finished run left it there: start over */
+    rep->resumed_at = start;
+    /* The top-level steps, each committing the position of the next one when it is kept,
+     * so that a state saved (or durable) mid-run resumes there; loops resume through their
+     * conditions, which read the state. */
+    for (uint64_t i = start; rc == THEUS_OK && i < wf->body.n; i++) {
+        rc = exec_step(&x, wf, &wf->body.v[i]);
+        uint64_t next = i + 1 < wf->body.n ? i + 1 : 0;
+        if (rc == THEUS_OK && wf->position >= 0 && (rc = position_io(wf, 1, &next)) != THEUS_OK)
+            fail_at(&x, &wf->body.v[i], rc);
+    }
     /* Submitted runs end before the workflow does; the first failure of one whose step
      * stops on error is the workflow's status if nothing failed before. */
     for (size_t i = 0; i < x.njobs; i++) {
