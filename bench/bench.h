@@ -223,6 +223,7 @@ int scn_commit_scaling(void);
 int scn_commit_zerocopy(void);    /* commit.zerocopy: borrowed and multi-region staging */
 int scn_commit_contention(void);
 int scn_process(void);           /* process.overhead and process.signal */
+int scn_durable(void);           /* durable.commit, durable.checkpoint, durable.recovery */
 /* The GPU variants are declared in gpu.h. */
 
 #ifdef __cplusplus

@@ -83,6 +83,11 @@ static const scenario scenarios[] = {
                 "the same body (target <= 1.2x), and signal wake-up latency across threads "
                 "(a commit+signal ping-pong against a condition variable)",
      scn_process, NULL, NULL, "no GPU variant (host-side engine and waits)"},
+    {"durable", 7, "durability (theus_durable.h): commits/s under each sync policy with 1, 2, 4 "
+                "writers against a write+fdatasync loop; a full checkpoint of 1 GiB against "
+                "write+fsync of 1 GiB and Python safetensors.numpy.save_file; an incremental "
+                "checkpoint of 1%; recovery seconds per GiB of log ($THEUS_BENCH_DIR, /tmp)",
+     scn_durable, NULL, NULL, "no GPU variant yet (device fields go through the host copy)"},
     {"stage.h2d", 5, "host payloads staged into a device field through theus_tx_write vs "
                   "cudaMemcpy from pageable and from pinned memory (GPU fields)", NULL,
      "not applicable: host fields take payloads without a host-to-device copy",

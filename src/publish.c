@@ -39,16 +39,6 @@ void publish_unlisten(theus_state *st, void *user)
     p->n = kept;
 }
 
-void publish_release(theus_state *st)
-{
-    publish_list *p = &st->listeners;
-    while (p->n > 0) {
-        p->n--;
-        if (p->release[p->n])
-            p->release[p->n](p->l[p->n].user);
-    }
-}
-
 static void cancel_first(const publish_batch *b, uint32_t n)
 {
     const publish_list *p = &b->st->listeners;

@@ -46,8 +46,8 @@ typedef struct publish_list {
 } publish_list;
 
 /* State destruction (state.c): every listener's release (reverse order), then none is
- * attached. Declared here, with the list, so that the state does not depend on the commit
- * path (publish.h); defined in publish.c. */
-void publish_release(theus_state *st);
+ * attached. Here, with the list, so that the state does not depend on the commit path
+ * (publish.h); publish_listener.c. */
+void publish_list_release(publish_list *p);
 
 #endif

@@ -329,7 +329,7 @@ void state_unref(theus_state *st)
 {
     if (atomic_fetch_sub(&st->refs, 1) != 1)
         return;
-    publish_release(st);
+    publish_list_release(&st->listeners);
     if (st->ops) {
         st->ops->detach(st);
         return;

@@ -56,7 +56,7 @@ static void teardown(void)
     rm_tree(g_root);
 }
 
-TestSuite(durable_crash, .init = setup, .fini = teardown, .timeout = 900);
+TestSuite(durable_crash, .init = setup, .fini = teardown, .timeout = 3600);
 
 static const char *schema = "{\"name\": \"crash\", \"fields\": {"
                             "\"counter\": {\"dtype\": \"i64\", \"shape\": []},"

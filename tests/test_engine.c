@@ -7,6 +7,7 @@
 
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *schema =
@@ -309,4 +310,61 @@ Test(engine, one_engine_per_state)
     cr_expect_eq(theus_engine_create(st, NULL, &second), THEUS_EBUSY);
     cr_expect_null(second);
     cr_expect_eq(theus_engine_create(NULL, NULL, &second), THEUS_EINVAL);
+}
+
+/* ---- every allocation of the process layer failing in turn ------------------------------- */
+
+static long fail_at, calls;
+
+static void *failing_malloc(size_t n)
+{
+    return ++calls == fail_at ? NULL : malloc(n);
+}
+
+static const char *const adds_only[] = {"adds"};
+
+/* Engine, registration, workflow load and run with allocation number @n failing: each
+ * step fails cleanly (ASan's leak check runs over the suite) or the whole goes through.
+ * Returns 1 when nothing failed. */
+static int engine_pass(long n)
+{
+    fail_at = 0;
+    cr_assert_eq(theus_state_create(schema, NULL, &st), THEUS_OK);
+    fail_at = n;
+    calls = 0;
+    theus_engine *e = NULL;
+    theus_workflow *wf = NULL;
+    int ok = 0;
+    if (theus_engine_create(st, NULL, &e) != THEUS_OK)
+        goto out;
+    theus_process_def d = {.name = "add", .body = add_one, .inputs = adds_only, .n_inputs = 1,
+                           .outputs = adds_only, .n_outputs = 1};
+    if (theus_engine_register(e, &d) != THEUS_OK)
+        goto out;
+    if (theus_workflow_load(e, "{\"name\": \"w\", \"steps\": [{\"while\": {\"lt\": [\"adds\", "
+                               "2]}, \"do\": [{\"run\": \"add\"}]}]}", &wf) != THEUS_OK)
+        goto out;
+    ok = theus_workflow_run(wf, NULL) == THEUS_OK;
+out:
+    theus_workflow_free(wf);
+    theus_engine_destroy(e);
+    fail_at = 0;
+    /* Whatever failed, the state holds whole commits only. */
+    int64_t v = read_i64("adds");
+    cr_assert(v >= 0 && v <= 2, "allocation %ld: adds = %lld", n, (long long)v);
+    cr_assert(!ok || v == 2, "allocation %ld: the workflow ended at adds = %lld", n, (long long)v);
+    theus_state_destroy(st);
+    st = NULL;
+    return ok && calls < n;
+}
+
+Test(engine_alloc, every_allocation_failing_in_turn, .timeout = 120)
+{
+    cr_assert_eq(theus_set_alloc_funcs(failing_malloc, free), THEUS_OK);
+    long n = 1;
+    while (n < 10000 && !engine_pass(n))
+        n++;
+    theus_set_alloc_funcs(NULL, NULL);
+    cr_expect(n > 10 && n < 10000, "the sequence went through once no allocation failed "
+              "(after %ld)", n);
 }

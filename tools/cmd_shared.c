@@ -105,19 +105,26 @@ static int run_ls(int argc, char **argv)
     } else if (n == 0) {
         printf("no shared states\n");
     } else {
-        printf("%-24s %-20s %8s %9s %7s %10s %s\n", "NAME", "SCHEMA", "VERSION", "PROCESSES",
-               "FIELDS", "SIZE", "STATUS");
+        int wn = 4, ws = 6;   /* columns as wide as the longest name and schema name */
+        for (size_t i = 0; i < n; i++) {
+            if ((int)strlen(v[i].name) > wn)
+                wn = (int)strlen(v[i].name);
+            if (v[i].status == THEUS_OK && (int)strlen(v[i].schema_name) > ws)
+                ws = (int)strlen(v[i].schema_name);
+        }
+        printf("%-*s  %-*s  %8s  %9s  %6s  %10s  %s\n", wn, "NAME", ws, "SCHEMA", "VERSION",
+               "PROCESSES", "FIELDS", "SIZE", "STATUS");
         for (size_t i = 0; i < n; i++) {
             const theus_shared_summary *s = &v[i];
             if (s->status != THEUS_OK) {
-                printf("%-24s %-20s %8s %9s %7s %10s %s\n", s->name, "-", "-", "-", "-", "-",
-                       status_word(s->status));
+                printf("%-*s  %-*s  %8s  %9s  %6s  %10s  %s\n", wn, s->name, ws, "-", "-", "-",
+                       "-", "-", status_word(s->status));
                 continue;
             }
             char size[32], procs[32];
             human_bytes(s->segment_bytes, size, sizeof size);
             snprintf(procs, sizeof procs, "%u/%u", s->processes, s->max_processes);
-            printf("%-24s %-20s %8llu %9s %7u %10s %s\n", s->name, s->schema_name,
+            printf("%-*s  %-*s  %8llu  %9s  %6u  %10s  %s\n", wn, s->name, ws, s->schema_name,
                    (unsigned long long)s->version, procs, s->nfields, size,
                    s->abandoned ? "abandoned" : "live");
         }

@@ -10,9 +10,9 @@ See docs/python.md in the theus repository. The library is found through $THEUS_
 (a path to libtheus.so) or the dynamic loader's search path (LD_LIBRARY_PATH).
 """
 from ._core import (DTYPES, PLACEMENTS, ZONES, AccessError, BusyError, ConflictError,
-                    DeviceError, FieldInfo, InvalidArgument, NotFound, OutOfMemory, SchemaError,
-                    State, TheusError, Transaction, bf16_to_float32, float32_to_bf16,
-                    shared_remove)
+                    CorruptError, DeviceError, DurableInfo, FieldInfo, InvalidArgument,
+                    NotFound, OutOfMemory, SchemaError, State, StorageError, TheusError,
+                    Transaction, bf16_to_float32, float32_to_bf16, shared_remove)
 from ._dlpack import FieldView
 from . import _lib
 
@@ -31,5 +31,6 @@ def library_path():
 
 __all__ = ["State", "Transaction", "FieldView", "FieldInfo", "TheusError", "InvalidArgument",
            "OutOfMemory", "ConflictError", "SchemaError", "AccessError", "NotFound",
-           "BusyError", "DeviceError", "DTYPES", "PLACEMENTS", "ZONES", "bf16_to_float32",
+           "BusyError", "DeviceError", "StorageError", "CorruptError", "DurableInfo",
+           "DTYPES", "PLACEMENTS", "ZONES", "bf16_to_float32",
            "float32_to_bf16", "shared_remove", "gpu_available", "library_path"]

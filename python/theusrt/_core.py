@@ -60,8 +60,18 @@ class DeviceError(TheusError):
     """THEUS_EDEVICE / THEUS_ENODEV."""
 
 
+class StorageError(TheusError, OSError):
+    """THEUS_EIO: reading or writing a file failed."""
+
+
+class CorruptError(TheusError):
+    """THEUS_ECORRUPT: stored data (a log record, a checkpoint, a safetensors file) failed a
+    check; the message names the file and the byte offset."""
+
+
 _CLASSES = {-1: InvalidArgument, -2: OutOfMemory, -3: ConflictError, -4: SchemaError,
-            -5: AccessError, -6: NotFound, -8: DeviceError, -9: DeviceError, -10: BusyError}
+            -5: AccessError, -6: NotFound, -7: StorageError, -8: DeviceError, -9: DeviceError,
+            -10: BusyError, -11: CorruptError}
 
 _CONFLICT_KINDS = ("none", "write_write", "read_write", "strict", "stale_base")
 
@@ -96,6 +106,11 @@ _ISOLATION = {"serializable": 0, "snapshot": 1, "strict": 2}
 _OPS = {"assign": 0, "add": 1}
 _MEM_HOST = 0
 STAGE_BORROW = 1
+
+_SYNC = {"commit": 0, "group": 1, "none": 2}
+
+DurableInfo = namedtuple("DurableInfo", "version checkpoint_version records_replayed "
+                                        "torn_bytes torn_offset")
 
 FieldInfo = namedtuple("FieldInfo", "name dtype shape nbytes placement requested zone version "
                                     "min max finite")
@@ -224,9 +239,68 @@ class State:
                                       ctypes.byref(h)), f"opening shared state '{name}'")
         return cls._wrap(h)
 
-    # Durable states (theus_state_open_durable, checkpoints, time travel) come with the
-    # durability work: bind them here as classmethods (open_durable, open_version) and
-    # methods (checkpoint), like create_shared above, once the C calls exist.
+    # -- durable states (theus_durable.h, docs/durability.md) --
+    @classmethod
+    def open_durable(cls, path, schema=None, *, sync="commit", group_window_us=200,
+                     segment_bytes=0, keep_checkpoints=0, allow_fallback=True,
+                     commit_log_capacity=0, priority_lease_ms=0):
+        """Open the durable state in directory ``path``: create it (``schema`` needed; a
+        missing or empty directory) or recover it from its newest checkpoint and the log
+        after it (``schema`` None or equal to the stored one). Every commit then writes a
+        log record before it returns. ``sync``: "commit" (fdatasync per commit), "group"
+        (threads share one fdatasync; ``group_window_us``) or "none" (survives a crash of
+        the process, not a power loss). ``segment_bytes`` (0: 64 MiB) and
+        ``keep_checkpoints`` (0: 2) as theus_durable_options. One process at a time holds
+        the directory (BusyError otherwise)."""
+        _need(_lib.state_open_durable, "theus_state_open_durable")
+        if sync not in _SYNC:
+            raise InvalidArgument(-1, f"unknown sync policy {sync!r} (commit, group, none)")
+        h = ctypes.c_void_p()
+        o = _options(allow_fallback, commit_log_capacity, priority_lease_ms)
+        do = _lib.DurableOptions(_SYNC[sync], group_window_us, segment_bytes, keep_checkpoints)
+        _check(_lib.state_open_durable(_path(path),
+                                       None if schema is None else _schema_text(schema),
+                                       ctypes.byref(o), ctypes.byref(do), ctypes.byref(h)),
+               f"opening durable state '{path}'")
+        return cls._wrap(h)
+
+    @classmethod
+    def open_version(cls, path, version):
+        """Rebuild version ``version`` of the durable state in ``path`` (within
+        :meth:`versions`), read-only: commits on it raise AccessError. Reads the directory
+        only; another process may have the state open."""
+        _need(_lib.state_open_version, "theus_state_open_version")
+        h = ctypes.c_void_p()
+        _check(_lib.state_open_version(_path(path), int(version), ctypes.byref(h)),
+               f"opening version {version} of '{path}'")
+        return cls._wrap(h)
+
+    @staticmethod
+    def versions(path):
+        """(oldest, newest): the versions the durable directory ``path`` can still rebuild."""
+        _need(_lib.state_versions, "theus_state_versions")
+        lo, hi = ctypes.c_uint64(), ctypes.c_uint64()
+        _check(_lib.state_versions(_path(path), ctypes.byref(lo), ctypes.byref(hi)),
+               f"versions of '{path}'")
+        return int(lo.value), int(hi.value)
+
+    def checkpoint(self, incremental=False):
+        """Checkpoint the current committed version into the state's directory (full, or
+        only what changed since the previous checkpoint); returns the version written.
+        Commits wait only while the changed bytes are copied."""
+        _need(_lib.state_checkpoint, "theus_state_checkpoint")
+        v = ctypes.c_uint64(0)
+        _check(_lib.state_checkpoint(self._live_handle(), 1 if incremental else 0,
+                                     ctypes.byref(v)), "checkpoint")
+        return int(v.value)
+
+    def durable_info(self):
+        """DurableInfo(version, checkpoint_version, records_replayed, torn_bytes,
+        torn_offset): what recovery did when this durable state was opened."""
+        _need(_lib.state_durable_info, "theus_state_durable_info")
+        i = _lib.DurableInfo()
+        _check(_lib.state_durable_info(self._live_handle(), ctypes.byref(i)), "durable_info")
+        return DurableInfo(*(int(getattr(i, n)) for n in DurableInfo._fields))
 
     def _live_handle(self):
         h = self._h
@@ -356,6 +430,15 @@ class State:
         if self._h is None:
             return "<theusrt.State closed>"
         return f"<theusrt.State {self.name!r} v{self.version} fields={list(self.fields)}>"
+
+
+def _need(fn, name):
+    if fn is None:
+        raise NotImplementedError(f"libtheus has no {name} (built before durable states)")
+
+
+def _path(path):
+    return path if isinstance(path, bytes) else str(path).encode()
 
 
 def shared_remove(name):

@@ -3,7 +3,8 @@
 The library is found, in order, at $THEUS_LIBRARY (a path to libtheus.so), by the dynamic
 loader's own search ("libtheus.so.0", then "libtheus.so": LD_LIBRARY_PATH, the ld.so cache,
 an rpath), and through ctypes.util.find_library. The struct layouts below mirror
-include/theus/theus.h, theus_shared.h and theus/dlpack.h exactly: change them together.
+include/theus/theus.h, theus_shared.h, theus_durable.h and theus/dlpack.h exactly: change
+them together.
 """
 import ctypes
 import ctypes.util
@@ -36,6 +37,16 @@ class StateOptions(ctypes.Structure):
 
 class SharedOptions(ctypes.Structure):
     _fields_ = [("redo_bytes", c_uint64), ("max_processes", c_uint32)]
+
+
+class DurableOptions(ctypes.Structure):
+    _fields_ = [("sync", c_int), ("group_window_us", c_uint32), ("segment_bytes", c_uint64),
+                ("keep_checkpoints", c_uint32)]
+
+
+class DurableInfo(ctypes.Structure):
+    _fields_ = [(n, c_uint64) for n in ("version", "checkpoint_version", "records_replayed",
+                                        "torn_bytes", "torn_offset")]
 
 
 class TxOptions(ctypes.Structure):
@@ -177,3 +188,14 @@ capsule_destructor = _proto("theus_dlpack_capsule_destructor", None, c_void_p)
 # package works with a library built before them.
 save_safetensors = _proto("theus_state_save_safetensors", c_int, _P, c_char_p, optional=True)
 load_safetensors = _proto("theus_state_load_safetensors", c_int, _P, c_char_p, optional=True)
+state_open_durable = _proto("theus_state_open_durable", c_int, c_char_p, c_char_p,
+                            POINTER(StateOptions), POINTER(DurableOptions), POINTER(_P),
+                            optional=True)
+state_checkpoint = _proto("theus_state_checkpoint", c_int, _P, c_int, POINTER(c_uint64),
+                          optional=True)
+state_versions = _proto("theus_state_versions", c_int, c_char_p, POINTER(c_uint64),
+                        POINTER(c_uint64), optional=True)
+state_open_version = _proto("theus_state_open_version", c_int, c_char_p, c_uint64, POINTER(_P),
+                            optional=True)
+state_durable_info = _proto("theus_state_durable_info", c_int, _P, POINTER(DurableInfo),
+                            optional=True)

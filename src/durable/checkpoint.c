@@ -288,7 +288,8 @@ int theus_state_checkpoint(theus_state *st, int incremental, uint64_t *version)
     } else {
         rc = inc ? write_incremental(st, d, &v) : write_full(st, d, &v);
         if (rc == THEUS_OK) {
-            /* A fresh segment, so that the one holding the records up to here can go. */
+            /* A fresh segment, so that the one holding the records up to here can go once
+             * a later checkpoint covers it. */
             rc = state_commit_lock(st, 0);
             if (rc == THEUS_OK) {
                 uint64_t now = theus_state_version(st);

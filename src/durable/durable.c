@@ -9,6 +9,7 @@
 #include "error.h"
 #include "publish.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
@@ -93,6 +94,23 @@ static int check_dir(const char *dir, int *exists, int *empty)
         return err_set(NULL, THEUS_ECORRUPT, "'%s' is not a theus durable directory (no %s)",
                        dir, DUR_FORMAT_FILE);
     return THEUS_OK;
+}
+
+/* Temporary files of writes a crash interrupted ("<name>.tmp.<pid>.<n>", fileio.c): with
+ * the directory locked, nobody else is writing them. */
+static void remove_temporaries(const char *dir)
+{
+    DIR *dd = opendir(dir);
+    if (!dd)
+        return;
+    struct dirent *e;
+    char p[DUR_PATH_MAX];
+    while ((e = readdir(dd)))
+        if (strstr(e->d_name, ".tmp.")) {
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+    closedir(dd);
 }
 
 static int write_small(const char *dir, const char *name, const char *text)
@@ -215,6 +233,7 @@ int theus_state_open_durable(const char *dir, const char *schema_json,
         rc = err_set(NULL, THEUS_EBUSY, "'%s' is open in another process or handle", dir);
         goto fail;
     }
+    remove_temporaries(dir);
     if (create) {
         /* Validate the schema before anything is written. */
         if ((rc = theus_state_create(schema_json, opts, &st)) != THEUS_OK)

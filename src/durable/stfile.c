@@ -35,6 +35,8 @@ static char *crc_json(const st_out_tensor *t, const void *const *data, size_t n)
     return c;
 }
 
+#define STFILE_CHUNK ((uint64_t)32 << 20)
+
 int stfile_write(const theus_state *st, const char *path, mode_t mode, const st_out_tensor *t,
                  const void *const *data, size_t n, const char *const *mkeys,
                  const char *const *mvals, size_t nmeta)
@@ -65,10 +67,18 @@ int stfile_write(const theus_state *st, const char *path, mode_t mode, const st_
         return rc;
     }
     int bad = fio_write_all(a.fd, prefix, plen);
+    uint64_t at = plen;
     theus_xfree(prefix);
+    /* In chunks, starting the write-back of each as soon as it is in the page cache: the
+     * disk works while the next chunk is copied, and the final fsync has little left. */
     for (size_t i = 0; i < n && !bad; i++)
-        if (t[i].nbytes)
-            bad = fio_write_all(a.fd, data[i], t[i].nbytes);
+        for (uint64_t off = 0; off < t[i].nbytes && !bad; off += STFILE_CHUNK) {
+            size_t len = (size_t)(t[i].nbytes - off < STFILE_CHUNK ? t[i].nbytes - off : STFILE_CHUNK);
+            bad = fio_write_all(a.fd, (const char *)data[i] + off, len);
+            if (!bad && len == STFILE_CHUNK)
+                sync_file_range(a.fd, (off_t)at, (off_t)len, SYNC_FILE_RANGE_WRITE);
+            at += len;
+        }
     if (bad) {
         int e = errno;
         fio_atomic_abort(&a);

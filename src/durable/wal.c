@@ -365,22 +365,6 @@ static int wal_acknowledge(void *user, const publish_batch *b)
     return rc;
 }
 
-int wal_sync_all(wal *w)
-{
-    pthread_mutex_lock(&w->m);
-    while (w->syncing)
-        pthread_cond_wait(&w->cv, &w->m);
-    uint64_t target = w->written;
-    int ok = fdatasync(w->fd) == 0;
-    if (ok && target > w->synced)
-        w->synced = target;
-    if (!ok)
-        w->broken = 1;
-    pthread_cond_broadcast(&w->cv);
-    pthread_mutex_unlock(&w->m);
-    return ok ? THEUS_OK : err_set(w->st, THEUS_EIO, "log: fdatasync failed: %s", strerror(errno));
-}
-
 int wal_rotate(wal *w, uint64_t start)
 {
     /* No leader may be inside fdatasync on the segment being closed. */

@@ -42,8 +42,6 @@ int wal_attach(wal *w, void (*release)(void *user), void *user);
 /* Close the open segment (synced unless THEUS_SYNC_NONE) and start a new one at
  * @start. Under the commit lock. */
 int wal_rotate(wal *w, uint64_t start);
-/* Make everything written so far durable (fdatasync). Under the commit lock. */
-int wal_sync_all(wal *w);
 /* Segment file name of @start in @dir into @buf. */
 void wal_segment_path(const char *dir, uint64_t start, char *buf, size_t len);
 

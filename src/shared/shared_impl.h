@@ -95,7 +95,7 @@ int shared_lock(unsigned char *base, pthread_mutex_t *m, const char *what, const
 /* shared_lock of the segment's hold lock, without waiting for live holders. */
 int shared_hold_lock(unsigned char *base, const char *name);
 /* Whether the lock word of @m names a thread that does not exist (no wait). */
-int shared_lock_stale(unsigned char *base, pthread_mutex_t *m);
+int shared_lock_stale(pthread_mutex_t *m);
 
 /* ---- this process's mappings (shared_map.c) ----
  * One per segment and process, whatever the number of handles: GPU memory is opened (or,

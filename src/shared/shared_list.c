@@ -44,8 +44,8 @@ static int info_of(const char *name, theus_shared_summary *out)
     /* A lock word naming a thread that no longer exists is never freed (the kernel frees
      * the locks of threads that die): nothing could open or commit. */
     state_header *hw = (state_header *)s.base;
-    const char *stale = shared_lock_stale(s.base, &hw->hold_lock)     ? "hold lock"
-                        : shared_lock_stale(s.base, &hw->commit_lock) ? "commit lock"
+    const char *stale = shared_lock_stale(&hw->hold_lock)     ? "hold lock"
+                        : shared_lock_stale(&hw->commit_lock) ? "commit lock"
                                                                       : NULL;
     munmap(s.base, s.size);
     if (stale)

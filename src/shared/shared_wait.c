@@ -120,7 +120,14 @@ int shared_lock(unsigned char *base, pthread_mutex_t *m, const char *what, const
 {
     int e = pthread_mutex_trylock(m);
     uint64_t bound = 0;
+    int freed = 0;
     while (e == EBUSY || e == ETIMEDOUT) {
+        /* Freed just as the wait timed out: try again (a word that reads free but cannot
+         * be taken is judged after a few tries). */
+        if (e == ETIMEDOUT && lock_owner(m) == 0 && freed++ < 3) {
+            e = pthread_mutex_trylock(m);
+            continue;
+        }
         if (e == ETIMEDOUT) {
             /* Who holds it? A live, running process attached to the state is working (a
              * long commit, or one waiting for commit holds): when asked, keep waiting. */
@@ -155,9 +162,8 @@ int shared_hold_lock(unsigned char *base, const char *name)
     return shared_lock(base, &h->hold_lock, "hold lock", name, 0);
 }
 
-int shared_lock_stale(unsigned char *base, pthread_mutex_t *m)
+int shared_lock_stale(pthread_mutex_t *m)
 {
-    (void)base;
     pid_t tid = lock_owner(m), pid = 0;
     char run = '?';
     return tid != 0 && !thread_of(tid, &pid, &run);

@@ -1,0 +1,465 @@
+/* durable.commit, durable.checkpoint, durable.recovery: the costs of durability
+ * (theus/theus_durable.h), each against its baseline in the same run.
+ *   durable.commit:     commits/s of a 256-byte ADD per commit under THEUS_SYNC_COMMIT,
+ *                       _GROUP and _NONE with 1, 2 and 4 writer threads; against a bare
+ *                       write + fdatasync loop of the same record bytes on one thread.
+ *   durable.checkpoint: a full checkpoint of a state of one f32 field (1 GiB; --quick 8 MiB)
+ *                       against a sequential write + fsync of the same bytes (the ceiling)
+ *                       and Python's safetensors.numpy.save_file of the same array (when a
+ *                       python3 with numpy and safetensors is found: $THEUS_PY, else
+ *                       python3); an incremental checkpoint after writing 1% of the field.
+ *   durable.recovery:   opening a directory whose log holds 1 GiB (--quick 8 MiB) of 1 MiB
+ *                       commit records after the creation: seconds per GiB of log (page
+ *                       cache warm: the file system's read speed is not part of it).
+ * Files go to $THEUS_BENCH_DIR (default /tmp), which must be on a real disk for the sync
+ * figures to mean anything (not tmpfs). */
+#include "bench.h"
+#include "theus/theus_durable.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char g_dir[512];
+
+static void rm_tree(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d) {
+        unlink(path);
+        return;
+    }
+    struct dirent *e;
+    char p[1024];
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+            rm_tree(p);
+        }
+    closedir(d);
+    rmdir(path);
+}
+
+static int make_root(const char *scenario)
+{
+    const char *base = getenv("THEUS_BENCH_DIR");
+    snprintf(g_dir, sizeof g_dir, "%s/theus-bench-durable-XXXXXX", base && *base ? base : "/tmp");
+    if (!mkdtemp(g_dir)) {
+        note_error(scenario, "mkdtemp %s: %s", g_dir, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- durable.commit --------------------------------------------------------------------- */
+
+#define PAYLOAD 256
+
+typedef struct commit_ctx {
+    theus_state *st;
+    int writers;
+    int per_writer;
+    int failed;
+    uint64_t commits;
+    int fd;                    /* baseline */
+    unsigned char rec[PAYLOAD + 96];
+} commit_ctx;
+
+static void *writer(void *p)
+{
+    commit_ctx *c = p;
+    static const float ones[PAYLOAD / 4] = {1};
+    for (int i = 0; i < c->per_writer; i++) {
+        theus_tx *tx = NULL;
+        if (theus_tx_begin(c->st, NULL, &tx) != THEUS_OK ||
+            theus_tx_add(tx, "acc", NULL, ones, THEUS_MEM_HOST) != THEUS_OK ||
+            theus_tx_commit(tx, NULL) != THEUS_OK)
+            c->failed = 1;
+    }
+    return NULL;
+}
+
+static int run_commits(void *p)
+{
+    commit_ctx *c = p;
+    pthread_t th[4];
+    for (int i = 0; i < c->writers; i++)
+        pthread_create(&th[i], NULL, writer, c);
+    for (int i = 0; i < c->writers; i++)
+        pthread_join(th[i], NULL);
+    c->commits += (uint64_t)c->writers * (uint64_t)c->per_writer;
+    return c->failed;
+}
+
+/* What the log writes per commit (record head + delta head + payload + CRCs), written and
+ * fdatasync'ed once per commit: the cost of a durable commit without theus. */
+static int run_bare(void *p)
+{
+    commit_ctx *c = p;
+    size_t n = 32 + 8 + 16 + 16 + 8 + PAYLOAD;
+    for (int i = 0; i < c->per_writer * c->writers; i++)
+        if (write(c->fd, c->rec, n) != (ssize_t)n || fdatasync(c->fd) != 0)
+            return -1;
+    return 0;
+}
+
+static int scn_commit(void)
+{
+    const char *scenario = "durable.commit";
+    print_header(scenario, "cpu", "commits/s per sync policy and writer count vs write+fdatasync");
+    if (make_root(scenario))
+        return -1;
+    static const char *schema = "{\"name\": \"bench\", \"fields\": {"
+                                "\"acc\": {\"dtype\": \"f32\", \"shape\": [64]}}}";
+    static const char *const pol_name[3] = {"theus.sync_commit", "theus.sync_group",
+                                            "theus.sync_none"};
+    int writers_max = bench.quick ? 2 : 4;
+    int per = bench.quick ? 8 : 32;
+    int rc = 0;
+    for (int w = 1; w <= writers_max && rc == 0; w *= 2) {
+        /* The baseline and the three policies sampled in turn, so that the disk's (and a
+         * shared machine's) drift hits them alike. */
+        commit_ctx c[4];
+        memset(c, 0, sizeof c);
+        char path[600];
+        snprintf(path, sizeof path, "%s/bare-%d.log", g_dir, w);
+        c[0] = (commit_ctx){.writers = w, .per_writer = per};
+        c[0].fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        memset(c[0].rec, 0xab, sizeof c[0].rec);
+        bench_op ops[4] = {{.ctx = &c[0], .run = run_bare}};
+        char dirs[3][600];
+        for (int pol = 0; pol < 3; pol++) {
+            snprintf(dirs[pol], sizeof dirs[pol], "%s/p%d-w%d", g_dir, pol, w);
+            theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+            o.sync = (theus_sync)pol;
+            c[pol + 1] = (commit_ctx){.writers = w, .per_writer = per, .fd = -1};
+            if (theus_state_open_durable(dirs[pol], schema, NULL, &o, &c[pol + 1].st) != THEUS_OK) {
+                note_error(scenario, "open_durable: %s", theus_last_error_message());
+                rc = -1;
+            }
+            ops[pol + 1] = (bench_op){.ctx = &c[pol + 1], .run = run_commits};
+        }
+        measurement m[4];
+        int failed = rc != 0 || c[0].fd < 0 || measure_set(ops, 4, m) != 0;
+        if (c[0].fd >= 0)
+            close(c[0].fd);
+        char cname[32];
+        snprintf(cname, sizeof cname, "%d writer%s", w, w > 1 ? "s" : "");
+        double base_rate = failed ? 0 : (double)w * per / m[0].st.median;
+        bench_result *r = failed ? NULL : result_add(scenario, "cpu", cname, "baseline.write_fdatasync");
+        if (r) {
+            result_set(r, &m[0], 0, (double)w * per, "commit");
+            result_metric(r, "commits_per_s", base_rate);
+        }
+        if (!failed)
+            printf("  %d writer%s: baseline write+fdatasync (one thread) %.0f/s\n", w,
+                   w > 1 ? "s" : "", base_rate);
+        for (int pol = 0; pol < 3; pol++) {
+            if (!c[pol + 1].st)
+                continue;
+            uint64_t v = theus_state_version(c[pol + 1].st);
+            theus_state_destroy(c[pol + 1].st);
+            /* The check: everything acknowledged is in the directory. */
+            theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+            o.sync = (theus_sync)pol;
+            theus_state *again = NULL;
+            int ok = !failed && theus_state_open_durable(dirs[pol], NULL, NULL, &o, &again) == THEUS_OK &&
+                     theus_state_version(again) == v && v == 1 + c[pol + 1].commits;
+            theus_state_destroy(again);
+            note_check(scenario, cname, ok, "%s: version %llu after %llu commits, reopened",
+                       pol_name[pol], (unsigned long long)v,
+                       (unsigned long long)c[pol + 1].commits);
+            if (failed)
+                continue;
+            double rate = (double)w * per / m[pol + 1].st.median;
+            r = result_add(scenario, "cpu", cname, pol_name[pol]);
+            if (r) {
+                result_set(r, &m[pol + 1], 0, (double)w * per, "commit");
+                result_param(r, "writers", w);
+                result_metric(r, "commits_per_s", rate);
+                result_metric(r, "ratio_vs_baseline", rate / base_rate);
+            }
+            printf("  %-18s %d writer%s: %9.0f commits/s (%.2fx write+fdatasync)\n",
+                   pol_name[pol], w, w > 1 ? "s" : " ", rate, rate / base_rate);
+        }
+        if (failed)
+            rc = -1;
+    }
+    rm_tree(g_dir);
+    return rc;
+}
+
+/* ---- durable.checkpoint ------------------------------------------------------------------ */
+
+typedef struct ckpt_ctx {
+    theus_state *st;
+    int incremental;
+    size_t bytes;
+    void *buf;                 /* ceiling */
+    char path[600];
+    int failed;
+    uint64_t tag;
+} ckpt_ctx;
+
+/* 1% of the field (one contiguous region) changes between incremental checkpoints. */
+static int prep_incremental(void *p)
+{
+    ckpt_ctx *c = p;
+    size_t n = c->bytes / 4, rows = n / 1024, part = rows / 100 ? rows / 100 : 1;
+    static float row[1024];
+    theus_tx *tx = NULL;
+    if (theus_tx_begin(c->st, NULL, &tx) != THEUS_OK)
+        return -1;
+    size_t first = (size_t)(c->tag++ * 7919 % (rows - part + 1));
+    float *buf = NULL;
+    theus_region r = {.ndim = 2, .start = {(int64_t)first, 0},
+                      .stop = {(int64_t)(first + part), 1024}};
+    theus_mem mem;
+    if (theus_tx_stage_buffer(tx, "w", &r, THEUS_OP_ASSIGN, (void **)&buf, &mem) != THEUS_OK) {
+        theus_tx_abort(tx);
+        return -1;
+    }
+    for (size_t i = 0; i < part * 1024; i++)
+        buf[i] = (float)(c->tag + i);
+    (void)row;
+    return theus_tx_commit(tx, NULL) == THEUS_OK ? 0 : -1;
+}
+
+static int prep_full(void *p)
+{
+    /* A change, so that each full checkpoint is a new version (and a new file). */
+    ckpt_ctx *c = p;
+    theus_tx *tx = NULL;
+    float one = 1;
+    theus_region r = {.ndim = 2, .start = {0, 0}, .stop = {1, 1}};
+    if (theus_tx_begin(c->st, NULL, &tx) != THEUS_OK ||
+        theus_tx_add(tx, "w", &r, &one, THEUS_MEM_HOST) != THEUS_OK)
+        return -1;
+    return theus_tx_commit(tx, NULL) == THEUS_OK ? 0 : -1;
+}
+
+static int run_ckpt(void *p)
+{
+    ckpt_ctx *c = p;
+    return theus_state_checkpoint(c->st, c->incremental, NULL) == THEUS_OK ? 0 : -1;
+}
+
+static int run_ceiling(void *p)
+{
+    ckpt_ctx *c = p;
+    int fd = open(c->path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0)
+        return -1;
+    const char *q = c->buf;
+    size_t left = c->bytes;
+    while (left) {
+        ssize_t w = write(fd, q, left > (64u << 20) ? (64u << 20) : left);
+        if (w <= 0) {
+            close(fd);
+            return -1;
+        }
+        q += w;
+        left -= (size_t)w;
+    }
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+/* Python's writer on the same array; seconds, or a negative value when not available. */
+static double python_save(size_t bytes, const char *dir)
+{
+    const char *py = getenv("THEUS_PY");
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "%s -c 'import time, os, numpy as np; from safetensors.numpy import save_file\n"
+             "a = {\"w\": np.ones((%zu, 1024), dtype=np.float32)}\n"
+             "best = 1e9\n"
+             "for i in range(3):\n"
+             "    t = time.perf_counter(); save_file(a, \"%s/py.safetensors\")\n"
+             "    fd = os.open(\"%s/py.safetensors\", os.O_RDONLY); os.fsync(fd); os.close(fd)\n"
+             "    best = min(best, time.perf_counter() - t)\n"
+             "print(best)' 2>/dev/null",
+             py && *py ? py : "python3", bytes / 4096, dir, dir);
+    FILE *f = popen(cmd, "r");
+    if (!f)
+        return -1;
+    double s = -1;
+    if (fscanf(f, "%lf", &s) != 1)
+        s = -1;
+    pclose(f);
+    return s;
+}
+
+static int scn_checkpoint(void)
+{
+    const char *scenario = "durable.checkpoint";
+    print_header(scenario, "cpu", "full checkpoint vs write+fsync ceiling vs Python "
+                                  "safetensors; incremental after 1% written");
+    if (make_root(scenario))
+        return -1;
+    size_t bytes = bench.quick ? (8u << 20) : (1u << 30);
+    if (!bench.quick && bench.mem_avail && bench.mem_avail < 4 * bytes) {
+        bytes = 256u << 20;
+        printf("  (not enough memory for 1 GiB: %s)\n", "256 MiB instead");
+    }
+    char schema[256], dir[600];
+    snprintf(schema, sizeof schema,
+             "{\"name\": \"ckpt\", \"fields\": {\"w\": {\"dtype\": \"f32\", \"shape\": [%zu, 1024]}}}",
+             bytes / 4096);
+    snprintf(dir, sizeof dir, "%s/state", g_dir);
+    theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+    o.keep_checkpoints = 1;
+    ckpt_ctx full = {.bytes = bytes}, inc = {.bytes = bytes, .incremental = 1}, ceil = {.bytes = bytes};
+    if (theus_state_open_durable(dir, schema, NULL, &o, &full.st) != THEUS_OK) {
+        note_error(scenario, "open_durable: %s", theus_last_error_message());
+        rm_tree(g_dir);
+        return -1;
+    }
+    inc.st = full.st;
+    ceil.buf = bench_alloc_huge(bytes);
+    snprintf(ceil.path, sizeof ceil.path, "%s/ceiling.bin", g_dir);
+    if (!ceil.buf) {
+        note_error(scenario, "out of memory");
+        theus_state_destroy(full.st);
+        rm_tree(g_dir);
+        return -1;
+    }
+    memset(ceil.buf, 1, bytes);
+    prep_incremental(&full); /* some content, and a first full checkpoint for the chain */
+    theus_state_checkpoint(full.st, 0, NULL);
+    bench_op ops[3] = {{.ctx = &ceil, .run = run_ceiling},
+                       {.ctx = &full, .prep = prep_full, .run = run_ckpt},
+                       {.ctx = &inc, .prep = prep_incremental, .run = run_ckpt}};
+    measurement m[3];
+    int failed = measure_set(ops, 3, m) != 0;
+    uint64_t v = theus_state_version(full.st);
+    theus_state_destroy(full.st);
+    bench_free(ceil.buf, bytes);
+    theus_state *again = NULL;
+    int ok = !failed && theus_state_open_durable(dir, NULL, NULL, &o, &again) == THEUS_OK &&
+             theus_state_version(again) == v;
+    theus_state_destroy(again);
+    note_check(scenario, "1 field", ok, "reopened at version %llu", (unsigned long long)v);
+    double py = python_save(bytes, g_dir);
+    static const char *const methods[3] = {"ceiling.write_fsync", "theus.checkpoint_full",
+                                           "theus.checkpoint_incremental_1pct"};
+    char cname[32], b[16];
+    snprintf(cname, sizeof cname, "f32 %s", fmt_bytes((double)bytes, b, sizeof b));
+    for (int k = 0; k < 3 && !failed; k++) {
+        bench_result *r = result_add(scenario, "cpu", cname, methods[k]);
+        if (!r)
+            continue;
+        result_set(r, &m[k], (double)bytes, 1, "checkpoint");
+        result_metric(r, "ratio_vs_ceiling", m[0].st.median / m[k].st.median);
+        result_metric(r, "ratio_vs_full", m[k].st.median / m[1].st.median);
+    }
+    if (!failed) {
+        printf("  write+fsync %.3f s, full checkpoint %.3f s (%.0f%% of the ceiling's speed), "
+               "incremental 1%% %.4f s (%.1f%% of a full one)\n",
+               m[0].st.median, m[1].st.median, 100 * m[0].st.median / m[1].st.median,
+               m[2].st.median, 100 * m[2].st.median / m[1].st.median);
+        if (py > 0) {
+            bench_result *r = result_add(scenario, "cpu", cname, "baseline.python_safetensors");
+            if (r) {
+                result_metric(r, "seconds", py);
+                result_metric(r, "theus_speedup", py / m[1].st.median);
+            }
+            printf("  Python safetensors.numpy.save_file + fsync: %.3f s (best of 3): theus "
+                   "%.2fx faster\n", py, py / m[1].st.median);
+        } else {
+            note_skip(scenario, "cpu", "Python safetensors baseline: no python3 with numpy and "
+                                       "safetensors (set THEUS_PY)");
+        }
+    }
+    rm_tree(g_dir);
+    return failed ? -1 : 0;
+}
+
+/* ---- durable.recovery -------------------------------------------------------------------- */
+
+typedef struct rec_ctx {
+    const char *dir;
+    uint64_t version;
+    int failed;
+} rec_ctx;
+
+static int run_recover(void *p)
+{
+    rec_ctx *c = p;
+    theus_state *st = NULL;
+    if (theus_state_open_durable(c->dir, NULL, NULL, NULL, &st) != THEUS_OK)
+        return -1;
+    int ok = theus_state_version(st) == c->version;
+    theus_state_destroy(st);
+    return ok ? 0 : -1;
+}
+
+static int scn_recovery(void)
+{
+    const char *scenario = "durable.recovery";
+    print_header(scenario, "cpu", "reopen a directory: seconds per GiB of log replayed");
+    if (make_root(scenario))
+        return -1;
+    size_t log_bytes = bench.quick ? (8u << 20) : (1u << 30), rec = 1u << 20;
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/state", g_dir);
+    static const char *schema = "{\"name\": \"rec\", \"fields\": {"
+                                "\"w\": {\"dtype\": \"f32\", \"shape\": [4096, 1024]}}}";
+    theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+    o.sync = THEUS_SYNC_NONE;
+    theus_state *st = NULL;
+    if (theus_state_open_durable(dir, schema, NULL, &o, &st) != THEUS_OK) {
+        note_error(scenario, "open_durable: %s", theus_last_error_message());
+        rm_tree(g_dir);
+        return -1;
+    }
+    float *row = malloc(rec);
+    for (size_t i = 0; i < rec / 4; i++)
+        row[i] = (float)i;
+    size_t n = log_bytes / rec;
+    for (size_t k = 0; k < n; k++) {
+        theus_tx *tx = NULL;
+        theus_region r = {.ndim = 2, .start = {(int64_t)(k % 16) * 256, 0},
+                          .stop = {(int64_t)(k % 16) * 256 + 256, 1024}};
+        if (theus_tx_begin(st, NULL, &tx) != THEUS_OK ||
+            theus_tx_add(tx, "w", &r, row, THEUS_MEM_HOST) != THEUS_OK ||
+            theus_tx_commit(tx, NULL) != THEUS_OK) {
+            note_error(scenario, "commit: %s", theus_last_error_message());
+            break;
+        }
+    }
+    free(row);
+    rec_ctx c = {.dir = dir, .version = theus_state_version(st)};
+    theus_state_destroy(st);
+    measurement m;
+    bench_op op = {.ctx = &c, .run = run_recover};
+    int failed = measure(&op, &m) != 0;
+    note_check(scenario, "1 MiB records", !failed, "reopened at version %llu",
+               (unsigned long long)c.version);
+    char cname[32], b[16];
+    snprintf(cname, sizeof cname, "%s of 1 MiB records", fmt_bytes((double)log_bytes, b, sizeof b));
+    bench_result *r = result_add(scenario, "cpu", cname, "theus.open_durable");
+    if (r && !failed) {
+        result_set(r, &m, (double)log_bytes, (double)n, "record");
+        result_metric(r, "seconds_per_gib", m.st.median * (double)(1u << 30) / (double)log_bytes);
+    }
+    if (!failed)
+        printf("  recovery: %.3f s for %s of log = %.2f s per GiB\n", m.st.median, b,
+               m.st.median * (double)(1u << 30) / (double)log_bytes);
+    rm_tree(g_dir);
+    return failed ? -1 : 0;
+}
+
+int scn_durable(void)
+{
+    int rc = scn_commit();
+    rc |= scn_checkpoint();
+    rc |= scn_recovery();
+    return rc ? -1 : 0;
+}
