@@ -11,6 +11,7 @@
 #include "bench.h"
 #include "gpu.h"
 #include "theus/theus.h"
+#include "theus/theus_gpu.h"
 
 #include <stddef.h>
 #include <stdint.h>

@@ -32,6 +32,7 @@ void *glue_ops_new(int add, void *field, size_t nelems, const bench_seg *segs, s
         o->sub.start[0] = (int64_t)(segs[i].off / 4);
         o->sub.stop[0] = (int64_t)((segs[i].off + segs[i].size) / 4);
         o->payload = (const char *)payload + segs[i].poff;
+        o->batch = NULL;
     }
     return b;
 }

@@ -50,6 +50,7 @@ typedef struct rctx {
     void **d_src, **d_dst;
     uint32_t *d_size;
     uint64_t *d_off, *d_poff;
+    theus_batch_segment *d_bseg;  /* the batch as theus_tx_stage_batch takes it (elements) */
     void *cub_tmp;
     size_t cub_cap, cub_bytes;
     /* host */
@@ -127,6 +128,30 @@ static int r_commit_prep(void *p)
 static int r_commit(void *p, double *secs)
 {
     return gpu_commit_timed(&((rctx *)p)->tx, secs);
+}
+
+/* The described batch: begin a transaction (untimed) ... */
+static int r_desc_prep(void *p)
+{
+    rctx *c = (rctx *)p;
+    return gpu_stage_segs(c->st, &c->tx, 0, NULL, 0, NULL);
+}
+
+/* ... then, timed, stage the segment array and payload from device memory in one call
+ * (summary kernel, one small copy back) and commit (one replay launch). */
+static int r_desc(void *p, double *secs)
+{
+    rctx *c = (rctx *)p;
+    if (t_begin_sync(1))
+        return -1;
+    int rc = theus_tx_stage_batch(c->tx, "x", c->add ? THEUS_OP_ADD : THEUS_OP_ASSIGN, c->d_bseg,
+                                  c->count, c->Pd, c->payload / 4, THEUS_MEM_DEVICE);
+    if (rc != THEUS_OK)
+        return theus_fail(rc, "theus_tx_stage_batch");
+    theus_tx *tx = c->tx;
+    c->tx = NULL;
+    CKT(theus_tx_commit(tx, NULL), "theus_tx_commit");
+    return t_end(secs);
 }
 
 static int r_loop(void *p, double *secs)
@@ -269,13 +294,14 @@ static void mirror_apply(const rctx *c, float *m, unsigned k)
     }
 }
 
-enum { M_REP, M_COMMIT, M_LOOP, M_BATCH, M_CUB, M_CUB_DEV, M_WARP, M_CEIL, M_CEIL2, M_N };
+enum { M_REP, M_COMMIT, M_DESC, M_LOOP, M_BATCH, M_CUB, M_CUB_DEV, M_WARP, M_CEIL, M_CEIL2, M_N };
 
 static const char *method_name(int add, int m)
 {
     switch (m) {
     case M_REP: return "theus.replay";
     case M_COMMIT: return "theus.commit";
+    case M_DESC: return "theus.batch_commit";
     case M_LOOP: return add ? "baseline.add_kernel_per_segment" : "baseline.memcpy_async_loop";
     case M_BATCH: return "baseline.memcpy_batch_async";
     case M_CUB: return "baseline.cub_memcpy_batched";
@@ -329,11 +355,28 @@ static int run_cell(rctx *c, uint32_t size, const char *sizename, const char *pl
         hp_size2(c)[i] = s->size;
     }
     CK(cudaStreamSynchronize(G.s));
+    {
+        /* The same segments as theus_tx_stage_batch takes them: f32 elements. */
+        theus_batch_segment *bs = (theus_batch_segment *)malloc(c->count * sizeof *bs + 1);
+        if (!bs) {
+            note_error(c->scn, "out of memory for %zu batch segments", c->count);
+            return -1;
+        }
+        for (size_t i = 0; i < c->count; i++) {
+            bs[i].dst = (int64_t)(c->segs[i].off / 4);
+            bs[i].length = (int64_t)(c->segs[i].size / 4);
+            bs[i].src = (int64_t)(c->segs[i].poff / 4);
+        }
+        cudaError_t e = cudaMemcpy(c->d_bseg, bs, c->count * sizeof *bs, cudaMemcpyHostToDevice);
+        free(bs);
+        CK(e);
+    }
 
     int use[M_N];
     memset(use, 0, sizeof use);
     use[M_REP] = use[M_WARP] = use[M_CEIL] = 1;
     use[M_COMMIT] = c->count <= commit_max;
+    use[M_DESC] = 1;
     use[M_LOOP] = c->count <= loop_max;
     if (!c->add) {
         use[M_CEIL2] = 1;
@@ -386,7 +429,7 @@ static int run_cell(rctx *c, uint32_t size, const char *sizename, const char *pl
 #endif
     }
 
-    int (*const fns[M_N])(void *, double *) = {r_theus, r_commit,  r_loop,
+    int (*const fns[M_N])(void *, double *) = {r_theus, r_commit,  r_desc, r_loop,
                                                r_batch, r_cub,     r_cub_dev,
                                                r_warp,  r_ceil_kernel, r_ceil_memcpy};
     bench_op ops[M_N];
@@ -397,7 +440,8 @@ static int run_cell(rctx *c, uint32_t size, const char *sizename, const char *pl
         if (!use[m])
             continue;
         idx[m] = (int)nops;
-        ops[nops++] = mkop(c, m == M_COMMIT ? r_commit_prep : NULL, fns[m]);
+        ops[nops++] = mkop(c, m == M_COMMIT ? r_commit_prep : m == M_DESC ? r_desc_prep : NULL,
+                           fns[m]);
     }
     measurement ms[M_N];
     if (measure_set(ops, nops, ms))
@@ -414,12 +458,15 @@ static int run_cell(rctx *c, uint32_t size, const char *sizename, const char *pl
     char what[96];
     snprintf(what, sizeof what, "theus replay x%u", mm[M_REP]->runs);
     check_host(c, casename, what, c->H);
-    /* theus commit: the state's field after all the commits, against its mirror. */
-    if (mm[M_COMMIT]) {
-        mirror_apply(c, c->HS, mm[M_COMMIT]->runs);
+    /* theus commit and the described batch (the same segments, the same state): the
+     * state's field after all the commits, against its mirror. */
+    if (mm[M_COMMIT] || mm[M_DESC]) {
+        const unsigned nc = mm[M_COMMIT] ? mm[M_COMMIT]->runs : 0;
+        const unsigned nd = mm[M_DESC] ? mm[M_DESC]->runs : 0;
+        mirror_apply(c, c->HS, nc + nd);
         if (read_field(c->st, "x", NULL, c->R))
             return -1;
-        snprintf(what, sizeof what, "theus_tx_commit x%u", mm[M_COMMIT]->runs);
+        snprintf(what, sizeof what, "theus_tx_commit x%u, described batch x%u", nc, nd);
         check_host(c, casename, what, c->HS);
     }
     /* Baselines: each one, once, from the same field as one more theus replay (whose result
@@ -482,7 +529,7 @@ static int run_cell(rctx *c, uint32_t size, const char *sizename, const char *pl
         result_param(r, "payload_bytes", (double)c->payload);
         result_param(r, "field_bytes", (double)c->field_bytes);
         result_param_str(r, "dtype", "f32");
-        if (m == M_REP || m == M_COMMIT) {
+        if (m == M_REP || m == M_COMMIT || m == M_DESC) {
             result_metric(r, "pct_of_ceiling", 100 * g[m] / g_ceil);
             if (mm[M_LOOP])
                 result_metric(r, "ratio_vs_per_segment_loop", g[m] / g[M_LOOP]);
@@ -495,7 +542,7 @@ static int run_cell(rctx *c, uint32_t size, const char *sizename, const char *pl
             if (!isnan(g_best_batched))
                 result_metric(r, "ratio_vs_best_batched", g[m] / g_best_batched);
             result_metric(r, "ratio_vs_warp_kernel", g[m] / g[M_WARP]);
-            if (m == M_COMMIT)
+            if (m == M_COMMIT || m == M_DESC)
                 result_metric(r, "ratio_vs_replay", g[m] / g[M_REP]);
         }
         if (m == M_CEIL || m == M_CEIL2)
@@ -529,11 +576,11 @@ static int run_cell(rctx *c, uint32_t size, const char *sizename, const char *pl
         snprintf(ratio, sizeof ratio, "%6s", "n/a");
     else
         snprintf(ratio, sizeof ratio, "%5.2fx", g[M_REP] / g_best_batched);
-    printf("%-6s %5s %-6s %8s | %s %5.0f%% %7.2f | %s | %s | %s | %s | %s | %s | %7.1f | %s | "
+    printf("%-6s %5s %-6s %8s | %s %5.0f%% %7.2f | %s | %s | %s | %s | %s | %s | %s | %7.1f | %s | "
            "%s\n",
            sizename, cnt, place, fmt_bytes((double)c->payload, pay, sizeof pay), col[M_REP],
            100 * g[M_REP] / g_ceil, (double)c->count / mm[M_REP]->st.median * 1e-6, col[M_COMMIT],
-           col[M_LOOP], col[M_BATCH], col[M_CUB], col[M_CUB_DEV], col[M_WARP], g_ceil, ratio,
+           col[M_DESC], col[M_LOOP], col[M_BATCH], col[M_CUB], col[M_CUB_DEV], col[M_WARP], g_ceil, ratio,
            bench.failures != failures_before ? "CHECK FAILED" : "ok");
     fflush(stdout);
     return 0;
@@ -557,6 +604,7 @@ static void rctx_free(rctx *c)
     dev_free(c->d_size);
     dev_free(c->d_off);
     dev_free(c->d_poff);
+    dev_free(c->d_bseg);
     dev_free(c->cub_tmp);
     bench_free(c->H, c->field_bytes);
     bench_free(c->HS, c->field_bytes);
@@ -602,14 +650,14 @@ static int replay_body(rctx *c)
              c->field_bytes < want ? " (reduced to fit memory)" : "",
              c->add ? "3 x payload" : "2 x payload");
     print_header(c->scn, "gpu", what);
-    printf("%-6s %5s %-6s %8s | %-8s %6s %7s | %-8s | %-8s | %-8s | %-8s | %-8s | %-8s | %-7s "
-           "| %-6s |\n",
-           "seg", "count", "place", "payload", "theus", "%ceil", "Mseg/s", "commit",
+    printf("%-6s %5s %-6s %8s | %-8s %6s %7s | %-8s | %-8s | %-8s | %-8s | %-8s | %-8s | %-8s | "
+           "%-7s | %-6s |\n",
+           "seg", "count", "place", "payload", "theus", "%ceil", "Mseg/s", "commit", "desc",
            c->add ? "add/seg" : "cpy/seg", "batchAs", "cub", "cub dev", "warp/seg", "ceil",
            "theus/");
-    printf("%-6s %5s %-6s %8s | %-8s %6s %7s | %-8s | %-8s | %-8s | %-8s | %-8s | %-8s | %-7s "
-           "| %-6s |\n",
-           "", "", "", "", "GB/s", "", "", "GB/s", "GB/s", "GB/s", "GB/s", "GB/s", "GB/s", "GB/s",
+    printf("%-6s %5s %-6s %8s | %-8s %6s %7s | %-8s | %-8s | %-8s | %-8s | %-8s | %-8s | %-8s | "
+           "%-7s | %-6s |\n",
+           "", "", "", "", "GB/s", "", "", "GB/s", "GB/s", "GB/s", "GB/s", "GB/s", "GB/s", "GB/s", "GB/s",
            "batch");
 
     /* Device buffers. */
@@ -622,6 +670,7 @@ static int replay_body(rctx *c)
     CK(cudaMalloc((void **)&c->d_dst, 8 * c->maxcount));
     CK(cudaMalloc((void **)&c->d_size, 8 * c->maxcount));   /* two arrays of uint32 */
     CK(cudaMalloc((void **)&c->d_off, 8 * c->maxcount));
+    CK(cudaMalloc((void **)&c->d_bseg, sizeof(theus_batch_segment) * c->maxcount));
     CK(cudaMalloc((void **)&c->d_poff, 8 * c->maxcount));
     /* Host buffers. */
     c->H = (float *)bench_alloc(c->field_bytes);

@@ -163,6 +163,7 @@ int scn_replay_plan(void)
                     o->sub.start[0] = (int64_t)slot[i];
                     o->sub.stop[0] = (int64_t)(slot[i] + ne);
                     o->payload = (const void *)(uintptr_t)(0x8000000000ull + i * seg);
+                    o->batch = NULL;
                 }
                 bench_op ops[2] = {{&c, NULL, run_theus, 0, NULL},
                                    {&c, NULL, run_cub_args, 0, NULL}};

@@ -276,6 +276,7 @@ static int run_cell(replay_ctx *c, uint32_t size, const char *sizename, const ch
         c->ops[i].frame = &c->frame;
         seg_region(s, &c->ops[i].sub);
         c->ops[i].payload = (const char *)c->packed + s->poff;
+        c->ops[i].batch = NULL;
     }
 
     /* Check replay against the baseline: both fields were equal before this cell. */

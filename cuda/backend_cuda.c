@@ -35,6 +35,7 @@ static const theus_backend_iface cuda_iface = {
     .replay = cuda_replay,
     .check = cuda_check,
     .device_id = cuda_device_id,
+    .stage_batch = cuda_stage_batch,
     .ipc_export = cuda_ipc_export,
     .ipc_open = cuda_ipc_open,
     .ipc_close = cuda_ipc_close,

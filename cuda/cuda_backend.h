@@ -1,7 +1,7 @@
 /* The CUDA backend's shared context and the functions its C files give each other:
  * the lanes and the device guard (lane.c), the small pinned staging pool (pinned_pool.c),
  * field memory and staging (memory.c), reads and overlays (read.c), replay driving
- * (replay.c), constraint checks (check.c), CUDA IPC (ipc.c), the table and discovery
+ * (replay.c), described batches (batch.c), constraint checks (check.c), CUDA IPC (ipc.c), the table and discovery
  * (backend_cuda.c). Internal: no public header includes it. */
 #ifndef THEUS_CUDA_BACKEND_H
 #define THEUS_CUDA_BACKEND_H
@@ -107,6 +107,10 @@ void  pinned_pool_destroy(pinned_pool *sp);
  * them. Everything that can fail for want of memory fails before the launch. */
 int cuda_run_transfers(cuda_ctx *c, cuda_lane *l, const replay_xfer *t, size_t n);
 
+/* ---- batch.c: described batches -------------------------------------------------------- */
+/* Replay one described-batch op (staged by cuda_stage_batch) on lane @l and wait for it. */
+int cuda_replay_batch(cuda_ctx *c, cuda_lane *l, const replay_op *op);
+
 /* ---- the table's entries (see theus_backend_iface) ----------------------------------- */
 int  cuda_alloc(void *ctx, theus_placement pl, size_t nbytes, void **out);
 void cuda_free(void *ctx, theus_placement pl, void *p);
@@ -121,6 +125,10 @@ int  cuda_overlay(void *ctx, theus_dtype dt, delta_op op, void *dst, const theus
 int  cuda_replay(void *ctx, const replay_op *ops, size_t n);
 int  cuda_check(void *ctx, theus_dtype dt, const void *staged, size_t n,
                 const theus_constraints *cons, size_t *bad_index);
+int  cuda_stage_batch(void *ctx, theus_dtype dt, uint64_t nelems, const theus_batch_segment *segs,
+                      size_t nsegs, const void *payload, size_t pelems, theus_mem mem,
+                      struct seg_summary *sum, size_t *bad, void **staged_segs,
+                      void **staged_payload);
 int  cuda_ipc_export(void *ctx, void *ptr, void *handle);
 int  cuda_ipc_open(void *ctx, const void *handle, void **ptr);
 void cuda_ipc_close(void *ctx, void *ptr);

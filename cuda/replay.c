@@ -104,7 +104,20 @@ int cuda_replay(void *ctx, const replay_op *ops, size_t n)
     }
     int rc = cuda_call_begin(c, &k);
     if (rc == THEUS_OK) {
-        rc = cuda_run_transfers(c, k.lane, t, n);
+        /* Described batches run by their own kernel; the ordinary ops between them go to
+         * the planner, run by run, so that the batch's order is kept. (A failure after the
+         * first run leaves the earlier runs applied: batches mixed with other deltas on a
+         * device field are the one case where this replay can fail half-way.) */
+        size_t start = 0;
+        for (size_t i = 0; i <= n && rc == THEUS_OK; i++) {
+            if (i < n && !ops[i].batch)
+                continue;
+            if (i > start)
+                rc = cuda_run_transfers(c, k.lane, t + start, i - start);
+            if (rc == THEUS_OK && i < n)
+                rc = cuda_replay_batch(c, k.lane, &ops[i]);
+            start = i + 1;
+        }
         cuda_call_end(&k);
     }
     theus_xfree(t);

@@ -9,9 +9,15 @@
 #define THEUS_SRC_BACKEND_H
 #include "region.h"
 #include "schema.h"
+#include "theus/theus_gpu.h"
+
+struct seg_batch;
+struct seg_summary;
 
 /* One element move of a commit batch: @sub of a field whose memory starts at @base and is
- * laid out as @frame, from/to the C-contiguous @payload laid out as @sub. */
+ * laid out as @frame, from/to the C-contiguous @payload laid out as @sub. With @batch set (a
+ * described batch, seg_batch.h, staged by this backend) the op is instead the batch's
+ * segments over the whole field (@frame), in order, from @payload; @sub is their bounds. */
 typedef struct replay_op {
     delta_op op;
     theus_dtype dtype;
@@ -19,6 +25,7 @@ typedef struct replay_op {
     const theus_region *frame;
     theus_region sub;
     const void *payload;
+    const struct seg_batch *batch;
 } replay_op;
 
 typedef struct theus_backend_iface {
@@ -53,6 +60,17 @@ typedef struct theus_backend_iface {
     /* Optional: constraint check of @n staged elements; NULL means dtype_check on host. */
     int  (*check)(void *ctx, theus_dtype dt, const void *staged, size_t n,
                   const theus_constraints *c, size_t *bad_index);
+    /* ---- described batches (theus_tx_stage_batch) ---- */
+    /* Optional (NULL: the core's host path, for backends whose memory the CPU reaches): copy
+     * @nsegs segments and @pelems payload elements of @dt, both in @mem, into this backend's
+     * memory, and validate and summarise them there for a field of @nelems elements. The
+     * caller sets up @sum (block geometry and a zeroed touched bitmap); the backend fills
+     * the rest. *@bad: the first invalid segment, or SIZE_MAX; when there is one, nothing
+     * stays staged. The staged segments and payload are freed with unstage. */
+    int  (*stage_batch)(void *ctx, theus_dtype dt, uint64_t nelems,
+                        const theus_batch_segment *segs, size_t nsegs, const void *payload,
+                        size_t pelems, theus_mem mem, struct seg_summary *sum, size_t *bad,
+                        void **staged_segs, void **staged_payload);
     /* ---- sharing between processes ---- */
     /* Optional, for states shared between processes (NULL: not supported, and the core
      * places such fields in host memory instead, or refuses them without fallback). */

@@ -5,6 +5,7 @@
 #include "alloc.h"
 #include "dtype.h"
 #include "replay_pool.h"
+#include "seg_batch.h"
 #include "stage_arena.h"
 #include <stdatomic.h>
 #include <stdint.h>
@@ -287,6 +288,38 @@ static void stripe_row(const replay_op *o, size_t es, char *d, const char *s, si
     }
 }
 
+/* One contiguous span of @o from @s to @d, or the part of it in part t's blocks. */
+static void apply_span(const replay_op *o, size_t es, char *d, const char *s, size_t bytes,
+                       int stream, uintptr_t t, uintptr_t nt)
+{
+    if (nt == 1) {
+        apply_row(o, es, d, s, bytes, stream, 0);
+        return;
+    }
+    const uintptr_t b0 = (uintptr_t)d >> STRIPE_SHIFT;
+    if (b0 == ((uintptr_t)d + bytes - 1) >> STRIPE_SHIFT) {
+        if (b0 % nt == t)
+            apply_row(o, es, d, s, bytes, stream, ADD_PIECE);
+    } else {
+        stripe_row(o, es, d, s, bytes, stream, t, nt);
+    }
+}
+
+/* A described batch: its segments in order, each a span of the flattened field. Every part
+ * walks them all in order, so overlapping segments keep their order on every byte. */
+static void replay_segments(const replay_op *o, size_t es, int stream, uintptr_t t, uintptr_t nt)
+{
+    const seg_batch *b = o->batch;
+    char *base = o->base;
+    const char *pay = o->payload;
+    for (size_t k = 0; k < b->nsegs; k++) {
+        const theus_batch_segment *g = &b->segs[k];
+        if (g->length > 0)
+            apply_span(o, es, base + (size_t)g->dst * es, pay + (size_t)g->src * es,
+                       (size_t)g->length * es, stream, t, nt);
+    }
+}
+
 /* Part t of nt of a batch; nt == 1 is the serial replay. */
 static void replay_part(const replay_op *ops, size_t n, uintptr_t t, uintptr_t nt)
 {
@@ -310,23 +343,16 @@ static void replay_part(const replay_op *ops, size_t n, uintptr_t t, uintptr_t n
         /* 1-D ops (scattered segments, the common case) skip the general row folding, which
          * costs more than a 64-byte copy; in the parallel replay every part looks at every
          * op, so one that is not this part's is skipped with as little work as possible. */
+        if (o->batch) {
+            replay_segments(o, es, stream, t, nt);
+            continue;
+        }
         if (o->sub.ndim == 1) {
             const int64_t len = o->sub.stop[0] - o->sub.start[0];
             if (len <= 0)
                 continue;
             char *d = (char *)o->base + (size_t)(o->sub.start[0] - o->frame->start[0]) * es;
-            const size_t bytes = (size_t)len * es;
-            if (nt == 1) {
-                apply_row(o, es, d, o->payload, bytes, stream, 0);
-                continue;
-            }
-            const uintptr_t b0 = (uintptr_t)d >> STRIPE_SHIFT;
-            if (b0 == ((uintptr_t)d + bytes - 1) >> STRIPE_SHIFT) {
-                if (b0 % nt == t)
-                    apply_row(o, es, d, o->payload, bytes, stream, ADD_PIECE);
-            } else {
-                stripe_row(o, es, d, o->payload, bytes, stream, t, nt);
-            }
+            apply_span(o, es, d, o->payload, (size_t)len * es, stream, t, nt);
             continue;
         }
         region_folded x;
@@ -374,15 +400,21 @@ int backend_cpu_replay_threads(const replay_op *ops, size_t n)
     const int want = replay_pool_threads();
     if (want < 2 || n == 0)
         return 1;
-    size_t bytes = 0;
+    size_t bytes = 0, nseg = 0;
     for (size_t i = 0; i < n; i++) {
         const size_t es = theus_dtype_size(ops[i].dtype);
         if (es == 0 || (uintptr_t)ops[i].base % es != 0)
             return 1;
-        bytes += region_nelems(&ops[i].sub) * es;
+        if (ops[i].batch) {
+            bytes += ops[i].batch->sum.total * es;
+            nseg += ops[i].batch->sum.nonempty;
+        } else {
+            bytes += region_nelems(&ops[i].sub) * es;
+            nseg++;
+        }
     }
     if (bytes < tuned(&tune_parallel_min, CPU_REPLAY_PARALLEL_MIN) ||
-        bytes < n * tuned(&tune_parallel_min_seg, CPU_REPLAY_PARALLEL_MIN_SEG))
+        bytes < nseg * tuned(&tune_parallel_min_seg, CPU_REPLAY_PARALLEL_MIN_SEG))
         return 1;
     return want;
 }

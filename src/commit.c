@@ -33,7 +33,9 @@ static int version_guard(const theus_tx *tx, uint64_t now, theus_conflict *c)
     for (size_t k = 0; k < tx->ndeltas; k++) {
         const delta *d = &tx->deltas[k];
         if (d->op == DELTA_ASSIGN &&
-            conflict_check_region(st, tx->base, d->field, &d->r, THEUS_CONFLICT_WRITE_WRITE, c))
+            (d->batch ? tx_batch_conflict(st, tx->base, d, c)
+                      : conflict_check_region(st, tx->base, d->field, &d->r,
+                                              THEUS_CONFLICT_WRITE_WRITE, c)))
             return 1;
     }
     if (tx->isolation == THEUS_ISOLATION_SERIALIZABLE)
@@ -60,6 +62,7 @@ static const theus_backend *tx_op(void *user, size_t k, replay_op *op)
         op->frame = &t->st->frames[d->field];
         op->sub = d->r;
         op->payload = d->payload;
+        op->batch = d->batch;
     }
     return t->st->backend[d->field];
 }
@@ -81,8 +84,12 @@ static int apply_private(theus_state *st, const theus_tx *tx, uint64_t version, 
     if (rc != THEUS_OK)
         rc = err_wrap(st, rc, "commit: replay failed");
     if (rc == THEUS_OK && !init) {
-        for (size_t k = 0; k < tx->ndeltas; k++)
-            publish_region(st, tx->deltas[k].field, &tx->deltas[k].r, version);
+        for (size_t k = 0; k < tx->ndeltas; k++) {
+            if (tx->deltas[k].batch)
+                tx_batch_publish(st, &tx->deltas[k], version);
+            else
+                publish_region(st, tx->deltas[k].field, &tx->deltas[k].r, version);
+        }
         publish_log_entries(st, tx, version, append_to_log, st);
         atomic_fetch_add(&st->hdr->stats.commits, 1);
         publish_version(st, version);

@@ -121,17 +121,15 @@ int gate_final_values(theus_state *st, const struct theus_tx *tx, size_t k, void
     theus_dtype dt = (theus_dtype)st->fields[d->field].dtype;
     /* An ASSIGN starts from its own payload and only later deltas matter; an ADD starts from
      * the committed bytes and every delta of the batch on the region applies. */
-    int rc = d->op == DELTA_ASSIGN
-                 ? b->iface->read(b->ctx, d->payload, &d->r, dt, &d->r, host_out, THEUS_MEM_HOST)
+    /* (A described batch covers only parts of its region, the bounds of its segments: like an
+     * ADD it starts from the committed bytes and every delta of the batch applies.) */
+    const int own = d->op == DELTA_ASSIGN && !d->batch;
+    int rc = own ? b->iface->read(b->ctx, d->payload, &d->r, dt, &d->r, host_out, THEUS_MEM_HOST)
                  : b->iface->read(b->ctx, st->data[d->field], &st->frames[d->field], dt, &d->r,
                                   host_out, THEUS_MEM_HOST);
-    for (size_t j = d->op == DELTA_ASSIGN ? k + 1 : 0; rc == THEUS_OK && j < tx->ndeltas; j++) {
-        const delta *o = &tx->deltas[j];
-        theus_region sub;
-        if (o->field != d->field || !region_intersect(&o->r, &d->r, &sub))
-            continue;
-        rc = b->iface->overlay(b->ctx, dt, o->op, host_out, &d->r, THEUS_MEM_HOST, o->payload,
-                               &o->r, &sub);
-    }
+    const size_t first = own ? k + 1 : 0;
+    for (size_t j = first; rc == THEUS_OK && j < tx->ndeltas; j++)
+        if (tx->deltas[j].field == d->field)
+            rc = delta_overlay(st, &tx->deltas[j], host_out, &d->r, THEUS_MEM_HOST);
     return rc;
 }

@@ -122,7 +122,8 @@ void publish_log_entries(const theus_state *st, const struct theus_tx *tx, uint6
     if (tx->ndeltas <= st->hdr->log.capacity / 8) {
         for (size_t k = 0; k < tx->ndeltas; k++) {
             e.field = tx->deltas[k].field;
-            e.op = tx->deltas[k].op;
+            /* A described batch: its bounds send probes to the block map (exact to the block). */
+            e.op = tx->deltas[k].batch ? LOG_OP_BLOCKS : tx->deltas[k].op;
             e.region = tx->deltas[k].r;
             sink(user, &e);
         }

@@ -49,6 +49,7 @@ void tx_free(theus_tx *tx)
             const theus_backend *b = tx->st->backend[d->field];
             b->iface->unstage(b->ctx, d->payload);
         }
+        tx_batch_free(tx->st, d);
     }
     theus_xfree(tx->deltas);
     theus_xfree(tx->reads);
@@ -173,18 +174,28 @@ int tx_target(theus_tx *tx, const char *what, const char *field, const theus_reg
 int tx_overlay(const theus_tx *tx, uint32_t field, void *buf, const theus_region *frame,
                theus_mem mem)
 {
-    theus_dtype dt = (theus_dtype)tx->st->fields[field].dtype;
-    const theus_backend *b = tx->st->backend[field];
     for (size_t k = 0; k < tx->ndeltas; k++) {
-        const delta *d = &tx->deltas[k];
-        theus_region sub;
-        if (d->field != field || !region_intersect(&d->r, frame, &sub))
+        if (tx->deltas[k].field != field)
             continue;
-        int rc = b->iface->overlay(b->ctx, dt, d->op, buf, frame, mem, d->payload, &d->r, &sub);
+        int rc = delta_overlay(tx->st, &tx->deltas[k], buf, frame, mem);
         if (rc != THEUS_OK)
             return rc;
     }
     return THEUS_OK;
+}
+
+int delta_overlay(const theus_state *st, const delta *d, void *buf, const theus_region *frame,
+                  theus_mem mem)
+{
+    theus_region sub;
+    if (!region_intersect(&d->r, frame, &sub))
+        return THEUS_OK;
+    const field_desc *f = &st->fields[d->field];
+    const theus_dtype dt = (theus_dtype)f->dtype;
+    if (d->batch)
+        return tx_batch_overlay(st, d, buf, frame, mem);
+    const theus_backend *b = st->backend[d->field];
+    return b->iface->overlay(b->ctx, dt, d->op, buf, frame, mem, d->payload, &d->r, &sub);
 }
 
 /* Optimistic attempts of a read before it copies under the commit lock. */

@@ -21,6 +21,9 @@ typedef struct delta {
     int borrowed;           /* payload is not this delta's to unstage: the caller's memory
                                (theus_tx_*_borrowed, THEUS_STAGE_BORROW), or a part of the block
                                that the first delta of the same multi-region call owns */
+    struct seg_batch *batch; /* a described batch (theus_tx_stage_batch, seg_batch.h): payload
+                                holds batch->payload_elems elements, r (and nelems) are the
+                                bounds of its segments; NULL for every other delta */
 } delta;
 
 typedef struct read_rec {
@@ -64,5 +67,20 @@ int tx_grow(void **arr, size_t *cap, size_t need, size_t elem);
  * out as @frame), in staging order: the read-your-writes overlay. */
 int tx_overlay(const theus_tx *tx, uint32_t field, void *buf, const theus_region *frame,
                theus_mem mem);
+/* Apply the part of delta @d (of @st) inside @frame onto @buf (in @mem, laid out as @frame):
+ * one step of tx_overlay, for code that walks the deltas itself (gatekeeper, audit). Every
+ * kind of delta, described batches (d->batch) included. */
+int delta_overlay(const theus_state *st, const delta *d, void *buf, const theus_region *frame,
+                  theus_mem mem);
+
+/* Described batches (tx_batch.c) on the commit path: whether a commit after @base wrote a
+ * block that batch delta @d touches (then *c says how; exact to the block map's blocks), and
+ * publishing what @d wrote as @version into the block map and the field's version. */
+int tx_batch_conflict(const theus_state *st, uint64_t base, const delta *d, theus_conflict *c);
+/* delta_overlay of a batch delta; and freeing what a batch delta holds besides its payload. */
+int tx_batch_overlay(const theus_state *st, const delta *d, void *buf, const theus_region *frame,
+                     theus_mem mem);
+void tx_batch_free(const theus_state *st, const delta *d);
+void tx_batch_publish(theus_state *st, const delta *d, uint64_t version);
 
 #endif

@@ -34,6 +34,7 @@ static void delta_init(delta *d, int field, delta_op op, const theus_region *r, 
     d->user_filled = 0;
     d->ref = NULL;
     d->borrowed = borrowed;
+    d->batch = NULL;
 }
 
 /* Stage a delta; with @src NULL the payload is a zeroed buffer the caller fills. With

@@ -57,6 +57,7 @@ static jmp_buf standalone_skip_jmp;
 #include <string.h>
 
 #include <theus/theus.h>
+#include <theus/theus_gpu.h>
 
 /* ---- schemas -------------------------------------------------------------------------- */
 
@@ -587,6 +588,80 @@ Test(cuda_parity, overlapping_deltas_in_one_commit)
         same_read(&h, tx, v, NULL, 100, "read your overlapping writes");
         same_commit(&h, tx, THEUS_OK);
         same_fields(&h, "after overlapping deltas");
+        h.step++;
+    }
+    close_states(&h);
+}
+
+/* Described batches (theus_tx_stage_batch, host arrays): on device and pinned fields the
+ * arrays are uploaded, summarised and replayed by kernels; the result must match the CPU
+ * backend byte for byte. Random batches (segments sharing blocks: the ordered kernel) and
+ * batches of one segment per 4 KiB block (the parallel kernel), mixed with ordinary deltas. */
+static const fdef BATCHF[] = {
+    {"bf", THEUS_DTYPE_F32, 1, {70000}, NULL},
+    {"bh", THEUS_DTYPE_BF16, 2, {300, 70}, NULL},
+    {"bi", THEUS_DTYPE_I64, 1, {5000}, NULL},
+    {"bu", THEUS_DTYPE_U8, 3, {10, 20, 30}, NULL},
+    {"bb", THEUS_DTYPE_BOOL, 1, {999}, NULL},
+};
+
+static void same_batch(harness *h, theus_tx **tx, const fdef *f, int add, int spread)
+{
+    const size_t n = field_nelems(f), es = theus_dtype_size(f->dt);
+    const size_t nseg = 1 + below(h, 200), pelems = n + 64;
+    theus_batch_segment *g = xmalloc(nseg * sizeof *g);
+    void *pay = xmalloc(pelems * es);
+    gen_values(h, f->dt, pay, pelems);
+    const uint64_t per_block = 4096 / es;
+    for (size_t k = 0; k < nseg; k++) {
+        uint64_t len = 1 + below(h, spread ? (per_block < 64 ? per_block : 64) : 300);
+        if (len > n)
+            len = n;
+        uint64_t dst = below(h, n - len + 1);
+        if (spread) {
+            const uint64_t blocks = n / per_block;
+            dst = blocks ? (k % blocks) * per_block : 0;
+            if (dst + len > n)
+                len = n - dst;
+        }
+        g[k] = (theus_batch_segment){.dst = (int64_t)dst, .length = (int64_t)len,
+                                     .src = (int64_t)below(h, pelems - len + 1)};
+    }
+    for (int s = 0; s < h->n; s++) {
+        int rc = theus_tx_stage_batch(tx[s], f->name, add ? THEUS_OP_ADD : THEUS_OP_ASSIGN, g, nseg,
+                                      pay, pelems, THEUS_MEM_HOST);
+        cr_assert_eq(rc, THEUS_OK, "step %d: batch on '%s' on %s: %s", h->step, f->name,
+                     h->placement[s], theus_state_last_error(h->st[s]));
+    }
+    free(g);
+    free(pay);
+}
+
+Test(cuda_parity, described_batches)
+{
+    need_gpu();
+    harness h;
+    const size_t nf = sizeof BATCHF / sizeof BATCHF[0];
+    open_states(&h, BATCHF, nf, GPU_PLACEMENTS, 3, 11);
+    for (int round = 0; round < 6; round++) {
+        theus_tx *tx[MAX_STATES];
+        for (int s = 0; s < h.n; s++)
+            cr_assert_eq(theus_tx_begin(h.st[s], NULL, &tx[s]), THEUS_OK);
+        for (size_t i = 0; i < nf; i++) {
+            const fdef *f = &BATCHF[i];
+            theus_region r;
+            size_t n = 0;
+            const theus_region *rp = rand_region(&h, f, &r, &n);
+            void *payload = xmalloc(n * theus_dtype_size(f->dt) + 1);
+            gen_values(&h, f->dt, payload, n);
+            same_stage(&h, tx, f, rp, payload, round % 2);
+            free(payload);
+            same_batch(&h, tx, f, (round + (int)i) % 2, round >= 3);
+            same_batch(&h, tx, f, 1, round >= 3);
+            same_read(&h, tx, f, NULL, field_nelems(f), "read your batches");
+        }
+        same_commit(&h, tx, THEUS_OK);
+        same_fields(&h, "after described batches");
         h.step++;
     }
     close_states(&h);

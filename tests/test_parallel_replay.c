@@ -154,6 +154,7 @@ static void make_batch(batch *b, theus_dtype dt, int ndim, const int64_t *shape,
             cr_assert_not_null(b->payload[b->n]);
             fill(dt, b->payload[b->n], pn, &s);
             o->payload = b->payload[b->n];
+            o->batch = NULL;
             b->bytes += pn * b->es;
             b->n++;
         }

@@ -163,3 +163,34 @@ def test_not_durable_state():
             st.checkpoint()
         with pytest.raises(theusrt.InvalidArgument):
             st.durable_info()
+
+
+def _log_segments(d):
+    return sorted(p for p in d.iterdir() if p.name.startswith("wal-") and p.suffix == ".log")
+
+
+def test_torn_tail_dropped_and_reported(ddir):
+    with theusrt.State.open_durable(ddir, SCHEMA) as st:
+        for k in range(1, 5):
+            _commit_step(st, k)
+    seg = _log_segments(ddir)[-1]
+    size = seg.stat().st_size
+    os.truncate(seg, size - 3)                         # cut the last record
+    with theusrt.State.open_durable(ddir) as st:
+        assert st.version == 4                         # the last complete version
+        np.testing.assert_array_equal(st.read("step"), [3])
+        info = st.durable_info()
+        assert info.torn_bytes > 0 and 0 < info.torn_offset < size
+
+
+def test_corrupt_record_raises(ddir):
+    with theusrt.State.open_durable(ddir, SCHEMA) as st:
+        for k in range(1, 5):
+            _commit_step(st, k)
+    seg = _log_segments(ddir)[0]
+    data = bytearray(seg.read_bytes())
+    data[32 + 28 + 4] ^= 0xFF                          # inside the first record's body
+    seg.write_bytes(bytes(data))
+    with pytest.raises(theusrt.CorruptError) as e:
+        theusrt.State.open_durable(ddir)
+    assert e.value.code == -11 and seg.name in str(e.value)

@@ -11,6 +11,7 @@
 #include "durable/fileio.h"
 #include "durable/wal_record.h"
 #include "error.h"
+#include "gatekeeper.h"
 #include "publish.h"
 #include "tx.h"
 
@@ -147,11 +148,28 @@ static size_t region_bytes(const theus_state *st, const delta *d)
     return d->nelems * theus_dtype_size((theus_dtype)st->fields[d->field].dtype);
 }
 
-/* A payload on the host: where it is for host memory, else copied through the backend. */
-static int payload_host(const theus_state *st, const delta *d, const void **out, void **tmp)
+/* A payload on the host: where it is for host memory, else copied through the backend. A
+ * described batch (delta k of @tx, seg_batch.h) is logged as an assign of its region's final
+ * values (gate_final_values, valid under the commit lock), which recovery applies as any. */
+static int payload_host(const theus_state *st, const theus_tx *tx, size_t di, const void **out,
+                        void **tmp)
 {
+    const delta *d = &tx->deltas[di];
     *tmp = NULL;
     const field_desc *f = &st->fields[d->field];
+    if (d->batch) {
+        size_t n = region_bytes(st, d);
+        if (!(*tmp = theus_xmalloc(n ? n : 1)))
+            return err_set(st, THEUS_ENOMEM, "log: out of memory for a batch of '%s'", f->name);
+        int rc = gate_final_values((theus_state *)(uintptr_t)st, tx, di, *tmp);
+        if (rc != THEUS_OK) {
+            theus_xfree(*tmp);
+            *tmp = NULL;
+            return err_wrap(st, rc, "log: cannot compute the values of a batch of '%s'", f->name);
+        }
+        *out = *tmp;
+        return THEUS_OK;
+    }
     if (f->placement == THEUS_PLACEMENT_HOST) {
         *out = d->payload;
         return THEUS_OK;
@@ -208,7 +226,7 @@ static int write_record(wal *w, const publish_batch *b)
     for (size_t k = 0; k < tx->ndeltas && rc == THEUS_OK && !rw.bad; k++) {
         const delta *d = &tx->deltas[k];
         wal_put32(tmp, d->field);
-        wal_put32(tmp + 4, (uint32_t)d->op);
+        wal_put32(tmp + 4, (uint32_t)(d->batch ? DELTA_ASSIGN : d->op));
         wal_put32(tmp + 8, (uint32_t)d->r.ndim);
         wal_put32(tmp + 12, 0);
         unsigned char *q = tmp + WAL_DELTA_HEAD;
@@ -222,7 +240,7 @@ static int write_record(wal *w, const publish_batch *b)
         rw_put(&rw, tmp, (size_t)(q + 8 - tmp), 1);
         const void *src = NULL;
         void *copy;
-        if ((rc = payload_host(st, d, &src, &copy)) == THEUS_OK) {
+        if ((rc = payload_host(st, tx, k, &src, &copy)) == THEUS_OK) {
             rw_put(&rw, src, n, 1);
             theus_xfree(copy);
         }

@@ -84,6 +84,7 @@ static const theus_backend *record_op(void *user, size_t k, replay_op *op)
         op->frame = &x->st->frames[f];
         op->sub = x->d[k].r;
         op->payload = (const char *)x->r + x->d[k].offset;
+        op->batch = NULL;
     }
     return x->st->backend[f];
 }
