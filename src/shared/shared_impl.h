@@ -31,6 +31,9 @@ const char *shared_entry_name(const char *entry, const char *prefix, size_t plen
 
 /* ---- processes and leases (shared_lease.c) ---- */
 
+/* /proc/<pid>/<file> into @buf (@size bytes, NUL-terminated): its length, 0 when it cannot
+ * be read (the process or thread is gone). */
+size_t shared_proc_read(pid_t pid, const char *file, char *buf, size_t size);
 /* Start time of process @pid plus one, or 0 when it is gone or a zombie. */
 uint64_t shared_proc_start(pid_t pid);
 int shared_proc_alive(int32_t pid, uint64_t start);

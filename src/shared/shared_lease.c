@@ -12,18 +12,26 @@
 
 /* Start time of process @pid (field 22 of /proc/<pid>/stat) plus one, or 0 when it is gone
  * or a zombie: with the pid it names one process, even after the pid is reused. */
-uint64_t shared_proc_start(pid_t pid)
+size_t shared_proc_read(pid_t pid, const char *file, char *buf, size_t size)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, file);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
+    ssize_t n = read(fd, buf, size - 1);
     close(fd);
     if (n <= 0)
         return 0;
     buf[n] = '\0';
+    return (size_t)n;
+}
+
+uint64_t shared_proc_start(pid_t pid)
+{
+    char buf[1024];
+    if (!shared_proc_read(pid, "stat", buf, sizeof buf))
+        return 0;
     char *p = strrchr(buf, ')'); /* the command name (field 2) may hold spaces and ')' */
     if (!p)
         return 0;

@@ -40,20 +40,13 @@ static pid_t lock_owner(pthread_mutex_t *m)
 #endif
 }
 
-/* Of thread @tid: its process (Tgid) and its run state (field 3 of /proc/<tid>/stat, 'R',
- * 'S', 'T'...). Returns 0 when the thread does not exist (or is a zombie). */
+/* Of thread @tid: its process (Tgid) and its run state ('R', 'S', 'T'...), from
+ * /proc/<tid>/status. Returns 0 when the thread does not exist (or is a zombie). */
 static int thread_of(pid_t tid, pid_t *tgid, char *state)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    char buf[1024];
+    if (!shared_proc_read(tid, "status", buf, sizeof buf))
         return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
     const char *s = strstr(buf, "\nState:");
     const char *g = strstr(buf, "\nTgid:");
     if (!s || !g)
