@@ -188,6 +188,12 @@ static int leftovers(void)
  * or of another run of this suite by the same user): they hold this lock, as does every
  * test that calls theus_shared_cleanup. Released by close (or the process's death). */
 static int g_lock_fd = -1;
+#define SWEEP_LOCK_WAIT_S 240
+
+static void on_sweep_alarm(int sig)
+{
+    (void)sig;
+}
 
 static int sweep_lock(void)
 {
@@ -195,8 +201,20 @@ static int sweep_lock(void)
     snprintf(path, sizeof path, "/tmp/theus-test_shared-%u.lock", (unsigned)geteuid());
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     cr_assert_geq(fd, 0, "%s: %s", path, strerror(errno));
-    while (flock(fd, LOCK_EX) != 0)
-        cr_assert_eq(errno, EINTR);
+    /* Bounded: another run that keeps the lock this long is stuck, and this test says so
+     * instead of waiting for ctest's timeout. SIGALRM without SA_RESTART interrupts flock. */
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sweep_alarm;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, &old);
+    alarm(SWEEP_LOCK_WAIT_S);
+    int r = flock(fd, LOCK_EX);
+    int e = errno;
+    alarm(0);
+    sigaction(SIGALRM, &old, NULL);
+    cr_assert_eq(r, 0, "%s: not free after %d s (%s): another run of this suite holds it",
+                 path, SWEEP_LOCK_WAIT_S, strerror(e));
     g_lock_fd = fd;
     return fd;
 }
