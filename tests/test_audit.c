@@ -7,6 +7,7 @@
 #include "theus/theus_durable.h"
 #include "theus/theus_process.h"
 #include "backend.h"
+#include "durable_fixture.h"
 #include "durable/wal_record.h"
 #include "schema.h"
 
@@ -476,31 +477,11 @@ Test(audit_wal, records_encode_and_decode_and_malformed_ones_are_refused)
 
 /* ---- a durable state: audit records in the write-ahead log ---------------------------------- */
 
-static char g_root[64], g_dir[128];
-
-static void rm_tree(const char *path)
-{
-    DIR *d = opendir(path);
-    if (!d) {
-        unlink(path);
-        return;
-    }
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", path, e->d_name);
-            rm_tree(p);
-        }
-    closedir(d);
-    rmdir(path);
-}
-
 static void open_durable(void)
 {
     st = NULL;
     eng = NULL;
-    cr_assert_eq(theus_state_open_durable(g_dir, schema, NULL, NULL, &st), THEUS_OK, "%s",
+    cr_assert_eq(theus_state_open_durable(dfx_dir, schema, NULL, NULL, &st), THEUS_OK, "%s",
                  theus_last_error_message());
     cr_assert_eq(theus_engine_create(st, NULL, &eng), THEUS_OK);
     static const char *const all[] = {"*"};
@@ -519,9 +500,7 @@ static void close_durable(void)
 
 static void dur_setup(void)
 {
-    snprintf(g_root, sizeof g_root, "/tmp/theus-test-audit-XXXXXX");
-    cr_assert_not_null(mkdtemp(g_root));
-    snprintf(g_dir, sizeof g_dir, "%s/state", g_root);
+    cr_assert_eq(dfx_make(NULL, "test-audit", 0), 0);
     st = NULL;
     eng = NULL;
 }
@@ -530,13 +509,13 @@ static void dur_teardown(void)
 {
     if (eng || st)
         close_durable();
-    rm_tree(g_root);
+    dfx_cleanup();
 }
 
 /* The newest log segment's path. */
 static void newest_segment(char *out, size_t len)
 {
-    DIR *d = opendir(g_dir);
+    DIR *d = opendir(dfx_dir);
     cr_assert_not_null(d);
     struct dirent *e;
     char best[256] = "";
@@ -545,7 +524,7 @@ static void newest_segment(char *out, size_t len)
             snprintf(best, sizeof best, "%s", e->d_name);
     closedir(d);
     cr_assert(best[0], "no log segment");
-    snprintf(out, len, "%s/%s", g_dir, best);
+    snprintf(out, len, "%s/%s", dfx_dir, best);
 }
 
 /* Every record of the newest segment: kind, version, offset; audit entries in @ent. */
@@ -561,7 +540,7 @@ typedef struct log_view {
 static void read_log(log_view *v)
 {
     memset(v, 0, sizeof *v);
-    char path[256];
+    char path[600];
     newest_segment(path, sizeof path);
     FILE *fp = fopen(path, "rb");
     cr_assert_not_null(fp);
@@ -648,7 +627,7 @@ Test(audit_durable, violations_are_logged_with_their_commit_and_refusals_too)
 
 #ifdef THEUS_CLI
     char cmd[512], out[8192];
-    snprintf(cmd, sizeof cmd, "'%s' log '%s' 2>&1", THEUS_CLI, g_dir);
+    snprintf(cmd, sizeof cmd, "'%s' log '%s' 2>&1", THEUS_CLI, dfx_dir);
     FILE *p = popen(cmd, "r");
     cr_assert_not_null(p);
     size_t got = fread(out, 1, sizeof out - 1, p);
@@ -658,7 +637,7 @@ Test(audit_durable, violations_are_logged_with_their_commit_and_refusals_too)
     cr_expect(strstr(out, "A refused  a [0] = 11  rule max  seq 1  process put") != NULL, "%s", out);
     cr_expect(strstr(out, "B kept     b [0] = 2  rule max_abs  seq 4  count 1") != NULL, "%s", out);
     cr_expect(strstr(out, "3 records and 4 audit records (5 violations)") != NULL, "%s", out);
-    snprintf(cmd, sizeof cmd, "'%s' log --json '%s' 2>&1", THEUS_CLI, g_dir);
+    snprintf(cmd, sizeof cmd, "'%s' log --json '%s' 2>&1", THEUS_CLI, dfx_dir);
     p = popen(cmd, "r");
     cr_assert_not_null(p);
     got = fread(out, 1, sizeof out - 1, p);
@@ -681,7 +660,7 @@ Test(audit_durable, a_torn_audit_record_at_the_tail_is_dropped_like_any_torn_tai
     read_log(&v);
     cr_assert_eq(v.n, 2);
     cr_assert_eq(v.kind[1], WAL_KIND_AUDIT);
-    char path[256];
+    char path[600];
     newest_segment(path, sizeof path);
     /* Cut inside the audit record: its commit stays, the audit record is a torn tail. */
     uint64_t cut = v.offset[1] + v.size[1] / 2;
@@ -718,7 +697,7 @@ Test(audit_durable, a_torn_audit_record_at_the_tail_is_dropped_like_any_torn_tai
     cr_assert_eq(pwrite(fd, &byte, 1, at), 1);
     close(fd);
     theus_state *again = NULL;
-    cr_expect_eq(theus_state_open_durable(g_dir, NULL, NULL, NULL, &again), THEUS_ECORRUPT);
+    cr_expect_eq(theus_state_open_durable(dfx_dir, NULL, NULL, NULL, &again), THEUS_ECORRUPT);
     char want[64];
     snprintf(want, sizeof want, "at byte %llu", (unsigned long long)v.offset[2]);
     cr_expect(strstr(theus_last_error_message(), want) != NULL, "%s", theus_last_error_message());
