@@ -10,6 +10,7 @@
 #include "durable_fixture.h"
 #include "durable/wal_record.h"
 #include "schema.h"
+#include "state.h"
 
 #include <criterion/criterion.h>
 #include <dirent.h>
@@ -422,6 +423,119 @@ Test(audit_backend, host_loop_counts_first_index_and_value)
                                rules + 4, 1, res), THEUS_EINVAL, "a rate rule needs old values");
     cr_expect_eq(backend_audit(backend_cpu(), THEUS_MEM_DEVICE, THEUS_DTYPE_F32, ok, NULL, 2,
                                rules, 1, res), THEUS_EINVAL, "the CPU has no device entry");
+}
+
+/* A stand-in for a GPU backend on a machine without one: the CPU backend's table whose
+ * memory counts as device memory (read/overlay accept THEUS_MEM_DEVICE as plain memory) and
+ * that has an audit entry. Installed on field "d", it makes the audit take its device
+ * branch: the values are built in staged scratch of the backend and only the per-rule
+ * summaries come back (what the CUDA backend does with kernels/constraints.cu). */
+static theus_backend_iface fake_iface;
+static theus_backend fake_backend;
+static int fake_audits, fake_scratch, fake_staged, fake_unstaged;
+
+static int fake_read(void *ctx, const void *base, const theus_region *frame, theus_dtype dt,
+                     const theus_region *sub, void *dst, theus_mem dst_mem)
+{
+    (void)dst_mem;
+    return backend_cpu()->iface->read(ctx, base, frame, dt, sub, dst, THEUS_MEM_HOST);
+}
+
+static int fake_overlay(void *ctx, theus_dtype dt, delta_op op, void *dst,
+                        const theus_region *dframe, theus_mem dst_mem, const void *payload,
+                        const theus_region *pframe, const theus_region *sub)
+{
+    (void)dst_mem;
+    return backend_cpu()->iface->overlay(ctx, dt, op, dst, dframe, THEUS_MEM_HOST, payload,
+                                         pframe, sub);
+}
+
+static int fake_stage(void *ctx, theus_placement pl, const void *src, theus_mem src_mem,
+                      size_t nbytes, void **out)
+{
+    fake_scratch += src == NULL;
+    fake_staged++;
+    (void)src_mem;
+    return backend_cpu()->iface->stage(ctx, pl, src, THEUS_MEM_HOST, nbytes, out);
+}
+
+static void fake_unstage(void *ctx, void *p)
+{
+    fake_unstaged++;
+    backend_cpu()->iface->unstage(ctx, p);
+}
+
+static int fake_audit(void *ctx, theus_dtype dt, const void *cur, const void *old, size_t n,
+                      const backend_audit_rule *rules, size_t nrules, backend_audit_result *out)
+{
+    (void)ctx;
+    fake_audits++;
+    return backend_audit(backend_cpu(), THEUS_MEM_HOST, dt, cur, old, n, rules, nrules, out);
+}
+
+static const char *dev_schema =
+    "{\"fields\": {\"d\": {\"dtype\": \"f32\", \"shape\": [4], \"placement\": \"device\","
+    " \"audit\": [{\"rule\": \"max\", \"value\": 10, \"level\": \"A\"},"
+    "             {\"rule\": \"max_change\", \"value\": 5, \"level\": \"C\"}]}}}";
+
+static int dev_put(theus_run *run, void *user)
+{
+    (void)user;
+    float v[4];
+    for (int i = 0; i < 4; i++)
+        v[i] = (float)plan.v[0];
+    theus_region one = {.ndim = 1, .start = {plan.at}, .stop = {plan.at + 1}};
+    const theus_region *r = plan.at >= 0 ? &one : NULL;
+    return plan.add[0] ? theus_tx_add(theus_run_tx(run), "d", r, v, THEUS_MEM_HOST)
+                       : theus_tx_write(theus_run_tx(run), "d", r, v, THEUS_MEM_HOST);
+}
+
+Test(audit_backend, a_device_field_is_audited_by_its_backend_and_only_summaries_come_back)
+{
+    cr_assert_eq(theus_state_create(dev_schema, NULL, &st), THEUS_OK, "%s", theus_last_error_message());
+    int d = state_find_field(st, "d");
+    cr_assert_geq(d, 0);
+    fake_iface = *backend_cpu()->iface;
+    fake_iface.name = "fake-device";
+    fake_iface.read = fake_read;
+    fake_iface.overlay = fake_overlay;
+    fake_iface.stage = fake_stage;
+    fake_iface.unstage = fake_unstage;
+    fake_iface.audit = fake_audit;
+    fake_backend = (theus_backend){.iface = &fake_iface, .ctx = NULL};
+    const theus_backend *was = st->backend[d];
+    theus_placement pl = (theus_placement)st->fields[d].placement;
+    st->backend[d] = &fake_backend;
+    st->fields[d].placement = THEUS_PLACEMENT_DEVICE;
+    cr_assert_eq(theus_engine_create(st, NULL, &eng), THEUS_OK);
+    static const char *const all[] = {"*"};
+    theus_process_def def = {.name = "dev", .body = dev_put, .inputs = all, .n_inputs = 1,
+                             .outputs = all, .n_outputs = 1};
+    cr_assert_eq(theus_engine_register(eng, &def), THEUS_OK);
+    fake_audits = fake_scratch = fake_staged = fake_unstaged = 0;
+
+    plan = (put){.v = {3}, .at = -1};
+    cr_expect_eq(theus_engine_run(eng, "dev", NULL), THEUS_OK, "%s", theus_state_last_error(st));
+    cr_expect_eq(fake_audits, 1, "one evaluation per commit, on the backend");
+    cr_expect_eq(fake_scratch, 2, "current and old values built in backend scratch");
+    plan = (put){.v = {9}, .at = -1};
+    cr_expect_eq(theus_engine_run(eng, "dev", NULL), THEUS_OK, "C: 3 -> 9 changes by 6");
+    plan = (put){.add = {1}, .v = {2}, .at = 2};
+    cr_expect_eq(theus_engine_run(eng, "dev", NULL), THEUS_ESCHEMA, "9 + 2 = 11 > 10");
+    cr_expect_eq(fake_audits, 3);
+    cr_expect_eq(fake_unstaged, fake_staged, "every staged buffer, scratch included, released");
+    theus_audit_record r[4];
+    cr_assert_eq(records(r, 4), 2);
+    cr_expect(r[0].rule == THEUS_AUDIT_MAX_CHANGE && r[0].index == 0 && r[0].value == 9.0 &&
+              r[0].refused == 0);
+    cr_expect(r[1].rule == THEUS_AUDIT_MAX && r[1].index == 2 && r[1].value == 11.0 &&
+              r[1].refused == 1);
+    theus_engine_destroy(eng);
+    st->backend[d] = was;
+    st->fields[d].placement = pl;
+    theus_state_destroy(st);
+    eng = NULL;
+    st = NULL;
 }
 
 /* ---- the log form of audit records --------------------------------------------------------- */
