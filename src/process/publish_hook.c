@@ -1,6 +1,7 @@
 /* The process layer on the commit path: audit (may refuse, commit lock held, before the
- * replay), then after publish the audit's counters and records, the signals and the
- * outbox entries of the run whose transaction this is, and the version waiters. */
+ * replay) and, for a shared state, the staging of the run's signals; then after publish
+ * the audit's counters and records, the signals (private state) and the outbox entries of
+ * the run whose transaction this is, and the version waiters. */
 #include "publish_hook.h"
 #include "error.h"
 
@@ -32,13 +33,21 @@ static int before_replay(void *user, const publish_batch *b)
     theus_engine *e = user;
     if (b->init)
         return THEUS_OK;
-    return audit_prepare(e, b, run_of(e, b));
+    theus_run *run = run_of(e, b);
+    int rc = audit_prepare(e, b, run);
+    /* A shared state's signals are staged in its segment now and delivered by the redo
+     * path after publish (also by a process that finishes this commit if this one dies). */
+    if (rc == THEUS_OK && (rc = sig_stage(e, run, b->version)) != THEUS_OK)
+        audit_cancel(e);
+    return rc;
 }
 
 static void cancel(void *user, const publish_batch *b)
 {
-    if (!b->init)
+    if (!b->init) {
         audit_cancel(user);
+        sig_unstage(user);
+    }
 }
 
 static void after_publish(void *user, const publish_batch *b)
@@ -51,7 +60,8 @@ static void after_publish(void *user, const publish_batch *b)
     if (run) {
         run->published = 1;
         run->version = b->version;
-        sig_deliver(e, run);
+        if (!e->sig.shared)
+            sig_deliver(e, run); /* a shared state's: delivered by the redo path */
         outbox_publish(e, run, b->version);
     }
     sig_commit_published(e);
