@@ -1,7 +1,10 @@
-/* The process layer on the commit path: audit (may refuse, commit lock held, before the
- * replay) and, for a shared state, the staging of the run's signals; then after publish
- * the audit's counters and records, the signals (private state) and the outbox entries of
- * the run whose transaction this is, and the version waiters. */
+/* The process layer on the commit path, as two listeners: the audit, ahead of every other
+ * listener (it may refuse, commit lock held, before the replay and before the write-ahead
+ * log writes anything; after publish it keeps its counters and records, and logs them
+ * right after the commit's record and before the log's sync), and, in attach order, the
+ * signals and outbox entries of the run whose transaction this is, and the version
+ * waiters. On a shared state the second one stages the run's signals in the segment
+ * before the replay; the redo path delivers them after publish (shared_signal.h). */
 #include "publish_hook.h"
 #include "error.h"
 
@@ -33,21 +36,34 @@ static int before_replay(void *user, const publish_batch *b)
     theus_engine *e = user;
     if (b->init)
         return THEUS_OK;
-    theus_run *run = run_of(e, b);
-    int rc = audit_prepare(e, b, run);
-    /* A shared state's signals are staged in its segment now and delivered by the redo
-     * path after publish (also by a process that finishes this commit if this one dies). */
-    if (rc == THEUS_OK && (rc = sig_stage(e, run, b->version)) != THEUS_OK)
-        audit_cancel(e);
-    return rc;
+    return audit_prepare(e, b, run_of(e, b));
 }
 
 static void cancel(void *user, const publish_batch *b)
 {
-    if (!b->init) {
+    if (!b->init)
         audit_cancel(user);
+}
+
+/* A shared state's signals are staged in its segment now (the audit accepted the commit)
+ * and delivered by the redo path after publish — also by a process that finishes this
+ * commit if this one dies. THEUS_ENOMEM: the signal table is full. */
+static int stage_signals(void *user, const publish_batch *b)
+{
+    theus_engine *e = user;
+    return b->init ? THEUS_OK : sig_stage(e, run_of(e, b), b->version);
+}
+
+static void unstage_signals(void *user, const publish_batch *b)
+{
+    if (!b->init)
         sig_unstage(user);
-    }
+}
+
+static void audit_after_publish(void *user, const publish_batch *b)
+{
+    if (!b->init)
+        audit_published(user, b);
 }
 
 static void after_publish(void *user, const publish_batch *b)
@@ -55,7 +71,6 @@ static void after_publish(void *user, const publish_batch *b)
     theus_engine *e = user;
     if (b->init)
         return;
-    audit_published(e, b);
     theus_run *run = run_of(e, b);
     if (run) {
         run->published = 1;
@@ -73,9 +88,14 @@ int publish_hook_attach(theus_engine *e)
     for (uint32_t i = 0; i < st->listeners.n; i++)
         if (st->listeners.l[i].prepare == before_replay)
             return err_set(st, THEUS_EBUSY, "theus_engine_create: the state already has an engine");
-    publish_listener l = {.prepare = before_replay, .cancel = cancel, .published = after_publish,
-                         .user = e};
-    return publish_listen(st, &l);
+    publish_listener a = {.prepare = before_replay, .cancel = cancel,
+                          .published = audit_after_publish, .user = e};
+    publish_listener l = {.prepare = stage_signals, .cancel = unstage_signals,
+                          .published = after_publish, .user = e};
+    int rc = publish_listen_first(st, &a);
+    if (rc == THEUS_OK && (rc = publish_listen(st, &l)) != THEUS_OK)
+        publish_unlisten(st, e);
+    return rc;
 }
 
 void publish_hook_detach(theus_engine *e)
