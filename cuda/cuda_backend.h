@@ -125,6 +125,8 @@ int  cuda_overlay(void *ctx, theus_dtype dt, delta_op op, void *dst, const theus
 int  cuda_replay(void *ctx, const replay_op *ops, size_t n);
 int  cuda_check(void *ctx, theus_dtype dt, const void *staged, size_t n,
                 const theus_constraints *cons, size_t *bad_index);
+int  cuda_audit(void *ctx, theus_dtype dt, const void *cur, const void *old, size_t n,
+                const backend_audit_rule *rules, size_t nrules, backend_audit_result *out);
 int  cuda_stage_batch(void *ctx, theus_dtype dt, uint64_t nelems, const theus_batch_segment *segs,
                       size_t nsegs, const void *payload, size_t pelems, theus_mem mem,
                       struct seg_summary *sum, size_t *bad, void **staged_segs,
