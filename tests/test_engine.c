@@ -2,13 +2,13 @@
  * the worker pool, declared status codes, pure processes. Rows of issue #11's table:
  * four concurrent increments end at 4; an undeclared status is reported; a pure process
  * never waits for the commit lock. */
+#include "durable_fixture.h"
 #include "theus/theus_durable.h"
 #include "theus/theus_process.h"
 #include "theus/theus_shared.h"
 #include "state.h"
 
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -447,24 +447,13 @@ Test(engine_shared, two_processes_with_an_engine_each, .fini = shared_fini, .tim
     cr_expect_eq(theus_state_version(st), 1 + 4 * RUNS);
 }
 
-static char durable_dir[64];
-
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void durable_fini(void)
 {
     theus_engine_destroy(eng);
     eng = NULL;
     theus_state_destroy(st);
     st = NULL;
-    if (durable_dir[0])
-        nftw(durable_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+    dfx_cleanup();
 }
 
 static void open_durable(const char *dir)
@@ -479,10 +468,8 @@ static void open_durable(const char *dir)
 Test(engine_durable, runs_are_in_the_log_and_survive_reopening, .fini = durable_fini,
      .timeout = 60)
 {
-    snprintf(durable_dir, sizeof durable_dir, "/tmp/theus-engine-durable-XXXXXX");
-    cr_assert_not_null(mkdtemp(durable_dir));
-    char dir[96];
-    snprintf(dir, sizeof dir, "%s/state", durable_dir);
+    cr_assert_eq(dfx_make(NULL, "engine-durable", 0), 0);
+    const char *dir = dfx_dir;
     open_durable(dir);
     cr_expect_eq(register_and_run(eng), THEUS_OK, "%s", theus_state_last_error(st));
     static int code = 8;   /* undeclared: the run fails, nothing is logged */

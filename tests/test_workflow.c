@@ -2,11 +2,11 @@
  * through called workflows, and a table of malformed files refused with JSON path, line
  * and column. Rows of issue #11's table: a while loop sees its own writes; conditions are
  * a small expression language (no eval). */
+#include "durable_fixture.h"
 #include "theus/theus_durable.h"
 #include "theus/theus_process.h"
 
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -506,14 +506,6 @@ Test(workflow, the_position_moves_with_the_steps_own_commit)
     theus_workflow_free(wf);
 }
 
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void open_durable(const char *dir)
 {
     cr_assert_eq(theus_state_open_durable(dir, schema, NULL, NULL, &st), THEUS_OK, "%s",
@@ -522,13 +514,10 @@ static void open_durable(const char *dir)
     register_all();
 }
 
-static char durable_dir[64];
-
 static void durable_fini(void)
 {
     teardown();
-    if (durable_dir[0])
-        nftw(durable_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+    dfx_cleanup();
 }
 
 /* A durable state (theus_state_open_durable: log and recovery) closed after a failed step
@@ -536,10 +525,8 @@ static void durable_fini(void)
 Test(workflow_durable, a_recovered_durable_state_resumes_its_workflow, .fini = durable_fini,
      .timeout = 60)
 {
-    snprintf(durable_dir, sizeof durable_dir, "/tmp/theus-wf-durable-XXXXXX");
-    cr_assert_not_null(mkdtemp(durable_dir));
-    char dir[80];
-    snprintf(dir, sizeof dir, "%s/state", durable_dir);
+    cr_assert_eq(dfx_make(NULL, "wf-durable", 0), 0);
+    const char *dir = dfx_dir;
     open_durable(dir);
     theus_workflow *wf = load(resumable);
     fail_left = 1;
@@ -620,12 +607,11 @@ Test(workflow_durable, killed_mid_workflow_resumes_and_ends_like_one_run, .fini 
     st = NULL;
     eng = NULL;
 
-    snprintf(durable_dir, sizeof durable_dir, "/tmp/theus-wf-kill-XXXXXX");
-    cr_assert_not_null(mkdtemp(durable_dir));
+    cr_assert_eq(dfx_make(NULL, "wf-kill", 0), 0);
     for (size_t i = 0; i < sizeof kill_cases / sizeof kill_cases[0]; i++) {
         const kill_case *k = &kill_cases[i];
-        char dir[96];
-        snprintf(dir, sizeof dir, "%s/state%zu", durable_dir, i);
+        char dir[300];
+        snprintf(dir, sizeof dir, "%s/state%zu", dfx_root, i);
         int report[2], hold[2];
         cr_assert_eq(pipe(report), 0);
         cr_assert_eq(pipe(hold), 0);
