@@ -28,6 +28,23 @@ typedef struct replay_op {
     const struct seg_batch *batch;
 } replay_op;
 
+/* One audit rule of a field as a backend evaluates it (schema_audit's rule and bound), and
+ * what it found over the values of one written region: how many elements break it, the
+ * first of them (element of the region, C order; UINT64_MAX: none) and its value. Rules
+ * break as in src/process/audit.c: on the value as a double, NaN breaking every bound;
+ * max_change compares |new - old|. */
+typedef struct backend_audit_rule {
+    int32_t rule;                /* SCHEMA_AUDIT_* */
+    int32_t reserved;
+    double value;
+} backend_audit_rule;
+
+typedef struct backend_audit_result {
+    uint64_t count;
+    uint64_t first;
+    double value;
+} backend_audit_result;
+
 typedef struct theus_backend_iface {
     const char *name;
     /* ---- memory: fields and staged payloads ---- */
@@ -60,6 +77,13 @@ typedef struct theus_backend_iface {
     /* Optional: constraint check of @n staged elements; NULL means dtype_check on host. */
     int  (*check)(void *ctx, theus_dtype dt, const void *staged, size_t n,
                   const theus_constraints *c, size_t *bad_index);
+    /* Optional (NULL: the core's host loop, for values in host memory): evaluate @nrules
+     * audit rules on @n elements of @dt at @cur — the values a commit would write, in this
+     * backend's device memory (staged with stage(NULL)), C-contiguous — and, for rate
+     * rules, @old (same layout: the committed values; NULL when no rule needs it). One
+     * result per rule into @out (host memory): the only transfer back. */
+    int  (*audit)(void *ctx, theus_dtype dt, const void *cur, const void *old, size_t n,
+                  const backend_audit_rule *rules, size_t nrules, backend_audit_result *out);
     /* ---- described batches (theus_tx_stage_batch) ---- */
     /* Optional (NULL: the core's host path, for backends whose memory the CPU reaches): copy
      * @nsegs segments and @pelems payload elements of @dt, both in @mem, into this backend's
@@ -71,6 +95,31 @@ typedef struct theus_backend_iface {
                         const theus_batch_segment *segs, size_t nsegs, const void *payload,
                         size_t pelems, theus_mem mem, struct seg_summary *sum, size_t *bad,
                         void **staged_segs, void **staged_payload);
+    /* Optional (NULL: the gatekeeper computes them on the host, from a read and the batch's
+     * overlay): the values the described batch @b (staged by stage_batch, payload @payload)
+     * with @op leaves on the flat elements [b->sum.lo, b->sum.hi) of the field at @field,
+     * starting from the field's bytes now, written to memory this backend's check entry
+     * reads (*@out, freed with unstage). For constrained fields. */
+    int  (*batch_result)(void *ctx, theus_dtype dt, delta_op op, const void *field,
+                         const struct seg_batch *b, const void *payload, void **out);
+    /* ---- stream-ordered commits (theus_tx_commit_on_stream) ---- */
+    /* Optional (NULL: the core replays synchronously). Enqueue the replay of @ops on
+     * @stream (a cudaStream_t as void *; NULL the legacy default stream), after the work the
+     * caller queued there and after every replay this backend enqueued before, and return
+     * without waiting. *@fence completes with the replay (release it with fence_release).
+     * Like replay, it reports what it can before anything is enqueued; what fails once the
+     * stream runs surfaces at fence_wait. While enqueued replays may be unfinished, this
+     * backend orders its own later work on field memory after them. */
+    int  (*replay_on_stream)(void *ctx, const replay_op *ops, size_t n, void *stream,
+                             void **fence);
+    /* @stream NULL: wait on the host until @fence completed, THEUS_EDEVICE (detail recorded)
+     * when its replay failed. Otherwise order @stream after @fence and return at once
+     * (THEUS_EDEVICE only for an error that has already surfaced). */
+    int  (*fence_wait)(void *ctx, void *fence, void *stream);
+    void (*fence_release)(void *ctx, void *fence);
+    /* Wait on the host for the work queued on @stream so far (the payload a caller's kernel
+     * writes before a commit that must read it on the host: gatekeeper, WAL). */
+    int  (*stream_sync)(void *ctx, void *stream);
     /* ---- sharing between processes ---- */
     /* Optional, for states shared between processes (NULL: not supported, and the core
      * places such fields in host memory instead, or refuses them without fallback). */
@@ -127,5 +176,12 @@ int backend_get(const theus_backend *b, theus_dtype dt, const void *staged, size
 /* The wrapper that supplies the default for the optional check entry. */
 int backend_check(const theus_backend *b, theus_dtype dt, const void *staged, size_t n,
                   const theus_constraints *c, size_t *bad_index);
+
+/* The audit evaluation of @n values at @cur (and @old) in @mem: THEUS_MEM_DEVICE goes to the
+ * backend's audit entry (THEUS_EINVAL when it has none), THEUS_MEM_HOST to the host loop.
+ * THEUS_OK or the backend's error. */
+int backend_audit(const theus_backend *b, theus_mem mem, theus_dtype dt, const void *cur,
+                  const void *old, size_t n, const backend_audit_rule *rules, size_t nrules,
+                  backend_audit_result *out);
 
 #endif
