@@ -4,6 +4,7 @@
  * protocol that makes commits crash-safe is redo.{c,h}. See docs/sharing.md. */
 #ifndef THEUS_SRC_SHARED_H
 #define THEUS_SRC_SHARED_H
+#include "shared_signal.h"
 #include "state.h"
 
 #define THEUS_SHARED_MAGIC 0x4d48535355454854ULL /* "THEUSSHM" */
@@ -43,6 +44,7 @@ typedef struct shared_area {
     uint32_t pad;
     _Atomic uint64_t recovered;    /* commits of dead processes finished by others */
     _Atomic uint64_t dropped;      /* commits of dead processes dropped (not READY yet) */
+    shared_signal_area sig;        /* signals and waits across processes (shared_signal.h) */
 } shared_area;
 
 static inline shared_area *shared_area_of(const theus_state *st)
