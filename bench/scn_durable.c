@@ -15,8 +15,8 @@
  * figures to mean anything (not tmpfs). */
 #include "bench.h"
 #include "theus/theus_durable.h"
+#include "durable_fixture.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -25,32 +25,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char g_dir[512];
-
-static void rm_tree(const char *path)
-{
-    DIR *d = opendir(path);
-    if (!d) {
-        unlink(path);
-        return;
-    }
-    struct dirent *e;
-    char p[1024];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", path, e->d_name);
-            rm_tree(p);
-        }
-    closedir(d);
-    rmdir(path);
-}
-
+/* The scratch root of the scenario running now (tests/durable_fixture.h: dfx_root). */
 static int make_root(const char *scenario)
 {
-    const char *base = getenv("THEUS_BENCH_DIR");
-    snprintf(g_dir, sizeof g_dir, "%s/theus-bench-durable-XXXXXX", base && *base ? base : "/tmp");
-    if (!mkdtemp(g_dir)) {
-        note_error(scenario, "mkdtemp %s: %s", g_dir, strerror(errno));
+    if (dfx_make(NULL, "bench-durable", 1) != 0) {
+        note_error(scenario, "mkdtemp under %s: %s",
+                   getenv("THEUS_BENCH_DIR") ? getenv("THEUS_BENCH_DIR") : "/tmp", strerror(errno));
         return -1;
     }
     return 0;
@@ -127,14 +107,14 @@ static int scn_commit(void)
         commit_ctx c[4];
         memset(c, 0, sizeof c);
         char path[600];
-        snprintf(path, sizeof path, "%s/bare-%d.log", g_dir, w);
+        snprintf(path, sizeof path, "%s/bare-%d.log", dfx_root, w);
         c[0] = (commit_ctx){.writers = w, .per_writer = per};
         c[0].fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         memset(c[0].rec, 0xab, sizeof c[0].rec);
         bench_op ops[4] = {{.ctx = &c[0], .run = run_bare}};
         char dirs[3][600];
         for (int pol = 0; pol < 3; pol++) {
-            snprintf(dirs[pol], sizeof dirs[pol], "%s/p%d-w%d", g_dir, pol, w);
+            snprintf(dirs[pol], sizeof dirs[pol], "%s/p%d-w%d", dfx_root, pol, w);
             theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
             o.sync = (theus_sync)pol;
             c[pol + 1] = (commit_ctx){.writers = w, .per_writer = per, .fd = -1};
@@ -190,7 +170,7 @@ static int scn_commit(void)
         if (failed)
             rc = -1;
     }
-    rm_tree(g_dir);
+    dfx_cleanup();
     return rc;
 }
 
@@ -312,22 +292,22 @@ static int scn_checkpoint(void)
     snprintf(schema, sizeof schema,
              "{\"name\": \"ckpt\", \"fields\": {\"w\": {\"dtype\": \"f32\", \"shape\": [%zu, 1024]}}}",
              bytes / 4096);
-    snprintf(dir, sizeof dir, "%s/state", g_dir);
+    snprintf(dir, sizeof dir, "%s/state", dfx_root);
     theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
     o.keep_checkpoints = 1;
     ckpt_ctx full = {.bytes = bytes}, inc = {.bytes = bytes, .incremental = 1}, ceil = {.bytes = bytes};
     if (theus_state_open_durable(dir, schema, NULL, &o, &full.st) != THEUS_OK) {
         note_error(scenario, "open_durable: %s", theus_last_error_message());
-        rm_tree(g_dir);
+        dfx_cleanup();
         return -1;
     }
     inc.st = full.st;
     ceil.buf = bench_alloc_huge(bytes);
-    snprintf(ceil.path, sizeof ceil.path, "%s/ceiling.bin", g_dir);
+    snprintf(ceil.path, sizeof ceil.path, "%s/ceiling.bin", dfx_root);
     if (!ceil.buf) {
         note_error(scenario, "out of memory");
         theus_state_destroy(full.st);
-        rm_tree(g_dir);
+        dfx_cleanup();
         return -1;
     }
     memset(ceil.buf, 1, bytes);
@@ -346,7 +326,7 @@ static int scn_checkpoint(void)
              theus_state_version(again) == v;
     theus_state_destroy(again);
     note_check(scenario, "1 field", ok, "reopened at version %llu", (unsigned long long)v);
-    double py = python_save(bytes, g_dir);
+    double py = python_save(bytes, dfx_root);
     static const char *const methods[3] = {"ceiling.write_fsync", "theus.checkpoint_full",
                                            "theus.checkpoint_incremental_1pct"};
     char cname[32], b[16];
@@ -377,7 +357,7 @@ static int scn_checkpoint(void)
                                        "safetensors (set THEUS_PY)");
         }
     }
-    rm_tree(g_dir);
+    dfx_cleanup();
     return failed ? -1 : 0;
 }
 
@@ -408,7 +388,7 @@ static int scn_recovery(void)
         return -1;
     size_t log_bytes = bench.quick ? (8u << 20) : (1u << 30), rec = 1u << 20;
     char dir[600];
-    snprintf(dir, sizeof dir, "%s/state", g_dir);
+    snprintf(dir, sizeof dir, "%s/state", dfx_root);
     static const char *schema = "{\"name\": \"rec\", \"fields\": {"
                                 "\"w\": {\"dtype\": \"f32\", \"shape\": [4096, 1024]}}}";
     theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
@@ -416,7 +396,7 @@ static int scn_recovery(void)
     theus_state *st = NULL;
     if (theus_state_open_durable(dir, schema, NULL, &o, &st) != THEUS_OK) {
         note_error(scenario, "open_durable: %s", theus_last_error_message());
-        rm_tree(g_dir);
+        dfx_cleanup();
         return -1;
     }
     float *row = malloc(rec);
@@ -452,7 +432,7 @@ static int scn_recovery(void)
     if (!failed)
         printf("  recovery: %.3f s for %s of log = %.2f s per GiB\n", m.st.median, b,
                m.st.median * (double)(1u << 30) / (double)log_bytes);
-    rm_tree(g_dir);
+    dfx_cleanup();
     return failed ? -1 : 0;
 }
 

@@ -14,22 +14,9 @@
 #include <theus/theus.h>
 #include <theus/theus_durable.h>
 
-static const char *schema =
-    "{\"name\": \"interop\", \"fields\": {"
-    "\"b\": {\"dtype\": \"bool\", \"shape\": [5]},"
-    "\"u8\": {\"dtype\": \"u8\", \"shape\": [3, 2]},"
-    "\"i8\": {\"dtype\": \"i8\", \"shape\": [4]},"
-    "\"u16\": {\"dtype\": \"u16\", \"shape\": [3]},"
-    "\"i16\": {\"dtype\": \"i16\", \"shape\": [2, 2]},"
-    "\"u32\": {\"dtype\": \"u32\", \"shape\": [3]},"
-    "\"i32\": {\"dtype\": \"i32\", \"shape\": [2, 1, 2]},"
-    "\"u64\": {\"dtype\": \"u64\", \"shape\": [2]},"
-    "\"i64\": {\"dtype\": \"i64\", \"shape\": []},"
-    "\"f16\": {\"dtype\": \"f16\", \"shape\": [6]},"
-    "\"bf16\": {\"dtype\": \"bf16\", \"shape\": [2, 3]},"
-    "\"f32\": {\"dtype\": \"f32\", \"shape\": [2, 3]},"
-    "\"f64\": {\"dtype\": \"f64\", \"shape\": [3], \"placement\": \"pinned\"},"
-    "\"sig\": {\"dtype\": \"f32\", \"shape\": [2], \"zone\": \"signal\"}}}";
+#include "st_schema.h"
+
+static const char *schema = ST_ALL_DTYPES_SCHEMA("interop", "pinned");
 
 static int die(const char *what, int rc)
 {
@@ -116,23 +103,8 @@ int main(int argc, char **argv)
         return die("create", rc);
     if (strcmp(argv[1], "save") == 0) {
         srand(12345);
-        for (int round = 0; round < 2; round++) {
-            theus_tx *tx = NULL;
-            theus_tx_begin(st, NULL, &tx);
-            for (size_t i = 0; i < theus_state_field_count(st); i++) {
-                const char *name = theus_state_field_name(st, i);
-                theus_field_info fi;
-                theus_state_field_info(st, name, &fi);
-                unsigned char buf[256];
-                for (size_t k = 0; k < fi.nbytes; k++)
-                    buf[k] = fi.dtype == THEUS_DTYPE_BOOL ? (unsigned char)(rand() & 1)
-                                                          : (unsigned char)rand();
-                if ((rc = theus_tx_write(tx, name, NULL, buf, THEUS_MEM_HOST)))
-                    return die("write", rc);
-            }
-            if ((rc = theus_tx_commit(tx, NULL)))
-                return die("commit", rc);
-        }
+        if (fill(st, 0) || fill(st, 0))
+            return 1;
         if ((rc = theus_state_save_safetensors(st, argv[2])))
             return die("save", rc);
     } else {

@@ -17,36 +17,16 @@
 #include <theus/theus.h>
 #include <theus/theus_durable.h>
 
-static char g_root[64], g_dir[128];
-
-static void rm_tree(const char *path)
-{
-    DIR *d = opendir(path);
-    if (!d) {
-        unlink(path);
-        return;
-    }
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", path, e->d_name);
-            rm_tree(p);
-        }
-    closedir(d);
-    rmdir(path);
-}
+#include "durable_fixture.h"
 
 static void setup(void)
 {
-    snprintf(g_root, sizeof g_root, "/tmp/theus-test-dur-XXXXXX");
-    cr_assert_not_null(mkdtemp(g_root));
-    snprintf(g_dir, sizeof g_dir, "%s/state", g_root);
+    cr_assert_eq(dfx_make(NULL, "test-dur", 0), 0, "mkdtemp: %s", strerror(errno));
 }
 
 static void teardown(void)
 {
-    rm_tree(g_root);
+    dfx_cleanup();
 }
 
 TestSuite(durable, .init = setup, .fini = teardown);
@@ -63,7 +43,7 @@ static const char *schema =
 static theus_state *open_dir(const theus_durable_options *o)
 {
     theus_state *st = NULL;
-    int rc = theus_state_open_durable(g_dir, schema, NULL, o, &st);
+    int rc = theus_state_open_durable(dfx_dir, schema, NULL, o, &st);
     cr_assert_eq(rc, THEUS_OK, "open: %s: %s", theus_strerror(rc), theus_last_error_message());
     return st;
 }
@@ -124,7 +104,7 @@ static void check_consistent(theus_state *st)
 Test(durable, create_commit_recover_every_policy)
 {
     for (int pol = 0; pol < 3; pol++) {
-        rm_tree(g_dir);
+        dfx_rm_tree(dfx_dir);
         theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
         o.sync = (theus_sync)pol;
         theus_state *st = open_dir(&o);
@@ -143,12 +123,12 @@ Test(durable, create_commit_recover_every_policy)
         theus_state_destroy(st);
         /* What a crash in the middle of a checkpoint leaves: removed at the next open. */
         char tmp[600];
-        snprintf(tmp, sizeof tmp, "%s/ckpt-0000000000000016.safetensors.tmp.1.0", g_dir);
+        snprintf(tmp, sizeof tmp, "%s/ckpt-0000000000000016.safetensors.tmp.1.0", dfx_dir);
         FILE *fp = fopen(tmp, "w");
         fputs("partial", fp);
         fclose(fp);
         theus_state *again = NULL;
-        cr_assert_eq(theus_state_open_durable(g_dir, NULL, NULL, &o, &again), THEUS_OK,
+        cr_assert_eq(theus_state_open_durable(dfx_dir, NULL, NULL, &o, &again), THEUS_OK,
                      "a NULL schema recovers");
         cr_assert_eq(theus_state_version(again), 22);
         check_consistent(again);
@@ -174,7 +154,7 @@ Test(durable, const_fields_and_init_through_the_log)
 
 static size_t count_files(const char *prefix)
 {
-    DIR *d = opendir(g_dir);
+    DIR *d = opendir(dfx_dir);
     cr_assert_not_null(d);
     struct dirent *e;
     size_t n = 0;
@@ -202,13 +182,13 @@ Test(durable, checkpoints_full_incremental_and_recovery)
     cr_assert_eq(theus_state_checkpoint(st, 1, &v), THEUS_OK, "%s", theus_last_error_message());
     cr_assert_eq(v, 6, "the first checkpoint is full even when asked incremental");
     char p[512];
-    snprintf(p, sizeof p, "%s/ckpt-%016llx.safetensors", g_dir, 6ull);
+    snprintf(p, sizeof p, "%s/ckpt-%016llx.safetensors", dfx_dir, 6ull);
     off_t full = file_size(p);
     cr_assert_gt(full, 1 << 20);
     step(st, 6);
     cr_assert_eq(theus_state_checkpoint(st, 1, &v), THEUS_OK, "%s", theus_last_error_message());
     cr_assert_eq(v, 7);
-    snprintf(p, sizeof p, "%s/ckpt-%016llx.inc.safetensors", g_dir, 7ull);
+    snprintf(p, sizeof p, "%s/ckpt-%016llx.inc.safetensors", dfx_dir, 7ull);
     off_t inc = file_size(p);
     cr_assert_lt(inc, full / 20, "incremental %lld vs full %lld", (long long)inc, (long long)full);
     step(st, 7);
@@ -248,13 +228,13 @@ Test(durable, retention_and_time_travel)
         if (i == 10 || i == 20)
             cr_assert_eq(theus_state_checkpoint(st, 0, NULL), THEUS_OK);
     }
-    cr_assert_eq(theus_state_versions(g_dir, &lo, &hi), THEUS_OK, "%s", theus_last_error_message());
+    cr_assert_eq(theus_state_versions(dfx_dir, &lo, &hi), THEUS_OK, "%s", theus_last_error_message());
     cr_assert_eq(lo, 1, "nothing removed yet: the log reaches back to the creation");
     cr_assert_eq(hi, 31);
     cr_assert_eq(count_files("ckpt-"), 2);
     for (uint64_t v = lo; v <= hi; v++) {
         theus_state *old = NULL;
-        int rc = theus_state_open_version(g_dir, v, &old);
+        int rc = theus_state_open_version(dfx_dir, v, &old);
         cr_assert_eq(rc, THEUS_OK, "version %llu: %s", (unsigned long long)v, theus_last_error_message());
         cr_assert_eq(theus_state_version(old), v);
         check_consistent(old);
@@ -269,22 +249,22 @@ Test(durable, retention_and_time_travel)
         theus_state_destroy(old);
     }
     theus_state *none = NULL;
-    cr_assert_eq(theus_state_open_version(g_dir, 99, &none), THEUS_ENOENT);
+    cr_assert_eq(theus_state_open_version(dfx_dir, 99, &none), THEUS_ENOENT);
     cr_assert_null(none);
     /* A third checkpoint: the one of version 11 goes, and the log before version 21. */
     cr_assert_eq(theus_state_checkpoint(st, 0, NULL), THEUS_OK);
     cr_assert_eq(count_files("ckpt-"), 2);
-    cr_assert_eq(theus_state_versions(g_dir, &lo, &hi), THEUS_OK);
+    cr_assert_eq(theus_state_versions(dfx_dir, &lo, &hi), THEUS_OK);
     cr_assert_eq(lo, 21);
     cr_assert_eq(hi, 31);
-    cr_assert_eq(theus_state_open_version(g_dir, 5, &none), THEUS_ENOENT);
+    cr_assert_eq(theus_state_open_version(dfx_dir, 5, &none), THEUS_ENOENT);
     cr_assert_null(none);
-    cr_assert_eq(theus_state_open_version(g_dir, 25, &none), THEUS_OK);
+    cr_assert_eq(theus_state_open_version(dfx_dir, 25, &none), THEUS_OK);
     check_consistent(none);
     theus_state_destroy(none);
     theus_state_destroy(st);
     /* The log segments wholly before the oldest checkpoint are gone. */
-    DIR *d = opendir(g_dir);
+    DIR *d = opendir(dfx_dir);
     struct dirent *e;
     while ((e = readdir(d))) {
         unsigned long long s;
@@ -298,22 +278,22 @@ Test(durable, bad_directories_and_schemas)
 {
     theus_state *st = open_dir(NULL);
     theus_state *second = NULL;
-    cr_assert_eq(theus_state_open_durable(g_dir, schema, NULL, NULL, &second), THEUS_EBUSY);
+    cr_assert_eq(theus_state_open_durable(dfx_dir, schema, NULL, NULL, &second), THEUS_EBUSY);
     step(st, 1);
     theus_state_destroy(st);
     const char *other = "{\"name\": \"dur\", \"fields\": {\"counter\": {\"dtype\": \"i32\", \"shape\": []}}}";
-    cr_assert_eq(theus_state_open_durable(g_dir, other, NULL, NULL, &second), THEUS_ESCHEMA);
+    cr_assert_eq(theus_state_open_durable(dfx_dir, other, NULL, NULL, &second), THEUS_ESCHEMA);
     cr_assert_null(second);
-    chmod(g_dir, 0770);
-    cr_assert_eq(theus_state_open_durable(g_dir, schema, NULL, NULL, &second), THEUS_EPERM);
+    chmod(dfx_dir, 0770);
+    cr_assert_eq(theus_state_open_durable(dfx_dir, schema, NULL, NULL, &second), THEUS_EPERM);
     cr_assert_not_null(strstr(theus_last_error_message(), "writable by group"));
-    chmod(g_dir, 0700);
+    chmod(dfx_dir, 0700);
     theus_durable_options bad = THEUS_DURABLE_OPTIONS_INIT;
     bad.sync = (theus_sync)7;
-    cr_assert_eq(theus_state_open_durable(g_dir, schema, NULL, &bad, &second), THEUS_EINVAL);
+    cr_assert_eq(theus_state_open_durable(dfx_dir, schema, NULL, &bad, &second), THEUS_EINVAL);
     /* Not a theus directory. */
     char p[512];
-    snprintf(p, sizeof p, "%s/other", g_root);
+    snprintf(p, sizeof p, "%s/other", dfx_root);
     mkdir(p, 0700);
     char f[600];
     snprintf(f, sizeof f, "%s/notes.txt", p);
@@ -325,19 +305,19 @@ Test(durable, bad_directories_and_schemas)
     fputs("this is not a log at all, not at all", fp);
     fclose(fp);
     cr_assert_eq(theus_state_open_durable(p, schema, NULL, NULL, &second), THEUS_ECORRUPT);
-    cr_assert_eq(theus_state_open_durable(g_dir, NULL, NULL, NULL, &second), THEUS_OK);
+    cr_assert_eq(theus_state_open_durable(dfx_dir, NULL, NULL, NULL, &second), THEUS_OK);
     theus_state_destroy(second);
     /* A log segment that is not a log. */
-    snprintf(f, sizeof f, "%s/wal-0000000000000001.log", g_dir);
+    snprintf(f, sizeof f, "%s/wal-0000000000000001.log", dfx_dir);
     fp = fopen(f, "r+");
     fputs("NOTALOG!", fp);
     fclose(fp);
-    cr_assert_eq(theus_state_open_durable(g_dir, NULL, NULL, NULL, &second), THEUS_ECORRUPT);
+    cr_assert_eq(theus_state_open_durable(dfx_dir, NULL, NULL, NULL, &second), THEUS_ECORRUPT);
     cr_assert_not_null(strstr(theus_last_error_message(), "wal-0000000000000001.log"),
                        "%s", theus_last_error_message());
     cr_assert_not_null(strstr(theus_last_error_message(), "byte 0"));
     /* Creating needs a schema; a file is not a directory. */
-    snprintf(p, sizeof p, "%s/fresh", g_root);
+    snprintf(p, sizeof p, "%s/fresh", dfx_root);
     cr_assert_eq(theus_state_open_durable(p, NULL, NULL, NULL, &second), THEUS_EINVAL);
     cr_assert_eq(theus_state_open_durable(f, schema, NULL, NULL, &second), THEUS_EINVAL);
 }
@@ -392,21 +372,21 @@ static void tiny_check(theus_state *st, uint64_t want)
 Test(durable, torn_tail_cut_at_every_byte_of_the_last_record)
 {
     theus_state *st = NULL;
-    cr_assert_eq(theus_state_open_durable(g_dir, tiny, NULL, NULL, &st), THEUS_OK);
+    cr_assert_eq(theus_state_open_durable(dfx_dir, tiny, NULL, NULL, &st), THEUS_OK);
     for (uint64_t i = 1; i <= 4; i++)
         tiny_step(st, i);
     char seg[512], saved[600];
-    snprintf(seg, sizeof seg, "%s/wal-0000000000000001.log", g_dir);
+    snprintf(seg, sizeof seg, "%s/wal-0000000000000001.log", dfx_dir);
     off_t before = file_size(seg);
     tiny_step(st, 5);
     off_t after = file_size(seg);
     theus_state_destroy(st);
-    snprintf(saved, sizeof saved, "%s/saved.log", g_root);
+    snprintf(saved, sizeof saved, "%s/saved.log", dfx_root);
     copy_file(seg, saved, after);
     for (off_t cut = before; cut < after; cut++) {
         copy_file(saved, seg, cut);
         theus_state *r = NULL;
-        int rc = theus_state_open_durable(g_dir, NULL, NULL, NULL, &r);
+        int rc = theus_state_open_durable(dfx_dir, NULL, NULL, NULL, &r);
         cr_assert_eq(rc, THEUS_OK, "cut at %lld: %s", (long long)cut, theus_last_error_message());
         tiny_check(r, 5);
         theus_durable_info info;
@@ -418,10 +398,10 @@ Test(durable, torn_tail_cut_at_every_byte_of_the_last_record)
     }
     /* A torn tail is cut, and the next commits go on after it. */
     copy_file(saved, seg, after - 3);
-    cr_assert_eq(theus_state_open_durable(g_dir, NULL, NULL, NULL, &st), THEUS_OK);
+    cr_assert_eq(theus_state_open_durable(dfx_dir, NULL, NULL, NULL, &st), THEUS_OK);
     tiny_step(st, 5);
     theus_state_destroy(st);
-    cr_assert_eq(theus_state_open_durable(g_dir, NULL, NULL, NULL, &st), THEUS_OK);
+    cr_assert_eq(theus_state_open_durable(dfx_dir, NULL, NULL, NULL, &st), THEUS_OK);
     tiny_check(st, 6);
     theus_state_destroy(st);
 }
@@ -429,13 +409,13 @@ Test(durable, torn_tail_cut_at_every_byte_of_the_last_record)
 Test(durable, flipped_bytes_in_earlier_records_are_corruption)
 {
     theus_state *st = NULL;
-    cr_assert_eq(theus_state_open_durable(g_dir, tiny, NULL, NULL, &st), THEUS_OK);
+    cr_assert_eq(theus_state_open_durable(dfx_dir, tiny, NULL, NULL, &st), THEUS_OK);
     for (uint64_t i = 1; i <= 6; i++)
         tiny_step(st, i);
     theus_state_destroy(st);
     char seg[512], saved[600];
-    snprintf(seg, sizeof seg, "%s/wal-0000000000000001.log", g_dir);
-    snprintf(saved, sizeof saved, "%s/saved.log", g_root);
+    snprintf(seg, sizeof seg, "%s/wal-0000000000000001.log", dfx_dir);
+    snprintf(saved, sizeof saved, "%s/saved.log", dfx_root);
     off_t size = file_size(seg);
     copy_file(seg, saved, size);
     /* Every byte of the segment head and of the first five records (the sixth is the last:
@@ -458,7 +438,7 @@ Test(durable, flipped_bytes_in_earlier_records_are_corruption)
         cr_assert_eq(pwrite(fd, &x, 1, at), 1);
         close(fd);
         theus_state *r = NULL;
-        int rc = theus_state_open_durable(g_dir, NULL, NULL, NULL, &r);
+        int rc = theus_state_open_durable(dfx_dir, NULL, NULL, NULL, &r);
         if (rc == THEUS_OK) {
             tiny_check(r, 7); /* no effect: never an older state */
             theus_state_destroy(r);
@@ -504,11 +484,11 @@ static void *commit_loop(void *arg)
 Test(durable, group_commit_from_threads)
 {
     for (int pol = 0; pol < 3; pol++) {
-        rm_tree(g_dir);
+        dfx_rm_tree(dfx_dir);
         theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
         o.sync = (theus_sync)pol;
         theus_state *st = NULL;
-        cr_assert_eq(theus_state_open_durable(g_dir, tiny, NULL, &o, &st), THEUS_OK);
+        cr_assert_eq(theus_state_open_durable(dfx_dir, tiny, NULL, &o, &st), THEUS_OK);
         pthread_t th[4];
         worker w[4];
         for (int i = 0; i < 4; i++) {
@@ -520,7 +500,7 @@ Test(durable, group_commit_from_threads)
             cr_assert_eq(w[i].failures, 0, "ADDs never conflict");
         }
         theus_state_destroy(st);
-        cr_assert_eq(theus_state_open_durable(g_dir, tiny, NULL, &o, &st), THEUS_OK);
+        cr_assert_eq(theus_state_open_durable(dfx_dir, tiny, NULL, &o, &st), THEUS_OK);
         int64_t c;
         read_field(st, "counter", &c);
         cr_assert_eq(c, 200);

@@ -5,7 +5,6 @@
  * the state is consistent (a == b, counter == version - 1). THEUS_CRASH_KILLS sets the
  * number of kills (default 200; the soak in docs/durability.md runs 10,000). */
 #include <criterion/criterion.h>
-#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdint.h>
@@ -18,33 +17,13 @@
 #include <theus/theus.h>
 #include <theus/theus_durable.h>
 
-static char g_root[64], g_dir[128];
-
-static void rm_tree(const char *path)
-{
-    DIR *d = opendir(path);
-    if (!d) {
-        unlink(path);
-        return;
-    }
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", path, e->d_name);
-            rm_tree(p);
-        }
-    closedir(d);
-    rmdir(path);
-}
+#include "durable_fixture.h"
 
 static pid_t g_child = -1;
 
 static void setup(void)
 {
-    snprintf(g_root, sizeof g_root, "/tmp/theus-test-crash-XXXXXX");
-    cr_assert_not_null(mkdtemp(g_root));
-    snprintf(g_dir, sizeof g_dir, "%s/state", g_root);
+    cr_assert_eq(dfx_make(NULL, "test-crash", 0), 0, "mkdtemp: %s", strerror(errno));
 }
 
 static void teardown(void)
@@ -53,7 +32,7 @@ static void teardown(void)
         kill(g_child, SIGKILL);
         waitpid(g_child, NULL, 0);
     }
-    rm_tree(g_root);
+    dfx_cleanup();
 }
 
 TestSuite(durable_crash, .init = setup, .fini = teardown, .timeout = 3600);
@@ -69,7 +48,7 @@ static void child(int wfd, unsigned seed)
     theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
     o.segment_bytes = 64 * 1024;
     theus_state *st = NULL;
-    if (theus_state_open_durable(g_dir, NULL, NULL, &o, &st) != THEUS_OK) {
+    if (theus_state_open_durable(dfx_dir, NULL, NULL, &o, &st) != THEUS_OK) {
         fprintf(stderr, "child: open: %s\n", theus_last_error_message());
         _exit(3);
     }
@@ -102,7 +81,7 @@ static void child(int wfd, unsigned seed)
 static void check_state(uint64_t acked, uint64_t *version)
 {
     theus_state *st = NULL;
-    int rc = theus_state_open_durable(g_dir, NULL, NULL, NULL, &st);
+    int rc = theus_state_open_durable(dfx_dir, NULL, NULL, NULL, &st);
     cr_assert_eq(rc, THEUS_OK, "reopen: %s: %s", theus_strerror(rc), theus_last_error_message());
     uint64_t v = theus_state_version(st);
     cr_assert_geq(v, acked, "acknowledged version %llu lost (recovered %llu)",
@@ -130,7 +109,7 @@ Test(durable_crash, sigkill_at_random_points)
     int kills = env ? atoi(env) : 200;
     cr_assert_gt(kills, 0);
     theus_state *st = NULL;
-    cr_assert_eq(theus_state_open_durable(g_dir, schema, NULL, NULL, &st), THEUS_OK);
+    cr_assert_eq(theus_state_open_durable(dfx_dir, schema, NULL, NULL, &st), THEUS_OK);
     theus_state_destroy(st);
     unsigned rng = (unsigned)getpid();
     uint64_t acked = 1, version = 1;

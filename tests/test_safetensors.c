@@ -15,56 +15,29 @@
 #include <theus/theus_durable.h>
 
 #include "durable/safetensors.h"
-
-static char g_dir[64];
+#include "durable_fixture.h"
+#include "st_schema.h"
 
 static void setup(void)
 {
-    snprintf(g_dir, sizeof g_dir, "/tmp/theus-test-st-XXXXXX");
-    cr_assert_not_null(mkdtemp(g_dir));
+    cr_assert_eq(dfx_make(NULL, "test-st", 0), 0, "mkdtemp: %s", strerror(errno));
 }
 
 static void teardown(void)
 {
-    DIR *d = opendir(g_dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", g_dir, e->d_name);
-            unlink(p);
-        }
-    closedir(d);
-    rmdir(g_dir);
+    dfx_cleanup();
 }
 
 TestSuite(safetensors, .init = setup, .fini = teardown);
 
 static const char *path_in(const char *name)
 {
-    static char p[256];
-    snprintf(p, sizeof p, "%s/%s", g_dir, name);
+    static char p[512];
+    snprintf(p, sizeof p, "%s/%s", dfx_root, name);
     return p;
 }
 
-static const char *all_dtypes =
-    "{\"name\": \"all\", \"fields\": {"
-    "\"b\": {\"dtype\": \"bool\", \"shape\": [5]},"
-    "\"u8\": {\"dtype\": \"u8\", \"shape\": [3, 2]},"
-    "\"i8\": {\"dtype\": \"i8\", \"shape\": [4]},"
-    "\"u16\": {\"dtype\": \"u16\", \"shape\": [3]},"
-    "\"i16\": {\"dtype\": \"i16\", \"shape\": [2, 2]},"
-    "\"u32\": {\"dtype\": \"u32\", \"shape\": [3]},"
-    "\"i32\": {\"dtype\": \"i32\", \"shape\": [2, 1, 2]},"
-    "\"u64\": {\"dtype\": \"u64\", \"shape\": [2]},"
-    "\"i64\": {\"dtype\": \"i64\", \"shape\": []},"
-    "\"f16\": {\"dtype\": \"f16\", \"shape\": [6]},"
-    "\"bf16\": {\"dtype\": \"bf16\", \"shape\": [6]},"
-    "\"f32\": {\"dtype\": \"f32\", \"shape\": [2, 3]},"
-    "\"f64\": {\"dtype\": \"f64\", \"shape\": [3], \"placement\": \"device\"},"
-    "\"sig\": {\"dtype\": \"f32\", \"shape\": [2], \"zone\": \"signal\"}}}";
+static const char *all_dtypes = ST_ALL_DTYPES_SCHEMA("all", "device");
 
 static theus_state *make(const char *schema)
 {
@@ -191,7 +164,7 @@ Test(safetensors, save_replaces_atomically_and_leaves_no_temporary)
     fclose(fp);
     fill_all(a, 1);
     cr_assert_eq(theus_state_save_safetensors(a, p), THEUS_OK);
-    DIR *d = opendir(g_dir);
+    DIR *d = opendir(dfx_root);
     struct dirent *e;
     int n = 0;
     while ((e = readdir(d)))

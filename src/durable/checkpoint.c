@@ -19,39 +19,15 @@
 /* Incrementals after a full checkpoint before the next request writes a full one again. */
 #define MAX_CHAIN 8u
 
+static void full_name(const void *dir, uint64_t version, char *buf, size_t len)
+{
+    ckpt_path(dir, version, DUR_FULL, buf, len);
+}
+
 static int write_full(theus_state *st, durable *d, uint64_t *version)
 {
-    snapshot s;
-    int rc = snapshot_take(st, NULL, &s);
-    if (rc != THEUS_OK)
-        return rc;
-    *version = s.version;
-    st_out_tensor *t = theus_xcalloc(s.n ? s.n : 1, sizeof *t);
-    const void **data = theus_xcalloc(s.n ? s.n : 1, sizeof *data);
-    const char *keys[STFILE_NMETA];
-    char *vals[STFILE_NMETA] = {0};
-    if (!t || !data) {
-        rc = err_set(st, THEUS_ENOMEM, "checkpoint: out of memory");
-        goto done;
-    }
-    for (size_t k = 0; k < s.n; k++) {
-        const field_desc *f = &st->fields[s.f[k].index];
-        t[k] = (st_out_tensor){.name = f->name, .dtype = (theus_dtype)f->dtype,
-                               .ndim = (int)f->ndim, .shape = f->shape, .nbytes = f->nbytes};
-        data[k] = s.f[k].bytes;
-    }
-    char path[DUR_PATH_MAX];
-    ckpt_path(d->dir, s.version, DUR_FULL, path, sizeof path);
-    rc = stfile_meta(st, &s, d->schema_text, keys, vals);
-    if (rc == THEUS_OK)
-        rc = stfile_write(st, path, 0600, t, data, s.n, keys, (const char *const *)vals,
-                          STFILE_NMETA);
-done:
-    stfile_meta_free(vals);
-    theus_xfree(t);
-    theus_xfree(data);
-    snapshot_free(&s);
-    return rc;
+    stfile_target to = {.name = full_name, .ctx = d->dir, .mode = 0600};
+    return stfile_save_state(st, &to, d->schema_text, version);
 }
 
 /* One field's changes: runs of changed blocks and their bytes. */

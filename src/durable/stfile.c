@@ -170,14 +170,21 @@ void stfile_meta_free(char *vals[STFILE_NMETA])
     }
 }
 
-int theus_state_save_safetensors(theus_state *st, const char *path)
+int stfile_save_state(theus_state *st, const stfile_target *to, const char *schema_text,
+                      uint64_t *version)
 {
-    if (!st || !path)
-        return err_set(st, THEUS_EINVAL, "theus_state_save_safetensors: NULL argument");
     snapshot s;
     int rc = snapshot_take(st, NULL, &s);
     if (rc != THEUS_OK)
         return rc;
+    if (version)
+        *version = s.version;
+    char named[STFILE_PATH_MAX];
+    const char *path = to->path;
+    if (!path) {
+        to->name(to->ctx, s.version, named, sizeof named);
+        path = named;
+    }
     st_out_tensor *t = theus_xcalloc(s.n ? s.n : 1, sizeof *t);
     const void **data = theus_xcalloc(s.n ? s.n : 1, sizeof *data);
     const char *keys[STFILE_NMETA];
@@ -192,9 +199,9 @@ int theus_state_save_safetensors(theus_state *st, const char *path)
                                .ndim = (int)f->ndim, .shape = f->shape, .nbytes = f->nbytes};
         data[k] = s.f[k].bytes;
     }
-    rc = stfile_meta(st, &s, NULL, keys, vals);
+    rc = stfile_meta(st, &s, schema_text, keys, vals);
     if (rc == THEUS_OK)
-        rc = stfile_write(st, path, 0644, t, data, s.n, keys, (const char *const *)vals,
+        rc = stfile_write(st, path, to->mode, t, data, s.n, keys, (const char *const *)vals,
                           STFILE_NMETA);
 done:
     stfile_meta_free(vals);
@@ -202,6 +209,14 @@ done:
     theus_xfree(data);
     snapshot_free(&s);
     return rc;
+}
+
+int theus_state_save_safetensors(theus_state *st, const char *path)
+{
+    if (!st || !path)
+        return err_set(st, THEUS_EINVAL, "theus_state_save_safetensors: NULL argument");
+    stfile_target to = {.path = path, .mode = 0644};
+    return stfile_save_state(st, &to, NULL, NULL);
 }
 
 /* ---- loading --------------------------------------------------------------------------- */

@@ -27,4 +27,23 @@ int stfile_meta(const theus_state *st, const struct snapshot *s, const char *sch
                 const char *keys[STFILE_NMETA], char *vals[STFILE_NMETA]);
 void stfile_meta_free(char *vals[STFILE_NMETA]);
 
+/* Where stfile_save_state writes: @path, or (@path NULL) the name that @name gives the
+ * version written (checkpoint files are named by their version, known only once the
+ * snapshot is taken); file mode @mode. */
+#define STFILE_PATH_MAX 4096
+typedef struct stfile_target {
+    const char *path;
+    void (*name)(const void *ctx, uint64_t version, char *buf, size_t len);
+    const void *ctx;
+    mode_t mode;
+} stfile_target;
+
+/* The one writer of whole states: the persisted fields of @st as one committed version (a
+ * snapshot) with the theus metadata (@schema_text NULL: the canonical schema), written
+ * atomically to @to; *@version (if not NULL) gets the version written. Used by
+ * theus_state_save_safetensors and by full checkpoints. Errors as snapshot_take and
+ * stfile_write; on failure the target path is untouched. */
+int stfile_save_state(theus_state *st, const stfile_target *to, const char *schema_text,
+                      uint64_t *version);
+
 #endif
