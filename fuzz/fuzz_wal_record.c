@@ -47,7 +47,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     while (wal_next(buf, size, off, &r, why, sizeof why) == WAL_SCAN_RECORD) {
         wal_cursor c;
         uint32_t n;
-        if (wal_deltas_begin(&r, &c, &n, why, sizeof why) == 0) {
+        if (r.kind == WAL_KIND_AUDIT) {
+            wal_audit_entry e;
+            if (wal_audit_begin(&r, &c, &n, why, sizeof why) == 0)
+                while (wal_audit_next(&c, &e, why, sizeof why) == 1)
+                    ;
+        } else if (wal_deltas_begin(&r, &c, &n, why, sizeof why) == 0) {
             wal_delta d;
             volatile unsigned sum = 0;
             while (wal_delta_next(&c, esize, NULL, &d, why, sizeof why) == 1)

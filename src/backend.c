@@ -1,6 +1,7 @@
 /* Defaults for optional backend entries, and backend discovery. */
 #include "backend.h"
 #include "dtype.h"
+#include <math.h>
 #include <stdint.h>
 
 int backend_check(const theus_backend *b, theus_dtype dt, const void *staged, size_t n,
@@ -9,6 +10,45 @@ int backend_check(const theus_backend *b, theus_dtype dt, const void *staged, si
     if (b->iface->check)
         return b->iface->check(b->ctx, dt, staged, n, c, bad_index);
     *bad_index = dtype_check(dt, staged, n, c);
+    return THEUS_OK;
+}
+
+/* Whether @x (after; @old before) breaks rule @r (audit.c's semantics). */
+static int audit_breaks(const backend_audit_rule *r, double x, double old)
+{
+    switch (r->rule) {
+    case SCHEMA_AUDIT_FINITE: return !isfinite(x);
+    case SCHEMA_AUDIT_MIN: return !(x >= r->value);
+    case SCHEMA_AUDIT_MAX_VALUE: return !(x <= r->value);
+    case SCHEMA_AUDIT_MAX_ABS: return !(fabs(x) <= r->value);
+    case SCHEMA_AUDIT_MAX_CHANGE: return !(fabs(x - old) <= r->value);
+    }
+    return 0;
+}
+
+int backend_audit(const theus_backend *b, theus_mem mem, theus_dtype dt, const void *cur,
+                  const void *old, size_t n, const backend_audit_rule *rules, size_t nrules,
+                  backend_audit_result *out)
+{
+    for (size_t r = 0; r < nrules; r++)
+        out[r] = (backend_audit_result){.count = 0, .first = UINT64_MAX, .value = 0.0};
+    if (mem == THEUS_MEM_DEVICE)
+        return b->iface->audit ? b->iface->audit(b->ctx, dt, cur, old, n, rules, nrules, out)
+                               : THEUS_EINVAL;
+    for (size_t r = 0; r < nrules; r++) {
+        int rate = rules[r].rule == SCHEMA_AUDIT_MAX_CHANGE;
+        if (rate && !old)
+            return THEUS_EINVAL;
+        for (size_t i = 0; i < n; i++) {
+            double x = dtype_get(dt, cur, i);
+            if (!audit_breaks(&rules[r], x, rate ? dtype_get(dt, old, i) : 0.0))
+                continue;
+            if (out[r].count++ == 0) {
+                out[r].first = i;
+                out[r].value = x;
+            }
+        }
+    }
     return THEUS_OK;
 }
 

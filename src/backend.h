@@ -28,6 +28,23 @@ typedef struct replay_op {
     const struct seg_batch *batch;
 } replay_op;
 
+/* One audit rule of a field as a backend evaluates it (schema_audit's rule and bound), and
+ * what it found over the values of one written region: how many elements break it, the
+ * first of them (element of the region, C order; UINT64_MAX: none) and its value. Rules
+ * break as in src/process/audit.c: on the value as a double, NaN breaking every bound;
+ * max_change compares |new - old|. */
+typedef struct backend_audit_rule {
+    int32_t rule;                /* SCHEMA_AUDIT_* */
+    int32_t reserved;
+    double value;
+} backend_audit_rule;
+
+typedef struct backend_audit_result {
+    uint64_t count;
+    uint64_t first;
+    double value;
+} backend_audit_result;
+
 typedef struct theus_backend_iface {
     const char *name;
     /* ---- memory: fields and staged payloads ---- */
@@ -60,6 +77,13 @@ typedef struct theus_backend_iface {
     /* Optional: constraint check of @n staged elements; NULL means dtype_check on host. */
     int  (*check)(void *ctx, theus_dtype dt, const void *staged, size_t n,
                   const theus_constraints *c, size_t *bad_index);
+    /* Optional (NULL: the core's host loop, for values in host memory): evaluate @nrules
+     * audit rules on @n elements of @dt at @cur — the values a commit would write, in this
+     * backend's device memory (staged with stage(NULL)), C-contiguous — and, for rate
+     * rules, @old (same layout: the committed values; NULL when no rule needs it). One
+     * result per rule into @out (host memory): the only transfer back. */
+    int  (*audit)(void *ctx, theus_dtype dt, const void *cur, const void *old, size_t n,
+                  const backend_audit_rule *rules, size_t nrules, backend_audit_result *out);
     /* ---- described batches (theus_tx_stage_batch) ---- */
     /* Optional (NULL: the core's host path, for backends whose memory the CPU reaches): copy
      * @nsegs segments and @pelems payload elements of @dt, both in @mem, into this backend's
@@ -127,5 +151,12 @@ int backend_get(const theus_backend *b, theus_dtype dt, const void *staged, size
 /* The wrapper that supplies the default for the optional check entry. */
 int backend_check(const theus_backend *b, theus_dtype dt, const void *staged, size_t n,
                   const theus_constraints *c, size_t *bad_index);
+
+/* The audit evaluation of @n values at @cur (and @old) in @mem: THEUS_MEM_DEVICE goes to the
+ * backend's audit entry (THEUS_EINVAL when it has none), THEUS_MEM_HOST to the host loop.
+ * THEUS_OK or the backend's error. */
+int backend_audit(const theus_backend *b, theus_mem mem, theus_dtype dt, const void *cur,
+                  const void *old, size_t n, const backend_audit_rule *rules, size_t nrules,
+                  backend_audit_result *out);
 
 #endif

@@ -116,6 +116,12 @@ void gate_end(gate_plan *plan)
 
 int gate_final_values(theus_state *st, const struct theus_tx *tx, size_t k, void *host_out)
 {
+    return gate_final_values_mem(st, tx, k, host_out, THEUS_MEM_HOST);
+}
+
+int gate_final_values_mem(theus_state *st, const struct theus_tx *tx, size_t k, void *out,
+                          theus_mem mem)
+{
     const delta *d = &tx->deltas[k];
     const theus_backend *b = st->backend[d->field];
     theus_dtype dt = (theus_dtype)st->fields[d->field].dtype;
@@ -124,12 +130,12 @@ int gate_final_values(theus_state *st, const struct theus_tx *tx, size_t k, void
     /* (A described batch covers only parts of its region, the bounds of its segments: like an
      * ADD it starts from the committed bytes and every delta of the batch applies.) */
     const int own = d->op == DELTA_ASSIGN && !d->batch;
-    int rc = own ? b->iface->read(b->ctx, d->payload, &d->r, dt, &d->r, host_out, THEUS_MEM_HOST)
+    int rc = own ? b->iface->read(b->ctx, d->payload, &d->r, dt, &d->r, out, mem)
                  : b->iface->read(b->ctx, st->data[d->field], &st->frames[d->field], dt, &d->r,
-                                  host_out, THEUS_MEM_HOST);
+                                  out, mem);
     const size_t first = own ? k + 1 : 0;
     for (size_t j = first; rc == THEUS_OK && j < tx->ndeltas; j++)
         if (tx->deltas[j].field == d->field)
-            rc = delta_overlay(st, &tx->deltas[j], host_out, &d->r, THEUS_MEM_HOST);
+            rc = delta_overlay(st, &tx->deltas[j], out, &d->r, mem);
     return rc;
 }

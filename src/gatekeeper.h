@@ -27,5 +27,9 @@ void gate_end(gate_plan *plan);
  * commit lock (the committed bytes cannot change). @host_out holds nelems elements.
  * THEUS_OK or the backend's error (its detail recorded, no state message). */
 int gate_final_values(theus_state *st, const struct theus_tx *tx, size_t k, void *host_out);
+/* As gate_final_values, into @out in @mem: THEUS_MEM_DEVICE keeps the values in the field
+ * backend's device memory (a buffer from its stage entry; the audit of device fields). */
+int gate_final_values_mem(theus_state *st, const struct theus_tx *tx, size_t k, void *out,
+                          theus_mem mem);
 
 #endif

@@ -17,6 +17,21 @@ int publish_listen(theus_state *st, const publish_listener *l)
     return THEUS_OK;
 }
 
+int publish_listen_first(theus_state *st, const publish_listener *l)
+{
+    int rc = publish_listen(st, l);
+    if (rc != THEUS_OK)
+        return rc;
+    publish_list *p = &st->listeners;
+    for (uint32_t i = p->n - 1; i > 0; i--) {
+        p->l[i] = p->l[i - 1];
+        p->release[i] = p->release[i - 1];
+    }
+    p->l[0] = *l;
+    p->release[0] = NULL;
+    return THEUS_OK;
+}
+
 int publish_listen_owned(theus_state *st, const publish_listener *l, void (*release)(void *user))
 {
     int rc = publish_listen(st, l);

@@ -13,6 +13,9 @@
  * argument) or THEUS_EBUSY (PUBLISH_MAX_LISTENERS already attached). Listeners are local to
  * this process's handle of a shared state. */
 int publish_listen(theus_state *st, const publish_listener *l);
+/* As publish_listen, but ahead of every listener attached so far: for a check of the batch
+ * that must run before a listener with side effects (the audit before the WAL append). */
+int publish_listen_first(theus_state *st, const publish_listener *l);
 /* Remove every listener whose user pointer is @user (the others keep their order). */
 void publish_unlisten(theus_state *st, void *user);
 

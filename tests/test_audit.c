@@ -4,13 +4,21 @@
  * #11's table: the audit runs once per commit (Theus counted one violation twice) and sees
  * the values the commit writes (Theus never saw returned values). Device fields: this
  * suite runs on the CPU path (a device field without a GPU lives in host memory). */
+#include "theus/theus_durable.h"
 #include "theus/theus_process.h"
+#include "backend.h"
+#include "durable_fixture.h"
+#include "durable/wal_record.h"
 #include "schema.h"
+#include "state.h"
 
 #include <criterion/criterion.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char *schema =
     "{\"fields\": {"
@@ -337,4 +345,474 @@ Test(audit_schema, malformed_rules_are_refused_with_path_line_and_column)
     cr_expect_eq(s->fields[b].audit[0].threshold, 2);
     cr_expect_eq(s->fields[b].audit[0].reset, 1);
     schema_free(s);
+}
+
+/* ---- counters per process, field and level ---------------------------------------------- */
+
+Test(audit, stats_count_per_process_field_and_level)
+{
+    cr_expect_eq(put1("a", 11.0), THEUS_ESCHEMA);               /* A, refused */
+    cr_expect_eq(put1("b", 2.0), THEUS_OK);                     /* B, kept (1 of 2) */
+    plan = (put){.field = "c", .v = {-200}, .n = 1, .at = -1};  /* C: max_change and min */
+    cr_expect_eq(theus_engine_run(eng, "put", NULL), THEUS_OK);
+    cr_expect_eq(put1("s", NAN), THEUS_ESCHEMA);                /* S, refused, stops */
+    theus_engine_resume(eng);
+    theus_tx *tx = NULL;                                        /* A outside the engine */
+    float big = 50.0f;
+    theus_region r0 = {.ndim = 1, .start = {1}, .stop = {2}};
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_write(tx, "a", &r0, &big, THEUS_MEM_HOST), THEUS_OK);
+    cr_expect_eq(theus_tx_commit(tx, NULL), THEUS_ESCHEMA);
+
+    theus_audit_stats s;
+    cr_assert_eq(theus_engine_audit_stats(eng, "put", NULL, &s), THEUS_OK);
+    cr_expect_eq(s.violations, 5);
+    cr_expect_eq(s.level[0], 1, "S");
+    cr_expect_eq(s.level[1], 1, "A");
+    cr_expect_eq(s.level[2], 1, "B");
+    cr_expect_eq(s.level[3], 2, "C");
+    cr_expect_eq(s.refused, 2);
+    cr_assert_eq(theus_engine_audit_stats(eng, "put", "c", &s), THEUS_OK);
+    cr_expect_eq(s.violations, 2);
+    cr_expect_eq(s.level[3], 2);
+    cr_expect_eq(s.refused, 0);
+    cr_assert_eq(theus_engine_audit_stats(eng, "", "a", &s), THEUS_OK);
+    cr_expect_eq(s.violations, 1, "the commit outside the engine");
+    cr_expect_eq(s.level[1], 1);
+    cr_expect_eq(s.refused, 1);
+    cr_assert_eq(theus_engine_audit_stats(eng, NULL, "a", &s), THEUS_OK);
+    cr_expect_eq(s.violations, 2, "all: the engine's process and outside");
+    cr_assert_eq(theus_engine_audit_stats(eng, NULL, "free", &s), THEUS_OK);
+    cr_expect_eq(s.violations, 0);
+    uint64_t n = 0;
+    cr_expect_eq(theus_engine_audit_count(eng, NULL, NULL, &n), THEUS_OK);
+    cr_expect_eq(n, 6, "audit_count is the sum over levels");
+    cr_expect_eq(theus_engine_audit_stats(eng, "nope", NULL, &s), THEUS_ENOENT);
+    cr_expect_eq(s.violations, 0, "zeroed on failure");
+    cr_expect_eq(theus_engine_audit_stats(eng, NULL, "nope", &s), THEUS_ENOENT);
+    cr_expect_eq(theus_engine_audit_stats(eng, NULL, NULL, NULL), THEUS_EINVAL);
+    cr_expect_eq(theus_engine_audit_stats(NULL, NULL, NULL, &s), THEUS_EINVAL);
+}
+
+/* ---- the rules on the backend: one summary per rule -------------------------------------- */
+
+Test(audit_backend, host_loop_counts_first_index_and_value)
+{
+    float cur[6] = {1, 5, NAN, -7, 2, 9}, old[6] = {1, 1, 1, 1, 1, 1};
+    backend_audit_rule rules[5] = {{.rule = SCHEMA_AUDIT_FINITE},
+                                   {.rule = SCHEMA_AUDIT_MIN, .value = 0},
+                                   {.rule = SCHEMA_AUDIT_MAX_VALUE, .value = 4},
+                                   {.rule = SCHEMA_AUDIT_MAX_ABS, .value = 6},
+                                   {.rule = SCHEMA_AUDIT_MAX_CHANGE, .value = 3}};
+    backend_audit_result res[5];
+    cr_assert_eq(backend_audit(backend_cpu(), THEUS_MEM_HOST, THEUS_DTYPE_F32, cur, old, 6,
+                               rules, 5, res), THEUS_OK);
+    const uint64_t count[5] = {1, 2, 3, 3, 4}, first[5] = {2, 2, 1, 2, 1};
+    for (int r = 0; r < 5; r++) {
+        cr_expect_eq(res[r].count, count[r], "rule %d: %llu", r, (unsigned long long)res[r].count);
+        cr_expect_eq(res[r].first, first[r], "rule %d", r);
+    }
+    cr_expect(isnan(res[0].value));
+    cr_expect_eq(res[2].value, 5.0);
+    float ok[2] = {0, 1};
+    cr_assert_eq(backend_audit(backend_cpu(), THEUS_MEM_HOST, THEUS_DTYPE_F32, ok, ok, 2, rules,
+                               5, res), THEUS_OK);
+    for (int r = 0; r < 5; r++)
+        cr_expect(res[r].count == 0 && res[r].first == UINT64_MAX, "rule %d", r);
+    cr_expect_eq(backend_audit(backend_cpu(), THEUS_MEM_HOST, THEUS_DTYPE_F32, ok, NULL, 2,
+                               rules + 4, 1, res), THEUS_EINVAL, "a rate rule needs old values");
+    cr_expect_eq(backend_audit(backend_cpu(), THEUS_MEM_DEVICE, THEUS_DTYPE_F32, ok, NULL, 2,
+                               rules, 1, res), THEUS_EINVAL, "the CPU has no device entry");
+}
+
+/* A stand-in for a GPU backend on a machine without one: the CPU backend's table whose
+ * memory counts as device memory (read/overlay accept THEUS_MEM_DEVICE as plain memory) and
+ * that has an audit entry. Installed on field "d", it makes the audit take its device
+ * branch: the values are built in staged scratch of the backend and only the per-rule
+ * summaries come back (what the CUDA backend does with kernels/constraints.cu). */
+static theus_backend_iface fake_iface;
+static theus_backend fake_backend;
+static int fake_audits, fake_scratch, fake_staged, fake_unstaged;
+
+static int fake_read(void *ctx, const void *base, const theus_region *frame, theus_dtype dt,
+                     const theus_region *sub, void *dst, theus_mem dst_mem)
+{
+    (void)dst_mem;
+    return backend_cpu()->iface->read(ctx, base, frame, dt, sub, dst, THEUS_MEM_HOST);
+}
+
+static int fake_overlay(void *ctx, theus_dtype dt, delta_op op, void *dst,
+                        const theus_region *dframe, theus_mem dst_mem, const void *payload,
+                        const theus_region *pframe, const theus_region *sub)
+{
+    (void)dst_mem;
+    return backend_cpu()->iface->overlay(ctx, dt, op, dst, dframe, THEUS_MEM_HOST, payload,
+                                         pframe, sub);
+}
+
+static int fake_stage(void *ctx, theus_placement pl, const void *src, theus_mem src_mem,
+                      size_t nbytes, void **out)
+{
+    fake_scratch += src == NULL;
+    fake_staged++;
+    (void)src_mem;
+    return backend_cpu()->iface->stage(ctx, pl, src, THEUS_MEM_HOST, nbytes, out);
+}
+
+static void fake_unstage(void *ctx, void *p)
+{
+    fake_unstaged++;
+    backend_cpu()->iface->unstage(ctx, p);
+}
+
+static int fake_audit(void *ctx, theus_dtype dt, const void *cur, const void *old, size_t n,
+                      const backend_audit_rule *rules, size_t nrules, backend_audit_result *out)
+{
+    (void)ctx;
+    fake_audits++;
+    return backend_audit(backend_cpu(), THEUS_MEM_HOST, dt, cur, old, n, rules, nrules, out);
+}
+
+static const char *dev_schema =
+    "{\"fields\": {\"d\": {\"dtype\": \"f32\", \"shape\": [4], \"placement\": \"device\","
+    " \"audit\": [{\"rule\": \"max\", \"value\": 10, \"level\": \"A\"},"
+    "             {\"rule\": \"max_change\", \"value\": 5, \"level\": \"C\"}]}}}";
+
+static int dev_put(theus_run *run, void *user)
+{
+    (void)user;
+    float v[4];
+    for (int i = 0; i < 4; i++)
+        v[i] = (float)plan.v[0];
+    theus_region one = {.ndim = 1, .start = {plan.at}, .stop = {plan.at + 1}};
+    const theus_region *r = plan.at >= 0 ? &one : NULL;
+    return plan.add[0] ? theus_tx_add(theus_run_tx(run), "d", r, v, THEUS_MEM_HOST)
+                       : theus_tx_write(theus_run_tx(run), "d", r, v, THEUS_MEM_HOST);
+}
+
+Test(audit_backend, a_device_field_is_audited_by_its_backend_and_only_summaries_come_back)
+{
+    cr_assert_eq(theus_state_create(dev_schema, NULL, &st), THEUS_OK, "%s", theus_last_error_message());
+    int d = state_find_field(st, "d");
+    cr_assert_geq(d, 0);
+    fake_iface = *backend_cpu()->iface;
+    fake_iface.name = "fake-device";
+    fake_iface.read = fake_read;
+    fake_iface.overlay = fake_overlay;
+    fake_iface.stage = fake_stage;
+    fake_iface.unstage = fake_unstage;
+    fake_iface.audit = fake_audit;
+    fake_backend = (theus_backend){.iface = &fake_iface, .ctx = NULL};
+    const theus_backend *was = st->backend[d];
+    theus_placement pl = (theus_placement)st->fields[d].placement;
+    st->backend[d] = &fake_backend;
+    st->fields[d].placement = THEUS_PLACEMENT_DEVICE;
+    cr_assert_eq(theus_engine_create(st, NULL, &eng), THEUS_OK);
+    static const char *const all[] = {"*"};
+    theus_process_def def = {.name = "dev", .body = dev_put, .inputs = all, .n_inputs = 1,
+                             .outputs = all, .n_outputs = 1};
+    cr_assert_eq(theus_engine_register(eng, &def), THEUS_OK);
+    fake_audits = fake_scratch = fake_staged = fake_unstaged = 0;
+
+    plan = (put){.v = {3}, .at = -1};
+    cr_expect_eq(theus_engine_run(eng, "dev", NULL), THEUS_OK, "%s", theus_state_last_error(st));
+    cr_expect_eq(fake_audits, 1, "one evaluation per commit, on the backend");
+    cr_expect_eq(fake_scratch, 2, "current and old values built in backend scratch");
+    plan = (put){.v = {9}, .at = -1};
+    cr_expect_eq(theus_engine_run(eng, "dev", NULL), THEUS_OK, "C: 3 -> 9 changes by 6");
+    plan = (put){.add = {1}, .v = {2}, .at = 2};
+    cr_expect_eq(theus_engine_run(eng, "dev", NULL), THEUS_ESCHEMA, "9 + 2 = 11 > 10");
+    cr_expect_eq(fake_audits, 3);
+    cr_expect_eq(fake_unstaged, fake_staged, "every staged buffer, scratch included, released");
+    theus_audit_record r[4];
+    cr_assert_eq(records(r, 4), 2);
+    cr_expect(r[0].rule == THEUS_AUDIT_MAX_CHANGE && r[0].index == 0 && r[0].value == 9.0 &&
+              r[0].refused == 0);
+    cr_expect(r[1].rule == THEUS_AUDIT_MAX && r[1].index == 2 && r[1].value == 11.0 &&
+              r[1].refused == 1);
+    theus_engine_destroy(eng);
+    st->backend[d] = was;
+    st->fields[d].placement = pl;
+    theus_state_destroy(st);
+    eng = NULL;
+    st = NULL;
+}
+
+/* ---- the log form of audit records --------------------------------------------------------- */
+
+Test(audit_wal, records_encode_and_decode_and_malformed_ones_are_refused)
+{
+    wal_audit_entry e[2];
+    memset(e, 0, sizeof e);
+    e[0] = (wal_audit_entry){.seq = 7, .index = 3, .count = 0, .value = NAN, .rule = 0,
+                             .level = 'S', .refused = 1};
+    strcpy(e[0].process, "put");
+    strcpy(e[0].field, "s");
+    e[1] = (wal_audit_entry){.seq = 8, .index = 1, .count = 2, .value = -4.5, .rule = 4,
+                             .level = 'B', .refused = 0};
+    strcpy(e[1].field, "bb");
+    uint64_t body = wal_audit_body_size(e, 2);
+    cr_assert_eq(body, 8 + 2 * WAL_AUDIT_ENTRY + 3 + 1 + 2);
+    unsigned char buf[512];
+    wal_audit_encode(buf + WAL_REC_HEAD, e, 2);
+    wal_record_encode(buf, WAL_KIND_AUDIT, 12, buf + WAL_REC_HEAD, body);
+    wal_rec r;
+    char why[256];
+    uint64_t size = WAL_REC_OVERHEAD + body;
+    cr_assert_eq(wal_next(buf, size, 0, &r, why, sizeof why), WAL_SCAN_RECORD, "%s", why);
+    cr_expect_eq(r.kind, WAL_KIND_AUDIT);
+    cr_expect_eq(r.version, 12);
+    wal_cursor c;
+    uint32_t n;
+    cr_assert_eq(wal_audit_begin(&r, &c, &n, why, sizeof why), 0);
+    cr_expect_eq(n, 2);
+    wal_audit_entry got;
+    cr_assert_eq(wal_audit_next(&c, &got, why, sizeof why), 1, "%s", why);
+    cr_expect(got.seq == 7 && got.index == 3 && isnan(got.value) && got.level == 'S' &&
+              got.refused == 1 && strcmp(got.process, "put") == 0 && strcmp(got.field, "s") == 0);
+    cr_assert_eq(wal_audit_next(&c, &got, why, sizeof why), 1, "%s", why);
+    cr_expect(got.seq == 8 && got.count == 2 && got.value == -4.5 && got.rule == 4 &&
+              got.level == 'B' && got.process[0] == 0 && strcmp(got.field, "bb") == 0);
+    cr_expect_eq(wal_audit_next(&c, &got, why, sizeof why), 0);
+    /* Cut at every byte: torn, never a record. */
+    for (uint64_t cut = 1; cut < size; cut++)
+        cr_expect_eq(wal_next(buf, cut, 0, &r, why, sizeof why), WAL_SCAN_TORN, "cut %llu",
+                     (unsigned long long)cut);
+    /* A bad level with a good checksum: the record reads, its entry is refused. */
+    unsigned char broken[512];
+    memcpy(broken, buf, (size_t)size);
+    broken[WAL_REC_HEAD + 8 + 36] = (unsigned char)'X';
+    wal_record_encode(broken, WAL_KIND_AUDIT, 12, broken + WAL_REC_HEAD, body);
+    cr_assert_eq(wal_next(broken, size, 0, &r, why, sizeof why), WAL_SCAN_RECORD);
+    cr_assert_eq(wal_audit_begin(&r, &c, &n, why, sizeof why), 0);
+    cr_expect_eq(wal_audit_next(&c, &got, why, sizeof why), -1);
+    cr_expect(strstr(why, "level") != NULL, "%s", why);
+}
+
+/* ---- a durable state: audit records in the write-ahead log ---------------------------------- */
+
+static void open_durable(void)
+{
+    st = NULL;
+    eng = NULL;
+    cr_assert_eq(theus_state_open_durable(dfx_dir, schema, NULL, NULL, &st), THEUS_OK, "%s",
+                 theus_last_error_message());
+    cr_assert_eq(theus_engine_create(st, NULL, &eng), THEUS_OK);
+    static const char *const all[] = {"*"};
+    theus_process_def d = {.name = "put", .body = put_body, .inputs = all, .n_inputs = 1,
+                           .outputs = all, .n_outputs = 1};
+    cr_assert_eq(theus_engine_register(eng, &d), THEUS_OK, "%s", theus_state_last_error(st));
+}
+
+static void close_durable(void)
+{
+    theus_engine_destroy(eng);
+    theus_state_destroy(st);
+    eng = NULL;
+    st = NULL;
+}
+
+static void dur_setup(void)
+{
+    cr_assert_eq(dfx_make(NULL, "test-audit", 0), 0);
+    st = NULL;
+    eng = NULL;
+}
+
+static void dur_teardown(void)
+{
+    if (eng || st)
+        close_durable();
+    dfx_cleanup();
+}
+
+/* The newest log segment's path. */
+static void newest_segment(char *out, size_t len)
+{
+    DIR *d = opendir(dfx_dir);
+    cr_assert_not_null(d);
+    struct dirent *e;
+    char best[256] = "";
+    while ((e = readdir(d)))
+        if (strncmp(e->d_name, "wal-", 4) == 0 && strcmp(e->d_name, best) > 0)
+            snprintf(best, sizeof best, "%s", e->d_name);
+    closedir(d);
+    cr_assert(best[0], "no log segment");
+    snprintf(out, len, "%s/%s", dfx_dir, best);
+}
+
+/* Every record of the newest segment: kind, version, offset; audit entries in @ent. */
+typedef struct log_view {
+    uint32_t kind[64];
+    uint64_t version[64], offset[64], size[64];
+    size_t n;
+    wal_audit_entry ent[32];
+    size_t nent;
+    uint64_t file_size;
+} log_view;
+
+static void read_log(log_view *v)
+{
+    memset(v, 0, sizeof *v);
+    char path[600];
+    newest_segment(path, sizeof path);
+    FILE *fp = fopen(path, "rb");
+    cr_assert_not_null(fp);
+    static unsigned char buf[1 << 16];
+    size_t size = fread(buf, 1, sizeof buf, fp);
+    fclose(fp);
+    v->file_size = size;
+    char why[256];
+    uint64_t start, off = WAL_SEG_HEAD;
+    cr_assert_eq(wal_seg_head_decode(buf, size, &start, why, sizeof why), 0, "%s", why);
+    wal_rec r;
+    while (v->n < 64 && wal_next(buf, size, off, &r, why, sizeof why) == WAL_SCAN_RECORD) {
+        v->kind[v->n] = r.kind;
+        v->version[v->n] = r.version;
+        v->offset[v->n] = r.offset;
+        v->size[v->n++] = r.size;
+        if (r.kind == WAL_KIND_AUDIT) {
+            wal_cursor c;
+            uint32_t n;
+            cr_assert_eq(wal_audit_begin(&r, &c, &n, why, sizeof why), 0, "%s", why);
+            while (v->nent < 32 && wal_audit_next(&c, &v->ent[v->nent], why, sizeof why) == 1)
+                v->nent++;
+        }
+        off += r.size;
+    }
+}
+
+TestSuite(audit_durable, .init = dur_setup, .fini = dur_teardown, .timeout = 120);
+
+Test(audit_durable, violations_are_logged_with_their_commit_and_refusals_too)
+{
+    open_durable();
+    uint64_t v0 = theus_state_version(st);
+    cr_expect_eq(put1("a", 11.0), THEUS_ESCHEMA, "level A refuses");
+    plan = (put){.field = "c", .v = {-200}, .n = 1, .at = -1};
+    cr_expect_eq(theus_engine_run(eng, "put", NULL), THEUS_OK, "level C keeps");
+    cr_expect_eq(put1("a", 9.0), THEUS_OK, "clean");
+    cr_expect_eq(put1("b", 2.0), THEUS_OK, "level B: 1 of 2");
+    cr_assert_eq(theus_state_version(st), v0 + 3);
+    close_durable();
+
+    log_view v;
+    read_log(&v);
+    /* audit(refused, v0+1) commit(v0+1) audit(v0+1) commit(v0+2) commit(v0+3) audit(v0+3) */
+    cr_assert_eq(v.n, 6, "%zu records", v.n);
+    const uint32_t kinds[6] = {WAL_KIND_AUDIT, WAL_KIND_COMMIT, WAL_KIND_AUDIT, WAL_KIND_COMMIT,
+                               WAL_KIND_COMMIT, WAL_KIND_AUDIT};
+    const uint64_t vers[6] = {v0 + 1, v0 + 1, v0 + 1, v0 + 2, v0 + 3, v0 + 3};
+    for (int i = 0; i < 6; i++) {
+        cr_expect_eq(v.kind[i], kinds[i], "record %d", i);
+        cr_expect_eq(v.version[i], vers[i], "record %d", i);
+    }
+    cr_assert_eq(v.nent, 4);
+    cr_expect(v.ent[0].refused == 1 && v.ent[0].level == 'A' && strcmp(v.ent[0].field, "a") == 0 &&
+              strcmp(v.ent[0].process, "put") == 0 && v.ent[0].value == 11.0 && v.ent[0].seq == 1);
+    cr_expect(v.ent[1].refused == 0 && v.ent[1].level == 'C' && strcmp(v.ent[1].field, "c") == 0 &&
+              v.ent[1].seq == 2);
+    cr_expect(v.ent[2].level == 'C' && v.ent[2].seq == 3);
+    cr_expect(v.ent[3].level == 'B' && v.ent[3].count == 1 && v.ent[3].value == 2.0 &&
+              v.ent[3].seq == 4);
+
+    /* Reopen: recovery skips the audit records; the state is what was committed. */
+    open_durable();
+    cr_expect_eq(theus_state_version(st), v0 + 3);
+    cr_expect_eq(get("a", 0), 9.0);
+    cr_expect_eq(get("c", 2), -200.0);
+    theus_durable_info info;
+    cr_assert_eq(theus_state_durable_info(st, &info), THEUS_OK);
+    cr_expect_eq(info.torn_bytes, 0);
+    /* The engine refilled its ring from the log; seq goes on after the newest. */
+    theus_audit_record rr[8];
+    cr_assert_eq(records(rr, 8), 4);
+    cr_expect(rr[0].seq == 1 && rr[0].refused == 1 && rr[0].version == v0 + 1 &&
+              strcmp(rr[0].field, "a") == 0 && rr[0].value == 11.0);
+    cr_expect(rr[3].seq == 4 && rr[3].level == 'B' && rr[3].count == 1 && rr[3].version == v0 + 3);
+    cr_expect_eq(put1("a", 12.0), THEUS_ESCHEMA, "appending after the recovered log");
+    cr_assert_eq(records(rr, 8), 5);
+    cr_expect_eq(rr[4].seq, 5);
+    close_durable();
+    read_log(&v);
+    cr_expect_eq(v.n, 7);
+    cr_expect_eq(v.kind[6], WAL_KIND_AUDIT);
+    cr_expect_eq(v.version[6], v0 + 4);
+
+#ifdef THEUS_CLI
+    char cmd[512], out[8192];
+    snprintf(cmd, sizeof cmd, "'%s' log '%s' 2>&1", THEUS_CLI, dfx_dir);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    size_t got = fread(out, 1, sizeof out - 1, p);
+    out[got] = 0;
+    cr_expect_eq(pclose(p), 0, "%s", out);
+    cr_expect(strstr(out, "audit   1 violation") != NULL, "%s", out);
+    cr_expect(strstr(out, "A refused  a [0] = 11  rule max  seq 1  process put") != NULL, "%s", out);
+    cr_expect(strstr(out, "B kept     b [0] = 2  rule max_abs  seq 4  count 1") != NULL, "%s", out);
+    cr_expect(strstr(out, "3 records and 4 audit records (5 violations)") != NULL, "%s", out);
+    snprintf(cmd, sizeof cmd, "'%s' log --json '%s' 2>&1", THEUS_CLI, dfx_dir);
+    p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    got = fread(out, 1, sizeof out - 1, p);
+    out[got] = 0;
+    cr_expect_eq(pclose(p), 0, "%s", out);
+    cr_expect(strstr(out, "\"kind\": \"audit\"") != NULL, "%s", out);
+    cr_expect(strstr(out, "\"rule\": \"max\", \"level\": \"A\", \"refused\": true") != NULL, "%s", out);
+    cr_expect(strstr(out, "\"audit_records\": 4") != NULL, "%s", out);
+#endif
+}
+
+Test(audit_durable, a_torn_audit_record_at_the_tail_is_dropped_like_any_torn_tail)
+{
+    open_durable();
+    uint64_t v0 = theus_state_version(st);
+    plan = (put){.field = "c", .v = {-200}, .n = 1, .at = -1};
+    cr_expect_eq(theus_engine_run(eng, "put", NULL), THEUS_OK);
+    close_durable();
+    log_view v;
+    read_log(&v);
+    cr_assert_eq(v.n, 2);
+    cr_assert_eq(v.kind[1], WAL_KIND_AUDIT);
+    char path[600];
+    newest_segment(path, sizeof path);
+    /* Cut inside the audit record: its commit stays, the audit record is a torn tail. */
+    uint64_t cut = v.offset[1] + v.size[1] / 2;
+    cr_assert_eq(truncate(path, (off_t)cut), 0);
+    open_durable();
+    cr_expect_eq(theus_state_version(st), v0 + 1, "the commit before it is kept");
+    cr_expect_eq(get("c", 0), -200.0);
+    theus_durable_info info;
+    cr_assert_eq(theus_state_durable_info(st, &info), THEUS_OK);
+    cr_expect_eq(info.torn_offset, v.offset[1]);
+    cr_expect_eq(info.torn_bytes, cut - v.offset[1]);
+    cr_expect_eq(put1("free", 1.0), THEUS_OK, "the log goes on after the cut");
+    close_durable();
+    read_log(&v);
+    cr_expect_eq(v.n, 2, "commit, then the new commit where the torn record was");
+    cr_expect_eq(v.kind[1], WAL_KIND_COMMIT);
+    cr_expect_eq(v.file_size, v.offset[1] + v.size[1]);
+
+    /* A flipped byte in an audit record with records after it: corrupt, not torn. */
+    open_durable();
+    cr_expect_eq(put1("a", 11.0), THEUS_ESCHEMA);
+    cr_expect_eq(put1("free", 2.0), THEUS_OK);
+    close_durable();
+    read_log(&v);
+    cr_assert_eq(v.n, 4);
+    cr_assert_eq(v.kind[2], WAL_KIND_AUDIT);
+    newest_segment(path, sizeof path);
+    int fd = open(path, O_RDWR);
+    cr_assert_geq(fd, 0);
+    unsigned char byte;
+    off_t at = (off_t)(v.offset[2] + WAL_REC_HEAD + 10);
+    cr_assert_eq(pread(fd, &byte, 1, at), 1);
+    byte ^= 0x40;
+    cr_assert_eq(pwrite(fd, &byte, 1, at), 1);
+    close(fd);
+    theus_state *again = NULL;
+    cr_expect_eq(theus_state_open_durable(dfx_dir, NULL, NULL, NULL, &again), THEUS_ECORRUPT);
+    char want[64];
+    snprintf(want, sizeof want, "at byte %llu", (unsigned long long)v.offset[2]);
+    cr_expect(strstr(theus_last_error_message(), want) != NULL, "%s", theus_last_error_message());
 }

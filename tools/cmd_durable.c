@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -105,6 +106,7 @@ static void unmap_file(mapped *m)
 /* What walking the segments found. */
 typedef struct walk {
     uint64_t segments, records, deltas, bytes, first, last;
+    uint64_t audits, violations;  /* audit records (WAL_KIND_AUDIT) and their entries */
     int torn, corrupt;
     char problem[DUR_PATH_MAX + 512];
 } walk;
@@ -131,6 +133,71 @@ static void put_region(FILE *out, const theus_region *r, int json)
     for (int k = 0; k < r->ndim; k++)
         fprintf(out, k ? ", %lld:%lld" : "%lld:%lld", (long long)r->start[k], (long long)r->stop[k]);
     fputc(']', out);
+}
+
+static const char *const audit_rule_names[] = {"finite", "min", "max", "max_abs", "max_change"};
+
+/* An audit record: decode (and with @show print) its entries. 0, or -1 with w->problem. */
+static int walk_audit(const wal_rec *r, const char *path, int show, walk_out *oo, walk *w)
+{
+    char why[256];
+    wal_cursor c;
+    uint32_t n = 0;
+    if (wal_audit_begin(r, &c, &n, why, sizeof why) != 0) {
+        snprintf(w->problem, sizeof w->problem, "%s: offset %llu: %s", path,
+                 (unsigned long long)r->offset, why);
+        return -1;
+    }
+    w->audits++;
+    if (show && oo->json) {
+        printf("%s{\"version\": %llu, \"kind\": \"audit\", \"segment\": ",
+               oo->first_json ? "" : ",\n ", (unsigned long long)r->version);
+        cli_put_json_string(stdout, path);
+        printf(", \"offset\": %llu, \"bytes\": %llu, \"violations\": [",
+               (unsigned long long)r->offset, (unsigned long long)r->size);
+        oo->first_json = 0;
+    } else if (show) {
+        printf("version %llu  audit   %u violation%s, %llu bytes  (%s, offset %llu)\n",
+               (unsigned long long)r->version, n, n == 1 ? "" : "s", (unsigned long long)r->size,
+               strrchr(path, '/') ? strrchr(path, '/') + 1 : path, (unsigned long long)r->offset);
+    }
+    wal_audit_entry e;
+    int k = 0, got;
+    while ((got = wal_audit_next(&c, &e, why, sizeof why)) == 1) {
+        w->violations++;
+        if (!show)
+            continue;
+        if (oo->json) {
+            printf("%s{\"seq\": %llu, \"field\": ", k ? ", " : "", (unsigned long long)e.seq);
+            cli_put_json_string(stdout, e.field);
+            printf(", \"process\": ");
+            cli_put_json_string(stdout, e.process);
+            printf(", \"rule\": \"%s\", \"level\": \"%c\", \"refused\": %s, \"index\": %llu, "
+                   "\"value\": ", audit_rule_names[e.rule], e.level, e.refused ? "true" : "false",
+                   (unsigned long long)e.index);
+            if (isfinite(e.value))
+                printf("%.17g", e.value);
+            else   /* JSON has no NaN or infinity */
+                printf("\"%s\"", isnan(e.value) ? "nan" : e.value > 0 ? "inf" : "-inf");
+            printf(", \"count\": %llu}", (unsigned long long)e.count);
+        } else {
+            printf("    %c %-8s %s [%llu] = %.17g  rule %s  seq %llu", e.level,
+                   e.refused ? "refused" : "kept", e.field, (unsigned long long)e.index, e.value,
+                   audit_rule_names[e.rule], (unsigned long long)e.seq);
+            if (e.level == 'B')
+                printf("  count %llu", (unsigned long long)e.count);
+            printf("  process %s\n", e.process[0] ? e.process : "(outside the engine)");
+        }
+        k++;
+    }
+    if (show && oo->json)
+        printf("]}");
+    if (got < 0) {
+        snprintf(w->problem, sizeof w->problem, "%s: record at offset %llu: %s", path,
+                 (unsigned long long)r->offset, why);
+        return -1;
+    }
+    return 0;
 }
 
 /* Walk every segment of @d, decoding every record and delta; print them per @o. */
@@ -174,13 +241,22 @@ static void walk_log(const dur_dir *d, walk *w, const walk_out *o, cli_progress 
                     w->corrupt = 1;
                 break;
             }
+            int show = oo.print && r.version >= oo.from && r.version <= oo.to;
+            if (r.kind == WAL_KIND_AUDIT) {
+                if (walk_audit(&r, path, show, &oo, w) != 0) {
+                    w->corrupt = 1;
+                    break;
+                }
+                cli_progress_add(p, r.size);
+                off += r.size;
+                continue;
+            }
             w->records++;
             if (!w->first)
                 w->first = r.version;
             w->last = r.version;
             wal_cursor c;
             uint32_t nd = 0;
-            int show = oo.print && r.version >= oo.from && r.version <= oo.to;
             if (wal_deltas_begin(&r, &c, &nd, why, sizeof why) != 0) {
                 snprintf(w->problem, sizeof w->problem, "%s: offset %llu: %s", path,
                          (unsigned long long)off, why);
@@ -292,13 +368,16 @@ static int run_log(int argc, char **argv)
     walk_log(&d, &w, &o, &p);
     cli_progress_end(&p);
     if (o.json) {
-        printf("], \"segments\": %llu, \"torn\": %s, \"corrupt\": %s}\n",
-               (unsigned long long)w.segments, w.torn ? "true" : "false",
+        printf("], \"segments\": %llu, \"audit_records\": %llu, \"torn\": %s, \"corrupt\": %s}\n",
+               (unsigned long long)w.segments, (unsigned long long)w.audits, w.torn ? "true" : "false",
                w.corrupt ? "true" : "false");
     } else {
-        printf("%llu record%s in %llu segment%s", (unsigned long long)w.records,
-               w.records == 1 ? "" : "s", (unsigned long long)w.segments,
-               w.segments == 1 ? "" : "s");
+        printf("%llu record%s", (unsigned long long)w.records, w.records == 1 ? "" : "s");
+        if (w.audits)
+            printf(" and %llu audit record%s (%llu violation%s)", (unsigned long long)w.audits,
+                   w.audits == 1 ? "" : "s", (unsigned long long)w.violations,
+                   w.violations == 1 ? "" : "s");
+        printf(" in %llu segment%s", (unsigned long long)w.segments, w.segments == 1 ? "" : "s");
         if (w.records)
             printf(", versions %llu..%llu", (unsigned long long)w.first, (unsigned long long)w.last);
         printf("\n");
@@ -340,10 +419,12 @@ static int run_verify(int argc, char **argv)
         printf("note: %s\n", w.problem);
     }
     if (!quiet)
-        printf("log: %llu segment%s, %llu record%s, %llu deltas, %llu payload bytes%s\n",
+        printf("log: %llu segment%s, %llu record%s, %llu deltas, %llu payload bytes, %llu audit "
+               "record%s%s\n",
                (unsigned long long)w.segments, w.segments == 1 ? "" : "s",
                (unsigned long long)w.records, w.records == 1 ? "" : "s",
                (unsigned long long)w.deltas, (unsigned long long)w.bytes,
+               (unsigned long long)w.audits, w.audits == 1 ? "" : "s",
                w.corrupt ? ": CORRUPT" : "");
     /* Every checkpoint: a safetensors file the library's strict reader accepts. */
     for (size_t i = 0; i < d.files.nckpt; i++) {

@@ -301,6 +301,27 @@ THEUS_API int theus_engine_audit_records(theus_engine *e, uint64_t from_seq,
 THEUS_API int theus_engine_audit_count(theus_engine *e, const char *process, const char *field,
                                        uint64_t *count);
 
+/** Audit counters of a process (or all, or commits made outside the engine) on a field (or
+ *  all fields). They count what the ring dropped, too. */
+typedef struct theus_audit_stats {
+    uint64_t violations;  /**< every level */
+    uint64_t level[4];    /**< by level: [0] S, [1] A, [2] B, [3] C */
+    uint64_t refused;     /**< violations recorded for commits that were refused */
+} theus_audit_stats;
+
+/**
+ * @brief The audit counters of @p process (NULL: all, "": commits made outside the engine)
+ *        on @p field (NULL: all fields), by level.
+ * @param[in]  e       the engine.
+ * @param[in]  process the process's name, "" or NULL; borrowed for the call.
+ * @param[in]  field   the field's name or NULL; borrowed for the call.
+ * @param[out] out     receives the counters (zeroed on failure).
+ * @return THEUS_OK; THEUS_ENOENT (unknown process or field); THEUS_EINVAL (NULL e or out).
+ * @note Thread-safe; counters of a commit being published may be mid-update.
+ */
+THEUS_API int theus_engine_audit_stats(theus_engine *e, const char *process, const char *field,
+                                       theus_audit_stats *out);
+
 /* ---------------------------------------------------------------------------------------
  * Workflows (JSON, docs/processes.md)
  * ------------------------------------------------------------------------------------ */

@@ -536,6 +536,29 @@ static int replay_record(theus_state *st, const char *path, const wal_rec *r, in
     return THEUS_OK;
 }
 
+/* An audit record (wal_record.h) rebuilds nothing; it must still be well formed and in
+ * place: right after its commit (@last), or, refused, before the version it would have
+ * created (@last + 1). */
+static int check_audit_record(theus_state *st, const char *path, const wal_rec *r,
+                              uint64_t last)
+{
+    wal_cursor c;
+    uint32_t n;
+    wal_audit_entry e;
+    char why[256];
+    int got = wal_audit_begin(r, &c, &n, why, sizeof why) == 0 ? 1 : -1;
+    while (got == 1 && (got = wal_audit_next(&c, &e, why, sizeof why)) == 1)
+        if (r->version != (e.refused ? last + 1 : last)) {
+            snprintf(why, sizeof why, "audit record of %s version %llu after version %llu",
+                     e.refused ? "refused" : "committed", (unsigned long long)r->version,
+                     (unsigned long long)last);
+            got = -1;
+        }
+    return got < 0 ? err_set(st, THEUS_ECORRUPT, "'%s' at byte %llu: %s", path,
+                             (unsigned long long)r->offset, why)
+                   : THEUS_OK;
+}
+
 /* Walk segment @path (start version @start, the newest when @newest) from *last on,
  * applying commits above @base up to @target. Returns the end of valid data in *valid. */
 static int replay_segment(theus_state *st, const char *path, uint64_t start, int newest,
@@ -588,6 +611,12 @@ static int replay_segment(theus_state *st, const char *path, uint64_t start, int
             rc = err_set(st, THEUS_ECORRUPT, "'%s' at byte %llu: %s", path,
                          (unsigned long long)off, why);
             break;
+        }
+        if (r.kind == WAL_KIND_AUDIT) {
+            if ((rc = check_audit_record(st, path, &r, *last)) != THEUS_OK)
+                break;
+            off += r.size;
+            continue;
         }
         int in_order = r.kind == WAL_KIND_COMMIT ? r.version == *last + 1
                                                  : r.version == 1 && *last == 1;

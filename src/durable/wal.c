@@ -737,3 +737,23 @@ int wal_attach(wal *w, void (*release)(void *user), void *user)
                           .user = w};
     return publish_listen_owned(w->st, &l, release);
 }
+
+int wal_append_note(wal *w, const unsigned char *rec, size_t len, int sync)
+{
+    if (w->broken || w->fd < 0)
+        return err_set(w->st, THEUS_EIO, "log: an earlier write or sync failed; audit record "
+                       "not written");
+    if (fio_write_all(w->fd, rec, len) != 0) {
+        int e = errno;
+        if (ftruncate(w->fd, (off_t)w->seg_size) != 0 ||
+            lseek(w->fd, (off_t)w->seg_size, SEEK_SET) < 0)
+            w->broken = 1;
+        return err_set(w->st, THEUS_EIO, "log: cannot write an audit record: %s", strerror(e));
+    }
+    w->seg_size += len;
+    if (sync && w->sync != THEUS_SYNC_NONE && fdatasync(w->fd) != 0) {
+        w->broken = 1;   /* as for a commit record whose sync failed */
+        return err_set(w->st, THEUS_EIO, "log: cannot sync an audit record: %s", strerror(errno));
+    }
+    return THEUS_OK;
+}

@@ -64,6 +64,13 @@ int wal_attach(wal *w, void (*release)(void *user), void *user);
 /* Close the open segment (synced unless THEUS_SYNC_NONE) and start a new one at
  * @start. Under the commit lock. */
 int wal_rotate(wal *w, uint64_t start);
+/* Append a whole record (@len bytes, wal_record_encode's output) of a kind that changes no
+ * state (WAL_KIND_AUDIT) at the end of the open segment, under the commit lock: after the
+ * record of the commit in flight, if any (a cancel of that commit then drops it too). With
+ * @sync (and a sync policy other than NONE) it is fdatasync'ed before the call returns;
+ * else it reaches the disk with the next sync. A failed write is cut off again; when even
+ * that fails the log is broken (later commits refused). THEUS_OK or THEUS_EIO. */
+int wal_append_note(wal *w, const unsigned char *rec, size_t len, int sync);
 /* Segment file name of @start in @dir into @buf. */
 void wal_segment_path(const char *dir, uint64_t start, char *buf, size_t len);
 

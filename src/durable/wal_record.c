@@ -85,7 +85,7 @@ wal_scan wal_next(const unsigned char *buf, uint64_t size, uint64_t off, wal_rec
         return WAL_SCAN_CORRUPT;
     }
     uint32_t kind = wal_get32(p + 4);
-    if (kind != WAL_KIND_COMMIT && kind != WAL_KIND_INIT) {
+    if (kind != WAL_KIND_COMMIT && kind != WAL_KIND_INIT && kind != WAL_KIND_AUDIT) {
         why_set(why, whylen, "unknown record kind %u", kind);
         return WAL_SCAN_CORRUPT;
     }
@@ -188,4 +188,117 @@ int wal_delta_next(wal_cursor *c, size_t (*esize_of)(void *user, uint32_t field)
     c->p += need + d->nbytes;
     c->left--;
     return 1;
+}
+
+/* ---- audit records ------------------------------------------------------------------ */
+
+uint64_t wal_audit_body_size(const wal_audit_entry *e, size_t n)
+{
+    uint64_t size = 8;
+    for (size_t i = 0; i < n; i++)
+        size += WAL_AUDIT_ENTRY + strnlen(e[i].process, THEUS_NAME_MAX) +
+                strnlen(e[i].field, THEUS_NAME_MAX);
+    return size;
+}
+
+void wal_audit_encode(unsigned char *out, const wal_audit_entry *e, size_t n)
+{
+    wal_put32(out, (uint32_t)n);
+    wal_put32(out + 4, 0);
+    unsigned char *p = out + 8;
+    for (size_t i = 0; i < n; i++) {
+        size_t pl = strnlen(e[i].process, THEUS_NAME_MAX), fl = strnlen(e[i].field, THEUS_NAME_MAX);
+        uint64_t bits;
+        memcpy(&bits, &e[i].value, sizeof bits);
+        wal_put64(p, e[i].seq);
+        wal_put64(p + 8, e[i].index);
+        wal_put64(p + 16, bits);
+        wal_put64(p + 24, e[i].count);
+        wal_put32(p + 32, e[i].rule);
+        p[36] = (unsigned char)e[i].level;
+        p[37] = e[i].refused ? 1 : 0;
+        p[38] = (unsigned char)pl;
+        p[39] = (unsigned char)fl;
+        memcpy(p + WAL_AUDIT_ENTRY, e[i].process, pl);
+        memcpy(p + WAL_AUDIT_ENTRY + pl, e[i].field, fl);
+        p += WAL_AUDIT_ENTRY + pl + fl;
+    }
+}
+
+int wal_audit_begin(const wal_rec *r, wal_cursor *c, uint32_t *n, char *why, size_t whylen)
+{
+    if (r->body_len < 8 || wal_get32(r->body) == 0) {
+        why_set(why, whylen, "audit record body of %llu bytes holds no entry",
+                (unsigned long long)r->body_len);
+        return -1;
+    }
+    c->p = r->body + 8;
+    c->end = r->body + r->body_len;
+    c->left = wal_get32(r->body);
+    *n = c->left;
+    return 0;
+}
+
+static int name_ok(const unsigned char *p, size_t n)
+{
+    return memchr(p, 0, n) == NULL;
+}
+
+int wal_audit_next(wal_cursor *c, wal_audit_entry *e, char *why, size_t whylen)
+{
+    memset(e, 0, sizeof *e);
+    uint64_t avail = (uint64_t)(c->end - c->p);
+    if (c->left == 0) {
+        if (avail != 0) {
+            why_set(why, whylen, "%llu bytes after the last audit entry", (unsigned long long)avail);
+            return -1;
+        }
+        return 0;
+    }
+    if (avail < WAL_AUDIT_ENTRY) {
+        why_set(why, whylen, "audit entry cut");
+        return -1;
+    }
+    const unsigned char *p = c->p;
+    size_t pl = p[38], fl = p[39];
+    uint64_t bits = wal_get64(p + 16);
+    e->seq = wal_get64(p);
+    e->index = wal_get64(p + 8);
+    memcpy(&e->value, &bits, sizeof bits);
+    e->count = wal_get64(p + 24);
+    e->rule = wal_get32(p + 32);
+    e->level = (char)p[36];
+    e->refused = p[37];
+    if (e->rule > 4 || !strchr("SABC", e->level) || e->level == 0 || p[37] > 1 ||
+        pl > THEUS_NAME_MAX || fl > THEUS_NAME_MAX || fl == 0) {
+        why_set(why, whylen, "audit entry with rule %u, level %u, refused %u, names of %zu and "
+                "%zu bytes", e->rule, (unsigned)p[36], (unsigned)p[37], pl, fl);
+        return -1;
+    }
+    if (avail - WAL_AUDIT_ENTRY < pl + fl) {
+        why_set(why, whylen, "audit entry names cut");
+        return -1;
+    }
+    if (!name_ok(p + WAL_AUDIT_ENTRY, pl) || !name_ok(p + WAL_AUDIT_ENTRY + pl, fl)) {
+        why_set(why, whylen, "audit entry name holding a NUL byte");
+        return -1;
+    }
+    memcpy(e->process, p + WAL_AUDIT_ENTRY, pl);
+    memcpy(e->field, p + WAL_AUDIT_ENTRY + pl, fl);
+    c->p += WAL_AUDIT_ENTRY + pl + fl;
+    c->left--;
+    return 1;
+}
+
+void wal_record_encode(unsigned char *out, uint32_t kind, uint64_t version,
+                       const unsigned char *body, uint64_t len)
+{
+    wal_put32(out, WAL_REC_MAGIC);
+    wal_put32(out + 4, kind);
+    wal_put64(out + 8, version);
+    wal_put64(out + 16, len);
+    wal_put32(out + 24, crc32c(0, out, 24));
+    if (len && body != out + WAL_REC_HEAD)
+        memmove(out + WAL_REC_HEAD, body, (size_t)len);
+    wal_put32(out + WAL_REC_HEAD + len, crc32c(0, out + WAL_REC_HEAD, (size_t)len));
 }

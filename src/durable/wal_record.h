@@ -21,6 +21,7 @@
 #define WAL_REC_OVERHEAD (WAL_REC_HEAD + 4u)
 #define WAL_KIND_COMMIT 1u   /* a commit creating `version` */
 #define WAL_KIND_INIT 2u     /* theus_state_init_field (version 1, no new version) */
+#define WAL_KIND_AUDIT 3u    /* audit records of one commit; never changes the state (below) */
 
 /* Body: u32 delta count, u32 reserved (0), then per delta: u32 field, u32 op (0 assign,
  * 1 add), u32 ndim, u32 reserved, ndim x (i64 start, i64 stop), u64 payload bytes, payload
@@ -78,6 +79,43 @@ int wal_deltas_begin(const wal_rec *r, wal_cursor *c, uint32_t *ndeltas, char *w
  * up through @esize_of, which returns 0 for an unknown field — or bytes left over). */
 int wal_delta_next(wal_cursor *c, size_t (*esize_of)(void *user, uint32_t field), void *user,
                    wal_delta *d, char *why, size_t whylen);
+
+/* An audit record (kind 3) holds the audit violations of one commit: right after that
+ * commit's record (`version` = the commit's version, refused 0), or, for a commit the audit
+ * refused, where the log stood (`version` = the version it would have created, refused 1;
+ * no commit record of it exists). Recovery checks and skips them; they rebuild nothing.
+ * Body: u32 entry count (>= 1), u32 reserved (0), then per entry WAL_AUDIT_ENTRY bytes —
+ * u64 seq, u64 element index, u64 value (IEEE-754 double bits), u64 level-B count, u32 rule
+ * (0 finite, 1 min, 2 max, 3 max_abs, 4 max_change), u8 level ('S' 'A' 'B' 'C'), u8
+ * refused (0/1), u8 process name length, u8 field name length (each <= 63) — then the two
+ * names (no NUL). */
+#define WAL_AUDIT_ENTRY 40u
+
+typedef struct wal_audit_entry {
+    uint64_t seq, index, count;
+    double value;
+    uint32_t rule;
+    char level;
+    int refused;
+    char process[THEUS_NAME_MAX + 1];  /* NUL-terminated */
+    char field[THEUS_NAME_MAX + 1];
+} wal_audit_entry;
+
+/* Bytes of the body holding @n entries with these names (wal_audit_encode's output). */
+uint64_t wal_audit_body_size(const wal_audit_entry *e, size_t n);
+/* Encode @n entries into @out (wal_audit_body_size bytes). */
+void wal_audit_encode(unsigned char *out, const wal_audit_entry *e, size_t n);
+/* Start walking an audit record's entries: 0, or -1 when the body is too short or holds
+ * none. */
+int wal_audit_begin(const wal_rec *r, wal_cursor *c, uint32_t *n, char *why, size_t whylen);
+/* The next entry: 1 (in *e), 0 when all were read and the body is used up exactly, -1 for
+ * a malformed entry (unknown rule or level, refused not 0/1, a name longer than 63 bytes or
+ * holding a NUL, bytes cut or left over). */
+int wal_audit_next(wal_cursor *c, wal_audit_entry *e, char *why, size_t whylen);
+
+/* A whole record of @kind at @out (WAL_REC_OVERHEAD + @len bytes): head, @body, trailer. */
+void wal_record_encode(unsigned char *out, uint32_t kind, uint64_t version,
+                       const unsigned char *body, uint64_t len);
 
 /* Little-endian stores and loads. */
 static inline void wal_put32(unsigned char *p, uint32_t v)

@@ -58,7 +58,9 @@ static int engine_parts_init(theus_engine *e, int *done)
     if (audit_init(e, e->opts.audit_ring) != THEUS_OK)
         return THEUS_ENOMEM;
     *done = PART_AUDIT;
-    int rc = publish_hook_attach(e);   /* sets its own message */
+    int rc = audit_refill(e);          /* sets its own message */
+    if (rc == THEUS_OK)
+        rc = publish_hook_attach(e);   /* sets its own message */
     if (rc == THEUS_OK)
         *done = PART_LISTENER;
     return rc;
@@ -242,7 +244,8 @@ int theus_engine_register(theus_engine *e, const theus_process_def *def)
     proc_entry *p = theus_xcalloc(1, sizeof *p);
     size_t nf = theus_state_field_count(e->st);
     if (!p || copy_def(p, def) != THEUS_OK ||
-        !(p->audit_by_field = theus_xcalloc(nf ? nf : 1, sizeof *p->audit_by_field))) {
+        !(p->audit_by_field = theus_xcalloc((nf ? nf : 1) * AUDIT_COUNTERS,
+                                            sizeof *p->audit_by_field))) {
         destroy_proc(p);
         return err_set(e->st, THEUS_ENOMEM, "register '%s': out of memory", def->name);
     }

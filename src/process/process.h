@@ -21,7 +21,7 @@ typedef struct proc_entry {
     int *codes;
     size_t ncodes;
     _Atomic uint64_t runs, commits, failures, attempts, retries, conflicts, undeclared, audit;
-    _Atomic uint64_t *audit_by_field; /* nfields counters */
+    _Atomic uint64_t *audit_by_field; /* nfields x AUDIT_COUNTERS counters */
 } proc_entry;
 
 /* ---- signals and outbox entries queued by one run ------------------------------------- */
@@ -94,6 +94,9 @@ void outbox_publish(theus_engine *e, theus_run *run, uint64_t version);
 void outbox_drain(theus_engine *e, uint64_t seq);
 
 /* ---- audit (audit.c) -------------------------------------------------------------------- */
+/* Violation counters per field: one per level (S, A, B, C), then the refused ones. */
+#define AUDIT_COUNTERS 5
+
 typedef struct audit_pending {
     theus_audit_record rec;
     uint32_t field, rule;
@@ -108,14 +111,22 @@ typedef struct audit_state {
     size_t npending, cap_pending;
     const char *process;          /* of the commit being prepared */
     proc_entry *proc;
-    _Atomic uint64_t *by_field_outside; /* violations of commits made outside the engine */
+    _Atomic uint64_t *by_field_outside; /* nfields x AUDIT_COUNTERS: commits made outside
+                                           the engine */
+    int log_on;                   /* the state writes a log: violations go to it too */
+    struct wal_audit_entry *log_entries; /* their log form, grown in prepare */
+    size_t cap_log_entries;
     pthread_mutex_t ring_mu;
     theus_audit_record *ring;
     size_t ring_cap;
     uint64_t next_seq;            /* seq of the next record */
+    uint64_t first_seq;           /* the oldest seq the ring may hold (refilled from a log) */
 } audit_state;
 
 int audit_init(theus_engine *e, uint32_t ring);
+/* A durable state: the records of its log into the ring; seq continues after the newest.
+ * Before the engine is attached. THEUS_OK or THEUS_EIO. */
+int audit_refill(theus_engine *e);
 void audit_fini(audit_state *a);
 /* Under the commit lock, before the replay: evaluate every rule of the fields the batch
  * writes on the values it would write; THEUS_ESCHEMA refuses the commit. */

@@ -1,6 +1,9 @@
-/* The process layer on the commit path: audit (may refuse, commit lock held, before the
- * replay), then after publish the audit's counters and records, the signals and the
- * outbox entries of the run whose transaction this is, and the version waiters. */
+/* The process layer on the commit path, as two listeners: the audit, ahead of every other
+ * listener (it may refuse, commit lock held, before the replay and before the write-ahead
+ * log writes anything; after publish it keeps its counters and records, and logs them
+ * right after the commit's record and before the log's sync), and, in attach order, the
+ * signals and outbox entries of the run whose transaction this is, and the version
+ * waiters. */
 #include "publish_hook.h"
 #include "error.h"
 
@@ -41,12 +44,17 @@ static void cancel(void *user, const publish_batch *b)
         audit_cancel(user);
 }
 
+static void audit_after_publish(void *user, const publish_batch *b)
+{
+    if (!b->init)
+        audit_published(user, b);
+}
+
 static void after_publish(void *user, const publish_batch *b)
 {
     theus_engine *e = user;
     if (b->init)
         return;
-    audit_published(e, b);
     theus_run *run = run_of(e, b);
     if (run) {
         run->published = 1;
@@ -63,9 +71,13 @@ int publish_hook_attach(theus_engine *e)
     for (uint32_t i = 0; i < st->listeners.n; i++)
         if (st->listeners.l[i].prepare == before_replay)
             return err_set(st, THEUS_EBUSY, "theus_engine_create: the state already has an engine");
-    publish_listener l = {.prepare = before_replay, .cancel = cancel, .published = after_publish,
-                         .user = e};
-    return publish_listen(st, &l);
+    publish_listener a = {.prepare = before_replay, .cancel = cancel,
+                          .published = audit_after_publish, .user = e};
+    publish_listener l = {.published = after_publish, .user = e};
+    int rc = publish_listen_first(st, &a);
+    if (rc == THEUS_OK && (rc = publish_listen(st, &l)) != THEUS_OK)
+        publish_unlisten(st, e);
+    return rc;
 }
 
 void publish_hook_detach(theus_engine *e)
