@@ -518,7 +518,7 @@ static int shared_prepare(void *user, const publish_batch *b)
 {
     wal *w = user;
     shared_durable_area *sa = w->sa;
-    if (atomic_load_explicit(&sa->broken, memory_order_acquire))
+    if (atomic_load_explicit(&sa->broken, memory_order_acquire) || w->broken)
         return err_set(w->st, THEUS_EIO, "log: an earlier write or sync of this durable shared "
                        "state failed; it refuses commits until all its processes reopen it");
     pthread_mutex_lock(&w->m);
@@ -740,19 +740,34 @@ int wal_attach(wal *w, void (*release)(void *user), void *user)
 
 int wal_append_note(wal *w, const unsigned char *rec, size_t len, int sync)
 {
-    if (w->broken || w->fd < 0)
+    int broken = w->sa ? (int)atomic_load_explicit(&w->sa->broken, memory_order_acquire)
+                       : w->broken;
+    if (broken || w->fd < 0)
         return err_set(w->st, THEUS_EIO, "log: an earlier write or sync failed; audit record "
                        "not written");
-    if (fio_write_all(w->fd, rec, len) != 0) {
+    /* Records are written at their position (pwrite): the end of the open segment, which
+     * for a durable shared state is the shared append position. */
+    uint64_t at = w->sa ? w->sa->append_off : w->seg_size;
+    if (fio_pwrite_all(w->fd, rec, len, at) != 0) {
         int e = errno;
-        if (ftruncate(w->fd, (off_t)w->seg_size) != 0 ||
-            lseek(w->fd, (off_t)w->seg_size, SEEK_SET) < 0)
-            w->broken = 1;
+        if (ftruncate(w->fd, (off_t)at) != 0) {
+            if (w->sa)
+                mark_broken(w);
+            else
+                w->broken = 1;
+        }
         return err_set(w->st, THEUS_EIO, "log: cannot write an audit record: %s", strerror(e));
     }
-    w->seg_size += len;
+    if (w->sa)
+        w->sa->append_off = at + len;
+    else
+        w->seg_size = at + len;
     if (sync && w->sync != THEUS_SYNC_NONE && fdatasync(w->fd) != 0) {
-        w->broken = 1;   /* as for a commit record whose sync failed */
+        /* as for a commit record whose sync failed */
+        if (w->sa)
+            mark_broken(w);
+        else
+            w->broken = 1;
         return err_set(w->st, THEUS_EIO, "log: cannot sync an audit record: %s", strerror(errno));
     }
     return THEUS_OK;
