@@ -36,6 +36,11 @@ static const theus_backend_iface cuda_iface = {
     .check = cuda_check,
     .device_id = cuda_device_id,
     .stage_batch = cuda_stage_batch,
+    .batch_result = cuda_batch_result,
+    .replay_on_stream = cuda_replay_on_stream,
+    .fence_wait = cuda_fence_wait,
+    .fence_release = cuda_fence_release,
+    .stream_sync = cuda_stream_sync,
     .ipc_export = cuda_ipc_export,
     .ipc_open = cuda_ipc_open,
     .ipc_close = cuda_ipc_close,
@@ -55,6 +60,8 @@ static void ctx_teardown(cuda_ctx *c)
         cuda_lane_destroy(&c->lanes[i]);
     c->nlanes = 0;
     pinned_pool_destroy(&c->small);
+    if (c->chain)
+        cuda_async_destroy(c);
     if (c->pool) {
         (void)cudaMemPoolDestroy(c->pool);
         c->pool = NULL;
@@ -139,6 +146,11 @@ static void cuda_init_once(void)
     }
     atomic_init(&c->next_lane, 0u);
     pinned_pool_init(&c->small);
+    if (cuda_async_init(c) != 0) {
+        ctx_teardown(c);
+        return;
+    }
+    cuda_async_attach_pool(c);
     g_backend.iface = &cuda_iface;
     g_backend.ctx = c;
     g_ready = &g_backend;

@@ -23,7 +23,7 @@ int cuda_stage_batch(void *ctx, theus_dtype dt, uint64_t nelems, const theus_bat
     const size_t es = theus_dtype_size(dt);
     const size_t sbytes = nsegs * sizeof *segs, pbytes = pelems * es;
     const size_t wbytes = (sum->nblocks / 64 + 1) * sizeof *sum->touched;
-    int rc = cuda_call_begin(c, &k);
+    int rc = cuda_call_begin_unordered(c, &k);
     if (rc != THEUS_OK)
         return rc;
     cuda_lane *l = k.lane;
@@ -79,6 +79,15 @@ fail:
     return rc;
 }
 
+int cuda_enqueue_batch(cuda_ctx *c, const replay_op *op, cudaStream_t s)
+{
+    const seg_batch *b = op->batch;
+    CHECK_CUDA(theus_batch_apply_launch((int)op->dtype, op->op == DELTA_ADD, op->base, op->payload,
+                                        b->dev_segs, b->nsegs, b->sum.shared_blocks,
+                                        c->check_blocks, s));
+    return THEUS_OK;
+}
+
 int cuda_replay_batch(cuda_ctx *c, cuda_lane *l, const replay_op *op)
 {
     const seg_batch *b = op->batch;
@@ -88,4 +97,45 @@ int cuda_replay_batch(cuda_ctx *c, cuda_lane *l, const replay_op *op)
     CHECK_CUDA(cudaEventRecord(l->done, l->stream));
     CHECK_CUDA(cudaEventSynchronize(l->done));
     return THEUS_OK;
+}
+
+int cuda_batch_result(void *ctx, theus_dtype dt, delta_op op, const void *field,
+                      const struct seg_batch *b, const void *payload, void **out)
+{
+    cuda_ctx *c = ctx;
+    cuda_call k;
+    *out = NULL;
+    const size_t es = theus_dtype_size(dt);
+    const uint64_t lo = b->sum.lo, n = b->sum.hi - b->sum.lo;
+    /* Ordered: the field's bytes must be those of every replay enqueued before. */
+    int rc = cuda_call_begin(c, &k);
+    if (rc != THEUS_OK)
+        return rc;
+    cuda_lane *l = k.lane;
+    void *vals = NULL;
+    cudaError_t e = cuda_dev_alloc(c, l, (size_t)n * es, &vals);
+    if (e != cudaSuccess) {
+        rc = cuda_alloc_fail(e, "constraint check of a described batch", (size_t)n * es);
+        goto out;
+    }
+    CHECK_CUDA_GOTO(cudaMemcpyAsync(vals, (const unsigned char *)field + lo * es, (size_t)n * es,
+                                    cudaMemcpyDefault, l->stream), rc, out);
+    /* The batch's kernel writes element e of the field at base + e: with the base moved back
+     * by lo elements it writes element e at vals + (e - lo), and every e lies in [lo, hi). */
+    void *base = (void *)((uintptr_t)vals - (uintptr_t)(lo * es));
+    CHECK_CUDA_GOTO(theus_batch_apply_launch((int)dt, op == DELTA_ADD, base, payload, b->dev_segs,
+                                             b->nsegs, b->sum.shared_blocks, c->check_blocks,
+                                             l->stream), rc, out);
+    /* The check runs on another lane: complete here. */
+    CHECK_CUDA_GOTO(cudaStreamSynchronize(l->stream), rc, out);
+    *out = vals;
+    vals = NULL;
+out:
+    if (vals) {
+        cuda_dev_free(c, l, vals);
+        if (cudaStreamSynchronize(l->stream) != cudaSuccess)
+            (void)cudaGetLastError();
+    }
+    cuda_call_end(&k);
+    return rc;
 }

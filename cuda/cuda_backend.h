@@ -34,6 +34,9 @@ typedef struct cuda_lane {
     unsigned long long *d_first;     /* device word for the constraint kernel's answer */
     unsigned long long *h_first;     /* pinned copy of it */
     replay_plan plan;                /* the replay planner's reused buffers */
+    cudaEvent_t desc_ev;             /* end of the last upload out of desc_host */
+    int desc_busy;                   /* desc_ev recorded and maybe not reached yet */
+    uint64_t seen_seq;               /* enqueued replays this lane's stream is ordered after */
 } cuda_lane;
 
 /* Small host payloads are staged in pinned, mapped host memory: staging is a host memcpy
@@ -56,6 +59,11 @@ typedef struct pinned_pool {
     unsigned char *slab[PINNED_POOL_SLABS];
     int slab_class[PINNED_POOL_SLABS];  /* the size class a slab is cut into */
     pinned_block *free[PINNED_POOL_CLASSES];
+    /* Blocks given back while a stream-ordered replay that reads them may still run: reused
+     * once @idle (the backend's "every enqueued replay finished") says so, asked under @mu. */
+    pinned_block *held[PINNED_POOL_CLASSES];
+    int (*idle)(void *arg);
+    void *idle_arg;
 } pinned_pool;
 
 typedef struct cuda_ctx {
@@ -69,7 +77,20 @@ typedef struct cuda_ctx {
     int nlanes;                      /* lanes initialised (for teardown) */
     cuda_lane lanes[CUDA_LANES];
     pinned_pool small;
+    /* Stream-ordered replays (replay_on_stream): @chain is recorded on the caller's stream
+     * after each one, @async_seq counts them; a lane orders its stream after @chain before
+     * it touches field memory. Fences come from @fences (free list). All under @async_mu. */
+    pthread_mutex_t async_mu;
+    cudaEvent_t chain;
+    _Atomic uint64_t async_seq;
+    struct cuda_fence *fences;
 } cuda_ctx;
+
+/* A stream-ordered replay's fence (the table's fence_* entries). */
+typedef struct cuda_fence {
+    cudaEvent_t ev;
+    struct cuda_fence *next;
+} cuda_fence;
 
 /* ---- lane.c: a call holds the backend's device and one lane ---------------------------
  * The CUDA runtime's current device belongs to the calling thread; theus must not change
@@ -80,6 +101,21 @@ typedef struct cuda_call {
 } cuda_call;
 
 int  cuda_call_begin(cuda_ctx *c, cuda_call *k);
+/* The same without ordering the lane after enqueued replays (for work on memory no replay
+ * touches: staging into fresh memory, uploads). */
+int  cuda_call_begin_unordered(cuda_ctx *c, cuda_call *k);
+/* ---- stream.c: stream-ordered replays ------------------------------------------------- */
+/* Order lane @l's stream after every replay enqueued so far (nothing when none is). */
+int  cuda_lane_order(cuda_ctx *c, cuda_lane *l);
+/* 1 when an enqueued replay may still run (a failed query counts as running). */
+int  cuda_async_busy(cuda_ctx *c);
+/* Wait on the host for every enqueued replay (before the CPU touches pinned field memory
+ * or frees a pinned buffer a replay reads). */
+int  cuda_async_settle(cuda_ctx *c);
+int  cuda_async_init(cuda_ctx *c);       /* 0, or -1 */
+/* Let the small pinned pool ask whether enqueued replays finished (pinned_pool.idle). */
+void cuda_async_attach_pool(cuda_ctx *c);
+void cuda_async_destroy(cuda_ctx *c);
 void cuda_call_end(cuda_call *k);
 int  cuda_lane_init(cuda_lane *l);       /* 0, or -1 (the lane is left zeroed) */
 void cuda_lane_destroy(cuda_lane *l);
@@ -99,17 +135,30 @@ void  pinned_pool_init(pinned_pool *sp);
 void *pinned_pool_alloc(pinned_pool *sp, size_t n);
 /* The size class of block @p, -1 when @p is not one of the pool's blocks. */
 int   pinned_pool_lookup(pinned_pool *sp, const void *p);
-void  pinned_pool_free(pinned_pool *sp, void *p, int cls);
+/* @later: a stream-ordered replay may still read the block (keep it until idle says so). */
+void  pinned_pool_free(pinned_pool *sp, void *p, int cls, int later);
 void  pinned_pool_destroy(pinned_pool *sp);
 
 /* ---- replay.c: plan, upload, one launch ---------------------------------------------- */
 /* Run @n transfers (in order where they overlap) in one launch on lane @l and wait for
  * them. Everything that can fail for want of memory fails before the launch. */
 int cuda_run_transfers(cuda_ctx *c, cuda_lane *l, const replay_xfer *t, size_t n);
+/* The transfers of @n replay ops (NULL, recorded, when out of memory; theus_xfree it). */
+replay_xfer *cuda_replay_xfers(const replay_op *ops, size_t n);
+/* Replay @n ops: runs of ordinary ops through the planner, described batches by their
+ * kernel, in order; on lane @l waited for, or (@enqueue) enqueued on @s. */
+int cuda_replay_runs(cuda_ctx *c, cuda_lane *l, const replay_op *ops, const replay_xfer *t,
+                     size_t n, cudaStream_t s, int enqueue);
+/* The same enqueued on @s (descriptors uploaded on the lane, the launch on @s after that
+ * upload); no wait. The caller has ordered @s after earlier replays. */
+int cuda_enqueue_transfers(cuda_ctx *c, cuda_lane *l, const replay_xfer *t, size_t n,
+                           cudaStream_t s);
 
 /* ---- batch.c: described batches -------------------------------------------------------- */
 /* Replay one described-batch op (staged by cuda_stage_batch) on lane @l and wait for it. */
 int cuda_replay_batch(cuda_ctx *c, cuda_lane *l, const replay_op *op);
+/* The same enqueued on @s, no wait. */
+int cuda_enqueue_batch(cuda_ctx *c, const replay_op *op, cudaStream_t s);
 
 /* ---- the table's entries (see theus_backend_iface) ----------------------------------- */
 int  cuda_alloc(void *ctx, theus_placement pl, size_t nbytes, void **out);
@@ -123,6 +172,12 @@ int  cuda_overlay(void *ctx, theus_dtype dt, delta_op op, void *dst, const theus
                   theus_mem dst_mem, const void *payload, const theus_region *pframe,
                   const theus_region *sub);
 int  cuda_replay(void *ctx, const replay_op *ops, size_t n);
+int  cuda_batch_result(void *ctx, theus_dtype dt, delta_op op, const void *field,
+                       const struct seg_batch *b, const void *payload, void **out);
+int  cuda_replay_on_stream(void *ctx, const replay_op *ops, size_t n, void *stream, void **fence);
+int  cuda_fence_wait(void *ctx, void *fence, void *stream);
+void cuda_fence_release(void *ctx, void *fence);
+int  cuda_stream_sync(void *ctx, void *stream);
 int  cuda_check(void *ctx, theus_dtype dt, const void *staged, size_t n,
                 const theus_constraints *cons, size_t *bad_index);
 int  cuda_stage_batch(void *ctx, theus_dtype dt, uint64_t nelems, const theus_batch_segment *segs,

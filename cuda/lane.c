@@ -17,7 +17,7 @@ static cuda_lane *lane_acquire(cuda_ctx *c)
     return l;
 }
 
-int cuda_call_begin(cuda_ctx *c, cuda_call *k)
+int cuda_call_begin_unordered(cuda_ctx *c, cuda_call *k)
 {
     int cur = -1;
     k->prev_device = -1;
@@ -32,6 +32,14 @@ int cuda_call_begin(cuda_ctx *c, cuda_call *k)
     }
     k->lane = lane_acquire(c);
     return THEUS_OK;
+}
+
+int cuda_call_begin(cuda_ctx *c, cuda_call *k)
+{
+    int rc = cuda_call_begin_unordered(c, k);
+    if (rc == THEUS_OK && (rc = cuda_lane_order(c, k->lane)) != THEUS_OK)
+        cuda_call_end(k);
+    return rc;
 }
 
 void cuda_call_end(cuda_call *k)
@@ -87,7 +95,8 @@ int cuda_lane_init(cuda_lane *l)
     if (cudaStreamCreateWithFlags(&l->stream, cudaStreamNonBlocking) != cudaSuccess ||
         cudaEventCreateWithFlags(&l->done, cudaEventDisableTiming) != cudaSuccess ||
         cudaEventCreateWithFlags(&l->bounce_ev[0], cudaEventDisableTiming) != cudaSuccess ||
-        cudaEventCreateWithFlags(&l->bounce_ev[1], cudaEventDisableTiming) != cudaSuccess) {
+        cudaEventCreateWithFlags(&l->bounce_ev[1], cudaEventDisableTiming) != cudaSuccess ||
+        cudaEventCreateWithFlags(&l->desc_ev, cudaEventDisableTiming) != cudaSuccess) {
         (void)cudaGetLastError();
         cuda_lane_destroy(l);
         return -1;
@@ -113,6 +122,8 @@ void cuda_lane_destroy(cuda_lane *l)
             (void)cudaEventDestroy(l->bounce_ev[h]);
     if (l->done)
         (void)cudaEventDestroy(l->done);
+    if (l->desc_ev)
+        (void)cudaEventDestroy(l->desc_ev);
     if (l->stream)
         (void)cudaStreamDestroy(l->stream);
     (void)cudaGetLastError();

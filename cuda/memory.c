@@ -110,7 +110,7 @@ int cuda_stage(void *ctx, theus_placement pl, const void *src, theus_mem src_mem
     cuda_call k;
     if (src_mem != THEUS_MEM_HOST && src_mem != THEUS_MEM_DEVICE)
         return THEUS_EINVAL;
-    int rc = cuda_call_begin(c, &k);
+    int rc = cuda_call_begin_unordered(c, &k);
     if (rc != THEUS_OK)
         return rc;
     cuda_lane *l = k.lane;
@@ -174,7 +174,8 @@ void cuda_unstage(void *ctx, void *staged)
     /* A small pinned block: whoever read it (replay, overlay, check) waited for it. */
     const int cls = pinned_pool_lookup(&c->small, staged);
     if (cls >= 0) {
-        pinned_pool_free(&c->small, staged, cls);
+        /* A stream-ordered replay may still read it: held until every one has finished. */
+        pinned_pool_free(&c->small, staged, cls, cuda_async_busy(c));
         return;
     }
     if (cuda_call_begin(c, &k) != THEUS_OK) {
@@ -184,6 +185,8 @@ void cuda_unstage(void *ctx, void *staged)
     /* Whoever read the payload (replay, overlay, check) waited for it: free in stream order
      * (pinned host memory: a caller-filled buffer from cuda_stage). */
     if (cuda_is_pinned_host(staged)) {
+        if (cuda_async_settle(c) != THEUS_OK)
+            (void)cudaGetLastError();
         if (cudaFreeHost(staged) != cudaSuccess)
             (void)cudaGetLastError();
     } else {

@@ -31,6 +31,16 @@ void *pinned_pool_alloc(pinned_pool *sp, size_t n)
     if (k == PINNED_POOL_CLASSES || n > sp->max)
         return NULL;
     pthread_mutex_lock(&sp->mu);
+    if (!sp->free[k] && sp->held[k] && sp->idle && sp->idle(sp->idle_arg)) {
+        /* Every stream-ordered replay has finished: what they read is free again. */
+        for (int i = 0; i < PINNED_POOL_CLASSES; i++)
+            while (sp->held[i]) {
+                pinned_block *b = sp->held[i];
+                sp->held[i] = b->next;
+                b->next = sp->free[i];
+                sp->free[i] = b;
+            }
+    }
     if (!sp->free[k] && sp->nslabs < PINNED_POOL_SLABS) {
         void *p = NULL;
         if (cudaHostAlloc(&p, PINNED_POOL_SLAB_BYTES, cudaHostAllocMapped | cudaHostAllocPortable) !=
@@ -70,12 +80,13 @@ int pinned_pool_lookup(pinned_pool *sp, const void *p)
     return cls;
 }
 
-void pinned_pool_free(pinned_pool *sp, void *p, int cls)
+void pinned_pool_free(pinned_pool *sp, void *p, int cls, int later)
 {
     pinned_block *blk = p;
     pthread_mutex_lock(&sp->mu);
-    blk->next = sp->free[cls];
-    sp->free[cls] = blk;
+    pinned_block **list = later ? &sp->held[cls] : &sp->free[cls];
+    blk->next = *list;
+    *list = blk;
     pthread_mutex_unlock(&sp->mu);
 }
 
@@ -86,4 +97,5 @@ void pinned_pool_destroy(pinned_pool *sp)
             (void)cudaGetLastError();
     sp->nslabs = 0;
     memset(sp->free, 0, sizeof sp->free);
+    memset(sp->held, 0, sizeof sp->held);
 }

@@ -21,7 +21,11 @@ static int copy_out(cuda_ctx *c, cuda_lane *l, theus_dtype dt, void *dst, theus_
     const unsigned char *s = (const unsigned char *)src + x.soff * (int64_t)es;
     unsigned char *d = (unsigned char *)dst + x.doff * (int64_t)es;
     if (dst_mem == THEUS_MEM_HOST && cuda_is_pinned_host(src)) {
-        /* A pinned field: every replay has finished, the CPU reads it directly. */
+        /* A pinned field: the CPU reads it directly once every replay has finished
+         * (synchronous ones have; stream-ordered ones are waited for). */
+        int rc = cuda_async_settle(c);
+        if (rc != THEUS_OK)
+            return rc;
         region_transfer(dt, DELTA_ASSIGN, dst, sub, src, sframe, sub);
         return THEUS_OK;
     }

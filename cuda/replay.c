@@ -18,6 +18,11 @@ _Static_assert(sizeof(theus_replay_wave) == 32, "descriptor layout shared with r
 /* Grow the lane's pinned upload area to @need bytes. */
 static int desc_reserve(cuda_lane *l, size_t need)
 {
+    /* A stream-ordered replay's upload may still read the area. */
+    if (l->desc_busy) {
+        CHECK_CUDA(cudaEventSynchronize(l->desc_ev));
+        l->desc_busy = 0;
+    }
     if (need <= l->desc_cap)
         return THEUS_OK;
     size_t cap = l->desc_cap ? l->desc_cap : 4096;
@@ -38,9 +43,13 @@ static int desc_reserve(cuda_lane *l, size_t need)
     return THEUS_OK;
 }
 
-int cuda_run_transfers(cuda_ctx *c, cuda_lane *l, const replay_xfer *t, size_t n)
+/* Plan, upload and launch; @s NULL: on the lane's stream, waited for; otherwise the launch
+ * goes to @s after the upload (on the lane) and nothing is waited for. */
+static int transfers(cuda_ctx *c, cuda_lane *l, const replay_xfer *t, size_t n, cudaStream_t s,
+                     int enqueue)
 {
     replay_plan *p = &l->plan;
+    cudaStream_t ls = enqueue ? s : l->stream;
     void *dbuf = NULL;
     int rc = replay_plan_build(p, t, n);
     if (rc != THEUS_OK || p->nwaves == 0)
@@ -63,15 +72,29 @@ int cuda_run_transfers(cuda_ctx *c, cuda_lane *l, const replay_xfer *t, size_t n
     }
     CHECK_CUDA_GOTO(cudaMemcpyAsync(dbuf, l->desc_host, total, cudaMemcpyHostToDevice, l->stream),
                     rc, out);
+    if (enqueue) {
+        CHECK_CUDA_GOTO(cudaEventRecord(l->desc_ev, l->stream), rc, out);
+        l->desc_busy = 1;
+        CHECK_CUDA_GOTO(cudaStreamWaitEvent(ls, l->desc_ev, 0), rc, out);
+    }
     const unsigned char *db = dbuf;
     CHECK_CUDA_GOTO(theus_replay_launch((const theus_replay_wave *)(const void *)db, p->nwaves,
                                         (const theus_replay_desc *)(const void *)(db + bytes_w),
                                         (const theus_replay_dim *)(const void *)(db + bytes_w + bytes_d),
-                                        p->max_wave_chunks, c->max_blocks, c->cooperative, l->stream),
+                                        p->max_wave_chunks, c->max_blocks, c->cooperative, ls),
                     rc, out);
-    CHECK_CUDA_GOTO(cudaEventRecord(l->done, l->stream), rc, out);
-    CHECK_CUDA_GOTO(cudaEventSynchronize(l->done), rc, out);
+    if (!enqueue) {
+        CHECK_CUDA_GOTO(cudaEventRecord(l->done, l->stream), rc, out);
+        CHECK_CUDA_GOTO(cudaEventSynchronize(l->done), rc, out);
+    }
 out:
+    if (dbuf && enqueue && rc == THEUS_OK) {
+        /* Freed in @s's order, after the launch that reads it. */
+        cudaError_t fe = c->pool ? cudaFreeAsync(dbuf, ls) : cudaFree(dbuf);
+        if (fe != cudaSuccess)
+            (void)cudaGetLastError();
+        dbuf = NULL;
+    }
     if (dbuf) {
         cuda_dev_free(c, l, dbuf);
         /* The upload area is reused by the next call: never leave a copy out of it
@@ -84,15 +107,24 @@ out:
     return rc;
 }
 
-int cuda_replay(void *ctx, const replay_op *ops, size_t n)
+int cuda_run_transfers(cuda_ctx *c, cuda_lane *l, const replay_xfer *t, size_t n)
 {
-    cuda_ctx *c = ctx;
-    cuda_call k;
-    if (n == 0)
-        return THEUS_OK;
+    return transfers(c, l, t, n, NULL, 0);
+}
+
+int cuda_enqueue_transfers(cuda_ctx *c, cuda_lane *l, const replay_xfer *t, size_t n,
+                           cudaStream_t s)
+{
+    return transfers(c, l, t, n, s, 1);
+}
+
+replay_xfer *cuda_replay_xfers(const replay_op *ops, size_t n)
+{
     replay_xfer *t = theus_xmalloc(n * sizeof *t);
-    if (!t)
-        return err_set(NULL, THEUS_ENOMEM, "CUDA replay: out of memory");
+    if (!t) {
+        err_set(NULL, THEUS_ENOMEM, "CUDA replay: out of memory");
+        return NULL;
+    }
     for (size_t i = 0; i < n; i++) {
         t[i].op = ops[i].op;
         t[i].dtype = ops[i].dtype;
@@ -102,22 +134,43 @@ int cuda_replay(void *ctx, const replay_op *ops, size_t n)
         t[i].sframe = &ops[i].sub;
         t[i].sub = &ops[i].sub;
     }
+    return t;
+}
+
+int cuda_replay_runs(cuda_ctx *c, cuda_lane *l, const replay_op *ops, const replay_xfer *t,
+                     size_t n, cudaStream_t s, int enqueue)
+{
+    /* Described batches run by their own kernel; the ordinary ops between them go to the
+     * planner, run by run, so that the batch's order is kept. (A failure after the first run
+     * leaves the earlier runs applied: batches mixed with other deltas on a device field are
+     * the one case where this replay can fail half-way.) */
+    int rc = THEUS_OK;
+    size_t start = 0;
+    for (size_t i = 0; i <= n && rc == THEUS_OK; i++) {
+        if (i < n && !ops[i].batch)
+            continue;
+        if (i > start)
+            rc = enqueue ? cuda_enqueue_transfers(c, l, t + start, i - start, s)
+                         : cuda_run_transfers(c, l, t + start, i - start);
+        if (rc == THEUS_OK && i < n)
+            rc = enqueue ? cuda_enqueue_batch(c, &ops[i], s) : cuda_replay_batch(c, l, &ops[i]);
+        start = i + 1;
+    }
+    return rc;
+}
+
+int cuda_replay(void *ctx, const replay_op *ops, size_t n)
+{
+    cuda_ctx *c = ctx;
+    cuda_call k;
+    if (n == 0)
+        return THEUS_OK;
+    replay_xfer *t = cuda_replay_xfers(ops, n);
+    if (!t)
+        return THEUS_ENOMEM;
     int rc = cuda_call_begin(c, &k);
     if (rc == THEUS_OK) {
-        /* Described batches run by their own kernel; the ordinary ops between them go to
-         * the planner, run by run, so that the batch's order is kept. (A failure after the
-         * first run leaves the earlier runs applied: batches mixed with other deltas on a
-         * device field are the one case where this replay can fail half-way.) */
-        size_t start = 0;
-        for (size_t i = 0; i <= n && rc == THEUS_OK; i++) {
-            if (i < n && !ops[i].batch)
-                continue;
-            if (i > start)
-                rc = cuda_run_transfers(c, k.lane, t + start, i - start);
-            if (rc == THEUS_OK && i < n)
-                rc = cuda_replay_batch(c, k.lane, &ops[i]);
-            start = i + 1;
-        }
+        rc = cuda_replay_runs(c, k.lane, ops, t, n, NULL, 0);
         cuda_call_end(&k);
     }
     theus_xfree(t);

@@ -95,6 +95,31 @@ typedef struct theus_backend_iface {
                         const theus_batch_segment *segs, size_t nsegs, const void *payload,
                         size_t pelems, theus_mem mem, struct seg_summary *sum, size_t *bad,
                         void **staged_segs, void **staged_payload);
+    /* Optional (NULL: the gatekeeper computes them on the host, from a read and the batch's
+     * overlay): the values the described batch @b (staged by stage_batch, payload @payload)
+     * with @op leaves on the flat elements [b->sum.lo, b->sum.hi) of the field at @field,
+     * starting from the field's bytes now, written to memory this backend's check entry
+     * reads (*@out, freed with unstage). For constrained fields. */
+    int  (*batch_result)(void *ctx, theus_dtype dt, delta_op op, const void *field,
+                         const struct seg_batch *b, const void *payload, void **out);
+    /* ---- stream-ordered commits (theus_tx_commit_on_stream) ---- */
+    /* Optional (NULL: the core replays synchronously). Enqueue the replay of @ops on
+     * @stream (a cudaStream_t as void *; NULL the legacy default stream), after the work the
+     * caller queued there and after every replay this backend enqueued before, and return
+     * without waiting. *@fence completes with the replay (release it with fence_release).
+     * Like replay, it reports what it can before anything is enqueued; what fails once the
+     * stream runs surfaces at fence_wait. While enqueued replays may be unfinished, this
+     * backend orders its own later work on field memory after them. */
+    int  (*replay_on_stream)(void *ctx, const replay_op *ops, size_t n, void *stream,
+                             void **fence);
+    /* @stream NULL: wait on the host until @fence completed, THEUS_EDEVICE (detail recorded)
+     * when its replay failed. Otherwise order @stream after @fence and return at once
+     * (THEUS_EDEVICE only for an error that has already surfaced). */
+    int  (*fence_wait)(void *ctx, void *fence, void *stream);
+    void (*fence_release)(void *ctx, void *fence);
+    /* Wait on the host for the work queued on @stream so far (the payload a caller's kernel
+     * writes before a commit that must read it on the host: gatekeeper, WAL). */
+    int  (*stream_sync)(void *ctx, void *stream);
     /* ---- sharing between processes ---- */
     /* Optional, for states shared between processes (NULL: not supported, and the core
      * places such fields in host memory instead, or refuses them without fallback). */

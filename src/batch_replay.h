@@ -14,5 +14,11 @@ typedef const theus_backend *(*batch_op_fn)(void *user, size_t k, replay_op *op)
  * batch order, @cap at a time through @buf. Returns the first backend error (its detail
  * recorded by the backend); earlier groups stay applied. No allocation. */
 int batch_replay(size_t n, batch_op_fn get, void *user, replay_op *buf, size_t cap);
+/* The same with @run doing each backend's call (NULL: its replay entry): the stream-ordered
+ * commit enqueues where a backend can. */
+typedef int (*batch_run_fn)(void *run_user, const theus_backend *b, const replay_op *ops,
+                            size_t n);
+int batch_replay_run(size_t n, batch_op_fn get, void *user, replay_op *buf, size_t cap,
+                     batch_run_fn run, void *run_user);
 
 #endif

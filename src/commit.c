@@ -5,10 +5,12 @@
  * replays and publishes through them (its redo record, shared/redo.c), a private one here. */
 #include "alloc.h"
 #include "batch_replay.h"
+#include "commit_stream.h"
 #include "conflict.h"
 #include "error.h"
 #include "gatekeeper.h"
 #include "publish.h"
+#include "stream_fence.h"
 #include "tx.h"
 #include <stdint.h>
 #include <string.h>
@@ -67,16 +69,26 @@ static const theus_backend *tx_op(void *user, size_t k, replay_op *op)
     return t->st->backend[d->field];
 }
 
-/* A private state's replay and publish, inside the replay gate. */
+/* A private state's replay and publish, inside the replay gate. With @cs (a stream-ordered
+ * commit) the replay may only be enqueued: its fence is recorded before the gate is left,
+ * so that a reader that sees the new version finds the fence and waits for it. */
 static int apply_private(theus_state *st, const theus_tx *tx, uint64_t version, int init,
-                         replay_op *ops)
+                         replay_op *ops, commit_stream *cs)
 {
     state_replay_gate_enter(st);
     tx_ops src = {st, tx};
     /* The whole batch of a backend in one call (one kernel launch on the GPU). */
-    int rc = batch_replay(tx->ndeltas, tx_op, &src, ops, tx->ndeltas);
+    int rc = cs ? commit_stream_replay(tx, tx_op, &src, ops, cs)
+                : batch_replay(tx->ndeltas, tx_op, &src, ops, tx->ndeltas);
     if (rc != THEUS_OK)
         rc = err_wrap(st, rc, "commit: replay failed");
+    if (rc == THEUS_OK && cs && cs->fence) {
+        /* Out of memory for the record: the fence was waited for (the commit is complete). */
+        int frc = stream_fence_set(st, &st->fence, cs->fb, cs->fence, version);
+        cs->fence = NULL;
+        if (frc != THEUS_OK && frc != THEUS_ENOMEM)
+            rc = frc;
+    }
     if (rc == THEUS_OK && !init) {
         for (size_t k = 0; k < tx->ndeltas; k++) {
             if (tx->deltas[k].batch)
@@ -102,12 +114,17 @@ static int fail_commit(theus_tx *tx, int init, int rc)
 
 /* The one path (see the top of the file). Consumes @tx. @init: theus_state_init_field
  * (the state must still be at version 1; nothing is versioned or logged). */
-static int commit_run(theus_tx *tx, int init, uint64_t *committed_version)
+static int commit_run(theus_tx *tx, int init, commit_stream *cs, uint64_t *committed_version)
 {
     theus_state *st = tx->st;
     state_header *h = st->hdr;
     gate_plan *plan = NULL;
-    int rc = gate_begin(st, tx, &plan);
+    /* A replay error a stream-ordered commit left refuses every commit (the state's bytes
+     * are unknown); the synchronous replay orders after enqueued ones in its backend. */
+    int rc = cs ? commit_stream_prepare(tx, cs) : stream_fence_error(st, &st->fence, "commit");
+    if (rc != THEUS_OK)
+        return fail_commit(tx, init, rc);
+    rc = gate_begin(st, tx, &plan);
     replay_op *ops = NULL;
     if (rc == THEUS_OK && !st->ops && !(ops = theus_xmalloc(tx->ndeltas * sizeof *ops)))
         rc = err_set(st, THEUS_ENOMEM, "commit: out of memory");
@@ -137,7 +154,7 @@ static int commit_run(theus_tx *tx, int init, uint64_t *committed_version)
         rc = publish_prepare(&batch);
     if (rc == THEUS_OK) {
         rc = st->ops ? st->ops->apply(st, tx, batch.version, !init)
-                     : apply_private(st, tx, batch.version, init, ops);
+                     : apply_private(st, tx, batch.version, init, ops, cs);
         if (rc != THEUS_OK)
             publish_cancel(&batch);
         else
@@ -165,7 +182,7 @@ int theus_tx_commit(theus_tx *tx, uint64_t *committed_version)
         tx_free(tx);
         return THEUS_OK;
     }
-    return commit_run(tx, 0, committed_version);
+    return commit_run(tx, 0, NULL, committed_version);
 }
 
 int theus_state_init_field(theus_state *st, const char *field, const void *src, theus_mem src_mem)
@@ -198,5 +215,26 @@ int theus_state_init_field(theus_state *st, const char *field, const void *src, 
     tx->deltas[0] = (delta){.field = (uint32_t)i, .op = DELTA_ASSIGN, .r = st->frames[i],
                             .nelems = f->nelems, .payload = staged};
     tx->ndeltas = 1;
-    return commit_run(tx, 1, NULL);
+    return commit_run(tx, 1, NULL, NULL);
+}
+
+int theus_tx_commit_on_stream(theus_tx *tx, void *stream, uint64_t *committed_version)
+{
+    if (!tx)
+        return err_set(NULL, THEUS_EINVAL, "theus_tx_commit_on_stream: NULL transaction");
+    if (tx->ndeltas == 0) {
+        if (committed_version)
+            *committed_version = tx->base;
+        tx_free(tx);
+        return THEUS_OK;
+    }
+    commit_stream cs = {.stream = stream};
+    return commit_run(tx, 0, &cs, committed_version);
+}
+
+int theus_state_wait(theus_state *st, void *stream)
+{
+    if (!st)
+        return err_set(NULL, THEUS_EINVAL, "state_wait: NULL state");
+    return stream_fence_order(st, &st->fence, stream);
 }

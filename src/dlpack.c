@@ -96,6 +96,9 @@ int theus_field_export_dlpack(theus_state *st, const char *field, DLManagedTenso
     int i = state_find_field(st, field);
     if (i < 0)
         return err_set(st, THEUS_ENOENT, "no field '%s'", field);
+    int rc = stream_fence_settle(st, &st->fence, "export_dlpack");
+    if (rc != THEUS_OK)
+        return rc;
     const field_desc *f = &st->fields[i];
     export_ctx *x = export_new(f, st->backend[i], st->data[i], (int)f->ndim, f->shape,
                                DLPACK_FLAG_BITMASK_READ_ONLY);

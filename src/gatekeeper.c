@@ -4,14 +4,17 @@
 #include "alloc.h"
 #include "dtype.h"
 #include "error.h"
+#include "seg_batch.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
 /* Per field: GATE_ASSIGNS checks staged ASSIGN payloads before the lock; GATE_RESULT (the
- * batch adds to a constrained field) checks the values the commit will produce, which
- * depend on the committed state, under the lock. */
-enum { GATE_NONE = 0, GATE_ASSIGNS = 1, GATE_RESULT = 2 };
+ * batch adds to a constrained field, or stages a described batch there) checks the values
+ * the commit will produce, which depend on the committed state, under the lock; GATE_BATCH
+ * (a described batch that is the field's only delta, on a backend with batch_result: a
+ * device field) has those values computed and checked by the backend (on the GPU). */
+enum { GATE_NONE = 0, GATE_ASSIGNS = 1, GATE_RESULT = 2, GATE_BATCH = 3 };
 
 struct gate_plan {
     unsigned char what[1]; /* one entry per field */
@@ -60,6 +63,52 @@ static int check_assigns(theus_state *st, const theus_tx *tx, const gate_plan *p
     return THEUS_OK;
 }
 
+/* The flat element of field @f that element @i of region @r (C order) is: a described
+ * batch's refusal names the element as its segments do. */
+static size_t flat_index(const field_desc *f, const theus_region *r, size_t i)
+{
+    size_t flat = 0, stride = 1;
+    for (int k = r->ndim - 1; k >= 0; k--) {
+        const size_t ext = (size_t)(r->stop[k] - r->start[k]);
+        flat += ((size_t)r->start[k] + (ext ? i % ext : 0)) * stride;
+        i = ext ? i / ext : 0;
+        stride *= (size_t)f->shape[k];
+    }
+    return flat;
+}
+
+/* Whether delta @k is the only one of its field in @tx. */
+static int only_delta(const theus_tx *tx, size_t k)
+{
+    for (size_t j = 0; j < tx->ndeltas; j++)
+        if (j != k && tx->deltas[j].field == tx->deltas[k].field)
+            return 0;
+    return 1;
+}
+
+/* GATE_BATCH: the batch's values computed and checked where the field lives. */
+static int check_batch_on_backend(theus_state *st, const delta *d)
+{
+    const field_desc *f = &st->fields[d->field];
+    const theus_backend *b = st->backend[d->field];
+    const theus_dtype dt = (theus_dtype)f->dtype;
+    const size_t n = (size_t)(d->batch->sum.hi - d->batch->sum.lo);
+    void *vals = NULL;
+    int rc = b->iface->batch_result(b->ctx, dt, d->op, st->data[d->field], d->batch, d->payload,
+                                    &vals);
+    if (rc != THEUS_OK)
+        return err_wrap(st, rc, "commit: cannot compute the values of the batch on '%s'", f->name);
+    size_t bad = SIZE_MAX;
+    rc = backend_check(b, dt, vals, n, &f->cons, &bad);
+    double value = 0.0;
+    if (rc == THEUS_OK && bad != SIZE_MAX)
+        backend_get(b, dt, vals, n, bad, &value);
+    b->iface->unstage(b->ctx, vals);
+    if (rc != THEUS_OK)
+        return err_wrap(st, rc, "commit: constraint check of '%s' failed to run", f->name);
+    return bad != SIZE_MAX ? refuse(st, f, (size_t)d->batch->sum.lo + bad, value) : THEUS_OK;
+}
+
 int gate_begin(theus_state *st, const theus_tx *tx, gate_plan **out)
 {
     *out = NULL;
@@ -70,7 +119,11 @@ int gate_begin(theus_state *st, const theus_tx *tx, gate_plan **out)
             continue;
         if (!plan && !(plan = theus_xcalloc(1, sizeof *plan + st->hdr->nfields)))
             return err_set(st, THEUS_ENOMEM, "commit: out of memory");
-        if (d->op == DELTA_ADD)
+        if (d->batch)
+            plan->what[d->field] = only_delta(tx, k) &&
+                                   st->backend[d->field]->iface->batch_result ? GATE_BATCH
+                                                                             : GATE_RESULT;
+        else if (d->op == DELTA_ADD)
             plan->what[d->field] = GATE_RESULT;
         else if (plan->what[d->field] == GATE_NONE)
             plan->what[d->field] = GATE_ASSIGNS;
@@ -91,6 +144,12 @@ int gate_finish(theus_state *st, const theus_tx *tx, const gate_plan *plan)
     for (size_t k = 0; plan && k < tx->ndeltas; k++) {
         const delta *d = &tx->deltas[k];
         const field_desc *f = &st->fields[d->field];
+        if (plan->what[d->field] == GATE_BATCH) {
+            int rc = check_batch_on_backend(st, d);
+            if (rc != THEUS_OK)
+                return rc;
+            continue;
+        }
         if (plan->what[d->field] != GATE_RESULT)
             continue;
         theus_dtype dt = (theus_dtype)f->dtype;
@@ -104,7 +163,7 @@ int gate_finish(theus_state *st, const theus_tx *tx, const gate_plan *plan)
         if (rc != THEUS_OK)
             return err_wrap(st, rc, "commit: cannot read '%s' to check its constraints", f->name);
         if (bad != SIZE_MAX)
-            return refuse(st, f, bad, value);
+            return refuse(st, f, d->batch ? flat_index(f, &d->r, bad) : bad, value);
     }
     return THEUS_OK;
 }

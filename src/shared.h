@@ -5,6 +5,7 @@
 #ifndef THEUS_SRC_SHARED_H
 #define THEUS_SRC_SHARED_H
 #include "shared_durable_area.h"
+#include "shared_signal.h"
 #include "state.h"
 #include <sys/types.h>
 
@@ -45,6 +46,7 @@ typedef struct shared_area {
     uint32_t pad;
     _Atomic uint64_t recovered;    /* commits of dead processes finished by others */
     _Atomic uint64_t dropped;      /* commits of dead processes dropped (not READY yet) */
+    shared_signal_area sig;        /* signals and waits across processes (shared_signal.h) */
     shared_durable_area durable;   /* a durable shared state's log (shared_durable_area.h);
                                       not covered by the checksum */
 } shared_area;

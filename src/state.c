@@ -329,6 +329,7 @@ void state_unref(theus_state *st)
 {
     if (atomic_fetch_sub(&st->refs, 1) != 1)
         return;
+    stream_fence_free(&st->fence);
     publish_list_release(&st->listeners);
     if (st->ops) {
         st->ops->detach(st);
@@ -354,6 +355,9 @@ int theus_state_field_ptr(const theus_state *st, const char *field, const void *
     int i = state_find_field(st, field);
     if (i < 0)
         return err_set(st, THEUS_ENOENT, "no field '%s'", field);
+    int rc = stream_fence_settle(st, &st->fence, "field_ptr");
+    if (rc != THEUS_OK)
+        return rc;
     *ptr = st->data[i];
     if (mem)
         *mem = st->fields[i].placement == THEUS_PLACEMENT_DEVICE ? THEUS_MEM_DEVICE

@@ -8,6 +8,7 @@
 #include "commit_log.h"
 #include "publish_listener.h"
 #include "schema.h"
+#include "stream_fence.h"
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -99,6 +100,7 @@ struct theus_state {
     const state_ops *ops;          /* NULL: a private state */
     struct shared_map *shm;        /* the mapping behind ops (shared.h); NULL: private */
     uint32_t lease;                /* this handle's slot in a shared state's lease table */
+    stream_fence_slot fence;       /* stream-ordered replays (stream_fence.h) */
 };
 
 /* Take / drop a reference; the last drop frees the state (DLPack exports keep it). */

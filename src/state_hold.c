@@ -31,10 +31,8 @@ static uint32_t holds_live(theus_state *st)
 /* Holds are a gate of their own rather than a lock's read side: a holder's reads must go
  * on while a commit waits for it. A replay in progress (odd sequence) holds the commit
  * lock, so a new hold waits for it there, which also recovers the replay of a dead process. */
-int theus_state_hold_commits(theus_state *st)
+static int hold_take(theus_state *st)
 {
-    if (!st)
-        return err_set(NULL, THEUS_EINVAL, "theus_state_hold_commits: NULL state");
     state_header *h = st->hdr;
     state_hold_lock(h);
     if (!(atomic_load_explicit(&h->replay_seq, memory_order_relaxed) & 1u)) {
@@ -51,6 +49,18 @@ int theus_state_hold_commits(theus_state *st)
     state_hold_unlock(h);
     state_unlock(st);
     return THEUS_OK;
+}
+
+int theus_state_hold_commits(theus_state *st)
+{
+    if (!st)
+        return err_set(NULL, THEUS_EINVAL, "theus_state_hold_commits: NULL state");
+    int rc = hold_take(st);
+    /* No replay starts now; one that a stream-ordered commit enqueued may still run: wait
+     * for it, so that the held bytes are the published version's. */
+    if (rc == THEUS_OK && (rc = stream_fence_settle(st, &st->fence, "hold_commits")) != THEUS_OK)
+        theus_state_release_commits(st);
+    return rc;
 }
 
 void theus_state_release_commits(theus_state *st)

@@ -239,7 +239,14 @@ int theus_tx_read(theus_tx *tx, const char *field, const theus_region *r, void *
             state_unlock(st);
             continue;
         }
-        rc = THEUS_OK;
+        /* A stream-ordered replay published before this point may still be running: wait
+         * for it (one atomic load when there is none), and report the error it left. */
+        rc = stream_fence_settle(st, &st->fence, "read");
+        if (rc != THEUS_OK) {
+            if (locked)
+                state_unlock(st);
+            return rc;
+        }
         /* Optimistic: a replay may race with this copy, which is then thrown away
          * (src/tsan_annotate.h). */
         if (!locked)

@@ -94,9 +94,6 @@ int theus_tx_stage_batch(theus_tx *tx, const char *field, theus_delta_op op,
     if (st->shm)
         return err_set(st, THEUS_EINVAL, "%s: field '%s': described batches are not supported "
                        "on shared states yet", what, field);
-    if (f->cons.finite || f->cons.has_min || f->cons.has_max)
-        return err_set(st, THEUS_EINVAL, "%s: field '%s' has constraints, which the gatekeeper "
-                       "does not check on described batches yet", what, field);
     const size_t es = theus_dtype_size((theus_dtype)f->dtype);
     if (payload_elems > SIZE_MAX / (es ? es : 1))
         return err_set(st, THEUS_EINVAL, "%s: a payload of %zu elements is too large", what,
@@ -210,20 +207,4 @@ void tx_batch_publish(theus_state *st, const delta *d, uint64_t version)
     block_map m = state_block_map(st, d->field);
     seg_batch_mark(d->batch, &m, version);
     atomic_store_explicit(&st->fields[d->field].version, version, memory_order_release);
-}
-
-int theus_tx_commit_on_stream(theus_tx *tx, void *stream, uint64_t *committed_version)
-{
-    /* Every backend replays synchronously today: the stream is already ordered after the
-     * replay when theus_tx_commit returns. */
-    (void)stream;
-    return theus_tx_commit(tx, committed_version);
-}
-
-int theus_state_wait(theus_state *st, void *stream)
-{
-    (void)stream;
-    if (!st)
-        return err_set(NULL, THEUS_EINVAL, "state_wait: NULL state");
-    return THEUS_OK;
 }

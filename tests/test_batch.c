@@ -8,15 +8,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "theus/theus.h"
 #include "theus/theus_durable.h"
 #include "theus/theus_gpu.h"
+#include "theus/theus_shared.h"
+#include "theus/theus_dlpack.h"
 
 #include "backend.h"
 #include "dtype.h"
 #include "gatekeeper.h"
 #include "seg_batch.h"
+#include "stream_fence.h"
 #include "tx.h"
 
 #include "../kernels/batch_desc.h"
@@ -337,15 +341,8 @@ Test(batch, refusals_leave_the_transaction_unchanged)
     cr_assert_eq(theus_state_wait(NULL, NULL), THEUS_EINVAL);
     theus_state_destroy(st);
 
-    st = make_state("f32", "[4]", ", \"constraints\": {\"finite\": true}");
-    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
     const theus_batch_segment one = {.dst = 0, .length = 1, .src = 0};
     float f = 1.0f;
-    cr_assert_eq(theus_tx_stage_batch(tx, "x", THEUS_OP_ASSIGN, &one, 1, &f, 1, THEUS_MEM_HOST),
-                 THEUS_EINVAL, "constrained fields are refused");
-    theus_tx_abort(tx);
-    theus_state_destroy(st);
-
     st = make_state("f32", "[4]", ", \"zone\": \"const\"");
     cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
     cr_assert_eq(theus_tx_stage_batch(tx, "x", THEUS_OP_ASSIGN, &one, 1, &f, 1, THEUS_MEM_HOST),
@@ -551,4 +548,175 @@ Test(batch, durable_state_recovers_batches)
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     cr_assert_eq(system(cmd), 0);
+}
+
+/* Constrained fields: the gatekeeper checks the values a batch leaves (on the CPU backend
+ * from a read and the batch's overlay): a payload element no segment reads is not checked;
+ * the refusal names the flat element and leaves the state as it was. */
+Test(batch, constrained_fields_check_what_the_batch_writes)
+{
+    theus_state *st = make_state("f32", "[16]",
+                                 ", \"constraints\": {\"finite\": true, \"min\": -4, \"max\": 4}");
+    const float nan = __builtin_nanf("");
+    float pay[6] = {1, 2, nan, 3, 10, -1};
+    const theus_batch_segment ok[2] = {{.dst = 2, .length = 2, .src = 0},
+                                       {.dst = 9, .length = 1, .src = 3}};
+    theus_tx *tx;
+    uint64_t v = 0;
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_stage_batch(tx, "x", THEUS_OP_ASSIGN, ok, 2, pay, 6, THEUS_MEM_HOST),
+                 THEUS_OK);
+    cr_assert_eq(theus_tx_commit(tx, &v), THEUS_OK, "NaN and 10 are not read: %s",
+                 theus_last_error_message());
+    float got[16], want[16] = {0};
+    want[2] = 1, want[3] = 2, want[9] = 3;
+    read_all(st, "x", got);
+    cr_assert(memcmp(got, want, sizeof got) == 0);
+    /* A segment that reads the NaN: refused, element 12 named. */
+    const theus_batch_segment bad[2] = {{.dst = 0, .length = 1, .src = 0},
+                                        {.dst = 12, .length = 1, .src = 2}};
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_stage_batch(tx, "x", THEUS_OP_ASSIGN, bad, 2, pay, 6, THEUS_MEM_HOST),
+                 THEUS_OK);
+    cr_assert_eq(theus_tx_commit(tx, NULL), THEUS_ESCHEMA);
+    cr_assert(strstr(theus_last_error_message(), "element 12"), "%s", theus_last_error_message());
+    /* An ADD batch whose sum breaks max (3 + 3 + 3 > 4 on element 9, the overlap counted). */
+    const theus_batch_segment add[2] = {{.dst = 9, .length = 1, .src = 3},
+                                        {.dst = 9, .length = 1, .src = 3}};
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_stage_batch(tx, "x", THEUS_OP_ADD, add, 2, pay, 6, THEUS_MEM_HOST),
+                 THEUS_OK);
+    cr_assert_eq(theus_tx_commit(tx, NULL), THEUS_ESCHEMA);
+    cr_assert(strstr(theus_last_error_message(), "element 9"), "%s", theus_last_error_message());
+    /* Within bounds: -1 added twice onto 3. */
+    const theus_batch_segment add_ok[2] = {{.dst = 9, .length = 1, .src = 5},
+                                           {.dst = 9, .length = 1, .src = 5}};
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_stage_batch(tx, "x", THEUS_OP_ADD, add_ok, 2, pay, 6, THEUS_MEM_HOST),
+                 THEUS_OK);
+    cr_assert_eq(theus_tx_commit(tx, NULL), THEUS_OK, "%s", theus_last_error_message());
+    want[9] = 1;
+    read_all(st, "x", got);
+    cr_assert(memcmp(got, want, sizeof got) == 0, "refusals left the state unchanged");
+    theus_state_destroy(st);
+}
+
+/* Shared states: described batches are refused (their redo record does not carry batches),
+ * and the transaction stays usable. */
+Test(batch, shared_states_refuse_batches)
+{
+    char name[64];
+    snprintf(name, sizeof name, "theus-test-batch-%d", (int)getpid());
+    theus_shared_remove(name);
+    theus_state *st = NULL;
+    int rc = theus_state_create_shared(name, "{\"fields\": {\"x\": {\"dtype\": \"f32\", "
+                                       "\"shape\": [4]}}}", NULL, NULL, &st);
+    cr_assert_eq(rc, THEUS_OK, "%s", theus_last_error_message());
+    theus_tx *tx;
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    const theus_batch_segment one = {.dst = 0, .length = 1, .src = 0};
+    float f = 1.0f;
+    cr_assert_eq(theus_tx_stage_batch(tx, "x", THEUS_OP_ADD, &one, 1, &f, 1, THEUS_MEM_HOST),
+                 THEUS_EINVAL);
+    cr_assert(strstr(theus_last_error_message(), "shared"), "%s", theus_last_error_message());
+    cr_assert_eq(theus_tx_add(tx, "x", NULL, (float[4]){1, 2, 3, 4}, THEUS_MEM_HOST), THEUS_OK);
+    /* A shared state's stream-ordered commit replays synchronously. */
+    uint64_t v = 0;
+    cr_assert_eq(theus_tx_commit_on_stream(tx, NULL, &v), THEUS_OK, "%s",
+                 theus_last_error_message());
+    cr_assert_eq(v, 2);
+    cr_assert_eq(theus_state_wait(st, NULL), THEUS_OK);
+    float got[4];
+    read_all(st, "x", got);
+    cr_assert(got[0] == 1 && got[3] == 4);
+    theus_state_destroy(st);
+    theus_shared_remove(name); /* the name may be gone with its last handle */
+}
+
+/* theus_tx_commit_on_stream through the CPU backend (which runs the replay at once): the
+ * contract a user sees — the version is published when it returns, later reads see the
+ * bytes, errors and conflicts as theus_tx_commit, the transaction consumed either way. */
+Test(batch, commit_on_stream_contract)
+{
+    theus_state *st = make_state("f32", "[8]", NULL);
+    cr_assert_eq(theus_tx_commit_on_stream(NULL, NULL, NULL), THEUS_EINVAL);
+    theus_tx *tx, *old;
+    uint64_t v = 0;
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_commit_on_stream(tx, NULL, &v), THEUS_OK, "empty");
+    cr_assert_eq(v, 1);
+    cr_assert_eq(theus_tx_begin(st, NULL, &old), THEUS_OK);
+    const theus_batch_segment g[2] = {{.dst = 0, .length = 4, .src = 0},
+                                      {.dst = 2, .length = 4, .src = 4}};
+    float pay[8] = {1, 2, 3, 4, 10, 20, 30, 40};
+    void *stream = (void *)(uintptr_t)0x1234; /* ignored by the CPU backend */
+    for (int round = 0; round < 2; round++) {
+        cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+        cr_assert_eq(theus_tx_stage_batch(tx, "x", THEUS_OP_ADD, g, 2, pay, 8, THEUS_MEM_HOST),
+                     THEUS_OK);
+        cr_assert_eq(theus_tx_commit_on_stream(tx, stream, &v), THEUS_OK, "%s",
+                     theus_last_error_message());
+        cr_assert_eq(v, (uint64_t)round + 2);
+        cr_assert_eq(theus_state_version(st), v, "published at once");
+        cr_assert_eq(theus_state_wait(st, stream), THEUS_OK);
+        cr_assert_eq(theus_state_wait(st, NULL), THEUS_OK);
+    }
+    float got[8];
+    read_all(st, "x", got);
+    const float want[8] = {2, 4, 26, 48, 60, 80, 0, 0};
+    cr_assert(memcmp(got, want, sizeof got) == 0);
+    /* A conflict: refused at once, the transaction consumed, nothing changed. */
+    cr_assert_eq(theus_tx_write(old, "x", NULL, pay, THEUS_MEM_HOST), THEUS_OK);
+    cr_assert_eq(theus_tx_commit_on_stream(old, stream, &v), THEUS_ECONFLICT);
+    cr_assert_eq(theus_state_version(st), 3);
+    read_all(st, "x", got);
+    cr_assert(memcmp(got, want, sizeof got) == 0);
+    /* A gatekeeper refusal through the same path. */
+    theus_state_destroy(st);
+    st = make_state("f32", "[4]", ", \"constraints\": {\"max\": 1}");
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_stage_batch(tx, "x", THEUS_OP_ASSIGN, g, 1, pay, 8, THEUS_MEM_HOST),
+                 THEUS_OK);
+    cr_assert_eq(theus_tx_commit_on_stream(tx, NULL, NULL), THEUS_ESCHEMA);
+    cr_assert_eq(theus_state_version(st), 1);
+    theus_state_destroy(st);
+}
+
+/* A replay error that surfaces only once the stream runs (injected through the test hook,
+ * since the CPU backend replays at once): kept for good and reported by every call that
+ * waits for the replay, and every commit is refused; the state stays as it was. */
+Test(batch, deferred_replay_error_is_reported_by_every_wait)
+{
+    theus_state *st = make_state("f32", "[4]", NULL);
+    theus_tx *tx;
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_add(tx, "x", NULL, (float[4]){1, 2, 3, 4}, THEUS_MEM_HOST), THEUS_OK);
+    cr_assert_eq(theus_tx_commit_on_stream(tx, NULL, NULL), THEUS_OK);
+    cr_assert_eq(stream_fence_inject_error(&st->fence, THEUS_EDEVICE, 2, "illegal address (injected)"),
+                 THEUS_OK);
+    for (int rep = 0; rep < 2; rep++) {
+        cr_assert_eq(theus_state_wait(st, NULL), THEUS_EDEVICE);
+        cr_assert(strstr(theus_last_error_message(), "version 2"), "%s",
+                  theus_last_error_message());
+        cr_assert(strstr(theus_last_error_message(), "injected"), "%s",
+                  theus_last_error_message());
+        cr_assert_eq(theus_state_wait(st, (void *)(uintptr_t)1), THEUS_EDEVICE);
+    }
+    float got[4];
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_read(tx, "x", NULL, got, THEUS_MEM_HOST), THEUS_EDEVICE);
+    cr_assert_eq(theus_tx_add(tx, "x", NULL, got, THEUS_MEM_HOST), THEUS_OK);
+    cr_assert_eq(theus_tx_commit(tx, NULL), THEUS_EDEVICE, "commits are refused");
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_add(tx, "x", NULL, got, THEUS_MEM_HOST), THEUS_OK);
+    cr_assert_eq(theus_tx_commit_on_stream(tx, NULL, NULL), THEUS_EDEVICE);
+    cr_assert_eq(theus_state_version(st), 2, "nothing published after the error");
+    const void *ptr = NULL;
+    cr_assert_eq(theus_state_field_ptr(st, "x", &ptr, NULL), THEUS_EDEVICE);
+    cr_assert_null(ptr);
+    DLManagedTensorVersioned *t = NULL;
+    cr_assert_eq(theus_field_export_dlpack(st, "x", &t), THEUS_EDEVICE);
+    cr_assert_null(t);
+    cr_assert_eq(theus_state_hold_commits(st), THEUS_EDEVICE);
+    theus_state_destroy(st);
 }

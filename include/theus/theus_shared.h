@@ -17,6 +17,10 @@ extern "C" {
  *  THEUS_SHARED_NAME_MAX characters from [A-Za-z0-9._-] that does not start with '.' or '-';
  *  anything else is THEUS_EINVAL. Names are per user: two users' "train" never meet. */
 #define THEUS_SHARED_NAME_MAX THEUS_NAME_MAX
+/** Signal names a shared state's signal table holds (theus_run_signal, docs/processes.md):
+ *  a signal is entered at its first delivery and stays; a new name beyond this is refused
+ *  with THEUS_ENOMEM. Private states have no such bound. */
+#define THEUS_SHARED_MAX_SIGNALS 64
 
 /** Options of theus_state_create_shared that only shared states have. Start from
  *  THEUS_SHARED_OPTIONS_INIT. */

@@ -49,7 +49,7 @@ static int engine_parts_init(theus_engine *e, int *done)
     pthread_mutex_init(&e->pool_mu, NULL);
     pthread_mutex_init(&e->wfs.mu, NULL);
     *done = PART_LOCKS;
-    if (sig_init(&e->sig) != THEUS_OK)
+    if (sig_init(&e->sig, e->st) != THEUS_OK)
         return THEUS_ENOMEM;
     *done = PART_SIGNALS;
     if (outbox_init(&e->ob) != THEUS_OK)
@@ -332,9 +332,16 @@ int engine_run_proc(theus_engine *e, proc_entry *p, uint64_t *committed_version)
         return rc;
     }
     if (!run.published) {
-        /* Wrote nothing: no version was published, nothing could refuse it; deliver now. */
+        /* Wrote nothing: no version was published, nothing could refuse it; deliver now
+         * (a shared state's table can be full, or its commit lock out of reach: then the
+         * run fails and its outbox entries are dropped). */
         run.version = version;
-        sig_deliver(e, &run);
+        if ((rc = sig_deliver(e, &run)) != THEUS_OK) {
+            outbox_drop_run(&run);
+            theus_xfree(run.signals);
+            atomic_fetch_add_explicit(&p->failures, 1, memory_order_relaxed);
+            return rc;
+        }
         outbox_publish(e, &run, version);
     }
     theus_xfree(run.signals);
@@ -419,6 +426,8 @@ int theus_run_signal(theus_run *run, const char *name)
     if (run->p->kind == THEUS_PROCESS_PURE)
         return err_set(run->e->st, THEUS_EPERM, "signal '%s': process '%s' is pure", name,
                        run->p->name);
+    if ((rc = sig_check_room(run, name)) != THEUS_OK)
+        return rc;
     if (tx_grow((void **)&run->signals, &run->cap_signals, run->nsignals + 1,
                 sizeof *run->signals))
         return err_set(run->e->st, THEUS_ENOMEM, "signal '%s': out of memory", name);
