@@ -371,7 +371,8 @@ typedef struct theus_workflow_report {
     uint64_t ops;        /**< steps and loop turns counted against max_ops */
     uint64_t runs;       /**< process runs started (retries included) */
     uint64_t failures;   /**< failed runs (also those passed over by on_error continue) */
-    uint64_t resumed_at; /**< the top-level step the run started at (the "position" field) */
+    uint64_t resumed_at; /**< the step the run started at (the "position" field: steps
+                              numbered in document order, nested ones included; 0: the start) */
     int status;          /**< the status the run returned */
     char where[128];     /**< JSON path of the step that ended it with an error, or "" */
 } theus_workflow_report;
