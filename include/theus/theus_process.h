@@ -390,7 +390,8 @@ typedef struct theus_workflow_report {
  * @return THEUS_OK; the status of a failed step (on_error stop or retries spent);
  *         THEUS_EBUSY (max_ops passed, or the engine stopped by a level-S audit rule);
  *         THEUS_EINVAL (recursion through called workflows); THEUS_ENOENT (a called
- *         workflow is not loaded); THEUS_ETIMEDOUT (an await step).
+ *         workflow is not loaded, or an await step on a shared state whose name was removed);
+ *         THEUS_ETIMEDOUT (an await step).
  * @note One thread per workflow at a time; different workflows may run concurrently.
  */
 THEUS_API int theus_workflow_run(theus_workflow *wf, theus_workflow_report *rep);
