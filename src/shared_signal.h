@@ -81,6 +81,11 @@ void shared_signal_recover(struct theus_state *st);
 int shared_signal_deliver(struct theus_state *st, const char (*names)[THEUS_NAME_MAX + 1],
                           size_t n);
 
+/* Fault injection for the tests: when set, called while a delivery is applied, after the
+ * first count was stored and before the rest (the tests kill the process there). */
+enum { SIG_POINT_APPLYING = 1 };
+extern void (*shared_signal_fault_hook)(int point);
+
 /* ---- the reader side: any thread, no lock --------------------------------------------- */
 
 /* Whether signal @name is in the table (delivered at least once); named slots. */

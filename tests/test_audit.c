@@ -6,6 +6,7 @@
  * suite runs on the CPU path (a device field without a GPU lives in host memory). */
 #include "theus/theus_durable.h"
 #include "theus/theus_process.h"
+#include "theus/theus_shared.h"
 #include "backend.h"
 #include "durable_fixture.h"
 #include "durable/wal_record.h"
@@ -538,6 +539,86 @@ Test(audit_backend, a_device_field_is_audited_by_its_backend_and_only_summaries_
     st = NULL;
 }
 
+/* On a GPU: the same commits on a host field and on a device field (audited by the CUDA
+ * backend's kernels, kernels/constraints.cu) record the same violations. Skipped without a
+ * GPU (then both fields live in host memory and the host loop runs for both). */
+static const char *gpu_schema_fmt =
+    "{\"fields\": {\"x\": {\"dtype\": \"%s\", \"shape\": [3, 1000], \"placement\": \"%s\","
+    " \"audit\": [{\"rule\": \"min\", \"value\": -50, \"level\": \"C\"},"
+    "   {\"rule\": \"max\", \"value\": 50, \"level\": \"C\"},"
+    "   {\"rule\": \"max_abs\", \"value\": 40, \"level\": \"C\"},"
+    "   {\"rule\": \"max_change\", \"value\": 30, \"level\": \"C\"}%s]}}}";
+
+static size_t gpu_run(const char *dtype, const char *placement, theus_audit_record *out, size_t cap)
+{
+    char json[1024];
+    int is_float = dtype[0] == 'f';
+    snprintf(json, sizeof json, gpu_schema_fmt, dtype, placement,
+             is_float ? ", {\"rule\": \"finite\", \"level\": \"C\"}" : "");
+    theus_state *s = NULL;
+    theus_engine *en = NULL;
+    cr_assert_eq(theus_state_create(json, NULL, &s), THEUS_OK, "%s", theus_last_error_message());
+    cr_assert_eq(theus_engine_create(s, NULL, &en), THEUS_OK);
+    static float fv[3000];
+    static int32_t iv[3000];
+    for (int step = 0; step < 6; step++) {
+        for (int i = 0; i < 3000; i++) {
+            double v = ((i * 37 + step * 11) % 120) - 60 + (step == 3 && i == 2500 ? 0.5 : 0);
+            fv[i] = (float)v;
+            iv[i] = (int32_t)v;
+        }
+        if (is_float && step == 4)
+            fv[1234] = NAN;
+        theus_tx *tx = NULL;
+        cr_assert_eq(theus_tx_begin(s, NULL, &tx), THEUS_OK);
+        theus_region r = {.ndim = 2, .start = {step % 3, 0}, .stop = {3, 1000}};
+        const void *src = is_float ? (const void *)(fv + 1000 * (step % 3))
+                                   : (const void *)(iv + 1000 * (step % 3));
+        int rc = step % 2 ? theus_tx_add(tx, "x", &r, src, THEUS_MEM_HOST)
+                          : theus_tx_write(tx, "x", &r, src, THEUS_MEM_HOST);
+        cr_assert_eq(rc, THEUS_OK);
+        cr_assert_eq(theus_tx_commit(tx, NULL), THEUS_OK, "%s", theus_state_last_error(s));
+    }
+    size_t n = 0;
+    cr_assert_eq(theus_engine_audit_records(en, 0, out, cap, &n), THEUS_OK);
+    theus_engine_destroy(en);
+    theus_state_destroy(s);
+    return n;
+}
+
+static void compare_placements(const char *other)
+{
+    const char *dtypes[] = {"f32", "i32"};
+    for (int t = 0; t < 2; t++) {
+        theus_audit_record h[64], d[64];
+        size_t nh = gpu_run(dtypes[t], "host", h, 64);
+        size_t nd = gpu_run(dtypes[t], other, d, 64);
+        cr_assert_eq(nd, nh, "%s: %zu vs %zu records", dtypes[t], nd, nh);
+        cr_expect_gt(nh, 10, "the plan breaks rules");
+        for (size_t i = 0; i < nh; i++) {
+            cr_expect(h[i].rule == d[i].rule && h[i].index == d[i].index &&
+                          h[i].version == d[i].version &&
+                          (h[i].value == d[i].value || (isnan(h[i].value) && isnan(d[i].value))),
+                      "%s record %zu: rule %d index %llu value %g vs rule %d index %llu value %g",
+                      dtypes[t], i, h[i].rule, (unsigned long long)h[i].index, h[i].value,
+                      d[i].rule, (unsigned long long)d[i].index, d[i].value);
+        }
+    }
+}
+
+Test(audit_gpu, device_fields_record_what_host_fields_record)
+{
+    if (!theus_gpu_available())
+        cr_skip_test("no GPU answers: device fields would live in host memory");
+    compare_placements("device");
+}
+
+/* The harness of the test above, everywhere: a pinned field (host memory: the host loop). */
+Test(audit_gpu, harness_pinned_fields_record_what_host_fields_record)
+{
+    compare_placements("pinned");
+}
+
 /* ---- the log form of audit records --------------------------------------------------------- */
 
 Test(audit_wal, records_encode_and_decode_and_malformed_ones_are_refused)
@@ -815,4 +896,72 @@ Test(audit_durable, a_torn_audit_record_at_the_tail_is_dropped_like_any_torn_tai
     char want[64];
     snprintf(want, sizeof want, "at byte %llu", (unsigned long long)v.offset[2]);
     cr_expect(strstr(theus_last_error_message(), want) != NULL, "%s", theus_last_error_message());
+}
+
+/* A durable shared state: the audit of one handle logs into the shared log, also after
+ * another handle began a new segment (the refused commit's record goes to the segment the
+ * shared area points at, not to the one this handle wrote last). */
+static char g_shm[64];
+
+static void shm_teardown(void)
+{
+    dur_teardown();
+    theus_shared_remove(g_shm);
+}
+
+static int commit_free(theus_state *s, float v)
+{
+    theus_tx *tx = NULL;
+    int rc = theus_tx_begin(s, NULL, &tx);
+    if (rc == THEUS_OK && (rc = theus_tx_write(tx, "free", NULL, &v, THEUS_MEM_HOST)) != THEUS_OK)
+        theus_tx_abort(tx);
+    return rc == THEUS_OK ? theus_tx_commit(tx, NULL) : rc;
+}
+
+Test(audit_durable, shared_state_logs_into_the_segment_the_shared_area_points_at,
+     .fini = shm_teardown)
+{
+    snprintf(g_shm, sizeof g_shm, "taud-%d", (int)getpid());
+    theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+    o.segment_bytes = 256;   /* every few records a new segment */
+    cr_assert_eq(theus_shared_open_durable(g_shm, dfx_dir, schema, NULL, &o, &st), THEUS_OK,
+                 "%s", theus_last_error_message());
+    theus_state *other = NULL;
+    cr_assert_eq(theus_shared_open_durable(g_shm, dfx_dir, NULL, NULL, &o, &other), THEUS_OK,
+                 "%s", theus_last_error_message());
+    cr_assert_eq(theus_engine_create(st, NULL, &eng), THEUS_OK);
+    static const char *const all[] = {"*"};
+    theus_process_def d = {.name = "put", .body = put_body, .inputs = all, .n_inputs = 1,
+                           .outputs = all, .n_outputs = 1};
+    cr_assert_eq(theus_engine_register(eng, &d), THEUS_OK);
+    cr_expect_eq(put1("a", 11.0), THEUS_ESCHEMA);          /* audit record in segment 1 */
+    for (int i = 0; i < 8; i++)                            /* the other handle rotates */
+        cr_assert_eq(commit_free(other, (float)i), THEUS_OK, "%s", theus_state_last_error(other));
+    uint64_t v = theus_state_version(st);
+    cr_expect_eq(put1("a", 12.0), THEUS_ESCHEMA, "refused after the other handle rotated");
+    plan = (put){.field = "c", .v = {-200}, .n = 1, .at = -1};
+    cr_expect_eq(theus_engine_run(eng, "put", NULL), THEUS_OK, "kept with violations");
+    theus_engine_destroy(eng);
+    eng = NULL;
+    theus_state_destroy(other);
+    theus_state_destroy(st);
+    st = NULL;
+
+    log_view lv;
+    read_log(&lv);
+    /* The newest segment: audit(refused, v+1), commit(v+1), audit(v+1). */
+    cr_assert_geq(lv.n, 3, "%zu records", lv.n);
+    size_t k = lv.n - 3;
+    cr_expect(lv.kind[k] == WAL_KIND_AUDIT && lv.version[k] == v + 1);
+    cr_expect(lv.kind[k + 1] == WAL_KIND_COMMIT && lv.version[k + 1] == v + 1);
+    cr_expect(lv.kind[k + 2] == WAL_KIND_AUDIT && lv.version[k + 2] == v + 1);
+    cr_assert_geq(lv.nent, 3);
+    cr_expect(lv.ent[lv.nent - 3].refused == 1 && lv.ent[lv.nent - 3].value == 12.0);
+    /* Recovery (private, the shared state is gone) accepts every segment. */
+    cr_assert_eq(theus_state_open_durable(dfx_dir, NULL, NULL, NULL, &st), THEUS_OK, "%s",
+                 theus_last_error_message());
+    cr_expect_eq(theus_state_version(st), v + 1);
+    cr_expect_eq(get("c", 1), -200.0);
+    theus_state_destroy(st);
+    st = NULL;
 }

@@ -2,7 +2,8 @@
  * waits for a signal, a field version or the state version published by its parent's
  * commits; refused, aborted and conflicting attempts signal nothing in any process; a
  * writer killed at every point of its commit signals exactly when its commit was published
- * (by itself, or by the process that finishes it from the redo record); timeouts; the
+ * (by itself, or by the process that finishes it from the redo record); a delivery killed
+ * half applied is completed once by the next taker of the commit lock; timeouts; the
  * name-too-long and table-full errors; waits end when the state is removed or the engine
  * destroyed. Processes synchronise through pipes, waitpid and the segment's waiter count
  * (a yield loop that also watches the child); nothing sleeps and nothing is timed. Child
@@ -28,6 +29,7 @@
 #include "process/process.h"
 #include "shared.h"
 #include "shared/redo.h"
+#include "shared_signal.h"
 
 static const char *schema =
     "{\"name\": \"sigshm\", \"fields\": {"
@@ -457,6 +459,16 @@ static int many(theus_run *run, void *user)
     return rc;
 }
 
+/* As many, without writing anything. */
+static int quiet_pair(theus_run *run, void *user)
+{
+    (void)user;
+    int rc = THEUS_OK;
+    for (int i = g_from; rc == THEUS_OK && i < g_to; i++)
+        rc = theus_run_signal(run, g_many[i]);
+    return rc;
+}
+
 /* Queues a new name while there is room, then lets another handle take the last slot. */
 static int late(theus_run *run, void *user)
 {
@@ -711,6 +723,70 @@ Test(signal_shared, a_writer_killed_in_its_commit_signals_exactly_when_it_publis
                      g_point);
         const shared_signal_area *s = &shared_area_of(st)->sig;
         cr_expect_eq(atomic_load(&s->staged_state), SIG_STAGED_NONE, "point %d", g_point);
+    }
+    theus_engine_destroy(e);
+    theus_state_destroy(st);
+}
+
+/* A delivery killed half applied (one count stored, the other not): outside a commit (a run
+ * that wrote nothing) and inside one. The next taker of the commit lock applies it again,
+ * whole, and nothing is counted twice. */
+static void crash_applying(int point)
+{
+    if (point == SIG_POINT_APPLYING)
+        raise(SIGKILL);
+}
+
+static int child_half_delivery(int fd, void *arg)
+{
+    (void)fd;
+    const char *const *a = arg; /* name, process */
+    theus_state *st = NULL;
+    theus_engine *e = NULL;
+    if (theus_state_open_shared(a[0], NULL, &st) != THEUS_OK ||
+        theus_engine_create(st, NULL, &e) != THEUS_OK)
+        return 10;
+    theus_process_def d = {.name = "pair", .body = many, .inputs = g_io + 2, .n_inputs = 1,
+                           .outputs = g_io + 2, .n_outputs = 1};
+    if (strcmp(a[1], "quiet") == 0) {
+        d.name = "quiet";
+        d.body = quiet_pair;
+    }
+    if (theus_engine_register(e, &d) != THEUS_OK)
+        return 11;
+    snprintf(g_many[0], sizeof g_many[0], "half-a");
+    snprintf(g_many[1], sizeof g_many[1], "half-b");
+    g_from = 0;
+    g_to = 2;
+    shared_signal_fault_hook = crash_applying;
+    theus_engine_run(e, d.name, NULL);
+    return 12; /* the hook should have killed this process */
+}
+
+Test(signal_shared, a_delivery_killed_half_applied_is_completed_once)
+{
+    theus_engine *e = NULL;
+    const char *name = new_name("half");
+    theus_state *st = create(name, &e);
+    const char *procs[2] = {"quiet", "pair"}; /* writes nothing; commits an ADD */
+    for (int i = 0; i < 2; i++) {
+        const char *arg[2] = {name, procs[i]};
+        int fd;
+        pid_t kid = spawn(child_half_delivery, arg, &fd);
+        cr_assert_eq(reap(kid), 128 + SIGKILL, "%s", procs[i]);
+        close(fd);
+        /* The first time the names are new: not visible until the delivery names them
+         * (after every count), so nothing shows; the second time one count moved. */
+        cr_expect_eq(count_of(e, "half-a") + count_of(e, "half-b"), (uint64_t)(i ? 3 : 0),
+                     "%s: half applied before the recovery", procs[i]);
+        theus_tx *tx = NULL;
+        float x = 1.0f;
+        cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+        cr_assert_eq(theus_tx_write(tx, "x", NULL, &x, THEUS_MEM_HOST), THEUS_OK);
+        cr_assert_eq(theus_tx_commit(tx, NULL), THEUS_OK, "%s", theus_state_last_error(st));
+        cr_expect_eq(count_of(e, "half-a"), (uint64_t)(i + 1), "%s", procs[i]);
+        cr_expect_eq(count_of(e, "half-b"), (uint64_t)(i + 1), "%s", procs[i]);
+        cr_expect_eq(read_n(st), i, "%s: the commit's ADD is there once", procs[i]);
     }
     theus_engine_destroy(e);
     theus_state_destroy(st);

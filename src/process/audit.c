@@ -132,7 +132,11 @@ static int eval_delta(theus_engine *e, const publish_batch *b, size_t k,
     const theus_backend *be = st->backend[d->field];
     theus_dtype dt = (theus_dtype)f->dtype;
     size_t bytes = d->nelems * theus_dtype_size(dt);
-    const int dev = f->placement == THEUS_PLACEMENT_DEVICE && be->iface->audit;
+    /* (A described batch overlays only into host memory: such a field is read to the host.) */
+    int batch = 0;
+    for (size_t j = 0; j < b->tx->ndeltas; j++)
+        batch |= b->tx->deltas[j].field == d->field && b->tx->deltas[j].batch != NULL;
+    const int dev = f->placement == THEUS_PLACEMENT_DEVICE && be->iface->audit && !batch;
     const theus_mem mem = dev ? THEUS_MEM_DEVICE : THEUS_MEM_HOST;
     void *cur = NULL, *old = NULL;
     int rc = THEUS_OK;
@@ -187,7 +191,7 @@ static int check_delta(theus_engine *e, const publish_batch *b, size_t k)
         rate |= sf->audit[r].rule == SCHEMA_AUDIT_MAX_CHANGE;
         idx[nr++] = r;
     }
-    if (nr == 0)
+    if (nr == 0 || d->nelems == 0)
         return THEUS_OK;
     int rc = eval_delta(e, b, k, rules, nr, rate, res);
     for (size_t i = 0; rc == THEUS_OK && i < nr; i++) {

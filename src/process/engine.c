@@ -298,6 +298,13 @@ static int run_attempt(theus_tx *tx, void *user)
     run->attempts++;
     atomic_fetch_add_explicit(&p->attempts, 1, memory_order_relaxed);
     int rc = p->body(run, p->user);
+    if (rc == THEUS_OK && run->extra) {
+        /* The engine's own write, not the process's: outside its contract. */
+        int had = tx->has_contract;
+        tx->has_contract = 0;
+        rc = theus_tx_write(tx, run->extra->field, NULL, run->extra->bytes, THEUS_MEM_HOST);
+        tx->has_contract = had;
+    }
     if (rc == THEUS_OK || rc == THEUS_ECONFLICT || theus_code(rc) || declared(p, rc))
         return rc;
     atomic_fetch_add_explicit(&p->undeclared, 1, memory_order_relaxed);
@@ -305,12 +312,14 @@ static int run_attempt(theus_tx *tx, void *user)
                    "process '%s' returned status %d, which it does not declare", p->name, rc);
 }
 
-int engine_run_proc(theus_engine *e, proc_entry *p, uint64_t *committed_version)
+int engine_run_proc(theus_engine *e, proc_entry *p, const run_extra *extra,
+                    uint64_t *committed_version)
 {
     theus_run run;
     memset(&run, 0, sizeof run);
     run.e = e;
     run.p = p;
+    run.extra = p->kind == THEUS_PROCESS_PURE ? NULL : extra;
     atomic_fetch_add_explicit(&p->runs, 1, memory_order_relaxed);
     theus_retry_options ro = e->opts.retry;
     ro.tx.isolation = p->isolation;
@@ -322,9 +331,9 @@ int engine_run_proc(theus_engine *e, proc_entry *p, uint64_t *committed_version)
     int rc = theus_tx_run(e->st, &ro, run_attempt, &run, &version);
     publish_hook_leave(prev);
     run.tx = NULL;
-    uint64_t extra = run.attempts ? run.attempts - 1 : 0;
-    atomic_fetch_add_explicit(&p->retries, extra, memory_order_relaxed);
-    atomic_fetch_add_explicit(&p->conflicts, extra + (rc == THEUS_EBUSY), memory_order_relaxed);
+    uint64_t extra_attempts = run.attempts ? run.attempts - 1 : 0;
+    atomic_fetch_add_explicit(&p->retries, extra_attempts, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->conflicts, extra_attempts + (rc == THEUS_EBUSY), memory_order_relaxed);
     if (rc != THEUS_OK) {
         outbox_drop_run(&run);
         theus_xfree(run.signals);
@@ -363,7 +372,7 @@ int theus_engine_run(theus_engine *e, const char *process, uint64_t *committed_v
     proc_entry *p = engine_find(e, process);
     if (!p)
         return err_set(e->st, THEUS_ENOENT, "run: no process '%s' is registered", process);
-    return engine_run_proc(e, p, committed_version);
+    return engine_run_proc(e, p, NULL, committed_version);
 }
 
 /* A pool job: @a the engine, @b the process. */
@@ -374,7 +383,7 @@ static int pool_job(void *a, void *b, uint64_t *version)
     if (atomic_load(&e->stopped))
         return err_set(e->st, THEUS_EBUSY, "run '%s': the engine was stopped by a level-S audit "
                        "rule", p->name);
-    return engine_run_proc(e, p, version);
+    return engine_run_proc(e, p, NULL, version);
 }
 
 int theus_engine_submit(theus_engine *e, const char *process, theus_job **job)

@@ -45,6 +45,7 @@ struct theus_run {
     uint64_t version;
     uint64_t ob_seq;              /* seq of its last outbox entry in the queue; 0: none */
     uint64_t attempts;            /* bodies run for this run */
+    const struct run_extra *extra; /* staged after a body that returned THEUS_OK, or NULL */
 };
 
 /* ---- signals (signal.c) ---------------------------------------------------------------- */
@@ -186,7 +187,18 @@ struct theus_engine {
 };
 
 proc_entry *engine_find(theus_engine *e, const char *name);
-/* One run of @p (theus_engine_run without the lookup). */
-int engine_run_proc(theus_engine *e, proc_entry *p, uint64_t *committed_version);
+
+/* One write the engine stages in a run's own transaction after its body returned THEUS_OK,
+ * outside the process's contract, so that it commits with the body's writes or not at all:
+ * a workflow's position (workflow.c). @bytes holds the one element of @field. */
+typedef struct run_extra {
+    const char *field;
+    unsigned char bytes[8];
+} run_extra;
+
+/* One run of @p (theus_engine_run without the lookup); @extra may be NULL. A pure process
+ * stages nothing, so @extra must be NULL for one. */
+int engine_run_proc(theus_engine *e, proc_entry *p, const run_extra *extra,
+                    uint64_t *committed_version);
 
 #endif

@@ -190,6 +190,9 @@ static int wait_shared(theus_engine *e, const wait_for *w, uint64_t after, uint3
                        uint64_t *seen)
 {
     sig_table *t = &e->sig;
+    /* Once this waiter has left, theus_engine_destroy may free @e: after that, only the
+     * state (which outlives the engine) is used. */
+    theus_state *st = e->st;
     uint64_t now = 0;
     pthread_mutex_lock(&t->mu);
     int closing = t->closing;
@@ -202,7 +205,7 @@ static int wait_shared(theus_engine *e, const wait_for *w, uint64_t after, uint3
                           .timeout_ns = timeout_ms == UINT32_MAX ? UINT64_MAX
                                                                  : (uint64_t)timeout_ms * 1000000u,
                           .closing = &t->closing};
-        rc = shared_signal_wait(e->st, &sw, &now);
+        rc = shared_signal_wait(st, &sw, &now);
         pthread_mutex_lock(&t->mu);
         if (--t->waiters == 0 && t->closing)
             pthread_cond_broadcast(&t->left);
@@ -215,14 +218,14 @@ static int wait_shared(theus_engine *e, const wait_for *w, uint64_t after, uint3
     case THEUS_OK:
         return THEUS_OK;
     case THEUS_ETIMEDOUT:
-        return err_set(e->st, rc, "wait: %u ms passed and %s is still %llu", timeout_ms, what,
+        return err_set(st, rc, "wait: %u ms passed and %s is still %llu", timeout_ms, what,
                        (unsigned long long)now);
     case THEUS_ENOENT:
-        return err_set(e->st, rc, "wait: shared state '%s' was removed (theus_shared_remove) "
+        return err_set(st, rc, "wait: shared state '%s' was removed (theus_shared_remove) "
                        "while %s was %llu; its handles still work, its waits end",
-                       theus_state_shared_name(e->st), what, (unsigned long long)now);
+                       theus_state_shared_name(st), what, (unsigned long long)now);
     default:
-        return err_set(e->st, THEUS_EBUSY, "wait: the engine is being destroyed");
+        return err_set(st, THEUS_EBUSY, "wait: the engine is being destroyed");
     }
 }
 

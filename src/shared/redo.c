@@ -252,3 +252,8 @@ int redo_recover(theus_state *st)
     shared_signal_recover(st);
     return THEUS_OK;
 }
+
+int redo_pending(const theus_state *st)
+{
+    return atomic_load_explicit(&record_of(st)->status, memory_order_acquire) == REDO_READY;
+}

@@ -17,6 +17,8 @@
 
 #define MAXS THEUS_SHARED_MAX_SIGNALS
 
+void (*shared_signal_fault_hook)(int point);
+
 static shared_signal_area *area_of(const theus_state *st)
 {
     return &shared_area_of(st)->sig;
@@ -91,6 +93,8 @@ static void apply(shared_signal_area *s, uint64_t version)
             continue;
         atomic_store(&s->e[slot].last_version, version);
         atomic_store(&s->e[slot].count, s->staged[k].count);
+        if (k == 0 && shared_signal_fault_hook)
+            shared_signal_fault_hook(SIG_POINT_APPLYING);
     }
     int grew = s->staged_n > atomic_load(&s->n) && s->staged_n <= MAXS;
     if (grew)
