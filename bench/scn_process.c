@@ -5,11 +5,29 @@
  *   process.signal:   wake-up across threads: a ping-pong of two processes that each commit
  *                     and signal, the other thread waiting for the signal; against the same
  *                     two commits without waiting (what the wake-ups add to) and a
- *                     ping-pong over a bare condition variable. */
+ *                     ping-pong over a bare condition variable.
+ *   process.signal_xproc: wake-up across OS processes of a shared state: process A runs a
+ *                     process that adds to a field and signals, process B sleeps in
+ *                     theus_engine_wait_signal; one-way latency from just before A's
+ *                     theus_engine_run to B's return (CLOCK_MONOTONIC in both), p50/p99;
+ *                     against a pipe (write -> read returns) and a raw futex (bump + wake
+ *                     -> FUTEX_WAIT returns) between the same two processes, interleaved
+ *                     in blocks in the same run. */
 #include "bench.h"
 #include "theus/theus_process.h"
+#include "theus/theus_shared.h"
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define RUNS_PER_SAMPLE 256
 
@@ -324,8 +342,241 @@ static int scn_signal(void)
     return failed ? -1 : 0;
 }
 
+/* ---- process.signal_xproc ------------------------------------------------------------------ */
+
+enum { XP_THEUS = 0, XP_PIPE, XP_FUTEX, XP_METHODS };
+#define XP_BLOCK 50                 /* events of one method in a row */
+#define XP_EVENTS 2000              /* per method (200 --quick) */
+#define XP_GAP_NS 100000ull         /* between events, so that the waiter is asleep again */
+
+/* Shared with the child (MAP_SHARED | MAP_ANONYMOUS, made before the fork). */
+typedef struct xp_shm {
+    _Atomic uint32_t word;          /* the raw futex baseline */
+    uint64_t t1[XP_METHODS][XP_EVENTS]; /* CLOCK_MONOTONIC when the child woke */
+} xp_shm;
+
+typedef struct xp_pipes {
+    int ctl[2], ack[2], p2c[2];
+} xp_pipes;
+
+static void xp_futex_wait(_Atomic uint32_t *w, uint32_t seen)
+{
+    syscall(SYS_futex, (uint32_t *)w, FUTEX_WAIT, seen, NULL, NULL, 0);
+}
+
+static void xp_futex_wake(_Atomic uint32_t *w)
+{
+    atomic_fetch_add(w, 1u);
+    syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* The waiting process: per block, the method from the control pipe, then XP_BLOCK waits,
+ * each acknowledged on the ack pipe. */
+static int xp_child(const char *name, xp_shm *m, const xp_pipes *p)
+{
+    theus_state *st = NULL;
+    theus_engine *e = NULL;
+    if (theus_state_open_shared(name, NULL, &st) != THEUS_OK)
+        return 10;
+    if (theus_engine_create(st, NULL, &e) != THEUS_OK)
+        return 11;
+    if (write(p->ack[1], "r", 1) != 1)
+        return 12;
+    uint64_t seen_sig = 0;
+    uint32_t seen_word = 0;
+    unsigned idx[XP_METHODS] = {0};
+    char method;
+    int rc = 0;
+    while (rc == 0 && read(p->ctl[0], &method, 1) == 1 && method != 'q') {
+        int k = method - '0';
+        if (k < 0 || k >= XP_METHODS) {
+            rc = 13;
+            break;
+        }
+        for (int i = 0; i < XP_BLOCK && rc == 0; i++) {
+            if (k == XP_THEUS) {
+                uint64_t n = 0;
+                if (theus_engine_wait_signal(e, "xping", seen_sig, 10000, &n) != THEUS_OK)
+                    rc = 14;
+                seen_sig = n;
+            } else if (k == XP_PIPE) {
+                char c;
+                if (read(p->p2c[0], &c, 1) != 1)
+                    rc = 15;
+            } else {
+                while (atomic_load(&m->word) == seen_word)
+                    xp_futex_wait(&m->word, seen_word);
+                seen_word = atomic_load(&m->word);
+            }
+            if (idx[k] < XP_EVENTS)
+                m->t1[k][idx[k]++] = now_ns();
+            if (rc == 0 && write(p->ack[1], "a", 1) != 1)
+                rc = 16;
+        }
+    }
+    theus_engine_destroy(e);
+    theus_state_destroy(st);
+    return rc;
+}
+
+static int xp_recv(int fd)
+{
+    char c;
+    ssize_t n;
+    while ((n = read(fd, &c, 1)) < 0 && errno == EINTR)
+        ;
+    return n == 1 ? 0 : -1;
+}
+
+static double xp_t0[XP_METHODS][XP_EVENTS], xp_lat[XP_METHODS][XP_EVENTS], xp_run[XP_EVENTS];
+
+/* The parent's side: @events per method, in blocks, the methods rotating. */
+static int xp_drive(theus_engine *e, xp_shm *m, const xp_pipes *p, unsigned events)
+{
+    unsigned idx[XP_METHODS] = {0};
+    uint64_t last = now_ns();
+    for (unsigned b = 0; b < events / XP_BLOCK; b++) {
+        for (int j = 0; j < XP_METHODS; j++) {
+            int k = (int)((b + (unsigned)j) % XP_METHODS);
+            char c = (char)('0' + k);
+            if (write(p->ctl[1], &c, 1) != 1)
+                return -1;
+            for (int i = 0; i < XP_BLOCK; i++) {
+                while (now_ns() < last + XP_GAP_NS)
+                    ; /* the child is back asleep (busy: no timer slack) */
+                uint64_t t0 = now_ns();
+                if (k == XP_THEUS) {
+                    if (theus_engine_run(e, "xping", NULL) != THEUS_OK)
+                        return -1;
+                    xp_run[idx[k]] = (double)(now_ns() - t0) * 1e-9;
+                } else if (k == XP_PIPE) {
+                    if (write(p->p2c[1], "x", 1) != 1)
+                        return -1;
+                } else {
+                    xp_futex_wake(&m->word);
+                }
+                xp_t0[k][idx[k]++] = (double)t0;
+                if (xp_recv(p->ack[0]) != 0)
+                    return -1;
+                last = now_ns();
+            }
+        }
+    }
+    return 0;
+}
+
+static int scn_signal_xproc(void)
+{
+    const char *scenario = "process.signal_xproc";
+    print_header(scenario, "cpu", "signal wake-up across processes of a shared state: one way");
+    unsigned events = bench.quick ? 200 : XP_EVENTS;
+    char name[64];
+    snprintf(name, sizeof name, "bench-signal-%d", (int)getpid());
+    theus_state *st = NULL;
+    theus_engine *e = NULL;
+    int rc = theus_state_create_shared(name, schema, NULL, NULL, &st);
+    if (rc == THEUS_OK && (rc = theus_engine_create(st, NULL, &e)) != THEUS_OK) {
+        theus_state_destroy(st);
+        st = NULL;
+    }
+    if (rc != THEUS_OK) {
+        note_error(scenario, "creating the shared state and engine: %s (%s)", theus_strerror(rc),
+                   theus_last_error_message());
+        theus_shared_remove(name);
+        return -1;
+    }
+    static const char *const ping_io[] = {"ping"};
+    static const char *xping_fs[2] = {"ping", "xping"};
+    theus_process_def d = {.name = "xping", .body = ping_body, .user = xping_fs,
+                           .outputs = ping_io, .n_outputs = 1};
+    xp_shm *m = mmap(NULL, sizeof *m, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    xp_pipes p;
+    int npipes = 0;
+    int failed = theus_engine_register(e, &d) != THEUS_OK || m == MAP_FAILED;
+    for (; !failed && npipes < 3; npipes++)
+        failed = pipe(npipes == 0 ? p.ctl : npipes == 1 ? p.ack : p.p2c) != 0;
+    pid_t kid = -1;
+    if (!failed) {
+        fflush(NULL);
+        kid = fork();
+        if (kid == 0) {
+            close(p.ctl[1]);
+            close(p.ack[0]);
+            close(p.p2c[1]);
+            _exit(xp_child(name, m, &p));
+        }
+        failed = kid < 0;
+    }
+    if (!failed) {
+        close(p.ctl[0]);
+        close(p.ack[1]);
+        close(p.p2c[0]);
+        p.ctl[0] = p.ack[1] = p.p2c[0] = -1;
+        failed = xp_recv(p.ack[0]) != 0 || xp_drive(e, m, &p, events) != 0;
+        if (failed)
+            note_error(scenario, "the ping-pong failed: %s", theus_last_error_message());
+    } else {
+        note_error(scenario, "setting up: %s", theus_last_error_message());
+    }
+    int status = 0;
+    if (kid > 0) {
+        if (write(p.ctl[1], "q", 1) != 1 || failed)
+            kill(kid, SIGKILL);
+        while (waitpid(kid, &status, 0) < 0 && errno == EINTR)
+            ;
+    }
+    for (int i = 0; i < npipes; i++) {
+        int *fds = i == 0 ? p.ctl : i == 1 ? p.ack : p.p2c;
+        for (int j = 0; j < 2; j++)
+            if (fds[j] >= 0)
+                close(fds[j]);
+    }
+    uint64_t count = 0;
+    theus_engine_signal_count(e, "xping", &count);
+    int child_ok = kid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    note_check(scenario, "wake-ups", !failed && child_ok && count == events &&
+                                         read_i64(st, "ping") == (int64_t)events,
+               "child exit %d, %llu signals for %u events", WIFEXITED(status) ?
+               WEXITSTATUS(status) : -1, (unsigned long long)count, events);
+    static const char *const methods[XP_METHODS] = {"theus.signal_wait", "baseline.pipe",
+                                                    "baseline.futex"};
+    bstats s[XP_METHODS], run;
+    for (int k = 0; k < XP_METHODS && !failed && child_ok; k++) {
+        for (unsigned i = 0; i < events; i++)
+            xp_lat[k][i] = ((double)m->t1[k][i] - xp_t0[k][i]) * 1e-9;
+        stats_compute(xp_lat[k], events, &s[k]);
+        bench_result *r = result_add(scenario, "cpu", "one-way wake-up, 2 processes", methods[k]);
+        if (!r)
+            continue;
+        measurement mm;
+        memset(&mm, 0, sizeof mm);
+        mm.st = s[k];
+        result_set(r, &mm, 0, 1, "wake-up");
+        result_param(r, "events", events);
+        result_param(r, "gap_us", XP_GAP_NS / 1000.0);
+        result_metric(r, "p50_us", 1e6 * s[k].median);
+        result_metric(r, "p99_us", 1e6 * s[k].p99);
+        if (k == XP_THEUS) {
+            stats_compute(xp_run, events, &run);
+            result_metric(r, "run_p50_us", 1e6 * run.median);
+        }
+    }
+    if (!failed && child_ok)
+        printf("  one-way wake-up p50/p99: theus signal %.1f/%.1f us (the run itself %.1f us "
+               "p50), pipe %.1f/%.1f us, raw futex %.1f/%.1f us\n",
+               1e6 * s[0].median, 1e6 * s[0].p99, 1e6 * run.median, 1e6 * s[1].median,
+               1e6 * s[1].p99, 1e6 * s[2].median, 1e6 * s[2].p99);
+    if (m != MAP_FAILED)
+        munmap(m, sizeof *m);
+    theus_engine_destroy(e);
+    theus_state_destroy(st);
+    theus_shared_remove(name); /* gone already unless a child outlived it */
+    return failed || !child_ok ? -1 : 0;
+}
+
 int scn_process(void)
 {
     int rc = scn_overhead();
-    return scn_signal() || rc ? -1 : 0;
+    rc |= scn_signal();
+    return scn_signal_xproc() || rc ? -1 : 0;
 }

@@ -80,8 +80,9 @@ static const scenario scenarios[] = {
      scn_commit_contention, NULL, NULL,
      "no GPU variant (the scenario is about host threads and processes)"},
     {"process", 5, "the process layer: engine overhead per run against a bare theus_tx_run of "
-                "the same body (target <= 1.2x), and signal wake-up latency across threads "
-                "(a commit+signal ping-pong against a condition variable)",
+                "the same body (target <= 1.2x), signal wake-up latency across threads "
+                "(a commit+signal ping-pong against a condition variable) and across processes "
+                "of a shared state (one way, p50/p99, against a pipe and a raw futex)",
      scn_process, NULL, NULL, "no GPU variant (host-side engine and waits)"},
     {"durable", 7, "durability (theus_durable.h): commits/s under each sync policy with 1, 2, 4 "
                 "writers against a write+fdatasync loop; a full checkpoint of 1 GiB against "

@@ -34,6 +34,7 @@ static const theus_backend_iface cuda_iface = {
     .unstage = cuda_unstage,
     .replay = cuda_replay,
     .check = cuda_check,
+    .audit = cuda_audit,
     .device_id = cuda_device_id,
     .stage_batch = cuda_stage_batch,
     .batch_result = cuda_batch_result,

@@ -180,6 +180,8 @@ void cuda_fence_release(void *ctx, void *fence);
 int  cuda_stream_sync(void *ctx, void *stream);
 int  cuda_check(void *ctx, theus_dtype dt, const void *staged, size_t n,
                 const theus_constraints *cons, size_t *bad_index);
+int  cuda_audit(void *ctx, theus_dtype dt, const void *cur, const void *old, size_t n,
+                const backend_audit_rule *rules, size_t nrules, backend_audit_result *out);
 int  cuda_stage_batch(void *ctx, theus_dtype dt, uint64_t nelems, const theus_batch_segment *segs,
                       size_t nsegs, const void *payload, size_t pelems, theus_mem mem,
                       struct seg_summary *sum, size_t *bad, void **staged_segs,

@@ -37,6 +37,34 @@ cudaError_t theus_check_launch(int dtype, const void *buf, uint64_t n,
                                const theus_check_params *p, unsigned long long *d_first,
                                int max_blocks, cudaStream_t stream);
 
+/* ---- the audit's rules (src/process/audit.c) on a device field's values ---------------- */
+#define THEUS_AUDIT_MAX_RULES 8
+
+/* Rules as src/schema.h numbers them: 0 finite, 1 min, 2 max, 3 max_abs, 4 max_change
+ * (|cur - old| <= value; the only rule that reads @old). Every rule compares the element as
+ * a double, NaN breaking every bound — as the host loop (src/backend.c backend_audit). */
+typedef struct theus_audit_params {
+    int32_t nrules;
+    int32_t rule[THEUS_AUDIT_MAX_RULES];
+    double value[THEUS_AUDIT_MAX_RULES];
+} theus_audit_params;
+
+/* What one rule found: elements breaking it, the first of them (UINT64_MAX: none) and its
+ * value. Same layout as src/backend.h's backend_audit_result. */
+typedef struct theus_audit_summary {
+    unsigned long long count;
+    unsigned long long first;
+    double value;
+} theus_audit_summary;
+
+/* Evaluate @p's rules over @n elements of dtype @dtype at device addresses @cur (and @old,
+ * NULL unless a rule is max_change): @d_out (nrules summaries in device memory) is
+ * initialised, filled and its values fetched, all in stream order on @stream. Asynchronous;
+ * returns the launch status (the runtime's error state is cleared on failure). */
+cudaError_t theus_audit_launch(int dtype, const void *cur, const void *old, uint64_t n,
+                               const theus_audit_params *p, theus_audit_summary *d_out,
+                               int max_blocks, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

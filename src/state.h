@@ -13,7 +13,7 @@
 #include <stdatomic.h>
 
 #define THEUS_STATE_MAGIC 0x5355454854ULL /* "THEUS" */
-#define THEUS_LAYOUT_VERSION 3u
+#define THEUS_LAYOUT_VERSION 4u
 
 /* Field table entry: everything about a field that every process must agree on. */
 typedef struct field_desc {

@@ -1,12 +1,14 @@
 /* ThreadSanitizer annotations for the places where theus races on purpose; they compile to
  * nothing unless the build uses -fsanitize=thread (THEUS_SANITIZE=thread).
  *
- * The only such place today is the optimistic read of theus_tx_read: it copies a field and
+ * The first such place is the optimistic read of theus_tx_read: it copies a field and
  * probes the commit log while a commit may be replaying into them, and keeps the copy only
  * when the replay sequence (a seqlock, src/state.c) shows that no replay overlapped it. The
  * torn copies it throws away are data races by the letter of C11 and are reported as such;
  * TSAN_IGNORE_BEGIN/END around that window tell TSan not to record the window's memory
- * accesses. Synchronization (atomics, locks) is still seen, and the writer side is still
+ * accesses. The second place is the whole-state writer (src/durable/stsave.c): it copies
+ * fields to a file while commits go on, and copies again, with commits held, every block
+ * the block map shows written since. Synchronization (atomics, locks) is still seen, and the writer side is still
  * checked against every other access. Do not use them anywhere else without the same kind
  * of argument, written next to the use. */
 #ifndef THEUS_TSAN_ANNOTATE_H

@@ -538,6 +538,86 @@ Test(audit_backend, a_device_field_is_audited_by_its_backend_and_only_summaries_
     st = NULL;
 }
 
+/* On a GPU: the same commits on a host field and on a device field (audited by the CUDA
+ * backend's kernels, kernels/constraints.cu) record the same violations. Skipped without a
+ * GPU (then both fields live in host memory and the host loop runs for both). */
+static const char *gpu_schema_fmt =
+    "{\"fields\": {\"x\": {\"dtype\": \"%s\", \"shape\": [3, 1000], \"placement\": \"%s\","
+    " \"audit\": [{\"rule\": \"min\", \"value\": -50, \"level\": \"C\"},"
+    "   {\"rule\": \"max\", \"value\": 50, \"level\": \"C\"},"
+    "   {\"rule\": \"max_abs\", \"value\": 40, \"level\": \"C\"},"
+    "   {\"rule\": \"max_change\", \"value\": 30, \"level\": \"C\"}%s]}}}";
+
+static size_t gpu_run(const char *dtype, const char *placement, theus_audit_record *out, size_t cap)
+{
+    char json[1024];
+    int is_float = dtype[0] == 'f';
+    snprintf(json, sizeof json, gpu_schema_fmt, dtype, placement,
+             is_float ? ", {\"rule\": \"finite\", \"level\": \"C\"}" : "");
+    theus_state *s = NULL;
+    theus_engine *en = NULL;
+    cr_assert_eq(theus_state_create(json, NULL, &s), THEUS_OK, "%s", theus_last_error_message());
+    cr_assert_eq(theus_engine_create(s, NULL, &en), THEUS_OK);
+    static float fv[3000];
+    static int32_t iv[3000];
+    for (int step = 0; step < 6; step++) {
+        for (int i = 0; i < 3000; i++) {
+            double v = ((i * 37 + step * 11) % 120) - 60 + (step == 3 && i == 2500 ? 0.5 : 0);
+            fv[i] = (float)v;
+            iv[i] = (int32_t)v;
+        }
+        if (is_float && step == 4)
+            fv[1234] = NAN;
+        theus_tx *tx = NULL;
+        cr_assert_eq(theus_tx_begin(s, NULL, &tx), THEUS_OK);
+        theus_region r = {.ndim = 2, .start = {step % 3, 0}, .stop = {3, 1000}};
+        const void *src = is_float ? (const void *)(fv + 1000 * (step % 3))
+                                   : (const void *)(iv + 1000 * (step % 3));
+        int rc = step % 2 ? theus_tx_add(tx, "x", &r, src, THEUS_MEM_HOST)
+                          : theus_tx_write(tx, "x", &r, src, THEUS_MEM_HOST);
+        cr_assert_eq(rc, THEUS_OK);
+        cr_assert_eq(theus_tx_commit(tx, NULL), THEUS_OK, "%s", theus_state_last_error(s));
+    }
+    size_t n = 0;
+    cr_assert_eq(theus_engine_audit_records(en, 0, out, cap, &n), THEUS_OK);
+    theus_engine_destroy(en);
+    theus_state_destroy(s);
+    return n;
+}
+
+static void compare_placements(const char *other)
+{
+    const char *dtypes[] = {"f32", "i32"};
+    for (int t = 0; t < 2; t++) {
+        theus_audit_record h[64], d[64];
+        size_t nh = gpu_run(dtypes[t], "host", h, 64);
+        size_t nd = gpu_run(dtypes[t], other, d, 64);
+        cr_assert_eq(nd, nh, "%s: %zu vs %zu records", dtypes[t], nd, nh);
+        cr_expect_gt(nh, 10, "the plan breaks rules");
+        for (size_t i = 0; i < nh; i++) {
+            cr_expect(h[i].rule == d[i].rule && h[i].index == d[i].index &&
+                          h[i].version == d[i].version &&
+                          (h[i].value == d[i].value || (isnan(h[i].value) && isnan(d[i].value))),
+                      "%s record %zu: rule %d index %llu value %g vs rule %d index %llu value %g",
+                      dtypes[t], i, h[i].rule, (unsigned long long)h[i].index, h[i].value,
+                      d[i].rule, (unsigned long long)d[i].index, d[i].value);
+        }
+    }
+}
+
+Test(audit_gpu, device_fields_record_what_host_fields_record)
+{
+    if (!theus_gpu_available())
+        cr_skip_test("no GPU answers: device fields would live in host memory");
+    compare_placements("device");
+}
+
+/* The harness of the test above, everywhere: a pinned field (host memory: the host loop). */
+Test(audit_gpu, harness_pinned_fields_record_what_host_fields_record)
+{
+    compare_placements("pinned");
+}
+
 /* ---- the log form of audit records --------------------------------------------------------- */
 
 Test(audit_wal, records_encode_and_decode_and_malformed_ones_are_refused)

@@ -7,6 +7,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -525,4 +527,151 @@ Test(durable, crc32c_known_values_and_both_implementations_agree)
         cr_assert_eq(a, b, "length %zu", n);
         cr_assert_eq(crc32c(crc32c(0, buf, n / 3), buf + n / 3, n - n / 3), a, "chained");
     }
+}
+
+Test(durable, crc32c_long_buffers_and_combined_pieces)
+{
+    /* Long enough for the three-stream path (3 x 4 KiB lanes and more), odd offsets. */
+    size_t n = 200000;
+    unsigned char *buf = malloc(n);
+    cr_assert_not_null(buf);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (unsigned char)((i * 2654435761u) >> 13);
+    for (size_t len = 12000; len < n; len += 24571) {
+        size_t off = len % 7;
+        cr_assert_eq(crc32c(0, buf + off, len - off), crc32c_portable(0, buf + off, len - off),
+                     "length %zu", len - off);
+    }
+    for (size_t a = 0; a < n; a += 33331) {
+        size_t b = n - a;
+        uint32_t whole = crc32c(0, buf, n), ca = crc32c(0, buf, a), cb = crc32c(0, buf + a, b);
+        cr_assert_eq(crc32c_combine(ca, cb, b), whole, "split at %zu", a);
+        crc32c_shift op;
+        crc32c_shift_init(&op, b);
+        cr_assert_eq(crc32c_combine_op(&op, ca, cb), whole);
+    }
+    cr_assert_eq(crc32c_combine(0x12345678u, 0, 0), 0x12345678u, "nothing appended");
+    free(buf);
+}
+
+/* ---- a full checkpoint while commits go on ----------------------------------------------- */
+
+/* Every commit writes one row of "big" (host) and of "dev" (device placement: the staged
+ * path) with a new tag, and the tag into rows[row]: a file is a committed version exactly
+ * when every row of both equals its rows[] entry. */
+#define CK_ROWS 2048
+static const char *busy =
+    "{\"name\": \"busy\", \"fields\": {"
+    "\"rows\": {\"dtype\": \"u32\", \"shape\": [2048]},"
+    "\"big\": {\"dtype\": \"f32\", \"shape\": [2048, 1024]},"
+    "\"dev\": {\"dtype\": \"u32\", \"shape\": [2048, 256], \"placement\": \"device\"}}}";
+
+typedef struct busy_writer {
+    theus_state *st;
+    _Atomic int stop;      /* set by the test; by the writer itself after many failures */
+    _Atomic int failures;
+    _Atomic uint64_t commits;
+} busy_writer;
+
+static void *busy_loop(void *arg)
+{
+    busy_writer *w = arg;
+    static float row[1024];
+    static uint32_t drow[256];
+    unsigned rng = 12345;
+    for (uint32_t tag = 1; !atomic_load(&w->stop); tag++) {
+        rng = rng * 1103515245u + 12345u;
+        int64_t r = (int64_t)((rng >> 8) % CK_ROWS);
+        for (int i = 0; i < 1024; i++)
+            row[i] = (float)tag;
+        for (int i = 0; i < 256; i++)
+            drow[i] = tag;
+        theus_region rr = {.ndim = 1, .start = {r}, .stop = {r + 1}};
+        theus_region rb = {.ndim = 2, .start = {r, 0}, .stop = {r + 1, 1024}};
+        theus_region rd = {.ndim = 2, .start = {r, 0}, .stop = {r + 1, 256}};
+        theus_tx *tx = NULL;
+        if (theus_tx_begin(w->st, NULL, &tx) != THEUS_OK ||
+            theus_tx_write(tx, "rows", &rr, &tag, THEUS_MEM_HOST) != THEUS_OK ||
+            theus_tx_write(tx, "big", &rb, row, THEUS_MEM_HOST) != THEUS_OK ||
+            theus_tx_write(tx, "dev", &rd, drow, THEUS_MEM_HOST) != THEUS_OK ||
+            theus_tx_commit(tx, NULL) != THEUS_OK) {
+            theus_tx_abort(tx);
+            if (atomic_fetch_add(&w->failures, 1) > 100)
+                atomic_store(&w->stop, 1);
+            continue;
+        }
+        atomic_fetch_add(&w->commits, 1);
+    }
+    return NULL;
+}
+
+static void check_busy(theus_state *st)
+{
+    static uint32_t rows[CK_ROWS], dev[CK_ROWS * 256];
+    static float big[CK_ROWS * 1024];
+    read_field(st, "rows", rows);
+    read_field(st, "big", big);
+    read_field(st, "dev", dev);
+    for (int r = 0; r < CK_ROWS; r++) {
+        for (int i = 0; i < 1024; i++)
+            cr_assert_eq(big[r * 1024 + i], (float)rows[r], "version %llu: big row %d",
+                         (unsigned long long)theus_state_version(st), r);
+        for (int i = 0; i < 256; i++)
+            cr_assert_eq(dev[r * 256 + i], rows[r], "version %llu: dev row %d",
+                         (unsigned long long)theus_state_version(st), r);
+    }
+}
+
+Test(durable, full_checkpoint_while_committing_is_one_version)
+{
+    theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+    o.sync = THEUS_SYNC_NONE;
+    o.keep_checkpoints = 6;
+    theus_state *st = NULL;
+    cr_assert_eq(theus_state_open_durable(dfx_dir, busy, NULL, &o, &st), THEUS_OK, "%s",
+                 theus_last_error_message());
+    busy_writer w = {.st = st};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, busy_loop, &w), 0);
+    /* However fast this machine is: checkpoints until commits ran during some of them (a
+     * few dozen at most), then the last six are checked. */
+    while (atomic_load(&w.commits) < 20 && !atomic_load(&w.stop))
+        sched_yield();
+    uint64_t versions[6], during = 0;
+    int k = 0;
+    for (; k < 6 || (during < 20 && k < 64); k++) {
+        uint64_t before = theus_state_version(st);
+        int rc = theus_state_checkpoint(st, 0, &versions[k % 6]);
+        cr_assert_eq(rc, THEUS_OK, "checkpoint: %s", theus_last_error_message());
+        during += theus_state_version(st) - before;
+    }
+    /* A save (the same writer) to a file of its own; one that cannot be made fails and
+     * leaves nothing behind. */
+    char saved[600];
+    snprintf(saved, sizeof saved, "%s/saved.safetensors", dfx_root);
+    cr_assert_eq(theus_state_save_safetensors(st, "/nonexistent-dir/x.safetensors"), THEUS_ENOENT);
+    cr_assert_eq(theus_state_save_safetensors(st, saved), THEUS_OK, "%s",
+                 theus_last_error_message());
+    atomic_store(&w.stop, 1);
+    pthread_join(th, NULL);
+    cr_assert_eq(w.failures, 0);
+    cr_log_info("%d checkpoints, %llu commits, %llu of them while checkpoints ran", k,
+                (unsigned long long)atomic_load(&w.commits), (unsigned long long)during);
+    theus_state_destroy(st);
+    /* Each checkpoint alone (its checksums checked on the way) is one committed version. */
+    for (k = 0; k < 6; k++) {
+        theus_state *old = NULL;
+        int rc = theus_state_open_version(dfx_dir, versions[k], &old);
+        cr_assert_eq(rc, THEUS_OK, "open version %llu: %s", (unsigned long long)versions[k],
+                     theus_last_error_message());
+        cr_assert_eq(theus_state_version(old), versions[k]);
+        check_busy(old);
+        theus_state_destroy(old);
+    }
+    theus_state *plain = NULL;
+    cr_assert_eq(theus_state_create(busy, NULL, &plain), THEUS_OK);
+    cr_assert_eq(theus_state_load_safetensors(plain, saved), THEUS_OK, "%s",
+                 theus_last_error_message());
+    check_busy(plain);
+    theus_state_destroy(plain);
 }

@@ -1799,6 +1799,49 @@ static void wait_stopped(pid_t p)
     cr_assert(WIFSTOPPED(status), "child did not stop (status %#x)", status);
 }
 
+/* A child (child_stop_holding) stopped while it holds a lock of a shared state, and the
+ * pipes to it. */
+typedef struct holder {
+    lock_arg a;
+    int up[2], down[2];
+    pid_t pid;
+} holder;
+
+/* Start a child that takes the commit lock (@commit_lock 1) or the hold lock (0) of state
+ * @name; return once it has stopped holding it. */
+static void holder_start(holder *h, const char *name, int commit_lock)
+{
+    cr_assert_eq(pipe(h->up), 0);
+    cr_assert_eq(pipe(h->down), 0);
+    h->a = (lock_arg){name, h->up[1], h->down[0], commit_lock};
+    h->pid = spawn(child_stop_holding, &h->a);
+    cr_assert_eq(recv_byte(h->up[0]), 1);
+    wait_stopped(h->pid);
+}
+
+static void holder_close(holder *h)
+{
+    for (int i = 0; i < 2; i++) {
+        close(h->up[i]);
+        close(h->down[i]);
+    }
+}
+
+/* Tell the (continued) holder to release its lock; it exits 0; close the pipes. */
+static void holder_release(holder *h)
+{
+    send_byte(h->down[1]);
+    cr_assert_eq(wait_code(h->pid), 0);
+    holder_close(h);
+}
+
+/* The last failed call said that a lock holder is stopped. */
+static void assert_says_stopped(void)
+{
+    cr_assert(strstr(theus_last_error_message(), "stopped") != NULL, "%s",
+              theus_last_error_message());
+}
+
 Test(shared, stopped_lock_holders_give_bounded_ebusy)
 {
     short_bound();
@@ -1807,37 +1850,26 @@ Test(shared, stopped_lock_holders_give_bounded_ebusy)
     uname_of(name, sizeof name, "stopped");
     uname_of(dead, sizeof dead, "stopped-dead");
     theus_state *st = create(name, COUNTER_SCHEMA, NULL, NULL);
-    int up[2], down[2];
-    cr_assert_eq(pipe(up), 0);
-    cr_assert_eq(pipe(down), 0);
 
     /* The commit lock's holder stops: a commit gives up with THEUS_EBUSY, state unchanged. */
-    lock_arg a = {name, up[1], down[0], 1};
-    pid_t p = spawn(child_stop_holding, &a);
-    cr_assert_eq(recv_byte(up[0]), 1);
-    wait_stopped(p);
+    holder h;
+    holder_start(&h, name, 1);
     uint64_t v = theus_state_version(st);
     cr_assert_eq(write_i64(st, "x", 1), THEUS_EBUSY);
-    cr_assert(strstr(theus_last_error_message(), "stopped") != NULL, "%s",
-              theus_last_error_message());
+    assert_says_stopped();
     cr_assert_eq(theus_state_version(st), v);
     /* Continued, it releases the lock and commits go on. */
-    kill(p, SIGCONT);
-    send_byte(down[1]);
-    cr_assert_eq(wait_code(p), 0);
+    kill(h.pid, SIGCONT);
+    holder_release(&h);
     cr_assert_eq(write_i64(st, "x", 2), THEUS_OK, "%s", theus_last_error_message());
 
     /* The hold lock's holder stops: open and the sweep give up on this state with
      * THEUS_EBUSY, and the sweep still removes the abandoned state after it. */
-    a.commit_lock = 0;
-    p = spawn(child_stop_holding, &a);
-    cr_assert_eq(recv_byte(up[0]), 1);
-    wait_stopped(p);
+    holder_start(&h, name, 0);
     cr_assert_eq(wait_code(spawn(child_create_and_die, dead)), 128 + SIGKILL);
     theus_state *o = NULL;
     cr_assert_eq(theus_state_open_shared(name, NULL, &o), THEUS_EBUSY);
-    cr_assert(strstr(theus_last_error_message(), "stopped") != NULL, "%s",
-              theus_last_error_message());
+    assert_says_stopped();
     cr_assert_null(o);
     theus_shared_summary info;
     cr_assert_eq(theus_shared_info(name, &info), THEUS_OK, "info never waits");
@@ -1849,8 +1881,9 @@ Test(shared, stopped_lock_holders_give_bounded_ebusy)
     cr_assert(seg_exists(name));
 
     /* Killed while stopped: its robust lock is taken over, its lease reclaimed. */
-    kill(p, SIGKILL);
-    cr_assert_eq(wait_code(p), 128 + SIGKILL);
+    kill(h.pid, SIGKILL);
+    cr_assert_eq(wait_code(h.pid), 128 + SIGKILL);
+    holder_close(&h);
     cr_assert_eq(theus_state_open_shared(name, NULL, &o), THEUS_OK, "%s",
                  theus_last_error_message());
     cr_assert_eq(write_i64(o, "x", 3), THEUS_OK);
@@ -1858,10 +1891,6 @@ Test(shared, stopped_lock_holders_give_bounded_ebusy)
     cleanup_all(&removed);
     cr_assert(seg_exists(name), "a live state survives the clean-up");
     cr_assert_eq(read_i64(st, "x"), 3);
-    close(up[0]);
-    close(up[1]);
-    close(down[0]);
-    close(down[1]);
     finish(st, name);
     sweep_unlock(lk);
 }
@@ -1902,27 +1931,17 @@ Test(shared, live_slow_commit_lock_holder_is_waited_for)
     char name[64];
     uname_of(name, sizeof name, "slow");
     theus_state *st = create(name, COUNTER_SCHEMA, NULL, NULL);
-    int up[2], down[2];
-    cr_assert_eq(pipe(up), 0);
-    cr_assert_eq(pipe(down), 0);
-    lock_arg a = {name, up[1], down[0], 1};
-    pid_t p = spawn(child_stop_holding, &a);
-    cr_assert_eq(recv_byte(up[0]), 1);
-    wait_stopped(p);
-    kill(p, SIGCONT); /* running again, holding the commit lock until told */
+    holder h;
+    holder_start(&h, name, 1);
+    kill(h.pid, SIGCONT); /* running again, holding the commit lock until told */
     slow_arg s = {.st = st};
     pthread_t t;
     cr_assert_eq(pthread_create(&t, NULL, commit_thread, &s), 0);
     while (!atomic_load(&s.tid) || !in_futex(atomic_load(&s.tid)))
         sched_yield(); /* the commit is waiting for the lock */
-    send_byte(down[1]);
+    holder_release(&h);
     cr_assert_eq(pthread_join(t, NULL), 0);
     cr_assert_eq(s.rc, THEUS_OK, "%s: %s", theus_strerror(s.rc), s.msg);
-    cr_assert_eq(wait_code(p), 0);
     cr_assert_eq(read_i64(st, "x"), 9);
-    close(up[0]);
-    close(up[1]);
-    close(down[0]);
-    close(down[1]);
     finish(st, name);
 }

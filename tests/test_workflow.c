@@ -2,13 +2,15 @@
  * through called workflows, and a table of malformed files refused with JSON path, line
  * and column. Rows of issue #11's table: a while loop sees its own writes; conditions are
  * a small expression language (no eval). */
+#include "durable_fixture.h"
 #include "theus/theus_durable.h"
 #include "theus/theus_process.h"
 
 #include <criterion/criterion.h>
-#include <ftw.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static const char *schema =
@@ -17,6 +19,7 @@ static const char *schema =
     "\"hits\":  {\"dtype\": \"i64\", \"shape\": []},"
     "\"loss\":  {\"dtype\": \"f32\", \"shape\": [1]},"
     "\"W\":     {\"dtype\": \"f32\", \"shape\": [2, 3]},"
+    "\"acc\":   {\"dtype\": \"i64\", \"shape\": []},"
     "\"pos\":   {\"dtype\": \"i64\", \"shape\": []}}}";
 
 static theus_state *st;
@@ -59,6 +62,54 @@ static int flaky(theus_run *run, void *user)
     return bump(run, "hits");
 }
 
+/* Where a forked child stops to be killed (the kill tests below): in the body of "acc" at
+ * that step, before its commit, or in an outbox entry of that run, after its commit. */
+typedef struct kill_point {
+    int armed;
+    int64_t step;
+    int after_commit;
+    int report_fd, hold_fd;   /* the child writes one byte to report_fd, then blocks */
+} kill_point;
+static kill_point kp;
+
+static void stop_here(void)
+{
+    char c = 'k';
+    if (write(kp.report_fd, &c, 1) != 1)
+        _exit(4);
+    if (read(kp.hold_fd, &c, 1) <= 0)   /* the parent's end closed: it is gone */
+        _exit(5);
+    _exit(6);
+}
+
+static void stop_after_commit(void *arg, uint64_t version)
+{
+    (void)arg;
+    (void)version;
+    stop_here();
+}
+
+/* acc = 2 acc + 1: a read-modify-write, so that running it twice shows. */
+static int double_acc(theus_run *run, void *user)
+{
+    (void)user;
+    theus_tx *tx = theus_run_tx(run);
+    int64_t acc, step;
+    int rc;
+    if ((rc = theus_tx_read(tx, "acc", NULL, &acc, THEUS_MEM_HOST)) ||
+        (rc = theus_tx_read(tx, "step", NULL, &step, THEUS_MEM_HOST)))
+        return rc;
+    acc = 2 * acc + 1;
+    if ((rc = theus_tx_write(tx, "acc", NULL, &acc, THEUS_MEM_HOST)))
+        return rc;
+    if (kp.armed && step == kp.step) {
+        if (!kp.after_commit)
+            stop_here();
+        return theus_run_outbox(run, stop_after_commit, NULL, NULL);
+    }
+    return THEUS_OK;
+}
+
 static int signal_tick(theus_run *run, void *user)
 {
     (void)user;
@@ -83,6 +134,11 @@ static void register_all(void)
     reg("set_loss", set_loss, NULL, "loss");
     reg("flaky", flaky, NULL, "hits");
     reg("tick", signal_tick, NULL, "hits");
+    static const char *const acc_in[] = {"step"};
+    static const char *const acc_out[] = {"acc"};
+    theus_process_def d = {.name = "acc", .body = double_acc, .inputs = acc_in, .n_inputs = 1,
+                           .outputs = acc_out, .n_outputs = 1};
+    cr_assert_eq(theus_engine_register(eng, &d), THEUS_OK, "%s", theus_state_last_error(st));
 }
 
 static void setup(void)
@@ -398,12 +454,56 @@ Test(workflow, the_position_field_is_checked)
     cr_expect(strstr(theus_state_last_error(st), "no field 'nope'") != NULL);
 }
 
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+/* A failure inside a loop's body, inside an if's branch: the next run resumes at that very
+ * step (ids in pre-order: hit 0, while 1, if 2, acc 3, flaky 4, hit 5, step 6), not at the
+ * top of the loop, and ends where one uninterrupted run ends. */
+static const char *nested =
+    "{\"name\": \"nested\", \"position\": \"pos\", \"steps\": ["
+    "{\"run\": \"hit\"},"
+    "{\"while\": {\"lt\": [\"step\", 3]}, \"do\": ["
+    " {\"if\": {\"ge\": [\"step\", 1]}, \"then\": [{\"run\": \"acc\"}, {\"run\": \"flaky\"}],"
+    "  \"else\": [{\"run\": \"hit\"}]},"
+    " {\"run\": \"step\"}]}]}";
+
+Test(workflow, resumes_inside_nested_blocks_where_it_stopped)
 {
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
+    theus_workflow *wf = load(nested);
+    theus_workflow_report rep;
+    fail_left = 0;
+    cr_assert_eq(theus_workflow_run(wf, &rep), THEUS_OK, "%s", theus_state_last_error(st));
+    const int64_t hits = get("hits"), acc = get("acc"), step = get("step");
+    cr_expect_eq(hits, 4);
+    cr_expect_eq(acc, 3);
+    cr_expect_eq(step, 3);
+    cr_expect_eq(get("pos"), 0);
+    theus_workflow_free(wf);
+    teardown();
+    setup();
+
+    wf = load(nested);
+    fail_left = 1;   /* the first flaky run fails: at step 1, inside the then branch */
+    cr_expect_eq(theus_workflow_run(wf, &rep), FLAKY);
+    cr_expect_str_eq(rep.where, "$.steps[1].do[0].then[1]");
+    cr_expect_eq(get("pos"), 4, "the failed step is where it resumes");
+    cr_expect_eq(get("acc"), 1);
+    cr_expect_eq(theus_workflow_run(wf, &rep), THEUS_OK, "%s", theus_state_last_error(st));
+    cr_expect_eq(rep.resumed_at, 4);
+    cr_expect_eq(get("hits"), hits);
+    cr_expect_eq(get("acc"), acc, "acc did not run again on resume");
+    cr_expect_eq(get("step"), step);
+    cr_expect_eq(get("pos"), 0);
+    theus_workflow_free(wf);
+}
+
+/* The position is committed in the run step's own transaction: one commit per step. */
+Test(workflow, the_position_moves_with_the_steps_own_commit)
+{
+    theus_workflow *wf = load(resumable);
+    uint64_t v0 = theus_state_version(st);
+    cr_assert_eq(theus_workflow_run(wf, NULL), THEUS_OK, "%s", theus_state_last_error(st));
+    cr_expect_eq(theus_state_version(st), v0 + 3, "three steps, three commits");
+    cr_expect_eq(get("pos"), 0);
+    theus_workflow_free(wf);
 }
 
 static void open_durable(const char *dir)
@@ -414,13 +514,10 @@ static void open_durable(const char *dir)
     register_all();
 }
 
-static char durable_dir[64];
-
 static void durable_fini(void)
 {
     teardown();
-    if (durable_dir[0])
-        nftw(durable_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+    dfx_cleanup();
 }
 
 /* A durable state (theus_state_open_durable: log and recovery) closed after a failed step
@@ -428,10 +525,8 @@ static void durable_fini(void)
 Test(workflow_durable, a_recovered_durable_state_resumes_its_workflow, .fini = durable_fini,
      .timeout = 60)
 {
-    snprintf(durable_dir, sizeof durable_dir, "/tmp/theus-wf-durable-XXXXXX");
-    cr_assert_not_null(mkdtemp(durable_dir));
-    char dir[80];
-    snprintf(dir, sizeof dir, "%s/state", durable_dir);
+    cr_assert_eq(dfx_make(NULL, "wf-durable", 0), 0);
+    const char *dir = dfx_dir;
     open_durable(dir);
     theus_workflow *wf = load(resumable);
     fail_left = 1;
@@ -451,4 +546,110 @@ Test(workflow_durable, a_recovered_durable_state_resumes_its_workflow, .fini = d
     cr_expect_eq(get("hits"), 2);
     cr_expect_eq(get("step"), 1);
     theus_workflow_free(wf);
+}
+
+/* ---- killed mid-workflow ---------------------------------------------------------------- */
+
+/* ids: hit 0, while 1, if 2, acc 3, hit 4, acc 5, step 6. */
+static const char *loop_wf =
+    "{\"name\": \"loop\", \"position\": \"pos\", \"steps\": ["
+    "{\"run\": \"hit\"},"
+    "{\"while\": {\"lt\": [\"step\", 4]}, \"do\": ["
+    " {\"if\": {\"ge\": [\"step\", 2]}, \"then\": [{\"run\": \"acc\"}], \"else\": [{\"run\": \"hit\"}]},"
+    " {\"run\": \"acc\"},"
+    " {\"run\": \"step\"}]}]}";
+
+typedef struct kill_case {
+    int64_t step;         /* the step at which the child stops in "acc" */
+    int after_commit;     /* 0: inside the body, before the commit; 1: after it */
+    uint64_t resumed_at;  /* where the recovered run resumes */
+} kill_case;
+
+static const kill_case kill_cases[] = {
+    {0, 1, 6},   /* "acc" of the first turn committed: resume at "step" */
+    {1, 0, 5},   /* killed inside "acc" of the second turn: it runs (once) on resume */
+    {2, 1, 5},   /* the first "acc" of the third turn (then branch) committed */
+    {3, 0, 1},   /* killed inside "acc" of the last turn: resume at the while, its condition */
+};
+
+/* In the child: open the durable state, run the workflow until the kill point stops it.
+ * Exits non-zero (never returns) when anything fails first. */
+static void child_run(const char *dir, int report_fd, int hold_fd, const kill_case *k)
+{
+    kp = (kill_point){.armed = 1, .step = k->step, .after_commit = k->after_commit,
+                      .report_fd = report_fd, .hold_fd = hold_fd};
+    if (theus_state_open_durable(dir, schema, NULL, NULL, &st) != THEUS_OK ||
+        theus_engine_create(st, NULL, &eng) != THEUS_OK)
+        _exit(2);
+    register_all();
+    theus_workflow *wf = NULL;
+    if (theus_workflow_load(eng, loop_wf, &wf) != THEUS_OK)
+        _exit(2);
+    theus_workflow_run(wf, NULL);
+    _exit(3);   /* it ran to the end: the kill point was never reached */
+}
+
+/* A forked child runs the workflow on a durable state and is SIGKILLed at the point it
+ * reports (inside a body, or right after a commit, turn by turn); the state recovered from
+ * the log resumes the workflow at the step after the last one it holds, and ends where one
+ * uninterrupted run ends: no committed step ran twice, none was lost. */
+Test(workflow_durable, killed_mid_workflow_resumes_and_ends_like_one_run, .fini = durable_fini,
+     .timeout = 60)
+{
+    /* The uninterrupted run, on a private state. */
+    setup();
+    theus_workflow *wf = load(loop_wf);
+    cr_assert_eq(theus_workflow_run(wf, NULL), THEUS_OK, "%s", theus_state_last_error(st));
+    const int64_t want_hits = get("hits"), want_acc = get("acc"), want_step = get("step");
+    cr_assert_eq(want_step, 4);
+    theus_workflow_free(wf);
+    teardown();
+    st = NULL;
+    eng = NULL;
+
+    cr_assert_eq(dfx_make(NULL, "wf-kill", 0), 0);
+    for (size_t i = 0; i < sizeof kill_cases / sizeof kill_cases[0]; i++) {
+        const kill_case *k = &kill_cases[i];
+        char dir[300];
+        snprintf(dir, sizeof dir, "%s/state%zu", dfx_root, i);
+        int report[2], hold[2];
+        cr_assert_eq(pipe(report), 0);
+        cr_assert_eq(pipe(hold), 0);
+        pid_t pid = fork();
+        cr_assert(pid >= 0);
+        if (pid == 0) {
+            close(report[0]);
+            close(hold[1]);
+            child_run(dir, report[1], hold[0], k);
+        }
+        close(report[1]);
+        close(hold[0]);
+        char c = 0;
+        ssize_t got = read(report[0], &c, 1);   /* the child is at its kill point */
+        kill(pid, SIGKILL);
+        int status = 0;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        close(report[0]);
+        close(hold[1]);
+        cr_assert_eq(got, 1, "case %zu: the child exited (status %d) before its kill point",
+                     i, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "case %zu", i);
+
+        open_durable(dir);
+        wf = load(loop_wf);
+        theus_workflow_report rep;
+        cr_expect_eq(theus_workflow_run(wf, &rep), THEUS_OK, "case %zu: %s", i,
+                     theus_state_last_error(st));
+        cr_expect_eq(rep.resumed_at, k->resumed_at, "case %zu: resumed at %llu", i,
+                     (unsigned long long)rep.resumed_at);
+        cr_expect_eq(get("hits"), want_hits, "case %zu", i);
+        cr_expect_eq(get("acc"), want_acc, "case %zu: acc %lld, one run gives %lld", i,
+                     (long long)get("acc"), (long long)want_acc);
+        cr_expect_eq(get("step"), want_step, "case %zu", i);
+        cr_expect_eq(get("pos"), 0, "case %zu", i);
+        theus_workflow_free(wf);
+        teardown();
+        st = NULL;
+        eng = NULL;
+    }
 }

@@ -2,7 +2,8 @@
 # meets it (issue 13 item 5).
 #  - theus.pc requires no other pkg-config module and adds no include directory but its own;
 #  - the README's C examples, built from the install with the README's pkg-config recipe
-#    (rpath included) and with find_package(theus), and run;
+#    (rpath included) and with find_package(theus), and run; its C++ example (theus.hpp)
+#    likewise, when there is a C++ compiler;
 #  - theus/dlpack.h beside Debian's libdlpack-dev <dlpack/dlpack.h>, in both include orders.
 stage "packaging: theus.pc, README examples, dlpack.h coexistence"
 (
@@ -33,13 +34,36 @@ stage "packaging: theus.pc, README examples, dlpack.h coexistence"
         echo "-- $(basename "$src") (pkg-config):"
         env -u LD_LIBRARY_PATH "$exe"
     done
+    # The C++ example: the same recipe with the C++ compiler and -std=c++17.
+    cxx_examples=()
+    if command -v "${CXX:-c++}" >/dev/null; then
+        mkdir -p "$out/cpp"
+        mapfile -t cxx_examples < <(python3 .ci/readme_examples.py README.md cpp "$out/cpp")
+        for src in "${cxx_examples[@]}"; do
+            exe=${src%.cpp}_pc
+            # shellcheck disable=SC2046
+            "${CXX:-c++}" -std=c++17 -Wall -Wextra -Werror -pedantic "$src" \
+               $(pkg-config --cflags --libs theus) \
+               -Wl,-rpath,"$(pkg-config --variable=libdir theus)" -o "$exe"
+            echo "-- cpp/$(basename "$src") (pkg-config):"
+            env -u LD_LIBRARY_PATH "$exe"
+        done
+    else
+        echo "-- no C++ compiler (${CXX:-c++}): the README's C++ example is not built"
+    fi
     list=$(IFS=';'; echo "${examples[*]}")
+    cxx_list=$(IFS=';'; echo "${cxx_examples[*]}")
     cmake -S tests/downstream -B "$out/cmake" -DCMAKE_PREFIX_PATH="$prefix" \
-          -DCMAKE_BUILD_TYPE=Release "-DTHEUS_README_EXAMPLES=$list" >/dev/null
+          -DCMAKE_BUILD_TYPE=Release "-DTHEUS_README_EXAMPLES=$list" \
+          "-DTHEUS_README_CXX_EXAMPLES=$cxx_list" >/dev/null
     cmake --build "$out/cmake" -j"$jobs" >/dev/null
     for src in "${examples[@]}"; do
         echo "-- $(basename "$src") (find_package):"
         env -u LD_LIBRARY_PATH "$out/cmake/$(basename "${src%.c}")"
+    done
+    for src in "${cxx_examples[@]}"; do
+        echo "-- cpp/$(basename "$src") (find_package):"
+        env -u LD_LIBRARY_PATH "$out/cmake/$(basename "${src%.cpp}")_cpp"
     done
 
     # Debian's dlpack.h is DLPack 0.6: the old ABI without DLManagedTensorVersioned.

@@ -187,10 +187,17 @@ THEUS_API void theus_engine_resume(theus_engine *e);
  * @brief Queue signal @p name on the run's transaction: it is delivered (its count goes up
  *        by one, waiters wake) after the commit is published, and never when the attempt
  *        aborts, conflicts or is refused.
+ *        On a shared state the delivery is seen by the waiters of every process that has
+ *        it open (docs/processes.md, "Across processes"); when the committing process dies
+ *        inside the commit, the process that finishes the commit delivers the signals.
  * @param run  the run.
  * @param name the signal's name; copied.
  * @return THEUS_OK; THEUS_EINVAL (NULL, empty name, name longer than THEUS_NAME_MAX);
- *         THEUS_EPERM (a pure process); THEUS_ENOMEM.
+ *         THEUS_EPERM (a pure process); THEUS_ENOMEM (out of memory, or — shared state —
+ *         @p name is new and the state's signal table already holds
+ *         THEUS_SHARED_MAX_SIGNALS names, counting the new ones this run queued). On a
+ *         shared state the table can also fill between this call and the commit (another
+ *         handle's new names): the commit is then refused with THEUS_ENOMEM, state unchanged.
  */
 THEUS_API int theus_run_signal(theus_run *run, const char *name);
 
@@ -216,7 +223,8 @@ typedef void (*theus_outbox_drop_fn)(void *arg);
 THEUS_API int theus_run_outbox(theus_run *run, theus_outbox_fn fn, theus_outbox_drop_fn drop,
                                void *arg);
 
-/** @brief How often signal @p name was delivered (0 if never).
+/** @brief How often signal @p name was delivered (0 if never); on a shared state, by the
+ *         commits of every process.
  *  @param[in]  e     the engine.
  *  @param[in]  name  the signal's name; borrowed for the call.
  *  @param[out] count receives the count.
@@ -230,9 +238,14 @@ THEUS_API int theus_engine_signal_count(theus_engine *e, const char *name, uint6
  * @param[in]  after      the count to pass.
  * @param[in]  timeout_ms 0: do not wait (test only); UINT32_MAX: no timeout.
  * @param[out] count      the count seen last; may be NULL.
- * @return THEUS_OK; THEUS_ETIMEDOUT; THEUS_EBUSY (the engine is being destroyed);
- *         THEUS_EINVAL (NULL, empty or too long name).
- * @note Thread-safe; sleeps on a condition variable (no polling).
+ * @return THEUS_OK (also when the count had passed @p after already); THEUS_ETIMEDOUT;
+ *         THEUS_EBUSY (the engine is being destroyed); THEUS_EINVAL (NULL, empty or too
+ *         long name); THEUS_ENOENT (shared state: its name was removed with
+ *         theus_shared_remove, before or during the wait, and the count has not passed
+ *         @p after; the handle itself keeps working). With a message.
+ * @note Thread-safe; no polling. A private state's waiters sleep on a condition variable;
+ *       a shared state's, in any process, on futex words in its segment, woken by the
+ *       commits of every process that has it open (docs/processes.md).
  */
 THEUS_API int theus_engine_wait_signal(theus_engine *e, const char *name, uint64_t after,
                                        uint32_t timeout_ms, uint64_t *count);
@@ -246,7 +259,8 @@ THEUS_API int theus_engine_wait_signal(theus_engine *e, const char *name, uint64
  * @param[in]  timeout_ms as for theus_engine_wait_signal.
  * @param[out] version    the version seen last; may be NULL.
  * @return as theus_engine_wait_signal, plus THEUS_ENOENT for an unknown field.
- * @note Woken by the commits of this process's handle on the state.
+ * @note Private state: woken by the commits of this handle. Shared state: by every commit
+ *       of any process (plain transactions included, engine or not).
  */
 THEUS_API int theus_engine_wait_version(theus_engine *e, const char *field, uint64_t after,
                                         uint32_t timeout_ms, uint64_t *version);
@@ -357,7 +371,8 @@ typedef struct theus_workflow_report {
     uint64_t ops;        /**< steps and loop turns counted against max_ops */
     uint64_t runs;       /**< process runs started (retries included) */
     uint64_t failures;   /**< failed runs (also those passed over by on_error continue) */
-    uint64_t resumed_at; /**< the top-level step the run started at (the "position" field) */
+    uint64_t resumed_at; /**< the step the run started at (the "position" field: steps
+                              numbered in document order, nested ones included; 0: the start) */
     int status;          /**< the status the run returned */
     char where[128];     /**< JSON path of the step that ended it with an error, or "" */
 } theus_workflow_report;
@@ -370,7 +385,8 @@ typedef struct theus_workflow_report {
  * @return THEUS_OK; the status of a failed step (on_error stop or retries spent);
  *         THEUS_EBUSY (max_ops passed, or the engine stopped by a level-S audit rule);
  *         THEUS_EINVAL (recursion through called workflows); THEUS_ENOENT (a called
- *         workflow is not loaded); THEUS_ETIMEDOUT (an await step).
+ *         workflow is not loaded, or an await step on a shared state whose name was removed);
+ *         THEUS_ETIMEDOUT (an await step).
  * @note One thread per workflow at a time; different workflows may run concurrently.
  */
 THEUS_API int theus_workflow_run(theus_workflow *wf, theus_workflow_report *rep);

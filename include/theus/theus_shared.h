@@ -17,6 +17,10 @@ extern "C" {
  *  THEUS_SHARED_NAME_MAX characters from [A-Za-z0-9._-] that does not start with '.' or '-';
  *  anything else is THEUS_EINVAL. Names are per user: two users' "train" never meet. */
 #define THEUS_SHARED_NAME_MAX THEUS_NAME_MAX
+/** Signal names a shared state's signal table holds (theus_run_signal, docs/processes.md):
+ *  a signal is entered at its first delivery and stays; a new name beyond this is refused
+ *  with THEUS_ENOMEM. Private states have no such bound. */
+#define THEUS_SHARED_MAX_SIGNALS 64
 
 /** Options of theus_state_create_shared that only shared states have. Start from
  *  THEUS_SHARED_OPTIONS_INIT. */
@@ -69,7 +73,9 @@ THEUS_API int theus_state_create_shared(const char *name, const char *schema_jso
  * @return THEUS_OK; THEUS_ENOENT when no such state exists (a state whose processes all
  *         died is removed by this call, which then returns THEUS_ENOENT); THEUS_EPERM when
  *         the name is not a regular file (FIFO, directory, symbolic link, socket: refused
- *         at once), or belongs to another user, or its mode is not 0600; THEUS_ECORRUPT for a
+ *         at once), or belongs to another user, or its mode is not 0600, or the state is
+ *         durable (open it with theus_shared_open_durable, theus/theus_durable.h, so that
+ *         this handle's commits are logged too); THEUS_ECORRUPT for a
  *         segment that is not a theus state of this layout version or fails its checksum,
  *         or whose hold lock names a thread that does not exist; THEUS_EBUSY when its hold
  *         lock is held past THEUS_SHARED_WAIT_MS (default 5000 ms) by a live process;

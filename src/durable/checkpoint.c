@@ -1,7 +1,7 @@
-/* Checkpoints of a durable state: full ones (a plain safetensors file of the snapshot) and
- * incremental ones (the blocks the block map says were written since the previous
- * checkpoint), then a fresh log segment, then retention (old checkpoints and the log
- * segments only they needed). Formats: docs/durability.md. */
+/* Checkpoints of a durable state: full ones (a plain safetensors file of one version,
+ * written by stsave.c) and incremental ones (the blocks the block map says were written
+ * since the previous checkpoint), then a fresh log segment, then retention (old
+ * checkpoints and the log segments only they needed). Formats: docs/durability.md. */
 #include "alloc.h"
 #include "durable/durable.h"
 #include "durable/fileio.h"
@@ -77,20 +77,7 @@ static int inc_collect(theus_state *st, uint32_t i, uint64_t base, inc_field *ou
     if (!out->runs || !out->bytes)
         return err_set(st, THEUS_ENOMEM, "checkpoint: out of memory");
     const unsigned char *src = st->data[i];
-    unsigned char *whole = NULL;
-    if (f->placement != THEUS_PLACEMENT_HOST) {
-        /* Device and pinned fields: the whole field to the host first. */
-        if (!(whole = theus_xmalloc(f->nbytes)))
-            return err_set(st, THEUS_ENOMEM, "checkpoint: out of memory");
-        const theus_backend *bk = st->backend[i];
-        int rc = bk->iface->read(bk->ctx, st->data[i], &st->frames[i], (theus_dtype)f->dtype,
-                                 &st->frames[i], whole, THEUS_MEM_HOST);
-        if (rc != THEUS_OK) {
-            theus_xfree(whole);
-            return err_wrap(st, rc, "checkpoint: cannot copy field '%s' to the host", f->name);
-        }
-        src = whole;
-    }
+    const int staged = f->placement != THEUS_PLACEMENT_HOST;
     uint64_t at = 0;
     for (uint64_t b = 0; b < m.nblocks;) {
         if (atomic_load_explicit(&m.v[b], memory_order_relaxed) <= base) {
@@ -103,7 +90,14 @@ static int inc_collect(theus_state *st, uint32_t i, uint64_t base, inc_field *ou
         uint64_t lo = b << m.shift, hi = e << m.shift;
         if (hi > f->nbytes)
             hi = f->nbytes;
-        memcpy(out->bytes + at, src + lo, hi - lo);
+        if (!staged) {
+            memcpy(out->bytes + at, src + lo, hi - lo);
+        } else {
+            /* Device and pinned fields: only the changed runs to the host. */
+            int rc = stfile_read_bytes(st, i, lo, hi, out->bytes + at);
+            if (rc != THEUS_OK)
+                return rc;
+        }
         at += hi - lo;
         out->runs[2 * out->nruns] = b;
         out->runs[2 * out->nruns + 1] = e - b;
@@ -111,7 +105,6 @@ static int inc_collect(theus_state *st, uint32_t i, uint64_t base, inc_field *ou
         b = e;
     }
     out->nbytes = at;
-    theus_xfree(whole);
     return THEUS_OK;
 }
 
@@ -129,7 +122,7 @@ static int write_incremental(theus_state *st, durable *d, uint64_t *version)
     inc_field *inc = theus_xcalloc(nf ? nf : 1, sizeof *inc);
     if (!inc)
         return err_set(st, THEUS_ENOMEM, "checkpoint: out of memory");
-    snapshot s; /* versions only: no bytes are copied for it */
+    snapshot s; /* the versions the file records */
     memset(&s, 0, sizeof s);
     size_t ni = 0;
     int rc = theus_state_hold_commits(st);
@@ -256,6 +249,11 @@ int theus_state_checkpoint(theus_state *st, int incremental, uint64_t *version)
     if (!d || d->read_only)
         return err_set(st, THEUS_EINVAL, "theus_state_checkpoint: not a writable durable state");
     pthread_mutex_lock(&d->ckpt_lock);
+    int rc0 = dur_ckpt_enter(d); /* durable shared states: across processes */
+    if (rc0 != THEUS_OK) {
+        pthread_mutex_unlock(&d->ckpt_lock);
+        return rc0;
+    }
     int inc = incremental && d->last_ckpt && d->chain < MAX_CHAIN;
     uint64_t v = theus_state_version(st);
     int rc = THEUS_OK;
@@ -278,6 +276,7 @@ int theus_state_checkpoint(theus_state *st, int incremental, uint64_t *version)
             retention(d);
         }
     }
+    dur_ckpt_leave(d);
     pthread_mutex_unlock(&d->ckpt_lock);
     if (rc == THEUS_OK && version)
         *version = v;

@@ -135,6 +135,16 @@ int fio_atomic_commit(const theus_state *st, fio_atomic *a)
     return rc;
 }
 
+int fio_atomic_retarget(const theus_state *st, fio_atomic *a, const char *path)
+{
+    char *p = theus_xstrdup(path);
+    if (!p)
+        return err_set(st, THEUS_ENOMEM, "out of memory");
+    theus_xfree(a->final);
+    a->final = p;
+    return THEUS_OK;
+}
+
 void fio_atomic_abort(fio_atomic *a)
 {
     if (a->fd >= 0)

@@ -27,6 +27,10 @@ int fio_atomic_open(const theus_state *st, const char *path, mode_t mode, fio_at
 /* fsync, close, rename over the final path, fsync the directory. On failure the temporary
  * file is removed and the final path is untouched. */
 int fio_atomic_commit(const theus_state *st, fio_atomic *a);
+/* Make @path the final path that fio_atomic_commit renames over (a file named after what
+ * is known only once it is written); the temporary keeps its name. THEUS_OK or
+ * THEUS_ENOMEM (nothing changed). */
+int fio_atomic_retarget(const theus_state *st, fio_atomic *a, const char *path);
 /* Close and remove the temporary file. */
 void fio_atomic_abort(fio_atomic *a);
 

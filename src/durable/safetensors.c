@@ -319,6 +319,14 @@ int st_header_build(const st_out_tensor *t, size_t n, const char *const *meta_ke
                     const char *const *meta_vals, size_t nmeta, unsigned char **out,
                     size_t *outlen, char *err, size_t errlen)
 {
+    return st_header_build_padded(t, n, meta_keys, meta_vals, nmeta, 0, out, outlen, err,
+                                  errlen);
+}
+
+int st_header_build_padded(const st_out_tensor *t, size_t n, const char *const *meta_keys,
+                           const char *const *meta_vals, size_t nmeta, size_t min_len,
+                           unsigned char **out, size_t *outlen, char *err, size_t errlen)
+{
     *out = NULL;
     *outlen = 0;
     int rc = THEUS_ENOMEM;
@@ -365,6 +373,8 @@ int st_header_build(const st_out_tensor *t, size_t n, const char *const *meta_ke
         return fail(err, errlen, THEUS_ENOMEM, "out of memory building a header");
     size_t jl = strlen(text);
     size_t padded = (jl + 7) / 8 * 8;
+    if (min_len > 8 && padded < min_len - 8)
+        padded = (min_len - 8 + 7) / 8 * 8;
     unsigned char *buf = theus_xmalloc(8 + padded);
     if (!buf) {
         free(text);

@@ -68,5 +68,10 @@ typedef struct st_out_tensor {
 int st_header_build(const st_out_tensor *t, size_t n, const char *const *meta_keys,
                     const char *const *meta_vals, size_t nmeta, unsigned char **out,
                     size_t *outlen, char *err, size_t errlen);
+/* The same, padded with more spaces so that the prefix is at least @min_len bytes: a
+ * header reserved before its numbers are known is filled in later at the same size. */
+int st_header_build_padded(const st_out_tensor *t, size_t n, const char *const *meta_keys,
+                           const char *const *meta_vals, size_t nmeta, size_t min_len,
+                           unsigned char **out, size_t *outlen, char *err, size_t errlen);
 
 #endif

@@ -19,15 +19,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* {"tensor": crc32c, ...} of the tensors' bytes (jansson text, theus_xmalloc'd). */
-static char *crc_json(const st_out_tensor *t, const void *const *data, size_t n)
+/* {"tensor": crc32c, ...} of the tensors' checksums (jansson text, theus_xmalloc'd). */
+static char *crc_json(const st_out_tensor *t, const uint32_t *crc, size_t n)
 {
     json_t *o = json_object();
     if (!o)
         return NULL;
     for (size_t i = 0; i < n; i++)
-        json_object_set_new(o, t[i].name,
-                            json_integer(t[i].nbytes ? crc32c(0, data[i], t[i].nbytes) : 0));
+        json_object_set_new(o, t[i].name, json_integer(crc[i]));
     char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
     char *c = text ? theus_xstrdup(text) : NULL;
@@ -35,19 +34,16 @@ static char *crc_json(const st_out_tensor *t, const void *const *data, size_t n)
     return c;
 }
 
-#define STFILE_CHUNK ((uint64_t)32 << 20)
-
-int stfile_write(const theus_state *st, const char *path, mode_t mode, const st_out_tensor *t,
-                 const void *const *data, size_t n, const char *const *mkeys,
-                 const char *const *mvals, size_t nmeta)
+int stfile_prefix(const theus_state *st, const char *path, const st_out_tensor *t,
+                  const uint32_t *crc, size_t n, const char *const *mkeys,
+                  const char *const *mvals, size_t nmeta, size_t min_len,
+                  unsigned char **prefix, size_t *plen)
 {
     char why[256];
-    unsigned char *prefix = NULL;
-    size_t plen = 0;
     const char *keys[16], *vals[16];
     if (nmeta + 1 > 16)
         return err_set(st, THEUS_EINVAL, "'%s': too many metadata keys", path);
-    char *crcs = crc_json(t, data, n);
+    char *crcs = crc_json(t, crc, n);
     if (!crcs)
         return err_set(st, THEUS_ENOMEM, "out of memory writing '%s'", path);
     for (size_t i = 0; i < nmeta; i++) {
@@ -56,10 +52,29 @@ int stfile_write(const theus_state *st, const char *path, mode_t mode, const st_
     }
     keys[nmeta] = STFILE_CRC_KEY;
     vals[nmeta] = crcs;
-    int rc = st_header_build(t, n, keys, vals, nmeta + 1, &prefix, &plen, why, sizeof why);
+    int rc = st_header_build_padded(t, n, keys, vals, nmeta + 1, min_len, prefix, plen, why,
+                                    sizeof why);
     theus_xfree(crcs);
+    return rc == THEUS_OK ? THEUS_OK : err_set(st, rc, "'%s': %s", path, why);
+}
+
+#define STFILE_CHUNK ((uint64_t)32 << 20)
+
+int stfile_write(const theus_state *st, const char *path, mode_t mode, const st_out_tensor *t,
+                 const void *const *data, size_t n, const char *const *mkeys,
+                 const char *const *mvals, size_t nmeta)
+{
+    unsigned char *prefix = NULL;
+    size_t plen = 0;
+    uint32_t *crc = theus_xcalloc(n ? n : 1, sizeof *crc);
+    if (!crc)
+        return err_set(st, THEUS_ENOMEM, "out of memory writing '%s'", path);
+    for (size_t i = 0; i < n; i++)
+        crc[i] = t[i].nbytes ? crc32c(0, data[i], t[i].nbytes) : 0;
+    int rc = stfile_prefix(st, path, t, crc, n, mkeys, mvals, nmeta, 0, &prefix, &plen);
+    theus_xfree(crc);
     if (rc != THEUS_OK)
-        return err_set(st, rc, "'%s': %s", path, why);
+        return rc;
     fio_atomic a;
     rc = fio_atomic_open(st, path, mode, &a);
     if (rc != THEUS_OK) {
@@ -168,47 +183,6 @@ void stfile_meta_free(char *vals[STFILE_NMETA])
         theus_xfree(vals[i]);
         vals[i] = NULL;
     }
-}
-
-int stfile_save_state(theus_state *st, const stfile_target *to, const char *schema_text,
-                      uint64_t *version)
-{
-    snapshot s;
-    int rc = snapshot_take(st, NULL, &s);
-    if (rc != THEUS_OK)
-        return rc;
-    if (version)
-        *version = s.version;
-    char named[STFILE_PATH_MAX];
-    const char *path = to->path;
-    if (!path) {
-        to->name(to->ctx, s.version, named, sizeof named);
-        path = named;
-    }
-    st_out_tensor *t = theus_xcalloc(s.n ? s.n : 1, sizeof *t);
-    const void **data = theus_xcalloc(s.n ? s.n : 1, sizeof *data);
-    const char *keys[STFILE_NMETA];
-    char *vals[STFILE_NMETA] = {0};
-    if (!t || !data) {
-        rc = err_set(st, THEUS_ENOMEM, "out of memory saving '%s'", path);
-        goto done;
-    }
-    for (size_t k = 0; k < s.n; k++) {
-        const field_desc *f = &st->fields[s.f[k].index];
-        t[k] = (st_out_tensor){.name = f->name, .dtype = (theus_dtype)f->dtype,
-                               .ndim = (int)f->ndim, .shape = f->shape, .nbytes = f->nbytes};
-        data[k] = s.f[k].bytes;
-    }
-    rc = stfile_meta(st, &s, schema_text, keys, vals);
-    if (rc == THEUS_OK)
-        rc = stfile_write(st, path, to->mode, t, data, s.n, keys, (const char *const *)vals,
-                          STFILE_NMETA);
-done:
-    stfile_meta_free(vals);
-    theus_xfree(t);
-    theus_xfree(data);
-    snapshot_free(&s);
-    return rc;
 }
 
 int theus_state_save_safetensors(theus_state *st, const char *path)

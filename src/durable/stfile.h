@@ -16,6 +16,15 @@ int stfile_write(const theus_state *st, const char *path, mode_t mode, const st_
                  const void *const *data, size_t n, const char *const *mkeys,
                  const char *const *mvals, size_t nmeta);
 
+/* The file prefix (8-byte length + header JSON) of tensors @t whose checksums are @crc, with
+ * the metadata pairs (at most 15) and STFILE_CRC_KEY, padded to at least @min_len bytes:
+ * *prefix theus_xmalloc'd, *plen its size. THEUS_OK, THEUS_EINVAL, THEUS_ENOMEM (message
+ * names @path). */
+int stfile_prefix(const theus_state *st, const char *path, const st_out_tensor *t,
+                  const uint32_t *crc, size_t n, const char *const *mkeys,
+                  const char *const *mvals, size_t nmeta, size_t min_len,
+                  unsigned char **prefix, size_t *plen);
+
 /* Open @path and parse its header: *fd (the caller closes it) and *h (st_header_free).
  * THEUS_ENOENT, THEUS_EIO, THEUS_ECORRUPT ("'<path>': <reason>"), THEUS_ENOMEM. */
 int stfile_open(const theus_state *st, const char *path, int *fd, st_header *h);
@@ -26,6 +35,12 @@ int stfile_open(const theus_state *st, const char *path, int *fd, st_header *h);
 int stfile_meta(const theus_state *st, const struct snapshot *s, const char *schema_text,
                 const char *keys[STFILE_NMETA], char *vals[STFILE_NMETA]);
 void stfile_meta_free(char *vals[STFILE_NMETA]);
+
+/* Bytes [@lo, @hi) of field @i of @st into host memory @dst through the field's backend
+ * (the device-to-host copy of device fields); both ends multiples of the element size.
+ * The caller keeps commits from writing there if it needs a consistent copy. THEUS_OK or
+ * the backend's error (message set). */
+int stfile_read_bytes(const theus_state *st, uint32_t i, uint64_t lo, uint64_t hi, void *dst);
 
 /* Where stfile_save_state writes: @path, or (@path NULL) the name that @name gives the
  * version written (checkpoint files are named by their version, known only once the
@@ -38,11 +53,15 @@ typedef struct stfile_target {
     mode_t mode;
 } stfile_target;
 
-/* The one writer of whole states: the persisted fields of @st as one committed version (a
- * snapshot) with the theus metadata (@schema_text NULL: the canonical schema), written
+/* The one writer of whole states (stsave.c): the persisted fields of @st as one committed
+ * version with the theus metadata (@schema_text NULL: the canonical schema), written
  * atomically to @to; *@version (if not NULL) gets the version written. Used by
- * theus_state_save_safetensors and by full checkpoints. Errors as snapshot_take and
- * stfile_write; on failure the target path is untouched. */
+ * theus_state_save_safetensors and by full checkpoints. Straight from the fields' memory
+ * (device and pinned fields through double-buffered host staging) while commits go on; at
+ * the end commits are held only while the parts written since it began are copied again.
+ * Thread-safe against commits (not against another save of the same state to the same
+ * path). THEUS_OK, THEUS_EIO, THEUS_ENOMEM, THEUS_EDEVICE, THEUS_EINVAL (messages name the
+ * file); on failure the target path is untouched. */
 int stfile_save_state(theus_state *st, const stfile_target *to, const char *schema_text,
                       uint64_t *version);
 

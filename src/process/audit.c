@@ -132,7 +132,11 @@ static int eval_delta(theus_engine *e, const publish_batch *b, size_t k,
     const theus_backend *be = st->backend[d->field];
     theus_dtype dt = (theus_dtype)f->dtype;
     size_t bytes = d->nelems * theus_dtype_size(dt);
-    const int dev = f->placement == THEUS_PLACEMENT_DEVICE && be->iface->audit;
+    /* (A described batch overlays only into host memory: such a field is read to the host.) */
+    int batch = 0;
+    for (size_t j = 0; j < b->tx->ndeltas; j++)
+        batch |= b->tx->deltas[j].field == d->field && b->tx->deltas[j].batch != NULL;
+    const int dev = f->placement == THEUS_PLACEMENT_DEVICE && be->iface->audit && !batch;
     const theus_mem mem = dev ? THEUS_MEM_DEVICE : THEUS_MEM_HOST;
     void *cur = NULL, *old = NULL;
     int rc = THEUS_OK;

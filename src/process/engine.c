@@ -49,7 +49,7 @@ static int engine_parts_init(theus_engine *e, int *done)
     pthread_mutex_init(&e->pool_mu, NULL);
     pthread_mutex_init(&e->wfs.mu, NULL);
     *done = PART_LOCKS;
-    if (sig_init(&e->sig) != THEUS_OK)
+    if (sig_init(&e->sig, e->st) != THEUS_OK)
         return THEUS_ENOMEM;
     *done = PART_SIGNALS;
     if (outbox_init(&e->ob) != THEUS_OK)
@@ -298,6 +298,13 @@ static int run_attempt(theus_tx *tx, void *user)
     run->attempts++;
     atomic_fetch_add_explicit(&p->attempts, 1, memory_order_relaxed);
     int rc = p->body(run, p->user);
+    if (rc == THEUS_OK && run->extra) {
+        /* The engine's own write, not the process's: outside its contract. */
+        int had = tx->has_contract;
+        tx->has_contract = 0;
+        rc = theus_tx_write(tx, run->extra->field, NULL, run->extra->bytes, THEUS_MEM_HOST);
+        tx->has_contract = had;
+    }
     if (rc == THEUS_OK || rc == THEUS_ECONFLICT || theus_code(rc) || declared(p, rc))
         return rc;
     atomic_fetch_add_explicit(&p->undeclared, 1, memory_order_relaxed);
@@ -305,12 +312,14 @@ static int run_attempt(theus_tx *tx, void *user)
                    "process '%s' returned status %d, which it does not declare", p->name, rc);
 }
 
-int engine_run_proc(theus_engine *e, proc_entry *p, uint64_t *committed_version)
+int engine_run_proc(theus_engine *e, proc_entry *p, const run_extra *extra,
+                    uint64_t *committed_version)
 {
     theus_run run;
     memset(&run, 0, sizeof run);
     run.e = e;
     run.p = p;
+    run.extra = p->kind == THEUS_PROCESS_PURE ? NULL : extra;
     atomic_fetch_add_explicit(&p->runs, 1, memory_order_relaxed);
     theus_retry_options ro = e->opts.retry;
     ro.tx.isolation = p->isolation;
@@ -322,9 +331,9 @@ int engine_run_proc(theus_engine *e, proc_entry *p, uint64_t *committed_version)
     int rc = theus_tx_run(e->st, &ro, run_attempt, &run, &version);
     publish_hook_leave(prev);
     run.tx = NULL;
-    uint64_t extra = run.attempts ? run.attempts - 1 : 0;
-    atomic_fetch_add_explicit(&p->retries, extra, memory_order_relaxed);
-    atomic_fetch_add_explicit(&p->conflicts, extra + (rc == THEUS_EBUSY), memory_order_relaxed);
+    uint64_t extra_attempts = run.attempts ? run.attempts - 1 : 0;
+    atomic_fetch_add_explicit(&p->retries, extra_attempts, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->conflicts, extra_attempts + (rc == THEUS_EBUSY), memory_order_relaxed);
     if (rc != THEUS_OK) {
         outbox_drop_run(&run);
         theus_xfree(run.signals);
@@ -332,9 +341,16 @@ int engine_run_proc(theus_engine *e, proc_entry *p, uint64_t *committed_version)
         return rc;
     }
     if (!run.published) {
-        /* Wrote nothing: no version was published, nothing could refuse it; deliver now. */
+        /* Wrote nothing: no version was published, nothing could refuse it; deliver now
+         * (a shared state's table can be full, or its commit lock out of reach: then the
+         * run fails and its outbox entries are dropped). */
         run.version = version;
-        sig_deliver(e, &run);
+        if ((rc = sig_deliver(e, &run)) != THEUS_OK) {
+            outbox_drop_run(&run);
+            theus_xfree(run.signals);
+            atomic_fetch_add_explicit(&p->failures, 1, memory_order_relaxed);
+            return rc;
+        }
         outbox_publish(e, &run, version);
     }
     theus_xfree(run.signals);
@@ -356,7 +372,7 @@ int theus_engine_run(theus_engine *e, const char *process, uint64_t *committed_v
     proc_entry *p = engine_find(e, process);
     if (!p)
         return err_set(e->st, THEUS_ENOENT, "run: no process '%s' is registered", process);
-    return engine_run_proc(e, p, committed_version);
+    return engine_run_proc(e, p, NULL, committed_version);
 }
 
 /* A pool job: @a the engine, @b the process. */
@@ -367,7 +383,7 @@ static int pool_job(void *a, void *b, uint64_t *version)
     if (atomic_load(&e->stopped))
         return err_set(e->st, THEUS_EBUSY, "run '%s': the engine was stopped by a level-S audit "
                        "rule", p->name);
-    return engine_run_proc(e, p, version);
+    return engine_run_proc(e, p, NULL, version);
 }
 
 int theus_engine_submit(theus_engine *e, const char *process, theus_job **job)
@@ -419,6 +435,8 @@ int theus_run_signal(theus_run *run, const char *name)
     if (run->p->kind == THEUS_PROCESS_PURE)
         return err_set(run->e->st, THEUS_EPERM, "signal '%s': process '%s' is pure", name,
                        run->p->name);
+    if ((rc = sig_check_room(run, name)) != THEUS_OK)
+        return rc;
     if (tx_grow((void **)&run->signals, &run->cap_signals, run->nsignals + 1,
                 sizeof *run->signals))
         return err_set(run->e->st, THEUS_ENOMEM, "signal '%s': out of memory", name);

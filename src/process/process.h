@@ -45,6 +45,7 @@ struct theus_run {
     uint64_t version;
     uint64_t ob_seq;              /* seq of its last outbox entry in the queue; 0: none */
     uint64_t attempts;            /* bodies run for this run */
+    const struct run_extra *extra; /* staged after a body that returned THEUS_OK, or NULL */
 };
 
 /* ---- signals (signal.c) ---------------------------------------------------------------- */
@@ -56,22 +57,37 @@ typedef struct sig_entry {
 typedef struct sig_table {
     pthread_mutex_t mu;
     pthread_cond_t cv;            /* every delivery and every commit broadcast */
-    sig_entry *v;
+    sig_entry *v;                 /* a private state's signals (a shared state's are in its
+                                     segment: shared_signal.h) */
     size_t n, cap;
-    uint32_t waiters;
-    int closing;
+    uint32_t waiters;             /* threads of this engine in a wait */
+    _Atomic int closing;
     pthread_cond_t left;          /* destroy waits here for waiters to leave */
+    theus_state *st;
+    int shared;                   /* st is a shared state: signals and waits go through its
+                                     segment, across processes */
 } sig_table;
 
-int sig_init(sig_table *t);
+int sig_init(sig_table *t, theus_state *st);
 void sig_fini(sig_table *t);
-/* Deliver a run's queued signals and wake waiters (publish step, commit lock held). */
-void sig_deliver(theus_engine *e, const theus_run *run);
+/* Deliver a run's queued signals and wake waiters. Private state: in the publish step
+ * (commit lock held), cannot fail. Shared state: for a run that wrote nothing (takes the
+ * commit lock; THEUS_ENOMEM when the table is full, or the lock's error); a shared state's
+ * commit delivers its signals in the redo path (sig_stage). */
+int sig_deliver(theus_engine *e, const theus_run *run);
+/* Shared state, under the commit lock before the replay: stage the run's signals for the
+ * commit creating @version (THEUS_ENOMEM: the table is full); unstage when it is cancelled.
+ * No-ops for a private state. */
+int sig_stage(theus_engine *e, const theus_run *run, uint64_t version);
+void sig_unstage(theus_engine *e);
 /* Wake version waiters after a commit (publish step). */
 void sig_commit_published(theus_engine *e);
 /* Wake all waiters for good (destroy) and wait until they have left. */
 void sig_close(sig_table *t);
 int sig_check_name(theus_engine *e, const char *name);
+/* theus_run_signal's check that @name fits a shared state's signal table with the names
+ * @run queued already (THEUS_ENOMEM with a message); THEUS_OK for a private state. */
+int sig_check_room(const theus_run *run, const char *name);
 
 /* ---- outbox (outbox.c) ------------------------------------------------------------------ */
 typedef struct outbox_queue {
@@ -171,7 +187,18 @@ struct theus_engine {
 };
 
 proc_entry *engine_find(theus_engine *e, const char *name);
-/* One run of @p (theus_engine_run without the lookup). */
-int engine_run_proc(theus_engine *e, proc_entry *p, uint64_t *committed_version);
+
+/* One write the engine stages in a run's own transaction after its body returned THEUS_OK,
+ * outside the process's contract, so that it commits with the body's writes or not at all:
+ * a workflow's position (workflow.c). @bytes holds the one element of @field. */
+typedef struct run_extra {
+    const char *field;
+    unsigned char bytes[8];
+} run_extra;
+
+/* One run of @p (theus_engine_run without the lookup); @extra may be NULL. A pure process
+ * stages nothing, so @extra must be NULL for one. */
+int engine_run_proc(theus_engine *e, proc_entry *p, const run_extra *extra,
+                    uint64_t *committed_version);
 
 #endif

@@ -3,7 +3,8 @@
  * log writes anything; after publish it keeps its counters and records, and logs them
  * right after the commit's record and before the log's sync), and, in attach order, the
  * signals and outbox entries of the run whose transaction this is, and the version
- * waiters. */
+ * waiters. On a shared state the second one stages the run's signals in the segment
+ * before the replay; the redo path delivers them after publish (shared_signal.h). */
 #include "publish_hook.h"
 #include "error.h"
 
@@ -44,6 +45,21 @@ static void cancel(void *user, const publish_batch *b)
         audit_cancel(user);
 }
 
+/* A shared state's signals are staged in its segment now (the audit accepted the commit)
+ * and delivered by the redo path after publish — also by a process that finishes this
+ * commit if this one dies. THEUS_ENOMEM: the signal table is full. */
+static int stage_signals(void *user, const publish_batch *b)
+{
+    theus_engine *e = user;
+    return b->init ? THEUS_OK : sig_stage(e, run_of(e, b), b->version);
+}
+
+static void unstage_signals(void *user, const publish_batch *b)
+{
+    if (!b->init)
+        sig_unstage(user);
+}
+
 static void audit_after_publish(void *user, const publish_batch *b)
 {
     if (!b->init)
@@ -59,7 +75,8 @@ static void after_publish(void *user, const publish_batch *b)
     if (run) {
         run->published = 1;
         run->version = b->version;
-        sig_deliver(e, run);
+        if (!e->sig.shared)
+            sig_deliver(e, run); /* a shared state's: delivered by the redo path */
         outbox_publish(e, run, b->version);
     }
     sig_commit_published(e);
@@ -73,7 +90,8 @@ int publish_hook_attach(theus_engine *e)
             return err_set(st, THEUS_EBUSY, "theus_engine_create: the state already has an engine");
     publish_listener a = {.prepare = before_replay, .cancel = cancel,
                           .published = audit_after_publish, .user = e};
-    publish_listener l = {.published = after_publish, .user = e};
+    publish_listener l = {.prepare = stage_signals, .cancel = unstage_signals,
+                          .published = after_publish, .user = e};
     int rc = publish_listen_first(st, &a);
     if (rc == THEUS_OK && (rc = publish_listen(st, &l)) != THEUS_OK)
         publish_unlisten(st, e);

@@ -1,17 +1,24 @@
-/* Signals and waits: named counters bumped by published commits, and waiters that sleep on
- * a condition variable (CLOCK_MONOTONIC deadlines) until a signal's count or a version
- * passes a value. Delivery happens in the publish step only, so a refused commit never
- * signals. */
+/* Signals and waits: named counters bumped by published commits, and waiters that sleep
+ * until a signal's count or a version passes a value. Delivery happens in the publish step
+ * only, so a refused commit never signals. A private state keeps its counters here and its
+ * waiters sleep on a condition variable (CLOCK_MONOTONIC deadlines); a shared state keeps
+ * them in its segment and its waiters, in any process, sleep on futex words there
+ * (shared_signal.h): its commits stage their signals before the replay and the redo path
+ * delivers them after publish. */
 #include "process.h"
 #include "alloc.h"
 #include "error.h"
+#include "shared.h"
+#include "shared_signal.h"
 #include <errno.h>
 #include <string.h>
 #include <time.h>
 
-int sig_init(sig_table *t)
+int sig_init(sig_table *t, theus_state *st)
 {
     memset(t, 0, sizeof *t);
+    t->st = st;
+    t->shared = state_pshared(st);
     pthread_condattr_t ca;
     if (pthread_condattr_init(&ca) != 0)
         return THEUS_ENOMEM;
@@ -41,6 +48,10 @@ void sig_close(sig_table *t)
     pthread_mutex_lock(&t->mu);
     t->closing = 1;
     pthread_cond_broadcast(&t->cv);
+    /* This engine's waiters on a shared state sleep on the segment's words: bump them all
+     * (waiters of other processes look again and sleep on). */
+    if (t->shared && t->waiters)
+        shared_signal_wake_all(shared_area_of(t->st));
     while (t->waiters)
         pthread_cond_wait(&t->left, &t->mu);
     pthread_mutex_unlock(&t->mu);
@@ -64,11 +75,50 @@ static sig_entry *find(sig_table *t, const char *name)
     return NULL;
 }
 
-void sig_deliver(theus_engine *e, const theus_run *run)
+int sig_check_room(const theus_run *run, const char *name)
+{
+    theus_state *st = run->e->st;
+    if (!run->e->sig.shared || shared_signal_known(st, name))
+        return THEUS_OK;
+    /* New names: this one and the distinct ones queued before it that the table lacks. */
+    uint32_t fresh = 1;
+    for (size_t i = 0; i < run->nsignals; i++) {
+        if (strcmp(run->signals[i], name) == 0)
+            return THEUS_OK;
+        size_t j = 0;
+        while (j < i && strcmp(run->signals[j], run->signals[i]) != 0)
+            j++;
+        fresh += j == i && !shared_signal_known(st, run->signals[i]);
+    }
+    if (shared_signal_named(st) + fresh > THEUS_SHARED_MAX_SIGNALS)
+        return err_set(st, THEUS_ENOMEM, "signal '%s': the signal table of shared state '%s' "
+                       "is full (%d names, THEUS_SHARED_MAX_SIGNALS)", name,
+                       theus_state_shared_name(st), THEUS_SHARED_MAX_SIGNALS);
+    return THEUS_OK;
+}
+
+int sig_stage(theus_engine *e, const theus_run *run, uint64_t version)
+{
+    if (!e->sig.shared || !run || run->nsignals == 0)
+        return THEUS_OK;
+    return shared_signal_stage(e->st, (const char (*)[THEUS_NAME_MAX + 1])run->signals,
+                               run->nsignals, version);
+}
+
+void sig_unstage(theus_engine *e)
+{
+    if (e->sig.shared)
+        shared_signal_unstage(e->st);
+}
+
+int sig_deliver(theus_engine *e, const theus_run *run)
 {
     sig_table *t = &e->sig;
     if (run->nsignals == 0)
-        return;
+        return THEUS_OK;
+    if (t->shared)
+        return shared_signal_deliver(e->st, (const char (*)[THEUS_NAME_MAX + 1])run->signals,
+                                     run->nsignals);
     pthread_mutex_lock(&t->mu);
     for (size_t i = 0; i < run->nsignals; i++) {
         sig_entry *s = find(t, run->signals[i]);
@@ -85,11 +135,14 @@ void sig_deliver(theus_engine *e, const theus_run *run)
     if (t->waiters)
         pthread_cond_broadcast(&t->cv);
     pthread_mutex_unlock(&t->mu);
+    return THEUS_OK;
 }
 
 void sig_commit_published(theus_engine *e)
 {
     sig_table *t = &e->sig;
+    if (t->shared)
+        return; /* the redo path bumped the segment's version word */
     pthread_mutex_lock(&t->mu);
     if (t->waiters)
         pthread_cond_broadcast(&t->cv);
@@ -103,6 +156,10 @@ int theus_engine_signal_count(theus_engine *e, const char *name, uint64_t *count
     int rc = sig_check_name(e, name);
     if (rc != THEUS_OK)
         return rc;
+    if (e->sig.shared) {
+        *count = shared_signal_count(e->st, name);
+        return THEUS_OK;
+    }
     pthread_mutex_lock(&e->sig.mu);
     sig_entry *s = find(&e->sig, name);
     *count = s ? s->count : 0;
@@ -127,9 +184,56 @@ static uint64_t current(theus_engine *e, const wait_for *w)
     return atomic_load_explicit(&e->st->fields[w->field].version, memory_order_acquire);
 }
 
+/* A shared state: sleep on the segment's futex words, counted among this engine's waiters
+ * (sig_close waits for them to leave). */
+static int wait_shared(theus_engine *e, const wait_for *w, uint64_t after, uint32_t timeout_ms,
+                       uint64_t *seen)
+{
+    sig_table *t = &e->sig;
+    /* Once this waiter has left, theus_engine_destroy may free @e: after that, only the
+     * state (which outlives the engine) is used. */
+    theus_state *st = e->st;
+    uint64_t now = 0;
+    pthread_mutex_lock(&t->mu);
+    int closing = t->closing;
+    if (!closing)
+        t->waiters++;
+    pthread_mutex_unlock(&t->mu);
+    int rc = THEUS_EBUSY;
+    if (!closing) {
+        shared_wait sw = {.signal = w->signal, .field = w->field, .after = after,
+                          .timeout_ns = timeout_ms == UINT32_MAX ? UINT64_MAX
+                                                                 : (uint64_t)timeout_ms * 1000000u,
+                          .closing = &t->closing};
+        rc = shared_signal_wait(st, &sw, &now);
+        pthread_mutex_lock(&t->mu);
+        if (--t->waiters == 0 && t->closing)
+            pthread_cond_broadcast(&t->left);
+        pthread_mutex_unlock(&t->mu);
+    }
+    if (seen)
+        *seen = now;
+    const char *what = w->signal ? "the signal's count" : "the version";
+    switch (rc) {
+    case THEUS_OK:
+        return THEUS_OK;
+    case THEUS_ETIMEDOUT:
+        return err_set(st, rc, "wait: %u ms passed and %s is still %llu", timeout_ms, what,
+                       (unsigned long long)now);
+    case THEUS_ENOENT:
+        return err_set(st, rc, "wait: shared state '%s' was removed (theus_shared_remove) "
+                       "while %s was %llu; its handles still work, its waits end",
+                       theus_state_shared_name(st), what, (unsigned long long)now);
+    default:
+        return err_set(st, THEUS_EBUSY, "wait: the engine is being destroyed");
+    }
+}
+
 static int wait_until(theus_engine *e, const wait_for *w, uint64_t after, uint32_t timeout_ms,
                       uint64_t *seen)
 {
+    if (e->sig.shared)
+        return wait_shared(e, w, after, timeout_ms, seen);
     sig_table *t = &e->sig;
     struct timespec deadline;
     clock_gettime(CLOCK_MONOTONIC, &deadline);

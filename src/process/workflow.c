@@ -15,6 +15,7 @@ enum { ON_STOP, ON_CONTINUE, ON_RETRY };
 
 #define WF_DEFAULT_MAX_OPS 100000u
 #define WF_MAX_CALL_DEPTH 32
+#define WF_NO_RESUME UINT32_MAX
 
 typedef struct wf_step wf_step;
 typedef struct wf_block {
@@ -24,6 +25,9 @@ typedef struct wf_block {
 
 struct wf_step {
     int kind;
+    uint32_t id;               /* pre-order index in its workflow: a value of the position */
+    uint32_t end;              /* one past the last id of its nested steps */
+    uint32_t next;             /* the id that follows it when it succeeds; 0: the end */
     char where[128];           /* JSON path, for reports */
     proc_entry *proc;          /* run, submit */
     int on_error;
@@ -39,7 +43,8 @@ struct theus_workflow {
     theus_engine *e;
     char name[THEUS_NAME_MAX + 1];
     uint64_t max_ops;
-    int position;              /* field that keeps the next top-level step; -1: none */
+    int position;              /* field that keeps the id of the next step; -1: none */
+    uint32_t nsteps;           /* steps, nested ones included */
     wf_block body;
     _Atomic int running;
 };
@@ -279,6 +284,35 @@ static int parse_position(wf_ctx *c, json_t *root, theus_workflow *wf)
     return THEUS_OK;
 }
 
+/* Number the steps in pre-order: these are the values of the position field. */
+static void number_block(wf_block *b, uint32_t *id)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        wf_step *s = &b->v[i];
+        s->id = (*id)++;
+        number_block(&s->then, id);
+        number_block(&s->els, id);
+        s->end = *id;
+    }
+}
+
+/* What follows each step that succeeds: its next sibling, else what follows its block —
+ * a while's body goes back to the while (its condition), an if's branch to what follows
+ * the if, the top level to 0 (the end, which is also the start). */
+static void link_block(wf_block *b, uint32_t after)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        wf_step *s = &b->v[i];
+        s->next = i + 1 < b->n ? b->v[i + 1].id : after;
+        if (s->kind == ST_WHILE)
+            link_block(&s->then, s->id);
+        else if (s->kind == ST_IF) {
+            link_block(&s->then, s->next);
+            link_block(&s->els, s->next);
+        }
+    }
+}
+
 static int parse_root(wf_ctx *c, theus_engine *e, json_t *root, theus_workflow *wf)
 {
     static const char *const keys[] = {"name", "max_ops", "position", "steps", "description",
@@ -302,6 +336,8 @@ static int parse_root(wf_ctx *c, theus_engine *e, json_t *root, theus_workflow *
     if ((rc = wfp_key(c, "steps")) || (rc = parse_block(c, e, steps, &wf->body)))
         return rc;
     wfp_pop(c);
+    number_block(&wf->body, &wf->nsteps);
+    link_block(&wf->body, 0);
     return THEUS_OK;
 }
 
@@ -439,6 +475,9 @@ typedef struct wf_exec {
     size_t ncursors, cap_cursors;
     const theus_workflow *stack[WF_MAX_CALL_DEPTH];
     size_t depth;
+    const theus_workflow *top;   /* the workflow run: its position is kept */
+    uint32_t resume;             /* the step a resume goes to; WF_NO_RESUME: none (or done) */
+    uint64_t pos_last;           /* the position the state holds */
 } wf_exec;
 
 static theus_workflow *find_wf(theus_engine *e, const char *name)
@@ -528,25 +567,128 @@ static int count_op(wf_exec *x, const theus_workflow *wf, const wf_step *s)
     return THEUS_OK;
 }
 
-static int run_step(wf_exec *x, const wf_step *s)
+/* ---- the position ------------------------------------------------------------------------
+ * With "position", the state holds the id of the next step to run (number_block). A run
+ * step commits the id that follows it in its own transaction (run_extra), so a step's
+ * writes and the position move together: a state recovered after any crash resumes at the
+ * first step whose commit it does not hold, and no committed step runs twice. Steps that
+ * commit nothing of their own (a pure run, a failed run passed over by "continue", a call)
+ * move the position with a commit of its own; submit and await steps do not move it (their
+ * runs commit on the pool), so a resume repeats them from the last run step's commit. */
+
+/* The one element of the position field holding @v. */
+static void pos_encode(const theus_workflow *wf, uint64_t v, unsigned char out[8])
+{
+    theus_field_info fi;
+    theus_state_field_info(wf->e->st, wf->e->st->fields[wf->position].name, &fi);
+    memset(out, 0, 8);
+    if (fi.dtype == THEUS_DTYPE_I32 || fi.dtype == THEUS_DTYPE_U32) {
+        uint32_t w = (uint32_t)v;
+        memcpy(out, &w, 4);
+    } else {
+        memcpy(out, &v, 8);
+    }
+}
+
+typedef struct pos_io {
+    const char *field;
+    int write;
+    uint64_t value;
+    unsigned char bytes[8];
+} pos_io;
+
+static int pos_body(theus_tx *tx, void *user)
+{
+    pos_io *p = user;
+    if (p->write)
+        return theus_tx_write(tx, p->field, NULL, p->bytes, THEUS_MEM_HOST);
+    unsigned char buf[8];
+    theus_field_info fi;
+    theus_state_field_info(tx->st, p->field, &fi);
+    int rc = theus_tx_read(tx, p->field, NULL, buf, THEUS_MEM_HOST);
+    if (rc == THEUS_OK) {
+        if (fi.dtype == THEUS_DTYPE_I32 || fi.dtype == THEUS_DTYPE_U32) {
+            int32_t v;
+            memcpy(&v, buf, 4);
+            p->value = fi.dtype == THEUS_DTYPE_I32 && v < 0 ? 0 : (uint64_t)(uint32_t)v;
+        } else {
+            int64_t v;
+            memcpy(&v, buf, 8);
+            p->value = fi.dtype == THEUS_DTYPE_I64 && v < 0 ? 0 : (uint64_t)v;
+        }
+    }
+    return rc;
+}
+
+static int position_read(const theus_workflow *wf, uint64_t *value)
+{
+    theus_state *st = wf->e->st;
+    pos_io p = {.field = st->fields[wf->position].name};
+    int rc = theus_tx_run(st, NULL, pos_body, &p, NULL);
+    *value = p.value;
+    return rc;
+}
+
+/* Whether the position of @x's workflow is kept and @wf is that workflow (the steps of a
+ * called workflow do not move the caller's position). */
+static int pos_kept(const wf_exec *x, const theus_workflow *wf)
+{
+    return x->top == wf && wf->position >= 0;
+}
+
+/* Commit position @v on its own (nothing when the state holds it already). */
+static int pos_commit(wf_exec *x, const theus_workflow *wf, const wf_step *s, uint64_t v)
+{
+    if (!pos_kept(x, wf) || v == x->pos_last)
+        return THEUS_OK;
+    theus_state *st = wf->e->st;
+    pos_io p = {.field = st->fields[wf->position].name, .write = 1};
+    pos_encode(wf, v, p.bytes);
+    int rc = theus_tx_run(st, NULL, pos_body, &p, NULL);
+    if (rc != THEUS_OK)
+        return s ? fail_at(x, s, rc) : rc;
+    x->pos_last = v;
+    return THEUS_OK;
+}
+
+static int run_step(wf_exec *x, const theus_workflow *wf, const wf_step *s)
 {
     int rc = THEUS_OK;
+    run_extra extra, *ex = NULL;
+    if (pos_kept(x, wf) && s->proc->kind == THEUS_PROCESS_EFFECT) {
+        extra.field = wf->e->st->fields[wf->position].name;
+        pos_encode(wf, s->next, extra.bytes);
+        ex = &extra;
+    }
     uint32_t tries = 1 + s->retries;
     for (uint32_t t = 0; t < tries; t++) {
         x->rep->runs++;
-        rc = engine_run_proc(x->e, s->proc, NULL);
-        if (rc == THEUS_OK)
-            return THEUS_OK;
+        rc = engine_run_proc(x->e, s->proc, ex, NULL);
+        if (rc == THEUS_OK) {
+            if (ex) {
+                x->pos_last = s->next;   /* committed with the run */
+                return THEUS_OK;
+            }
+            return pos_commit(x, wf, s, s->next);
+        }
         x->rep->failures++;
         if (atomic_load(&x->e->stopped))
             break;
     }
-    return s->on_error == ON_CONTINUE ? THEUS_OK : fail_at(x, s, rc);
+    return s->on_error == ON_CONTINUE ? pos_commit(x, wf, s, s->next) : fail_at(x, s, rc);
 }
 
 static int exec_block(wf_exec *x, const theus_workflow *wf, const wf_block *b);
 
-static int exec_step(wf_exec *x, const theus_workflow *wf, const wf_step *s)
+/* Whether step id @id is one of the steps of block @b (nested ones included). */
+static int block_holds(const wf_block *b, uint32_t id)
+{
+    return b->n && id >= b->v[0].id && id < b->v[b->n - 1].end;
+}
+
+/* Run step @s. @inside: a resume goes to a step nested in @s (a while's body or an if's
+ * branch): the condition is not evaluated again, the block that holds it runs. */
+static int exec_step(wf_exec *x, const theus_workflow *wf, const wf_step *s, int inside)
 {
     int rc = count_op(x, wf, s);
     if (rc)
@@ -554,7 +696,7 @@ static int exec_step(wf_exec *x, const theus_workflow *wf, const wf_step *s)
     int truth = 0;
     switch (s->kind) {
     case ST_RUN:
-        return run_step(x, s);
+        return run_step(x, wf, s);
     case ST_SUBMIT: {
         if (tx_grow((void **)&x->jobs, &x->cap_jobs, x->njobs + 1, sizeof *x->jobs))
             return fail_at(x, s, err_set(x->e->st, THEUS_ENOMEM, "workflow: out of memory"));
@@ -581,15 +723,20 @@ static int exec_step(wf_exec *x, const theus_workflow *wf, const wf_step *s)
         return THEUS_OK;
     }
     case ST_IF:
-        if ((rc = expr_eval(s->cond, x->e->st, &truth)))
+        if (inside)
+            truth = block_holds(&s->then, x->resume);
+        else if ((rc = expr_eval(s->cond, x->e->st, &truth)))
             return fail_at(x, s, rc);
         return exec_block(x, wf, truth ? &s->then : &s->els);
     case ST_WHILE:
         for (;;) {
-            if ((rc = expr_eval(s->cond, x->e->st, &truth)))
-                return fail_at(x, s, rc);
-            if (!truth)
-                return THEUS_OK;
+            if (!inside) {
+                if ((rc = expr_eval(s->cond, x->e->st, &truth)))
+                    return fail_at(x, s, rc);
+                if (!truth)
+                    return THEUS_OK;
+            }
+            inside = 0;
             if ((rc = exec_block(x, wf, &s->then)))
                 return rc;
             if ((rc = count_op(x, wf, s)))   /* a loop turn */
@@ -600,65 +747,33 @@ static int exec_step(wf_exec *x, const theus_workflow *wf, const wf_step *s)
         if (!callee)
             return fail_at(x, s, err_set(x->e->st, THEUS_ENOENT, "workflow: '%s' is no longer "
                                          "loaded", s->name));
-        return exec_block(x, callee, &callee->body);
+        if ((rc = exec_block(x, callee, &callee->body)))
+            return rc;
+        return pos_commit(x, wf, s, s->next);
     }
     }
 }
 
+/* Run block @b. While a resume is under way (x->resume), the steps before the one it goes
+ * to are passed over, and the step that holds it is entered without its condition. */
 static int exec_block(wf_exec *x, const theus_workflow *wf, const wf_block *b)
 {
     for (size_t i = 0; i < b->n; i++) {
-        int rc = exec_step(x, wf, &b->v[i]);
+        const wf_step *s = &b->v[i];
+        int inside = 0;
+        if (x->resume != WF_NO_RESUME && x->top == wf) {
+            if (x->resume < s->id || x->resume >= s->end)
+                continue;
+            if (x->resume == s->id)
+                x->resume = WF_NO_RESUME;
+            else
+                inside = 1;
+        }
+        int rc = exec_step(x, wf, s, inside);
         if (rc)
             return rc;
     }
     return THEUS_OK;
-}
-
-/* The position field as an integer (dtype_get of its one element). */
-typedef struct pos_io {
-    const char *field;
-    int write;
-    uint64_t value;
-} pos_io;
-
-static int pos_body(theus_tx *tx, void *user)
-{
-    pos_io *p = user;
-    unsigned char buf[8];
-    theus_field_info fi;
-    theus_state_field_info(tx->st, p->field, &fi);
-    if (!p->write) {
-        int rc = theus_tx_read(tx, p->field, NULL, buf, THEUS_MEM_HOST);
-        if (rc == THEUS_OK) {
-            if (fi.dtype == THEUS_DTYPE_I32 || fi.dtype == THEUS_DTYPE_U32) {
-                int32_t v;
-                memcpy(&v, buf, 4);
-                p->value = fi.dtype == THEUS_DTYPE_I32 && v < 0 ? 0 : (uint64_t)(uint32_t)v;
-            } else {
-                int64_t v;
-                memcpy(&v, buf, 8);
-                p->value = fi.dtype == THEUS_DTYPE_I64 && v < 0 ? 0 : (uint64_t)v;
-            }
-        }
-        return rc;
-    }
-    if (fi.dtype == THEUS_DTYPE_I32 || fi.dtype == THEUS_DTYPE_U32) {
-        uint32_t v = (uint32_t)p->value;
-        memcpy(buf, &v, 4);
-    } else {
-        memcpy(buf, &p->value, 8);
-    }
-    return theus_tx_write(tx, p->field, NULL, buf, THEUS_MEM_HOST);
-}
-
-static int position_io(theus_workflow *wf, int write, uint64_t *value)
-{
-    theus_state *st = wf->e->st;
-    pos_io p = {.field = st->fields[wf->position].name, .write = write, .value = *value};
-    int rc = theus_tx_run(st, NULL, pos_body, &p, NULL);
-    *value = p.value;
-    return rc;
 }
 
 int theus_workflow_run(theus_workflow *wf, theus_workflow_report *rep)
@@ -674,23 +789,21 @@ int theus_workflow_run(theus_workflow *wf, theus_workflow_report *rep)
     if (!atomic_compare_exchange_strong(&wf->running, &expected, 1))
         return rep->status = err_set(e->st, THEUS_EBUSY, "workflow '%s' is already running",
                                      wf->name);
-    wf_exec x = {.e = e, .max_ops = wf->max_ops, .rep = rep};
+    wf_exec x = {.e = e, .max_ops = wf->max_ops, .rep = rep, .top = wf,
+                 .resume = WF_NO_RESUME};
     x.stack[x.depth++] = wf;
     int rc = check_calls(&x, wf, &wf->body);
     uint64_t start = 0;
-    if (rc == THEUS_OK && wf->position >= 0 && (rc = position_io(wf, 0, &start)) == THEUS_OK &&
-        start >= wf->body.n)
-        start = 0;   /* a finished run left it there: start over */
-    rep->resumed_at = start;
-    /* The top-level steps, each committing the position of the next one when it is kept,
-     * so that a state saved (or durable) mid-run resumes there; loops resume through their
-     * conditions, which read the state. */
-    for (uint64_t i = start; rc == THEUS_OK && i < wf->body.n; i++) {
-        rc = exec_step(&x, wf, &wf->body.v[i]);
-        uint64_t next = i + 1 < wf->body.n ? i + 1 : 0;
-        if (rc == THEUS_OK && wf->position >= 0 && (rc = position_io(wf, 1, &next)) != THEUS_OK)
-            fail_at(&x, &wf->body.v[i], rc);
+    if (rc == THEUS_OK && wf->position >= 0 && (rc = position_read(wf, &start)) == THEUS_OK) {
+        x.pos_last = start;
+        if (start >= wf->nsteps)
+            start = 0;   /* not one of this workflow's steps: start over */
     }
+    rep->resumed_at = start;
+    if (start)
+        x.resume = (uint32_t)start;
+    if (rc == THEUS_OK)
+        rc = exec_block(&x, wf, &wf->body);
     /* Submitted runs end before the workflow does; the first failure of one whose step
      * stops on error is the workflow's status if nothing failed before. */
     for (size_t i = 0; i < x.njobs; i++) {
@@ -701,6 +814,9 @@ int theus_workflow_run(theus_workflow *wf, theus_workflow_report *rep)
                 rc = fail_at(&x, x.jobs[i].step, jr);
         }
     }
+    /* Done: the next run starts over. */
+    if (rc == THEUS_OK)
+        rc = pos_commit(&x, wf, NULL, 0);
     theus_xfree(x.jobs);
     theus_xfree(x.cursors);
     atomic_store(&wf->running, 0);

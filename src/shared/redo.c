@@ -9,6 +9,7 @@
 #include "gatekeeper.h"
 #include "publish.h"
 #include "redo.h"
+#include "shared_signal.h"
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -123,6 +124,11 @@ static int finish(theus_state *st, redo_record *r)
     if (r->publish)
         publish(st, r);
     state_replay_gate_leave(st);
+    /* The commit's signals (staged before READY), delivered once its version is visible:
+     * here too when a recovering process finishes a dead writer's commit. Before IDLE, so
+     * that a death in between delivers them again (the same counts). */
+    if (r->publish)
+        shared_signal_published(st, r->version);
     fault_point(REDO_POINT_PUBLISHED);
     atomic_store_explicit(&r->status, REDO_IDLE, memory_order_release);
     return THEUS_OK;
@@ -228,8 +234,10 @@ int redo_recover(theus_state *st)
                            "shared state '%s': the redo record of an interrupted commit is "
                            "corrupt; the state cannot be recovered", shared_area_of(st)->name);
         int rc = finish(st, r);
-        if (rc == THEUS_OK)
+        if (rc == THEUS_OK) {
             atomic_fetch_add_explicit(&shared_area_of(st)->recovered, 1, memory_order_relaxed);
+            shared_signal_recover(st);
+        }
         return rc;
     }
     if (status != REDO_IDLE) {
@@ -239,5 +247,13 @@ int redo_recover(theus_state *st)
     /* Nothing replays without a READY record; an odd sequence here is a leftover. */
     if (atomic_load_explicit(&st->hdr->replay_seq, memory_order_relaxed) & 1u)
         state_replay_gate_leave(st);
+    /* Signals staged by a commit that never became READY are dropped; a delivery outside
+     * a commit that its writer left half applied is applied again. */
+    shared_signal_recover(st);
     return THEUS_OK;
+}
+
+int redo_pending(const theus_state *st)
+{
+    return atomic_load_explicit(&record_of(st)->status, memory_order_acquire) == REDO_READY;
 }

@@ -127,6 +127,8 @@ int theus_shared_remove(const char *name)
          * handle on the nameless state, as if it had opened it before the remove. */
         shared_area *a = (shared_area *)(s.base + ((state_header *)s.base)->off_shared);
         atomic_store_explicit(&a->unlinked, 1, memory_order_release);
+        /* Waits on it, in any process, end now (THEUS_ENOENT) rather than at their timeout. */
+        shared_signal_wake_all(a);
         shared_unlink_if_same(segname, &s);
         munmap(s.base, s.size);
         return THEUS_OK;

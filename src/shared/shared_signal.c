@@ -1,0 +1,238 @@
+/* Signals and waits across the processes of a shared state (shared_signal.h). A commit's
+ * signals are staged under the commit lock before its redo record is complete and delivered
+ * after its version is published — by the committing process, or by whoever finishes its
+ * commit from the redo record when it died — so that a refused or dropped commit never
+ * signals and a recovered one signals once (a delivery stores counts computed when staged:
+ * applying it twice is applying it once). Waiters sleep on process-shared futex words and
+ * look again at what they wait for on every wake-up.
+ *
+ * Wake-ups are paid only when someone waits: a writer stores what changed, then (after a
+ * full fence) reads `waiters`; a waiter adds itself to `waiters`, then (after a full fence)
+ * reads the word and what it waits for. Either the writer sees the waiter and bumps and
+ * wakes, or the waiter sees what the writer stored. */
+#include "shared_impl.h"
+#include "error.h"
+#include "theus/theus_process.h"
+#include <string.h>
+
+#define MAXS THEUS_SHARED_MAX_SIGNALS
+
+void (*shared_signal_fault_hook)(int point);
+
+static shared_signal_area *area_of(const theus_state *st)
+{
+    return &shared_area_of(st)->sig;
+}
+
+/* Named slots, bounded by the table (the segment is another process's writing). */
+static uint32_t named(const shared_signal_area *s)
+{
+    uint32_t n = atomic_load(&s->n);
+    return n > MAXS ? MAXS : n;
+}
+
+static int find_in(const shared_signal_area *s, uint32_t n, const char *name)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (strncmp(s->e[i].name, name, sizeof s->e[i].name) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* Bump @word and wake its sleepers when someone may sleep on it. */
+static void wake(const shared_signal_area *s, _Atomic uint32_t *word)
+{
+    if (atomic_load(&s->waiters))
+        state_futex_wake(word, 1);
+}
+
+/* Under the commit lock: stage @names as a delivery of kind @kind for @version. */
+static int stage(theus_state *st, const char (*names)[THEUS_NAME_MAX + 1], size_t n,
+                 uint64_t version, uint32_t kind)
+{
+    shared_signal_area *s = area_of(st);
+    uint32_t cur = named(s), next = cur, ns = 0;
+    atomic_store(&s->staged_state, SIG_STAGED_NONE);
+    for (size_t i = 0; i < n; i++) {
+        int slot = find_in(s, next, names[i]);
+        if (slot < 0) {
+            if (next >= MAXS)
+                return err_set(st, THEUS_ENOMEM, "signal '%s': the signal table of shared state "
+                               "'%s' is full (%d names, THEUS_SHARED_MAX_SIGNALS)", names[i],
+                               shared_area_of(st)->name, MAXS);
+            /* Not named until a delivery moves n over it: no reader looks at it before. */
+            memcpy(s->e[next].name, names[i], sizeof s->e[next].name);
+            s->e[next].name[THEUS_NAME_MAX] = '\0';
+            slot = (int)next++;
+        }
+        uint32_t k = 0;
+        while (k < ns && s->staged[k].slot != (uint32_t)slot)
+            k++;
+        if (k == ns) {
+            s->staged[ns].slot = (uint32_t)slot;
+            s->staged[ns].count = (uint32_t)slot < cur ? atomic_load(&s->e[slot].count) : 0;
+            ns++;
+        }
+        s->staged[k].count++;
+    }
+    s->staged_n = next;
+    s->nstaged = ns;
+    s->staged_version = version;
+    atomic_store(&s->staged_state, kind);
+    return THEUS_OK;
+}
+
+/* Under the commit lock: apply the staged delivery as made by @version, wake its waiters.
+ * Stores only (counts computed when staged): a second application changes nothing. */
+static void apply(shared_signal_area *s, uint64_t version)
+{
+    uint32_t ns = s->nstaged > MAXS ? MAXS : s->nstaged;
+    for (uint32_t k = 0; k < ns; k++) {
+        uint32_t slot = s->staged[k].slot;
+        if (slot >= MAXS)
+            continue;
+        atomic_store(&s->e[slot].last_version, version);
+        atomic_store(&s->e[slot].count, s->staged[k].count);
+        if (k == 0 && shared_signal_fault_hook)
+            shared_signal_fault_hook(SIG_POINT_APPLYING);
+    }
+    int grew = s->staged_n > atomic_load(&s->n) && s->staged_n <= MAXS;
+    if (grew)
+        atomic_store(&s->n, s->staged_n);
+    atomic_thread_fence(memory_order_seq_cst);
+    for (uint32_t k = 0; k < ns; k++)
+        if (s->staged[k].slot < MAXS)
+            wake(s, &s->e[s->staged[k].slot].wake);
+    if (grew)
+        wake(s, &s->table_wake);
+}
+
+int shared_signal_stage(theus_state *st, const char (*names)[THEUS_NAME_MAX + 1], size_t n,
+                        uint64_t version)
+{
+    return n ? stage(st, names, n, version, SIG_STAGED_COMMIT) : THEUS_OK;
+}
+
+void shared_signal_unstage(theus_state *st)
+{
+    atomic_store(&area_of(st)->staged_state, SIG_STAGED_NONE);
+}
+
+void shared_signal_published(theus_state *st, uint64_t version)
+{
+    shared_signal_area *s = area_of(st);
+    if (atomic_load(&s->staged_state) == SIG_STAGED_COMMIT && s->staged_version == version)
+        apply(s, version);
+    atomic_store(&s->staged_state, SIG_STAGED_NONE);
+    atomic_thread_fence(memory_order_seq_cst);
+    wake(s, &s->version_wake);
+}
+
+void shared_signal_recover(theus_state *st)
+{
+    shared_signal_area *s = area_of(st);
+    uint32_t kind = atomic_load(&s->staged_state);
+    if (kind == SIG_STAGED_READY)
+        apply(s, s->staged_version);
+    /* A commit's staging left here was never published: its holder died before its redo
+     * record was complete (or it was refused); it signals nothing. */
+    if (kind != SIG_STAGED_NONE)
+        atomic_store(&s->staged_state, SIG_STAGED_NONE);
+}
+
+int shared_signal_deliver(theus_state *st, const char (*names)[THEUS_NAME_MAX + 1], size_t n)
+{
+    if (!n)
+        return THEUS_OK;
+    int rc = state_lock(st);
+    if (rc != THEUS_OK)
+        return err_wrap(st, rc, "signals of a run that wrote nothing were not delivered");
+    uint64_t version = atomic_load(&st->hdr->version);
+    rc = stage(st, names, n, version, SIG_STAGED_READY);
+    if (rc == THEUS_OK) {
+        apply(area_of(st), version);
+        atomic_store(&area_of(st)->staged_state, SIG_STAGED_NONE);
+    }
+    state_unlock(st);
+    return rc;
+}
+
+int shared_signal_known(const theus_state *st, const char *name)
+{
+    const shared_signal_area *s = area_of(st);
+    return find_in(s, named(s), name) >= 0;
+}
+
+uint32_t shared_signal_named(const theus_state *st)
+{
+    return named(area_of(st));
+}
+
+uint64_t shared_signal_count(const theus_state *st, const char *name)
+{
+    const shared_signal_area *s = area_of(st);
+    int slot = find_in(s, named(s), name);
+    return slot < 0 ? 0 : atomic_load(&s->e[slot].count);
+}
+
+int shared_signal_wait(theus_state *st, const shared_wait *w, uint64_t *seen)
+{
+    shared_area *a = shared_area_of(st);
+    shared_signal_area *s = &a->sig;
+    uint64_t start = state_now_ns();
+    uint64_t deadline = w->timeout_ns > UINT64_MAX - start ? UINT64_MAX : start + w->timeout_ns;
+    atomic_fetch_add(&s->waiters, 1u);
+    atomic_thread_fence(memory_order_seq_cst);
+    int rc;
+    uint64_t cur = 0;
+    for (;;) {
+        _Atomic uint32_t *word;
+        uint32_t before;
+        if (w->signal) {
+            int slot = find_in(s, named(s), w->signal);
+            word = slot >= 0 ? &s->e[slot].wake : &s->table_wake;
+            before = atomic_load(word);
+            if (slot < 0 && find_in(s, named(s), w->signal) >= 0)
+                continue; /* named meanwhile: sleep on its own word */
+            cur = slot >= 0 ? atomic_load(&s->e[slot].count) : 0;
+        } else {
+            word = &s->version_wake;
+            before = atomic_load(word);
+            cur = w->field < 0 ? atomic_load(&st->hdr->version)
+                               : atomic_load(&st->fields[w->field].version);
+        }
+        if (cur > w->after) {
+            rc = THEUS_OK;
+            break;
+        }
+        if (atomic_load(&a->unlinked)) {
+            rc = THEUS_ENOENT;
+            break;
+        }
+        if (w->closing && atomic_load(w->closing)) {
+            rc = THEUS_EBUSY;
+            break;
+        }
+        uint64_t now = state_now_ns();
+        if (now >= deadline) {
+            rc = THEUS_ETIMEDOUT;
+            break;
+        }
+        state_futex_wait(word, before, 1, deadline == UINT64_MAX ? 0 : deadline - now);
+    }
+    atomic_fetch_sub(&s->waiters, 1u);
+    if (seen)
+        *seen = cur;
+    return rc;
+}
+
+void shared_signal_wake_all(shared_area *a)
+{
+    shared_signal_area *s = &a->sig;
+    atomic_thread_fence(memory_order_seq_cst);
+    uint32_t n = named(s);
+    for (uint32_t i = 0; i < n; i++)
+        state_futex_wake(&s->e[i].wake, 1);
+    state_futex_wake(&s->version_wake, 1);
+    state_futex_wake(&s->table_wake, 1);
+}
