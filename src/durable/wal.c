@@ -745,6 +745,15 @@ int wal_append_note(wal *w, const unsigned char *rec, size_t len, int sync)
     if (broken || w->fd < 0)
         return err_set(w->st, THEUS_EIO, "log: an earlier write or sync failed; audit record "
                        "not written");
+    /* A durable shared state: another process may have begun a new segment since this one
+     * last wrote (a refused commit's audit record comes without a prepare of this process). */
+    if (w->sa) {
+        pthread_mutex_lock(&w->m);
+        int rc = follow_segment(w);
+        pthread_mutex_unlock(&w->m);
+        if (rc != THEUS_OK)
+            return rc;
+    }
     /* Records are written at their position (pwrite): the end of the open segment, which
      * for a durable shared state is the shared append position. */
     uint64_t at = w->sa ? w->sa->append_off : w->seg_size;
