@@ -238,6 +238,7 @@ int scn_commit_zerocopy(void);    /* commit.zerocopy: borrowed and multi-region 
 int scn_commit_contention(void);
 int scn_process(void);           /* process.overhead and process.signal */
 int scn_durable(void);           /* durable.commit, durable.checkpoint, durable.recovery */
+int scn_durable_group(void);     /* durable.group: group commit across threads and processes */
 /* The GPU variants are declared in gpu.h. */
 
 #ifdef __cplusplus
