@@ -562,8 +562,8 @@ static int scn_signal_xproc(void)
         }
     }
     if (!failed && child_ok)
-        printf("  one-way wake-up p50/p99: theus signal %.1f/%.1f us (the run itself %.1f us "
-               "p50), pipe %.1f/%.1f us, raw futex %.1f/%.1f us\n",
+        printf("  one-way wake-up p50/p99, us: theus signal %.1f/%.1f (its run %.1f p50), "
+               "pipe %.1f/%.1f, raw futex %.1f/%.1f\n",
                1e6 * s[0].median, 1e6 * s[0].p99, 1e6 * run.median, 1e6 * s[1].median,
                1e6 * s[1].p99, 1e6 * s[2].median, 1e6 * s[2].p99);
     if (m != MAP_FAILED)

@@ -89,6 +89,10 @@ static const scenario scenarios[] = {
                 "write+fsync of 1 GiB and Python safetensors.numpy.save_file; an incremental "
                 "checkpoint of 1%; recovery seconds per GiB of log ($THEUS_BENCH_DIR, /tmp)",
      scn_durable, NULL, NULL, "no GPU variant yet (device fields go through the host copy)"},
+    {"durable.group", 6, "group commit across threads and processes: commits/s with 1, 2, 4, 8 "
+                      "writer threads (private durable state) and writer processes (durable "
+                      "shared state) per sync policy, against one write+fdatasync per commit",
+     scn_durable_group, NULL, NULL, "no GPU variant (host-side log)"},
     {"stage.h2d", 5, "host payloads staged into a device field through theus_tx_write vs "
                   "cudaMemcpy from pageable and from pinned memory (GPU fields)", NULL,
      "not applicable: host fields take payloads without a host-to-device copy",

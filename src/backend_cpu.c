@@ -22,10 +22,13 @@
 
 
 /* Field memory starts on a cache line, so that segments at 64-byte offsets fill whole lines
- * (what streaming stores need, and SIMD likes). The hooks' block is CPU_FIELD_PAD bytes
- * larger; the pointer they returned is kept in the bytes just before the field. */
+ * (what streaming stores need, and SIMD likes); fields from CPU_HUGE_MIN on start on a page,
+ * so that checkpoints can write them to disk directly (O_DIRECT, src/durable/stsave.c).
+ * The hooks' block is CPU_FIELD_PAD bytes larger; the pointer they returned is kept in the
+ * bytes just before the field. */
 #define CPU_FIELD_ALIGN ((uintptr_t)64)
-#define CPU_FIELD_PAD (CPU_FIELD_ALIGN + sizeof(void *))
+#define CPU_PAGE_ALIGN ((uintptr_t)4096)
+#define CPU_FIELD_PAD (CPU_PAGE_ALIGN + sizeof(void *))
 
 static int cpu_alloc(void *ctx, theus_placement pl, size_t nbytes, void **out)
 {
@@ -36,8 +39,8 @@ static int cpu_alloc(void *ctx, theus_placement pl, size_t nbytes, void **out)
     char *raw = theus_xmalloc(nbytes + CPU_FIELD_PAD);
     if (!raw)
         return THEUS_ENOMEM;
-    const uintptr_t at = ((uintptr_t)raw + sizeof(void *) + CPU_FIELD_ALIGN - 1) &
-                         ~(CPU_FIELD_ALIGN - 1);
+    const uintptr_t align = nbytes >= CPU_HUGE_MIN ? CPU_PAGE_ALIGN : CPU_FIELD_ALIGN;
+    const uintptr_t at = ((uintptr_t)raw + sizeof(void *) + align - 1) & ~(align - 1);
     char *p = raw + (at - (uintptr_t)raw);
     memcpy(p - sizeof(void *), &raw, sizeof raw);
     if (nbytes >= CPU_HUGE_MIN)

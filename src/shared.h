@@ -4,8 +4,10 @@
  * protocol that makes commits crash-safe is redo.{c,h}. See docs/sharing.md. */
 #ifndef THEUS_SRC_SHARED_H
 #define THEUS_SRC_SHARED_H
+#include "shared_durable_area.h"
 #include "shared_signal.h"
 #include "state.h"
+#include <sys/types.h>
 
 #define THEUS_SHARED_MAGIC 0x4d48535355454854ULL /* "THEUSSHM" */
 
@@ -45,6 +47,8 @@ typedef struct shared_area {
     _Atomic uint64_t recovered;    /* commits of dead processes finished by others */
     _Atomic uint64_t dropped;      /* commits of dead processes dropped (not READY yet) */
     shared_signal_area sig;        /* signals and waits across processes (shared_signal.h) */
+    shared_durable_area durable;   /* a durable shared state's log (shared_durable_area.h);
+                                      not covered by the checksum */
 } shared_area;
 
 static inline shared_area *shared_area_of(const theus_state *st)
@@ -74,5 +78,28 @@ uint32_t shared_reap(theus_state *st);
  * or not attached is given up on after THEUS_SHARED_WAIT_MS (THEUS_EBUSY or THEUS_ECORRUPT,
  * with a message). A holder that died is taken over (THEUS_OK; redo_recover follows). */
 int shared_commit_lock(theus_state *st);
+
+/* ---- for durable shared states (src/durable/, shared_durable_area.h) ---------------- */
+/* theus_state_create_shared with a hook: @init(st, user) runs on the new state after it is
+ * built and before its name exists (no other process can see it yet); its failure fails
+ * the creation. @sopts may be NULL. */
+struct theus_shared_options;
+typedef int (*shared_init_fn)(theus_state *st, void *user);
+int shared_create(const char *name, const char *schema_json, const theus_state_options *opts,
+                  const struct theus_shared_options *sopts, shared_init_fn init, void *user,
+                  theus_state **out);
+/* theus_state_open_shared; with @durable 0 a durable shared state is refused (THEUS_EPERM:
+ * a handle without the log would commit around it), with 1 any state is opened. */
+int shared_open(const char *name, const char *schema_json, int durable, theus_state **out);
+/* Under the commit lock, after redo recovery: make the log of a durable shared state agree
+ * with the state after a process died appending to it (the invariant in
+ * shared_durable_area.h). THEUS_OK, or THEUS_EIO when the log cannot be cut. */
+int shared_durable_agree(theus_state *st);
+/* (shared_impl.h has these too.) Start time of process @pid plus one, 0 when it is gone;
+ * whether the process @pid with that start time lives; the bound of waits on other
+ * processes (THEUS_SHARED_WAIT_MS, ms). */
+uint64_t shared_proc_start(pid_t pid);
+int shared_proc_alive(int32_t pid, uint64_t start);
+uint64_t shared_wait_bound_ms(void);
 
 #endif

@@ -35,8 +35,9 @@ typedef struct shared_signal_staged {
 enum {
     SIG_STAGED_NONE = 0,
     SIG_STAGED_COMMIT = 1, /* delivered by the commit creating staged_version once it is
-                              published (also by a process finishing it from the redo record);
-                              dropped when that commit is not published */
+                              published (or by the next taker of the commit lock when its
+                              holder died after publishing it, recovery included); dropped
+                              when that commit is not published */
     SIG_STAGED_READY = 2   /* a delivery outside a commit (a run that wrote nothing): complete,
                               applied again by the next taker of the commit lock if its writer
                               died while applying it */
@@ -69,17 +70,28 @@ int shared_signal_stage(struct theus_state *st, const char (*names)[THEUS_NAME_M
                         size_t n, uint64_t version);
 /* Forget what is staged (the commit was cancelled or refused). */
 void shared_signal_unstage(struct theus_state *st);
-/* Version @version is published (redo.c, by the committing process or one finishing its
- * commit): deliver what is staged for it, forget the rest, wake the waiters. Idempotent. */
+/* The commit creating @version is published and the listeners before the engine's have
+ * run (the write-ahead log's sync under THEUS_SYNC_COMMIT): deliver what is staged for it,
+ * forget the rest, wake its waiters. Idempotent. */
 void shared_signal_published(struct theus_state *st, uint64_t version);
-/* At recovery (redo_recover, after a dead holder's READY commit was finished): apply a
- * complete delivery outside a commit again, drop anything else staged. */
+/* A commit published a new version (redo.c, every commit, by the committing process or one
+ * finishing its commit): wake the version waiters. */
+void shared_signal_version_published(struct theus_state *st);
+/* At recovery (redo_recover, after a dead holder's READY commit was finished or its
+ * unfinished one dropped): a commit's staged signals are delivered if its version was
+ * published (the holder died between the publish and the delivery), dropped otherwise; a
+ * complete delivery outside a commit is applied again. */
 void shared_signal_recover(struct theus_state *st);
 /* Deliver @names[0..@n) now, outside a commit (a run that wrote nothing): takes and releases
  * the commit lock. THEUS_OK; THEUS_ENOMEM (table full); the lock's errors (THEUS_EBUSY,
  * THEUS_ECORRUPT). With a message. */
 int shared_signal_deliver(struct theus_state *st, const char (*names)[THEUS_NAME_MAX + 1],
                           size_t n);
+
+/* Fault injection for the tests: when set, called while a delivery is applied, after the
+ * first count was stored and before the rest (the tests kill the process there). */
+enum { SIG_POINT_APPLYING = 1 };
+extern void (*shared_signal_fault_hook)(int point);
 
 /* ---- the reader side: any thread, no lock --------------------------------------------- */
 

@@ -6,6 +6,7 @@
  * suite runs on the CPU path (a device field without a GPU lives in host memory). */
 #include "theus/theus_durable.h"
 #include "theus/theus_process.h"
+#include "theus/theus_shared.h"
 #include "backend.h"
 #include "durable_fixture.h"
 #include "durable/wal_record.h"
@@ -895,4 +896,72 @@ Test(audit_durable, a_torn_audit_record_at_the_tail_is_dropped_like_any_torn_tai
     char want[64];
     snprintf(want, sizeof want, "at byte %llu", (unsigned long long)v.offset[2]);
     cr_expect(strstr(theus_last_error_message(), want) != NULL, "%s", theus_last_error_message());
+}
+
+/* A durable shared state: the audit of one handle logs into the shared log, also after
+ * another handle began a new segment (the refused commit's record goes to the segment the
+ * shared area points at, not to the one this handle wrote last). */
+static char g_shm[64];
+
+static void shm_teardown(void)
+{
+    dur_teardown();
+    theus_shared_remove(g_shm);
+}
+
+static int commit_free(theus_state *s, float v)
+{
+    theus_tx *tx = NULL;
+    int rc = theus_tx_begin(s, NULL, &tx);
+    if (rc == THEUS_OK && (rc = theus_tx_write(tx, "free", NULL, &v, THEUS_MEM_HOST)) != THEUS_OK)
+        theus_tx_abort(tx);
+    return rc == THEUS_OK ? theus_tx_commit(tx, NULL) : rc;
+}
+
+Test(audit_durable, shared_state_logs_into_the_segment_the_shared_area_points_at,
+     .fini = shm_teardown)
+{
+    snprintf(g_shm, sizeof g_shm, "taud-%d", (int)getpid());
+    theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+    o.segment_bytes = 256;   /* every few records a new segment */
+    cr_assert_eq(theus_shared_open_durable(g_shm, dfx_dir, schema, NULL, &o, &st), THEUS_OK,
+                 "%s", theus_last_error_message());
+    theus_state *other = NULL;
+    cr_assert_eq(theus_shared_open_durable(g_shm, dfx_dir, NULL, NULL, &o, &other), THEUS_OK,
+                 "%s", theus_last_error_message());
+    cr_assert_eq(theus_engine_create(st, NULL, &eng), THEUS_OK);
+    static const char *const all[] = {"*"};
+    theus_process_def d = {.name = "put", .body = put_body, .inputs = all, .n_inputs = 1,
+                           .outputs = all, .n_outputs = 1};
+    cr_assert_eq(theus_engine_register(eng, &d), THEUS_OK);
+    cr_expect_eq(put1("a", 11.0), THEUS_ESCHEMA);          /* audit record in segment 1 */
+    for (int i = 0; i < 8; i++)                            /* the other handle rotates */
+        cr_assert_eq(commit_free(other, (float)i), THEUS_OK, "%s", theus_state_last_error(other));
+    uint64_t v = theus_state_version(st);
+    cr_expect_eq(put1("a", 12.0), THEUS_ESCHEMA, "refused after the other handle rotated");
+    plan = (put){.field = "c", .v = {-200}, .n = 1, .at = -1};
+    cr_expect_eq(theus_engine_run(eng, "put", NULL), THEUS_OK, "kept with violations");
+    theus_engine_destroy(eng);
+    eng = NULL;
+    theus_state_destroy(other);
+    theus_state_destroy(st);
+    st = NULL;
+
+    log_view lv;
+    read_log(&lv);
+    /* The newest segment: audit(refused, v+1), commit(v+1), audit(v+1). */
+    cr_assert_geq(lv.n, 3, "%zu records", lv.n);
+    size_t k = lv.n - 3;
+    cr_expect(lv.kind[k] == WAL_KIND_AUDIT && lv.version[k] == v + 1);
+    cr_expect(lv.kind[k + 1] == WAL_KIND_COMMIT && lv.version[k + 1] == v + 1);
+    cr_expect(lv.kind[k + 2] == WAL_KIND_AUDIT && lv.version[k + 2] == v + 1);
+    cr_assert_geq(lv.nent, 3);
+    cr_expect(lv.ent[lv.nent - 3].refused == 1 && lv.ent[lv.nent - 3].value == 12.0);
+    /* Recovery (private, the shared state is gone) accepts every segment. */
+    cr_assert_eq(theus_state_open_durable(dfx_dir, NULL, NULL, NULL, &st), THEUS_OK, "%s",
+                 theus_last_error_message());
+    cr_expect_eq(theus_state_version(st), v + 1);
+    cr_expect_eq(get("c", 1), -200.0);
+    theus_state_destroy(st);
+    st = NULL;
 }

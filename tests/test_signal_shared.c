@@ -2,13 +2,15 @@
  * waits for a signal, a field version or the state version published by its parent's
  * commits; refused, aborted and conflicting attempts signal nothing in any process; a
  * writer killed at every point of its commit signals exactly when its commit was published
- * (by itself, or by the process that finishes it from the redo record); timeouts; the
+ * (by itself, or by the process that finishes it from the redo record); a delivery killed
+ * half applied is completed once by the next taker of the commit lock; timeouts; the
  * name-too-long and table-full errors; waits end when the state is removed or the engine
  * destroyed. Processes synchronise through pipes, waitpid and the segment's waiter count
  * (a yield loop that also watches the child); nothing sleeps and nothing is timed. Child
  * processes never call Criterion's asserts: they report through a pipe and their exit
  * status. Every name is "test_sigshm-<pid>-<tag>" and is removed by the suite's fini. */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -22,12 +24,14 @@
 #include <unistd.h>
 
 #include <theus/theus.h>
+#include <theus/theus_durable.h>
 #include <theus/theus_process.h>
 #include <theus/theus_shared.h>
 
 #include "process/process.h"
 #include "shared.h"
 #include "shared/redo.h"
+#include "shared_signal.h"
 
 static const char *schema =
     "{\"name\": \"sigshm\", \"fields\": {"
@@ -49,6 +53,26 @@ static const char *new_name(const char *tag)
     return g_names[g_nnames++];
 }
 
+static char g_dir[64]; /* a durable test's directory, removed by the fini */
+
+static void rm_tree(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d) {
+        unlink(path);
+        return;
+    }
+    struct dirent *e;
+    char p[512];
+    while ((e = readdir(d)) != NULL)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+            rm_tree(p);
+        }
+    closedir(d);
+    rmdir(path);
+}
+
 static void suite_fini(void)
 {
     for (int i = 0; i < g_nkids; i++) {
@@ -59,6 +83,9 @@ static void suite_fini(void)
     for (int i = 0; i < g_nnames; i++)
         theus_shared_remove(g_names[i]); /* THEUS_ENOENT when the test removed it */
     g_nnames = 0;
+    if (g_dir[0])
+        rm_tree(g_dir);
+    g_dir[0] = '\0';
 }
 
 TestSuite(signal_shared, .fini = suite_fini);
@@ -457,6 +484,16 @@ static int many(theus_run *run, void *user)
     return rc;
 }
 
+/* As many, without writing anything. */
+static int quiet_pair(theus_run *run, void *user)
+{
+    (void)user;
+    int rc = THEUS_OK;
+    for (int i = g_from; rc == THEUS_OK && i < g_to; i++)
+        rc = theus_run_signal(run, g_many[i]);
+    return rc;
+}
+
 /* Queues a new name while there is room, then lets another handle take the last slot. */
 static int late(theus_run *run, void *user)
 {
@@ -680,7 +717,7 @@ Test(signal_shared, a_writer_killed_in_its_commit_signals_exactly_when_it_publis
         {REDO_POINT_READY, 1},     /* READY: the next lock taker finishes it and signals */
         {REDO_POINT_REPLAYING, 1},
         {REDO_POINT_APPLIED, 1},
-        {REDO_POINT_PUBLISHED, 1}, /* signalled already: finishing it again adds nothing */
+        {REDO_POINT_PUBLISHED, 1}, /* published, not signalled: the next taker signals */
     };
     uint64_t expect = 0;
     int64_t n = 0;
@@ -693,10 +730,8 @@ Test(signal_shared, a_writer_killed_in_its_commit_signals_exactly_when_it_publis
         /* What the dead writer left is finished (or dropped) by the next taker of the
          * commit lock: here a plain transaction, with no signals of its own. */
         uint64_t seen = 0;
-        int before = g_point == REDO_POINT_PUBLISHED;
-        cr_expect_eq(theus_engine_wait_signal(e, "crash", expect, 0, &seen),
-                     before ? THEUS_OK : THEUS_ETIMEDOUT,
-                     "point %d: delivered before the death only once published", g_point);
+        cr_expect_eq(theus_engine_wait_signal(e, "crash", expect, 0, &seen), THEUS_ETIMEDOUT,
+                     "point %d: nothing delivered before the recovery", g_point);
         float x = (float)i;
         theus_tx *tx = NULL;
         cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
@@ -712,6 +747,121 @@ Test(signal_shared, a_writer_killed_in_its_commit_signals_exactly_when_it_publis
         const shared_signal_area *s = &shared_area_of(st)->sig;
         cr_expect_eq(atomic_load(&s->staged_state), SIG_STAGED_NONE, "point %d", g_point);
     }
+    theus_engine_destroy(e);
+    theus_state_destroy(st);
+}
+
+/* A delivery killed half applied (one count stored, the other not): outside a commit (a run
+ * that wrote nothing) and inside one. The next taker of the commit lock applies it again,
+ * whole, and nothing is counted twice. */
+static void crash_applying(int point)
+{
+    if (point == SIG_POINT_APPLYING)
+        raise(SIGKILL);
+}
+
+static int child_half_delivery(int fd, void *arg)
+{
+    (void)fd;
+    const char *const *a = arg; /* name, process */
+    theus_state *st = NULL;
+    theus_engine *e = NULL;
+    if (theus_state_open_shared(a[0], NULL, &st) != THEUS_OK ||
+        theus_engine_create(st, NULL, &e) != THEUS_OK)
+        return 10;
+    theus_process_def d = {.name = "pair", .body = many, .inputs = g_io + 2, .n_inputs = 1,
+                           .outputs = g_io + 2, .n_outputs = 1};
+    if (strcmp(a[1], "quiet") == 0) {
+        d.name = "quiet";
+        d.body = quiet_pair;
+    }
+    if (theus_engine_register(e, &d) != THEUS_OK)
+        return 11;
+    snprintf(g_many[0], sizeof g_many[0], "half-a");
+    snprintf(g_many[1], sizeof g_many[1], "half-b");
+    g_from = 0;
+    g_to = 2;
+    shared_signal_fault_hook = crash_applying;
+    theus_engine_run(e, d.name, NULL);
+    return 12; /* the hook should have killed this process */
+}
+
+Test(signal_shared, a_delivery_killed_half_applied_is_completed_once)
+{
+    theus_engine *e = NULL;
+    const char *name = new_name("half");
+    theus_state *st = create(name, &e);
+    const char *procs[2] = {"quiet", "pair"}; /* writes nothing; commits an ADD */
+    for (int i = 0; i < 2; i++) {
+        const char *arg[2] = {name, procs[i]};
+        int fd;
+        pid_t kid = spawn(child_half_delivery, arg, &fd);
+        cr_assert_eq(reap(kid), 128 + SIGKILL, "%s", procs[i]);
+        close(fd);
+        /* The first time the names are new: not visible until the delivery names them
+         * (after every count), so nothing shows; the second time one count moved. */
+        cr_expect_eq(count_of(e, "half-a") + count_of(e, "half-b"), (uint64_t)(i ? 3 : 0),
+                     "%s: half applied before the recovery", procs[i]);
+        theus_tx *tx = NULL;
+        float x = 1.0f;
+        cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+        cr_assert_eq(theus_tx_write(tx, "x", NULL, &x, THEUS_MEM_HOST), THEUS_OK);
+        cr_assert_eq(theus_tx_commit(tx, NULL), THEUS_OK, "%s", theus_state_last_error(st));
+        cr_expect_eq(count_of(e, "half-a"), (uint64_t)(i + 1), "%s", procs[i]);
+        cr_expect_eq(count_of(e, "half-b"), (uint64_t)(i + 1), "%s", procs[i]);
+        cr_expect_eq(read_n(st), i, "%s: the commit's ADD is there once", procs[i]);
+    }
+    theus_engine_destroy(e);
+    theus_state_destroy(st);
+}
+
+/* A durable shared state (every commit logged in one directory): the same cross-process
+ * signals, delivered by the engine's listener after the log's (THEUS_SYNC_COMMIT: after
+ * the record's fdatasync). */
+static int child_wait_durable(int fd, void *arg)
+{
+    const wait_job *j = arg;
+    theus_state *st = NULL;
+    theus_engine *e = NULL;
+    if (theus_shared_open_durable(j->name, g_dir, NULL, NULL, NULL, &st) != THEUS_OK)
+        return 10;
+    if (theus_engine_create(st, NULL, &e) != THEUS_OK)
+        return 11;
+    uint64_t seen = 0;
+    int rc = theus_engine_wait_signal(e, j->signal, j->after, j->timeout_ms, &seen);
+    if (child_report(fd, st, rc, seen, 0))
+        return 12;
+    theus_engine_destroy(e);
+    theus_state_destroy(st);
+    return 0;
+}
+
+Test(signal_shared, a_durable_shared_state_signals_across_processes)
+{
+    snprintf(g_dir, sizeof g_dir, "/tmp/theus-test-sigshm-XXXXXX");
+    cr_assert_not_null(mkdtemp(g_dir));
+    const char *name = new_name("durable");
+    theus_state *st = NULL;
+    theus_engine *e = NULL;
+    cr_assert_eq(theus_shared_open_durable(name, g_dir, schema, NULL, NULL, &st), THEUS_OK, "%s",
+                 theus_last_error_message());
+    cr_assert_eq(theus_engine_create(st, NULL, &e), THEUS_OK);
+    register_procs(e);
+    g_st = st;
+    g_plan = (plan){.x = 4.0f, .y = 0.5f, .signal = "go"};
+    wait_job j = {.name = name, .signal = "go", .timeout_ms = CHILD_TIMEOUT_MS};
+    int fd;
+    pid_t kid = spawn(child_wait_durable, &j, &fd);
+    until_waiting(st, 1, kid);
+    uint64_t v = 0;
+    cr_assert_eq(theus_engine_run(e, "emit", &v), THEUS_OK, "%s", theus_state_last_error(st));
+    report r = read_report(fd);
+    cr_expect_eq(r.rc, THEUS_OK, "%s", r.msg);
+    cr_expect_eq(r.seen, 1);
+    cr_expect_geq(r.version, v);
+    cr_expect_eq(r.x, 4.0f);
+    cr_expect_eq(reap(kid), 0);
+    close(fd);
     theus_engine_destroy(e);
     theus_state_destroy(st);
 }

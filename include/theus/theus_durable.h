@@ -61,7 +61,8 @@ typedef struct theus_durable_options {
  *         belongs to another user, or is writable by group or others); THEUS_EINVAL (NULL
  *         arguments, bad options, @p dir not a directory, creating without a schema);
  *         THEUS_EIO; THEUS_ENOMEM; the codes of theus_state_create.
- * @note One process opens a directory at a time (it is locked; THEUS_EBUSY otherwise). Every
+ * @note One process opens a directory at a time (it is locked; THEUS_EBUSY otherwise, also
+ *       while a durable shared state uses it: theus_shared_open_durable). Every
  *       commit then writes a log record before it returns; with THEUS_SYNC_COMMIT/GROUP a
  *       commit that returns THEUS_EIO is published in memory but not durable, and the state
  *       refuses further commits. Thread-safe as any state.
@@ -69,6 +70,44 @@ typedef struct theus_durable_options {
 THEUS_API int theus_state_open_durable(const char *dir, const char *schema_json,
                                        const theus_state_options *opts,
                                        const theus_durable_options *dopts, theus_state **out);
+
+/**
+ * @brief Open a durable SHARED state: shared under @p name between processes of this user
+ *        (theus/theus_shared.h), logged in directory @p dir by every process that commits.
+ * @param[in] name        the shared name (as theus_state_create_shared); borrowed.
+ * @param[in] dir         the durable directory (as theus_state_open_durable); borrowed.
+ *                        When no live shared state has @p name, it is created from @p dir:
+ *                        created empty (with @p schema_json) or recovered (newest checkpoint +
+ *                        log). When one lives, this process joins it and appends to the same
+ *                        log; @p dir must then be the directory it was created from.
+ * @param[in] schema_json the schema (needed to create in an empty directory); otherwise NULL,
+ *                        or equal to the stored one (compared field by field).
+ * @param[in] opts        state options of a state created here (NULL: defaults); a joining
+ *                        process uses the creator's.
+ * @param[in] dopts       durability options of this process's handle, or NULL (defaults):
+ *                        @c sync and @c group_window_us are this handle's (processes may
+ *                        differ); @c segment_bytes is the creator's for everyone;
+ *                        @c keep_checkpoints applies to this handle's checkpoints.
+ * @param[out] out        the handle (theus_state_destroy detaches it and closes its log; the
+ *                        segment goes when the last process leaves), or NULL on failure.
+ * @return THEUS_OK; THEUS_EINVAL (NULL or bad arguments and options; a live shared state
+ *         @p name that is not durable, or durable in another directory: the message names
+ *         it); THEUS_EBUSY (@p dir is in use by a private durable state, by the processes of
+ *         a shared state of another name, or is being turned into shared state @p name by
+ *         another process at this moment — retry); THEUS_EPERM, THEUS_ECORRUPT, THEUS_ESCHEMA,
+ *         THEUS_EIO, THEUS_ENOMEM as theus_state_open_durable; the codes of
+ *         theus_state_create_shared and theus_state_open_shared.
+ * @note Every commit of any process appends its record under the commit lock; a process
+ *       killed at any instant leaves log and state agreeing (docs/durability.md, "Durable
+ *       shared states"). THEUS_SYNC_GROUP shares fdatasyncs across the threads and processes
+ *       of the state. theus_state_checkpoint works from any process, one at a time.
+ *       theus_state_open_shared refuses a durable shared state (THEUS_EPERM), so that no
+ *       handle commits without logging. A write or sync failure makes every process's
+ *       commits fail with THEUS_EIO until all have closed it. Thread-safe.
+ */
+THEUS_API int theus_shared_open_durable(const char *name, const char *dir,
+                                        const char *schema_json, const theus_state_options *opts,
+                                        const theus_durable_options *dopts, theus_state **out);
 
 /**
  * @brief Write a checkpoint of the state's current committed version into its directory.

@@ -73,8 +73,12 @@ typedef struct theus_engine_options {
  * @param[in]  opts options, or NULL for THEUS_ENGINE_OPTIONS_INIT.
  * @param[out] out  the new engine (theus_engine_destroy), NULL on failure.
  * @return THEUS_OK; THEUS_EINVAL (NULL argument, bad option); THEUS_EBUSY when another
- *         engine is attached to @p st; THEUS_ENOMEM.
- * @note Thread-safe with respect to other states. One engine per state.
+ *         engine is attached to @p st; THEUS_ENOMEM; THEUS_EIO (a durable state's log
+ *         could not be read to refill the audit ring).
+ * @note Thread-safe with respect to other states. One engine per state. On a durable
+ *       state the audit ring is refilled from the audit records of the log (every segment
+ *       still in the directory) and sequence numbers continue after them; counters start
+ *       at 0. The audit listens on the commit path ahead of every other listener.
  */
 THEUS_API int theus_engine_create(theus_state *st, const theus_engine_options *opts,
                                   theus_engine **out);
@@ -292,7 +296,8 @@ typedef struct theus_audit_record {
 } theus_audit_record;
 
 /**
- * @brief Copy the audit records with seq >= @p from_seq that are still in the ring.
+ * @brief Copy the audit records with seq >= @p from_seq that are still in the ring (on a
+ *        durable state, also those of earlier engines, refilled from the log).
  * @param[in]  e        the engine.
  * @param[in]  from_seq the first sequence number wanted.
  * @param[in]  cap      room in @p out, in records.
@@ -388,7 +393,8 @@ typedef struct theus_workflow_report {
  * @return THEUS_OK; the status of a failed step (on_error stop or retries spent);
  *         THEUS_EBUSY (max_ops passed, or the engine stopped by a level-S audit rule);
  *         THEUS_EINVAL (recursion through called workflows); THEUS_ENOENT (a called
- *         workflow is not loaded); THEUS_ETIMEDOUT (an await step).
+ *         workflow is not loaded, or an await step on a shared state whose name was removed);
+ *         THEUS_ETIMEDOUT (an await step).
  * @note One thread per workflow at a time; different workflows may run concurrently.
  */
 THEUS_API int theus_workflow_run(theus_workflow *wf, theus_workflow_report *rep);

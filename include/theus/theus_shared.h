@@ -73,7 +73,9 @@ THEUS_API int theus_state_create_shared(const char *name, const char *schema_jso
  * @return THEUS_OK; THEUS_ENOENT when no such state exists (a state whose processes all
  *         died is removed by this call, which then returns THEUS_ENOENT); THEUS_EPERM when
  *         the name is not a regular file (FIFO, directory, symbolic link, socket: refused
- *         at once), or belongs to another user, or its mode is not 0600; THEUS_ECORRUPT for a
+ *         at once), or belongs to another user, or its mode is not 0600, or the state is
+ *         durable (open it with theus_shared_open_durable, theus/theus_durable.h, so that
+ *         this handle's commits are logged too); THEUS_ECORRUPT for a
  *         segment that is not a theus state of this layout version or fails its checksum,
  *         or whose hold lock names a thread that does not exist; THEUS_EBUSY when its hold
  *         lock is held past THEUS_SHARED_WAIT_MS (default 5000 ms) by a live process;

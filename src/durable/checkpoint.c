@@ -249,6 +249,11 @@ int theus_state_checkpoint(theus_state *st, int incremental, uint64_t *version)
     if (!d || d->read_only)
         return err_set(st, THEUS_EINVAL, "theus_state_checkpoint: not a writable durable state");
     pthread_mutex_lock(&d->ckpt_lock);
+    int rc0 = dur_ckpt_enter(d); /* durable shared states: across processes */
+    if (rc0 != THEUS_OK) {
+        pthread_mutex_unlock(&d->ckpt_lock);
+        return rc0;
+    }
     int inc = incremental && d->last_ckpt && d->chain < MAX_CHAIN;
     uint64_t v = theus_state_version(st);
     int rc = THEUS_OK;
@@ -271,6 +276,7 @@ int theus_state_checkpoint(theus_state *st, int incremental, uint64_t *version)
             retention(d);
         }
     }
+    dur_ckpt_leave(d);
     pthread_mutex_unlock(&d->ckpt_lock);
     if (rc == THEUS_OK && version)
         *version = v;

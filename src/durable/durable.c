@@ -15,14 +15,13 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #define DEFAULT_SEGMENT_BYTES (64ull << 20)
 #define DEFAULT_KEEP 2u
 
-static void durable_free(durable *d)
+void dur_free(durable *d)
 {
     if (!d)
         return;
@@ -30,23 +29,32 @@ static void durable_free(durable *d)
         wal_close(&d->w);
     if (d->lock_fd >= 0)
         close(d->lock_fd);
+    if (d->ckpt_fd >= 0)
+        close(d->ckpt_fd);
     pthread_mutex_destroy(&d->ckpt_lock);
     theus_xfree(d->dir);
     theus_xfree(d->schema_text);
     theus_xfree(d);
 }
 
+int dur_dir_lock(int fd, int exclusive)
+{
+    struct flock l = {.l_type = exclusive ? F_WRLCK : F_RDLCK, .l_whence = SEEK_SET,
+                      .l_start = 0, .l_len = 1};
+    return fcntl(fd, F_OFD_SETLK, &l) == 0 ? 0 : -1;
+}
+
 _Static_assert(offsetof(durable, w) == 0, "the log listener's user pointer is the durable");
 
-static void durable_release(void *user)
+void dur_release(void *user)
 {
-    durable_free(user);
+    dur_free(user);
 }
 
 durable *durable_of(const theus_state *st)
 {
     for (uint32_t i = 0; i < st->listeners.n; i++)
-        if (st->listeners.release[i] == durable_release)
+        if (st->listeners.release[i] == dur_release)
             return st->listeners.l[i].user;
     return NULL;
 }
@@ -60,7 +68,7 @@ static int read_only_prepare(void *user, const publish_batch *b)
 }
 
 /* The directory must be ours and not writable by others. */
-static int check_dir(const char *dir, int *exists, int *empty)
+int dur_check_dir(const char *dir, int *exists, int *empty)
 {
     struct stat sb;
     *exists = *empty = 0;
@@ -98,7 +106,7 @@ static int check_dir(const char *dir, int *exists, int *empty)
 
 /* Temporary files of writes a crash interrupted ("<name>.tmp.<pid>.<n>", fileio.c): with
  * the directory locked, nobody else is writing them. */
-static void remove_temporaries(const char *dir)
+void dur_remove_temporaries(const char *dir)
 {
     DIR *dd = opendir(dir);
     if (!dd)
@@ -113,7 +121,7 @@ static void remove_temporaries(const char *dir)
     closedir(dd);
 }
 
-static int write_small(const char *dir, const char *name, const char *text)
+int dur_write_small(const char *dir, const char *name, const char *text)
 {
     char p[DUR_PATH_MAX];
     snprintf(p, sizeof p, "%s/%s", dir, name);
@@ -129,7 +137,7 @@ static int write_small(const char *dir, const char *name, const char *text)
     return fio_atomic_commit(NULL, &a);
 }
 
-static int check_format(const char *dir)
+int dur_check_format(const char *dir)
 {
     char p[DUR_PATH_MAX], buf[64] = "";
     snprintf(p, sizeof p, "%s/%s", dir, DUR_FORMAT_FILE);
@@ -143,7 +151,7 @@ static int check_format(const char *dir)
     return THEUS_OK;
 }
 
-static int same_schema(const char *a, const char *b, int *same)
+int dur_same_schema(const char *a, const char *b, int *same)
 {
     char why[512];
     theus_schema *x = NULL, *y = NULL;
@@ -165,7 +173,7 @@ static int same_schema(const char *a, const char *b, int *same)
     return rc;
 }
 
-static int resolve_options(const theus_durable_options *in, theus_durable_options *o)
+int dur_resolve_options(const theus_durable_options *in, theus_durable_options *o)
 {
     theus_durable_options def = THEUS_DURABLE_OPTIONS_INIT;
     *o = in ? *in : def;
@@ -180,12 +188,13 @@ static int resolve_options(const theus_durable_options *in, theus_durable_option
     return THEUS_OK;
 }
 
-static durable *durable_new(const char *dir, const theus_durable_options *o)
+durable *dur_new(const char *dir, const theus_durable_options *o)
 {
     durable *d = theus_xcalloc(1, sizeof *d);
     if (!d)
         return NULL;
     d->lock_fd = -1;
+    d->ckpt_fd = -1;
     d->o = *o;
     pthread_mutex_init(&d->ckpt_lock, NULL);
     if (!(d->dir = theus_xstrdup(dir))) {
@@ -204,11 +213,11 @@ int theus_state_open_durable(const char *dir, const char *schema_json,
     if (!dir || !out || !*dir)
         return err_set(NULL, THEUS_EINVAL, "theus_state_open_durable: NULL argument");
     theus_durable_options o;
-    int rc = resolve_options(dopts, &o);
+    int rc = dur_resolve_options(dopts, &o);
     if (rc != THEUS_OK)
         return rc;
     int exists, empty;
-    if ((rc = check_dir(dir, &exists, &empty)) != THEUS_OK)
+    if ((rc = dur_check_dir(dir, &exists, &empty)) != THEUS_OK)
         return rc;
     int create = !exists || empty;
     if (create && !schema_json)
@@ -218,7 +227,7 @@ int theus_state_open_durable(const char *dir, const char *schema_json,
         return err_set(NULL, errno == ENOENT ? THEUS_ENOENT : THEUS_EIO,
                        "cannot create '%s': %s", dir, strerror(errno));
 
-    durable *d = durable_new(dir, &o);
+    durable *d = dur_new(dir, &o);
     if (!d)
         return err_set(NULL, THEUS_ENOMEM, "out of memory opening '%s'", dir);
     theus_state *st = NULL;
@@ -229,11 +238,12 @@ int theus_state_open_durable(const char *dir, const char *schema_json,
         rc = err_set(NULL, THEUS_EIO, "cannot open '%s': %s", p, strerror(errno));
         goto fail;
     }
-    if (flock(d->lock_fd, LOCK_EX | LOCK_NB) != 0) {
-        rc = err_set(NULL, THEUS_EBUSY, "'%s' is open in another process or handle", dir);
+    if (dur_dir_lock(d->lock_fd, 1) != 0) {
+        rc = err_set(NULL, THEUS_EBUSY, "'%s' is open in another process or handle (a durable "
+                     "state, or the processes of a durable shared state)", dir);
         goto fail;
     }
-    remove_temporaries(dir);
+    dur_remove_temporaries(dir);
     if (create) {
         /* Validate the schema before anything is written. */
         if ((rc = theus_state_create(schema_json, opts, &st)) != THEUS_OK)
@@ -242,19 +252,19 @@ int theus_state_open_durable(const char *dir, const char *schema_json,
             rc = err_set(NULL, THEUS_ENOMEM, "out of memory");
             goto fail;
         }
-        if ((rc = write_small(dir, DUR_SCHEMA_FILE, schema_json)) != THEUS_OK ||
-            (rc = write_small(dir, DUR_FORMAT_FILE, "theus-durable 1\n")) != THEUS_OK)
+        if ((rc = dur_write_small(dir, DUR_SCHEMA_FILE, schema_json)) != THEUS_OK ||
+            (rc = dur_write_small(dir, DUR_FORMAT_FILE, "theus-durable 1\n")) != THEUS_OK)
             goto fail;
         if ((rc = wal_open(&d->w, st, dir, &o, 1, 1, 0)) != THEUS_OK)
             goto fail;
         d->has_wal = 1;
         d->info.version = d->info.checkpoint_version = 1;
     } else {
-        if ((rc = check_format(dir)) != THEUS_OK || (rc = dur_read_schema(dir, &d->schema_text)))
+        if ((rc = dur_check_format(dir)) != THEUS_OK || (rc = dur_read_schema(dir, &d->schema_text)))
             goto fail;
         if (schema_json) {
             int same = 0;
-            if ((rc = same_schema(schema_json, d->schema_text, &same)) != THEUS_OK)
+            if ((rc = dur_same_schema(schema_json, d->schema_text, &same)) != THEUS_OK)
                 goto fail;
             if (!same) {
                 rc = err_set(NULL, THEUS_ESCHEMA, "'%s': the schema given differs from the "
@@ -287,13 +297,13 @@ int theus_state_open_durable(const char *dir, const char *schema_json,
             goto fail;
         d->has_wal = 1;
     }
-    if ((rc = wal_attach(&d->w, durable_release, d)) != THEUS_OK)
+    if ((rc = wal_attach(&d->w, dur_release, d)) != THEUS_OK)
         goto fail;
     *out = st;
     return THEUS_OK;
 fail:
     theus_state_destroy(st);
-    durable_free(d);
+    dur_free(d);
     return rc;
 }
 
@@ -313,7 +323,7 @@ int theus_state_versions(const char *dir, uint64_t *oldest, uint64_t *newest)
     if (!dir || !oldest || !newest)
         return err_set(NULL, THEUS_EINVAL, "theus_state_versions: NULL argument");
     int exists, empty;
-    int rc = check_dir(dir, &exists, &empty);
+    int rc = dur_check_dir(dir, &exists, &empty);
     if (rc != THEUS_OK)
         return rc;
     if (!exists || empty)
@@ -328,7 +338,7 @@ int theus_state_open_version(const char *dir, uint64_t version, theus_state **ou
     if (!dir || !out || version == 0)
         return err_set(NULL, THEUS_EINVAL, "theus_state_open_version: NULL argument or version 0");
     int exists, empty;
-    int rc = check_dir(dir, &exists, &empty);
+    int rc = dur_check_dir(dir, &exists, &empty);
     if (rc != THEUS_OK)
         return rc;
     if (!exists || empty)
@@ -341,12 +351,12 @@ int theus_state_open_version(const char *dir, uint64_t version, theus_state **ou
                        dir, (unsigned long long)lo, (unsigned long long)hi,
                        (unsigned long long)version);
     theus_durable_options o;
-    resolve_options(NULL, &o);
-    durable *d = durable_new(dir, &o);
+    dur_resolve_options(NULL, &o);
+    durable *d = dur_new(dir, &o);
     if (!d)
         return err_set(NULL, THEUS_ENOMEM, "out of memory opening '%s'", dir);
     theus_state *st = NULL;
-    if ((rc = check_format(dir)) != THEUS_OK || (rc = dur_read_schema(dir, &d->schema_text)))
+    if ((rc = dur_check_format(dir)) != THEUS_OK || (rc = dur_read_schema(dir, &d->schema_text)))
         goto fail;
     if ((rc = theus_state_create(d->schema_text, NULL, &st)) != THEUS_OK) {
         rc = dur_wrap(NULL, THEUS_ECORRUPT, "the stored schema.json");
@@ -362,12 +372,12 @@ int theus_state_open_version(const char *dir, uint64_t version, theus_state **ou
                                    .records_replayed = r.records, .torn_bytes = r.torn_bytes,
                                    .torn_offset = r.torn_offset};
     publish_listener l = {.prepare = read_only_prepare, .user = d};
-    if ((rc = publish_listen_owned(st, &l, durable_release)) != THEUS_OK)
+    if ((rc = publish_listen_owned(st, &l, dur_release)) != THEUS_OK)
         goto fail;
     *out = st;
     return THEUS_OK;
 fail:
     theus_state_destroy(st);
-    durable_free(d);
+    dur_free(d);
     return rc;
 }

@@ -19,10 +19,36 @@ typedef struct durable {
     uint64_t last_ckpt;          /* version of the newest checkpoint (0: none) */
     uint32_t chain;              /* incremental checkpoints since the newest full one */
     pthread_mutex_t ckpt_lock;   /* one checkpoint at a time */
+    int shared;                  /* a durable shared state (durable_shared.c) */
+    int ckpt_fd;                 /* shared: the CKPT file, flock'ed by the checkpointing process */
 } durable;
 
 /* The durable context of @st, or NULL when @st is not durable. */
 durable *durable_of(const theus_state *st);
+
+/* ---- opening (durable.c), for durable_shared.c too ---- */
+void dur_free(durable *d);
+/* The release of the log listener: dur_free; durable_of finds the context by it. */
+void dur_release(void *user);
+durable *dur_new(const char *dir, const theus_durable_options *o);
+int dur_resolve_options(const theus_durable_options *in, theus_durable_options *o);
+/* @dir must be ours and not writable by others; whether it exists, and is empty. */
+int dur_check_dir(const char *dir, int *exists, int *empty);
+void dur_remove_temporaries(const char *dir);
+int dur_write_small(const char *dir, const char *name, const char *text);
+int dur_check_format(const char *dir);
+int dur_same_schema(const char *a, const char *b, int *same);
+/* The directory lock: an open file description lock on byte 0 of LOCK, taken without
+ * waiting; @exclusive 1 for one private state (or a shared state's creator), 0 for each
+ * process of a durable shared state. Taking the other kind on the same fd converts the lock
+ * atomically (F_OFD_SETLK). 0, or -1 when another holder conflicts. */
+int dur_dir_lock(int fd, int exclusive);
+
+/* Around a checkpoint (checkpoint.c, under ckpt_lock): for a durable shared state, take
+ * the CKPT file's lock (one checkpoint at a time across its processes; waits while another
+ * process checkpoints) and read last_ckpt / chain from the directory. No-ops otherwise. */
+int dur_ckpt_enter(durable *d);
+void dur_ckpt_leave(durable *d);
 
 /* ---- the directory ------------------------------------------------------------------- */
 #define DUR_SCHEMA_FILE "schema.json"

@@ -13,6 +13,7 @@
 #include "error.h"
 #include "gatekeeper.h"
 #include "publish.h"
+#include "shared/redo.h"
 #include "tx.h"
 
 #include <errno.h>
@@ -22,38 +23,57 @@
 #include <time.h>
 #include <unistd.h>
 
+void (*wal_fault_hook)(int point);
+
+static void wal_fault(int point)
+{
+    if (wal_fault_hook)
+        wal_fault_hook(point);
+}
+
 /* Payloads at least this large are written from where they are, not copied. */
 #define WAL_DIRECT_MIN (64u * 1024u)
 
 void wal_segment_path(const char *dir, uint64_t start, char *buf, size_t len)
 {
-    snprintf(buf, len, "%s/wal-%016llx.log", dir, (unsigned long long)start);
+    snprintf(buf, len, DUR_SEGMENT_FMT, dir, (unsigned long long)start);
 }
 
-static int create_segment(wal *w, uint64_t start)
+int wal_segment_create(const theus_state *st, const char *dir, uint64_t start, theus_sync sync,
+                       int *out)
 {
     char path[4096];
-    wal_segment_path(w->dir, start, path, sizeof path);
+    wal_segment_path(dir, start, path, sizeof path);
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
-        return err_set(w->st, THEUS_EIO, "cannot create log segment '%s': %s", path,
+        return err_set(st, THEUS_EIO, "cannot create log segment '%s': %s", path,
                        strerror(errno));
     unsigned char head[WAL_SEG_HEAD];
     wal_seg_head_encode(head, start);
     if (fio_write_all(fd, head, sizeof head) != 0 ||
-        (w->sync != THEUS_SYNC_NONE && fdatasync(fd) != 0)) {
+        (sync != THEUS_SYNC_NONE && fdatasync(fd) != 0)) {
         int e = errno;
         close(fd);
         unlink(path);
-        return err_set(w->st, THEUS_EIO, "cannot write log segment '%s': %s", path, strerror(e));
+        return err_set(st, THEUS_EIO, "cannot write log segment '%s': %s", path, strerror(e));
     }
-    if (w->sync != THEUS_SYNC_NONE) {
-        int rc = fio_fsync_dir(w->st, w->dir, 1);
+    if (sync != THEUS_SYNC_NONE) {
+        int rc = fio_fsync_dir(st, dir, 1);
         if (rc != THEUS_OK) {
             close(fd);
             return rc;
         }
     }
+    *out = fd;
+    return THEUS_OK;
+}
+
+static int create_segment(wal *w, uint64_t start)
+{
+    int fd;
+    int rc = wal_segment_create(w->st, w->dir, start, w->sync, &fd);
+    if (rc != THEUS_OK)
+        return rc;
     w->fd = fd;
     w->seg_first = start;
     w->seg_size = WAL_SEG_HEAD;
@@ -94,6 +114,46 @@ int wal_open(wal *w, theus_state *st, const char *dir, const theus_durable_optio
     return rc;
 }
 
+/* Shared: point this process's fd at the segment the shared area names (with w->m held). */
+static int follow_segment(wal *w)
+{
+    uint64_t first = atomic_load_explicit(&w->sa->seg_first, memory_order_acquire);
+    if (w->fd >= 0 && w->seg_first == first)
+        return THEUS_OK;
+    char path[4096];
+    wal_segment_path(w->dir, first, path, sizeof path);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return err_set(w->st, THEUS_EIO, "cannot open log segment '%s': %s", path,
+                       strerror(errno));
+    if (w->fd >= 0)
+        close(w->fd);
+    w->fd = fd;
+    w->seg_first = first;
+    return THEUS_OK;
+}
+
+int wal_open_shared(wal *w, theus_state *st, const char *dir, const theus_durable_options *o)
+{
+    memset(w, 0, sizeof *w);
+    w->fd = -1;
+    w->st = st;
+    w->sync = o->sync;
+    w->window_us = o->group_window_us;
+    w->sa = &shared_area_of(st)->durable;
+    w->segment_bytes = w->sa->segment_bytes;
+    if (!(w->dir = theus_xstrdup(dir)))
+        return err_set(st, THEUS_ENOMEM, "out of memory opening the log");
+    pthread_mutex_init(&w->m, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    pthread_mutex_lock(&w->m);
+    int rc = follow_segment(w);
+    pthread_mutex_unlock(&w->m);
+    if (rc != THEUS_OK)
+        wal_close(w);
+    return rc;
+}
+
 void wal_close(wal *w)
 {
     if (w->fd >= 0)
@@ -118,12 +178,21 @@ typedef struct rec_writer {
     size_t used;
     uint32_t crc;
     int bad;
+    uint64_t off;              /* where the next byte goes in the segment */
 } rec_writer;
+
+static int rw_out(rec_writer *rw, const void *p, size_t n)
+{
+    if (fio_pwrite_all(rw->w->fd, p, n, rw->off) != 0)
+        return errno ? errno : EIO;
+    rw->off += n;
+    return 0;
+}
 
 static int rw_flush(rec_writer *rw)
 {
-    if (rw->used && !rw->bad && fio_write_all(rw->w->fd, rw->w->buf, rw->used) != 0)
-        rw->bad = errno ? errno : EIO;
+    if (rw->used && !rw->bad)
+        rw->bad = rw_out(rw, rw->w->buf, rw->used);
     rw->used = 0;
     return rw->bad;
 }
@@ -133,8 +202,8 @@ static void rw_put(rec_writer *rw, const void *p, size_t n, int in_crc)
     if (in_crc)
         rw->crc = crc32c(rw->crc, p, n);
     if (n >= WAL_DIRECT_MIN) {
-        if (rw_flush(rw) == 0 && fio_write_all(rw->w->fd, p, n) != 0)
-            rw->bad = errno ? errno : EIO;
+        if (rw_flush(rw) == 0)
+            rw->bad = rw_out(rw, p, n);
         return;
     }
     if (rw->used + n > rw->w->buf_cap && rw_flush(rw))
@@ -196,7 +265,8 @@ static int payload_host(const theus_state *st, const theus_tx *tx, size_t di, co
     return THEUS_OK;
 }
 
-static int write_record(wal *w, const publish_batch *b)
+/* The record of @b at byte @at of the open segment; *end: where it ends. */
+static int write_record(wal *w, const publish_batch *b, uint64_t at, uint64_t *end)
 {
     const theus_tx *tx = b->tx;
     const theus_state *st = w->st;
@@ -215,8 +285,12 @@ static int write_record(wal *w, const publish_batch *b)
     wal_put64(head + 8, b->version);
     wal_put64(head + 16, body);
     wal_put32(head + 24, crc32c(0, head, 24));
-    rec_writer rw = {.w = w};
+    rec_writer rw = {.w = w, .off = at};
     rw_put(&rw, head, sizeof head, 0);
+    if (w->sa && wal_fault_hook) {
+        rw_flush(&rw);
+        wal_fault(WAL_POINT_PARTIAL);
+    }
     rw.crc = 0;
     unsigned char tmp[WAL_DELTA_HEAD + 16 * THEUS_MAX_DIMS + 8];
     wal_put32(tmp, (uint32_t)tx->ndeltas);
@@ -254,6 +328,7 @@ static int write_record(wal *w, const publish_batch *b)
     if (rc == THEUS_OK && rw.bad)
         rc = err_set(st, THEUS_EIO, "log: cannot write the record of version %llu: %s",
                      (unsigned long long)b->version, strerror(rw.bad));
+    *end = rw.off;
     return rc;
 }
 
@@ -277,16 +352,15 @@ static int wal_prepare(void *user, const publish_batch *b)
             return rc;
     }
     w->rec_start = w->seg_size;
-    int rc = write_record(w, b);
-    off_t end = lseek(w->fd, 0, SEEK_CUR);
-    if (rc != THEUS_OK || end < 0) {
+    uint64_t end = 0;
+    int rc = write_record(w, b, w->rec_start, &end);
+    if (rc != THEUS_OK) {
         /* Leave the segment as it was; if even that fails the log is unusable. */
-        if (ftruncate(w->fd, (off_t)w->rec_start) != 0 ||
-            lseek(w->fd, (off_t)w->rec_start, SEEK_SET) < 0)
+        if (ftruncate(w->fd, (off_t)w->rec_start) != 0)
             w->broken = 1;
-        return rc != THEUS_OK ? rc : err_set(w->st, THEUS_EIO, "log: lseek failed");
+        return rc;
     }
-    w->seg_size = (uint64_t)end;
+    w->seg_size = end;
     pthread_mutex_lock(&w->m);
     tls_rec.w = w;
     tls_rec.seq = ++w->written;
@@ -298,8 +372,7 @@ static void wal_cancel(void *user, const publish_batch *b)
 {
     (void)b;
     wal *w = user;
-    if (ftruncate(w->fd, (off_t)w->rec_start) != 0 ||
-        lseek(w->fd, (off_t)w->rec_start, SEEK_SET) < 0)
+    if (ftruncate(w->fd, (off_t)w->rec_start) != 0)
         w->broken = 1;
     w->seg_size = w->rec_start;
     tls_rec.w = NULL;
@@ -383,8 +456,254 @@ static int wal_acknowledge(void *user, const publish_batch *b)
     return rc;
 }
 
+/* ---- durable shared states ------------------------------------------------------------
+ * The append position, the segment and the record numbers are in the shared area; records
+ * are appended under the commit lock by whichever process commits (pwrite at append_off).
+ * Group sync across threads and processes: a committer whose record is not synced yet
+ * becomes the leader if there is none (CAS on leader_pid), fdatasyncs everything written so
+ * far and wakes the others (futex sync_wake); the others wait on sync_wake. A waiter that
+ * finds the leader dead — or, after THEUS_SHARED_WAIT_MS, stuck — takes over: two
+ * concurrent fdatasyncs are harmless. */
+
+static void max_store(_Atomic uint64_t *x, uint64_t v)
+{
+    uint64_t cur = atomic_load_explicit(x, memory_order_relaxed);
+    while (cur < v && !atomic_compare_exchange_weak_explicit(x, &cur, v, memory_order_release,
+                                                             memory_order_relaxed))
+        ;
+}
+
+static void mark_broken(wal *w)
+{
+    atomic_store_explicit(&w->sa->broken, 1, memory_order_release);
+    state_futex_wake(&w->sa->sync_wake, 1);
+}
+
+/* Under the commit lock: close the segment (synced: a group leader that still syncs the old
+ * one may count on it) and start segment @start. */
+static int rotate_shared(wal *w, uint64_t start)
+{
+    shared_durable_area *sa = w->sa;
+    pthread_mutex_lock(&w->m);
+    int rc = follow_segment(w);
+    if (rc != THEUS_OK || atomic_load_explicit(&sa->seg_first, memory_order_relaxed) >= start) {
+        pthread_mutex_unlock(&w->m);
+        return rc;
+    }
+    uint64_t written = atomic_load_explicit(&sa->written, memory_order_relaxed);
+    if (fdatasync(w->fd) != 0) {
+        pthread_mutex_unlock(&w->m);
+        mark_broken(w);
+        return err_set(w->st, THEUS_EIO, "log: fdatasync failed: %s", strerror(errno));
+    }
+    max_store(&sa->synced, written);
+    sa->rotating = start;
+    int fd;
+    rc = wal_segment_create(w->st, w->dir, start, THEUS_SYNC_COMMIT, &fd);
+    if (rc == THEUS_OK) {
+        wal_fault(WAL_POINT_ROTATING);
+        close(w->fd);
+        w->fd = fd;
+        w->seg_first = start;
+        sa->append_off = WAL_SEG_HEAD;
+        atomic_store_explicit(&sa->seg_first, start, memory_order_release);
+    }
+    sa->rotating = 0;
+    pthread_mutex_unlock(&w->m);
+    state_futex_wake(&sa->sync_wake, 1);
+    return rc;
+}
+
+static int shared_prepare(void *user, const publish_batch *b)
+{
+    wal *w = user;
+    shared_durable_area *sa = w->sa;
+    if (atomic_load_explicit(&sa->broken, memory_order_acquire) || w->broken)
+        return err_set(w->st, THEUS_EIO, "log: an earlier write or sync of this durable shared "
+                       "state failed; it refuses commits until all its processes reopen it");
+    pthread_mutex_lock(&w->m);
+    int rc = follow_segment(w);
+    pthread_mutex_unlock(&w->m);
+    if (rc != THEUS_OK)
+        return rc;
+    if (w->segment_bytes && sa->append_off >= w->segment_bytes && !b->init &&
+        (rc = rotate_shared(w, b->version - 1)) != THEUS_OK)
+        return rc;
+    sa->inflight_off = sa->append_off;
+    sa->inflight_version = b->version;
+    sa->inflight_init = (uint32_t)b->init;
+    sa->inflight = 1;
+    uint64_t end = 0;
+    rc = write_record(w, b, sa->inflight_off, &end);
+    if (rc != THEUS_OK) {
+        if (ftruncate(w->fd, (off_t)sa->inflight_off) != 0)
+            mark_broken(w);
+        sa->inflight = 0;
+        return rc;
+    }
+    wal_fault(WAL_POINT_WRITTEN);
+    sa->append_off = end;
+    wal_fault(WAL_POINT_APPENDED);
+    tls_rec.w = w;
+    tls_rec.seq = atomic_fetch_add_explicit(&sa->written, 1, memory_order_acq_rel) + 1;
+    if (atomic_load_explicit(&sa->gathering, memory_order_acquire))
+        state_futex_wake(&sa->write_wake, 1);
+    return THEUS_OK;
+}
+
+static void shared_cancel(void *user, const publish_batch *b)
+{
+    (void)b;
+    wal *w = user;
+    shared_durable_area *sa = w->sa;
+    tls_rec.w = NULL;
+    /* Past the redo record's point of no return the commit will be finished by the next
+     * taker of the commit lock: its record stays (shared_durable_agree keeps it then). */
+    if (redo_pending(w->st))
+        return;
+    if (ftruncate(w->fd, (off_t)sa->inflight_off) != 0)
+        mark_broken(w);
+    sa->append_off = sa->inflight_off;
+    sa->inflight = 0;
+}
+
+static void shared_published(void *user, const publish_batch *b)
+{
+    (void)b;
+    wal *w = user;
+    shared_durable_area *sa = w->sa;
+    sa->inflight = 0;
+    if (w->sync != THEUS_SYNC_COMMIT)
+        return;
+    uint64_t target = atomic_load_explicit(&sa->written, memory_order_relaxed);
+    if (fdatasync(w->fd) == 0)
+        max_store(&sa->synced, target);
+    else
+        mark_broken(w);
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The leader's fdatasync of every record written so far. */
+static void lead_sync(wal *w)
+{
+    shared_durable_area *sa = w->sa;
+    uint64_t before = atomic_load_explicit(&sa->synced, memory_order_acquire);
+    uint64_t group = atomic_load_explicit(&sa->last_group, memory_order_relaxed);
+    if (w->window_us && group > 1) {
+        /* Gather: wait (at most the window) until as many records as last time are in. */
+        atomic_store_explicit(&sa->gathering, 1, memory_order_release);
+        uint64_t end = mono_ns() + (uint64_t)w->window_us * 1000u;
+        for (;;) {
+            uint32_t seen = atomic_load_explicit(&sa->write_wake, memory_order_acquire);
+            uint64_t now = mono_ns();
+            if (atomic_load_explicit(&sa->written, memory_order_acquire) - before >= group ||
+                now >= end)
+                break;
+            state_futex_wait(&sa->write_wake, seen, 1, end - now);
+        }
+        atomic_store_explicit(&sa->gathering, 0, memory_order_release);
+    }
+    /* Records up to target are in segments up to first; older ones were synced when they
+     * were closed. */
+    uint64_t target = atomic_load_explicit(&sa->written, memory_order_acquire);
+    uint64_t first = atomic_load_explicit(&sa->seg_first, memory_order_acquire);
+    int ok = 1;
+    pthread_mutex_lock(&w->m);
+    if (w->fd >= 0 && w->seg_first == first) {
+        ok = fdatasync(w->fd) == 0;
+    } else if (w->fd < 0 || w->seg_first < first) {
+        char path[4096];
+        wal_segment_path(w->dir, first, path, sizeof path);
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            ok = fdatasync(fd) == 0;
+            close(fd);
+        } else {
+            /* Gone only if a rotation since (which synced it) and a retention removed it. */
+            ok = atomic_load_explicit(&sa->seg_first, memory_order_acquire) > first;
+        }
+    } /* else: this process already moved past `first`, whose rotation synced it */
+    pthread_mutex_unlock(&w->m);
+    atomic_fetch_add_explicit(&sa->syncs, 1, memory_order_relaxed);
+    if (ok) {
+        uint64_t prev = atomic_load_explicit(&sa->synced, memory_order_acquire);
+        atomic_store_explicit(&sa->last_group, target > prev ? target - prev : 0,
+                              memory_order_relaxed);
+        max_store(&sa->synced, target);
+    } else {
+        atomic_store_explicit(&sa->broken, 1, memory_order_release);
+    }
+}
+
+/* How often a waiter looks whether the leader still lives. */
+#define LEADER_CHECK_NS (20ull * 1000000ull)
+
+static int shared_acknowledge(void *user, const publish_batch *b)
+{
+    wal *w = user;
+    shared_durable_area *sa = w->sa;
+    if (tls_rec.w != w)
+        return THEUS_OK;
+    uint64_t seq = tls_rec.seq;
+    tls_rec.w = NULL;
+    if (w->sync == THEUS_SYNC_NONE)
+        return THEUS_OK;
+    int32_t self = (int32_t)getpid();
+    uint64_t bound_ns = shared_wait_bound_ms() * 1000000ull, stuck_since = 0;
+    while (w->sync == THEUS_SYNC_GROUP &&
+           atomic_load_explicit(&sa->synced, memory_order_acquire) < seq &&
+           !atomic_load_explicit(&sa->broken, memory_order_acquire)) {
+        uint32_t seen = atomic_load_explicit(&sa->sync_wake, memory_order_acquire);
+        if (atomic_load_explicit(&sa->synced, memory_order_acquire) >= seq)
+            break;
+        int32_t leader = atomic_load_explicit(&sa->leader_pid, memory_order_acquire);
+        if (leader == 0) {
+            int32_t none = 0;
+            if (atomic_compare_exchange_strong(&sa->leader_pid, &none, self)) {
+                atomic_store_explicit(&sa->leader_start, shared_proc_start(getpid()),
+                                      memory_order_release);
+                lead_sync(w);
+                atomic_store_explicit(&sa->leader_start, 0, memory_order_relaxed);
+                atomic_store_explicit(&sa->leader_pid, 0, memory_order_release);
+                state_futex_wake(&sa->sync_wake, 1);
+                stuck_since = 0;
+            }
+            continue;
+        }
+        state_futex_wait(&sa->sync_wake, seen, 1, LEADER_CHECK_NS);
+        if (atomic_load_explicit(&sa->sync_wake, memory_order_acquire) != seen) {
+            stuck_since = 0;
+            continue;
+        }
+        /* Nothing moved for a while: is the leader still there? */
+        uint64_t now = mono_ns();
+        if (!stuck_since)
+            stuck_since = now;
+        uint64_t start = atomic_load_explicit(&sa->leader_start, memory_order_acquire);
+        int dead = leader != self && start != 0 && !shared_proc_alive(leader, start);
+        if ((dead || now - stuck_since >= bound_ns) &&
+            atomic_compare_exchange_strong(&sa->leader_pid, &leader, 0)) {
+            /* Take over: the next round elects a new leader (maybe this thread). */
+            state_futex_wake(&sa->sync_wake, 1);
+            stuck_since = 0;
+        }
+    }
+    if (atomic_load_explicit(&sa->synced, memory_order_acquire) >= seq)
+        return THEUS_OK;
+    return err_set(w->st, THEUS_EIO, "log: version %llu is published but its record could not "
+                   "be synced (not durable)", (unsigned long long)b->version);
+}
+
 int wal_rotate(wal *w, uint64_t start)
 {
+    if (w->sa)
+        return rotate_shared(w, start);
     /* No leader may be inside fdatasync on the segment being closed. */
     pthread_mutex_lock(&w->m);
     while (w->syncing)
@@ -411,29 +730,53 @@ int wal_rotate(wal *w, uint64_t start)
 int wal_attach(wal *w, void (*release)(void *user), void *user)
 {
     (void)user;
-    publish_listener l = {.prepare = wal_prepare,
-                          .cancel = wal_cancel,
-                          .published = wal_published,
-                          .acknowledge = wal_acknowledge,
+    publish_listener l = {.prepare = w->sa ? shared_prepare : wal_prepare,
+                          .cancel = w->sa ? shared_cancel : wal_cancel,
+                          .published = w->sa ? shared_published : wal_published,
+                          .acknowledge = w->sa ? shared_acknowledge : wal_acknowledge,
                           .user = w};
     return publish_listen_owned(w->st, &l, release);
 }
 
 int wal_append_note(wal *w, const unsigned char *rec, size_t len, int sync)
 {
-    if (w->broken || w->fd < 0)
+    int broken = w->sa ? (int)atomic_load_explicit(&w->sa->broken, memory_order_acquire)
+                       : w->broken;
+    if (broken || w->fd < 0)
         return err_set(w->st, THEUS_EIO, "log: an earlier write or sync failed; audit record "
                        "not written");
-    if (fio_write_all(w->fd, rec, len) != 0) {
+    /* A durable shared state: another process may have begun a new segment since this one
+     * last wrote (a refused commit's audit record comes without a prepare of this process). */
+    if (w->sa) {
+        pthread_mutex_lock(&w->m);
+        int rc = follow_segment(w);
+        pthread_mutex_unlock(&w->m);
+        if (rc != THEUS_OK)
+            return rc;
+    }
+    /* Records are written at their position (pwrite): the end of the open segment, which
+     * for a durable shared state is the shared append position. */
+    uint64_t at = w->sa ? w->sa->append_off : w->seg_size;
+    if (fio_pwrite_all(w->fd, rec, len, at) != 0) {
         int e = errno;
-        if (ftruncate(w->fd, (off_t)w->seg_size) != 0 ||
-            lseek(w->fd, (off_t)w->seg_size, SEEK_SET) < 0)
-            w->broken = 1;
+        if (ftruncate(w->fd, (off_t)at) != 0) {
+            if (w->sa)
+                mark_broken(w);
+            else
+                w->broken = 1;
+        }
         return err_set(w->st, THEUS_EIO, "log: cannot write an audit record: %s", strerror(e));
     }
-    w->seg_size += len;
+    if (w->sa)
+        w->sa->append_off = at + len;
+    else
+        w->seg_size = at + len;
     if (sync && w->sync != THEUS_SYNC_NONE && fdatasync(w->fd) != 0) {
-        w->broken = 1;   /* as for a commit record whose sync failed */
+        /* as for a commit record whose sync failed */
+        if (w->sa)
+            mark_broken(w);
+        else
+            w->broken = 1;
         return err_set(w->st, THEUS_EIO, "log: cannot sync an audit record: %s", strerror(errno));
     }
     return THEUS_OK;

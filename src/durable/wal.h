@@ -5,6 +5,7 @@
  * start+2, ... (init records carry version 1 and appear only while the state is at 1). */
 #ifndef THEUS_SRC_DURABLE_WAL_H
 #define THEUS_SRC_DURABLE_WAL_H
+#include "shared.h"
 #include "state.h"
 #include "theus/theus_durable.h"
 #include <pthread.h>
@@ -30,13 +31,34 @@ typedef struct wal {
     int syncing;               /* a leader is in fdatasync */
     uint64_t last_group;       /* records the previous group fsync covered */
     int broken;                /* a write or sync failed: every later commit is refused */
+    /* A durable shared state: the append position, segment and group sync live in the
+     * shared segment (shared_durable_area.h); this process's fd follows sa->seg_first (fd and
+     * seg_first change under m). NULL for a private state. */
+    shared_durable_area *sa;
 } wal;
+
+/* Fault injection for the tests (the tests kill the process there): called, when set, at
+ * these points of an append to a durable shared state's log. NULL otherwise. */
+enum {
+    WAL_POINT_PARTIAL = 1,   /* part of the record written (its head) */
+    WAL_POINT_WRITTEN,       /* the whole record written, append_off not moved yet */
+    WAL_POINT_APPENDED,      /* append_off moved, the redo record not begun */
+    WAL_POINT_ROTATING       /* a new segment created, the shared area not pointing at it */
+};
+extern void (*wal_fault_hook)(int point);
 
 /* Open (create when absent) the segment starting at @start for appending at its
  * end (@size bytes, as recovery found them). THEUS_OK / THEUS_EIO / THEUS_ENOMEM. */
 int wal_open(wal *w, theus_state *st, const char *dir, const theus_durable_options *o,
              uint64_t start, int create, uint64_t size);
 void wal_close(wal *w);
+/* The log of the durable shared state @st (the shared area says where it is): this
+ * process's fd on its current segment. */
+int wal_open_shared(wal *w, theus_state *st, const char *dir, const theus_durable_options *o);
+/* Create segment @start in @dir (head written and, unless @sync is THEUS_SYNC_NONE,
+ * synced with the directory): its fd in *fd. */
+int wal_segment_create(const theus_state *st, const char *dir, uint64_t start, theus_sync sync,
+                       int *fd);
 /* Attach the listener to w->st. */
 int wal_attach(wal *w, void (*release)(void *user), void *user);
 /* Close the open segment (synced unless THEUS_SYNC_NONE) and start a new one at

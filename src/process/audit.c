@@ -191,7 +191,7 @@ static int check_delta(theus_engine *e, const publish_batch *b, size_t k)
         rate |= sf->audit[r].rule == SCHEMA_AUDIT_MAX_CHANGE;
         idx[nr++] = r;
     }
-    if (nr == 0)
+    if (nr == 0 || d->nelems == 0)
         return THEUS_OK;
     int rc = eval_delta(e, b, k, rules, nr, rate, res);
     for (size_t i = 0; rc == THEUS_OK && i < nr; i++) {

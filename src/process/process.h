@@ -73,13 +73,16 @@ void sig_fini(sig_table *t);
 /* Deliver a run's queued signals and wake waiters. Private state: in the publish step
  * (commit lock held), cannot fail. Shared state: for a run that wrote nothing (takes the
  * commit lock; THEUS_ENOMEM when the table is full, or the lock's error); a shared state's
- * commit delivers its signals in the redo path (sig_stage). */
+ * commit delivers its signals through sig_stage and sig_published. */
 int sig_deliver(theus_engine *e, const theus_run *run);
 /* Shared state, under the commit lock before the replay: stage the run's signals for the
  * commit creating @version (THEUS_ENOMEM: the table is full); unstage when it is cancelled.
  * No-ops for a private state. */
 int sig_stage(theus_engine *e, const theus_run *run, uint64_t version);
 void sig_unstage(theus_engine *e);
+/* Shared state, in the engine's published listener (after the write-ahead log's): deliver
+ * what was staged for @version. No-op for a private state. */
+void sig_published(theus_engine *e, uint64_t version);
 /* Wake version waiters after a commit (publish step). */
 void sig_commit_published(theus_engine *e);
 /* Wake all waiters for good (destroy) and wait until they have left. */

@@ -4,7 +4,7 @@
  * right after the commit's record and before the log's sync), and, in attach order, the
  * signals and outbox entries of the run whose transaction this is, and the version
  * waiters. On a shared state the second one stages the run's signals in the segment
- * before the replay; the redo path delivers them after publish (shared_signal.h). */
+ * before the replay and delivers them in its published (shared_signal.h). */
 #include "publish_hook.h"
 #include "error.h"
 
@@ -46,8 +46,8 @@ static void cancel(void *user, const publish_batch *b)
 }
 
 /* A shared state's signals are staged in its segment now (the audit accepted the commit)
- * and delivered by the redo path after publish — also by a process that finishes this
- * commit if this one dies. THEUS_ENOMEM: the signal table is full. */
+ * and delivered in after_publish — or by the next taker of the commit lock, if this process
+ * dies after the publish. THEUS_ENOMEM: the signal table is full. */
 static int stage_signals(void *user, const publish_batch *b)
 {
     theus_engine *e = user;
@@ -76,9 +76,10 @@ static void after_publish(void *user, const publish_batch *b)
         run->published = 1;
         run->version = b->version;
         if (!e->sig.shared)
-            sig_deliver(e, run); /* a shared state's: delivered by the redo path */
+            sig_deliver(e, run);
         outbox_publish(e, run, b->version);
     }
+    sig_published(e, b->version); /* a shared state's staged signals */
     sig_commit_published(e);
 }
 

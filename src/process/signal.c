@@ -3,8 +3,8 @@
  * only, so a refused commit never signals. A private state keeps its counters here and its
  * waiters sleep on a condition variable (CLOCK_MONOTONIC deadlines); a shared state keeps
  * them in its segment and its waiters, in any process, sleep on futex words there
- * (shared_signal.h): its commits stage their signals before the replay and the redo path
- * delivers them after publish. */
+ * (shared_signal.h): its commits stage their signals before the replay and deliver them
+ * after publish, in the engine's published listener (after the log's sync). */
 #include "process.h"
 #include "alloc.h"
 #include "error.h"
@@ -109,6 +109,12 @@ void sig_unstage(theus_engine *e)
 {
     if (e->sig.shared)
         shared_signal_unstage(e->st);
+}
+
+void sig_published(theus_engine *e, uint64_t version)
+{
+    if (e->sig.shared)
+        shared_signal_published(e->st, version);
 }
 
 int sig_deliver(theus_engine *e, const theus_run *run)

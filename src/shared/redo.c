@@ -124,11 +124,10 @@ static int finish(theus_state *st, redo_record *r)
     if (r->publish)
         publish(st, r);
     state_replay_gate_leave(st);
-    /* The commit's signals (staged before READY), delivered once its version is visible:
-     * here too when a recovering process finishes a dead writer's commit. Before IDLE, so
-     * that a death in between delivers them again (the same counts). */
+    /* Version waiters of every process (the commit's signals are delivered by the engine's
+     * listener after the others, or by shared_signal_recover when this holder dies). */
     if (r->publish)
-        shared_signal_published(st, r->version);
+        shared_signal_version_published(st);
     fault_point(REDO_POINT_PUBLISHED);
     atomic_store_explicit(&r->status, REDO_IDLE, memory_order_release);
     return THEUS_OK;
@@ -236,7 +235,7 @@ int redo_recover(theus_state *st)
         int rc = finish(st, r);
         if (rc == THEUS_OK) {
             atomic_fetch_add_explicit(&shared_area_of(st)->recovered, 1, memory_order_relaxed);
-            shared_signal_recover(st);
+            shared_signal_recover(st); /* the finished commit's signals */
         }
         return rc;
     }
@@ -247,8 +246,14 @@ int redo_recover(theus_state *st)
     /* Nothing replays without a READY record; an odd sequence here is a leftover. */
     if (atomic_load_explicit(&st->hdr->replay_seq, memory_order_relaxed) & 1u)
         state_replay_gate_leave(st);
-    /* Signals staged by a commit that never became READY are dropped; a delivery outside
-     * a commit that its writer left half applied is applied again. */
+    /* Signals staged by a commit that never became READY are dropped, those of one that
+     * its holder published but died before delivering are delivered; a delivery outside a
+     * commit that its writer left half applied is applied again. */
     shared_signal_recover(st);
     return THEUS_OK;
+}
+
+int redo_pending(const theus_state *st)
+{
+    return atomic_load_explicit(&record_of(st)->status, memory_order_acquire) == REDO_READY;
 }

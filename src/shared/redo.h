@@ -46,5 +46,8 @@ int redo_commit(theus_state *st, const theus_tx *tx, uint64_t version, int publi
 /* Under the commit lock: finish the commit of a process that died with its record ready
  * (apply and publish again: both are idempotent), or forget an unfinished record. */
 int redo_recover(theus_state *st);
+/* Under the commit lock: whether the redo record is READY (a commit passed its point of no
+ * return and was not finished: the next taker of the lock finishes it). */
+int redo_pending(const theus_state *st);
 
 #endif

@@ -172,7 +172,7 @@ int shared_seg_map(const char *segname, const char *name, int writable, seg *s)
         rc = err_set(NULL, THEUS_EPERM, "shared state '%s' has mode %04o; theus uses only "
                      "segments of mode 0600", name, (unsigned)(sb.st_mode & 07777));
     } else if ((uint64_t)sb.st_size < sizeof(state_header) + sizeof(shared_area)) {
-        rc = err_set(NULL, THEUS_ECORRUPT, "shared memory '%s' (%lld bytes) is too small to be "
+        rc = err_set(NULL, THEUS_ECORRUPT, "shared memory '%s' (%lld bytes) is too small: not "
                      "a theus shared state", name, (long long)sb.st_size);
     }
     if (rc == THEUS_OK) {

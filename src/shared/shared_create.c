@@ -284,6 +284,13 @@ int theus_state_create_shared(const char *name, const char *schema_json,
                               const theus_state_options *opts, const theus_shared_options *sopts,
                               theus_state **out)
 {
+    return shared_create(name, schema_json, opts, sopts, NULL, NULL, out);
+}
+
+int shared_create(const char *name, const char *schema_json, const theus_state_options *opts,
+                  const theus_shared_options *sopts, shared_init_fn init, void *user,
+                  theus_state **out)
+{
     if (out)
         *out = NULL;
     if (!schema_json || !out)
@@ -324,6 +331,8 @@ int theus_state_create_shared(const char *name, const char *schema_json,
     rc = build_state(st, name, schema_json, max_leases, redo_size(redo_asked, field_bytes), place,
                      data_off, tmp, segname, &m);
     if (rc != THEUS_OK)
+        goto fail;
+    if (init && (rc = init(st, user)) != THEUS_OK)
         goto fail;
 
     /* In this process's mappings before the name exists, so that an open of the name from

@@ -102,6 +102,11 @@ static int handle_new(shared_map *m, const char *name, const theus_schema *want,
 
 int theus_state_open_shared(const char *name, const char *schema_json, theus_state **out)
 {
+    return shared_open(name, schema_json, 0, out);
+}
+
+int shared_open(const char *name, const char *schema_json, int durable, theus_state **out)
+{
     if (out)
         *out = NULL;
     if (!out)
@@ -130,6 +135,16 @@ int theus_state_open_shared(const char *name, const char *schema_json, theus_sta
             break;
         }
         shared_area *a = shared_area_of(st);
+        if (!durable && a->durable.enabled) {
+            rc = err_set(NULL, THEUS_EPERM, "shared state '%s' is durable (directory '%s'): open "
+                         "it with theus_shared_open_durable, so that its commits are logged",
+                         name, a->durable.dir);
+            st->shm = NULL;
+            st->ops = NULL;
+            state_shadow_free(st);
+            shared_map_release(m, 0);
+            break;
+        }
         int retry = 0, abandoned = 0;
         rc = shared_hold_lock((unsigned char *)st->hdr, name);
         if (rc != THEUS_OK) {

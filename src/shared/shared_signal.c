@@ -1,9 +1,11 @@
 /* Signals and waits across the processes of a shared state (shared_signal.h). A commit's
  * signals are staged under the commit lock before its redo record is complete and delivered
- * after its version is published — by the committing process, or by whoever finishes its
- * commit from the redo record when it died — so that a refused or dropped commit never
- * signals and a recovered one signals once (a delivery stores counts computed when staged:
- * applying it twice is applying it once). Waiters sleep on process-shared futex words and
+ * after its version is published and the listeners before the engine's have run (the log's
+ * sync) — by the committing process, or, when it died, by the next taker of the commit lock
+ * if the commit was published (finished from its redo record, or published before the
+ * death) — so that a refused or dropped commit never signals and a recovered one signals
+ * once (a delivery stores counts computed when staged: applying it twice is applying it
+ * once). Waiters sleep on process-shared futex words and
  * look again at what they wait for on every wake-up.
  *
  * Wake-ups are paid only when someone waits: a writer stores what changed, then (after a
@@ -16,6 +18,8 @@
 #include <string.h>
 
 #define MAXS THEUS_SHARED_MAX_SIGNALS
+
+void (*shared_signal_fault_hook)(int point);
 
 static shared_signal_area *area_of(const theus_state *st)
 {
@@ -91,6 +95,8 @@ static void apply(shared_signal_area *s, uint64_t version)
             continue;
         atomic_store(&s->e[slot].last_version, version);
         atomic_store(&s->e[slot].count, s->staged[k].count);
+        if (k == 0 && shared_signal_fault_hook)
+            shared_signal_fault_hook(SIG_POINT_APPLYING);
     }
     int grew = s->staged_n > atomic_load(&s->n) && s->staged_n <= MAXS;
     if (grew)
@@ -117,9 +123,16 @@ void shared_signal_unstage(theus_state *st)
 void shared_signal_published(theus_state *st, uint64_t version)
 {
     shared_signal_area *s = area_of(st);
-    if (atomic_load(&s->staged_state) == SIG_STAGED_COMMIT && s->staged_version == version)
+    uint32_t kind = atomic_load(&s->staged_state);
+    if (kind == SIG_STAGED_COMMIT && s->staged_version == version)
         apply(s, version);
-    atomic_store(&s->staged_state, SIG_STAGED_NONE);
+    if (kind != SIG_STAGED_NONE)
+        atomic_store(&s->staged_state, SIG_STAGED_NONE);
+}
+
+void shared_signal_version_published(theus_state *st)
+{
+    shared_signal_area *s = area_of(st);
     atomic_thread_fence(memory_order_seq_cst);
     wake(s, &s->version_wake);
 }
@@ -128,12 +141,17 @@ void shared_signal_recover(theus_state *st)
 {
     shared_signal_area *s = area_of(st);
     uint32_t kind = atomic_load(&s->staged_state);
-    if (kind == SIG_STAGED_READY)
+    if (kind == SIG_STAGED_NONE)
+        return;
+    /* Under the commit lock, only the holder that staged for version V could publish V: if
+     * the state is there, that commit was published (its holder died before delivering, or
+     * while delivering); if not, it never will be (its redo record was dropped) and it
+     * signals nothing. */
+    if (kind == SIG_STAGED_READY ||
+        (kind == SIG_STAGED_COMMIT &&
+         atomic_load(&st->hdr->version) >= s->staged_version))
         apply(s, s->staged_version);
-    /* A commit's staging left here was never published: its holder died before its redo
-     * record was complete (or it was refused); it signals nothing. */
-    if (kind != SIG_STAGED_NONE)
-        atomic_store(&s->staged_state, SIG_STAGED_NONE);
+    atomic_store(&s->staged_state, SIG_STAGED_NONE);
 }
 
 int shared_signal_deliver(theus_state *st, const char (*names)[THEUS_NAME_MAX + 1], size_t n)

@@ -1,0 +1,252 @@
+/* durable.group: group commit across threads and processes (theus/theus_durable.h), against
+ * one fdatasync per commit. Commits/s of a 256-byte ADD per commit with 1, 2, 4 and 8 writers
+ * (--quick: 1, 2):
+ *   theus.threads.sync_commit / .sync_group: writer threads of one private durable state;
+ *   theus.procs.sync_commit / .sync_group / .sync_none: writer processes of one durable shared
+ *     state (theus_shared_open_durable; each process one handle), forked once and started for
+ *     each sample through pipes (their set-up is not timed);
+ *   baseline.write_fdatasync: one thread writing the same record bytes and fdatasync'ing after
+ *     each (what one fdatasync per commit costs without theus).
+ * With N writers that each wait for their own record, one fdatasync covers at most N commits:
+ * group commit can reach at most N times the baseline (docs/durability.md, "Group commit").
+ * Files go to $THEUS_BENCH_DIR (default /tmp), which must be on a real disk. */
+#include "bench.h"
+#include "durable_fixture.h"
+#include "theus/theus_durable.h"
+#include "theus/theus_shared.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define PAYLOAD 256
+#define MAX_W 8
+
+static const char *schema = "{\"name\": \"bench\", \"fields\": {"
+                            "\"acc\": {\"dtype\": \"f32\", \"shape\": [64]}}}";
+
+static int commit_n(theus_state *st, int n)
+{
+    static const float ones[PAYLOAD / 4] = {1};
+    for (int i = 0; i < n; i++) {
+        theus_tx *tx = NULL;
+        if (theus_tx_begin(st, NULL, &tx) != THEUS_OK ||
+            theus_tx_add(tx, "acc", NULL, ones, THEUS_MEM_HOST) != THEUS_OK ||
+            theus_tx_commit(tx, NULL) != THEUS_OK)
+            return -1;
+    }
+    return 0;
+}
+
+typedef struct grp_ctx {
+    int kind;                  /* 0 baseline, 1 threads, 2 processes */
+    int writers, per;
+    theus_state *st;           /* threads: the state; processes: the creator's handle */
+    int fd;                    /* baseline */
+    pid_t pid[MAX_W];
+    int go[MAX_W], done[MAX_W];
+    int failed;
+    uint64_t commits;
+    unsigned char rec[PAYLOAD + 96];
+} grp_ctx;
+
+static void *thread_writer(void *p)
+{
+    grp_ctx *c = p;
+    if (commit_n(c->st, c->per) != 0)
+        c->failed = 1;
+    return NULL;
+}
+
+static int run_threads(void *p)
+{
+    grp_ctx *c = p;
+    pthread_t th[MAX_W];
+    for (int i = 0; i < c->writers; i++)
+        pthread_create(&th[i], NULL, thread_writer, c);
+    for (int i = 0; i < c->writers; i++)
+        pthread_join(th[i], NULL);
+    c->commits += (uint64_t)c->writers * (uint64_t)c->per;
+    return c->failed;
+}
+
+static int run_procs(void *p)
+{
+    grp_ctx *c = p;
+    char b = 1;
+    for (int i = 0; i < c->writers; i++)
+        if (write(c->go[i], &b, 1) != 1)
+            return -1;
+    for (int i = 0; i < c->writers; i++)
+        if (read(c->done[i], &b, 1) != 1 || b != 1)
+            return -1;
+    c->commits += (uint64_t)c->writers * (uint64_t)c->per;
+    return 0;
+}
+
+static int run_bare(void *p)
+{
+    grp_ctx *c = p;
+    size_t n = 32 + 8 + 16 + 16 + 8 + PAYLOAD;
+    for (int i = 0; i < c->per * c->writers; i++)
+        if (write(c->fd, c->rec, n) != (ssize_t)n || fdatasync(c->fd) != 0)
+            return -1;
+    return 0;
+}
+
+/* A writer process: joins the shared state, then one batch of commits per "go". */
+static void proc_writer(const char *name, const char *dir, theus_sync sync, int per, int go,
+                        int done)
+{
+    theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+    o.sync = sync;
+    theus_state *st = NULL;
+    char b = 0;
+    if (theus_shared_open_durable(name, dir, NULL, NULL, &o, &st) != THEUS_OK) {
+        fprintf(stderr, "durable.group writer: %s\n", theus_last_error_message());
+        _exit(3);
+    }
+    while (read(go, &b, 1) == 1) {
+        b = commit_n(st, per) == 0 ? 1 : 2;
+        if (write(done, &b, 1) != 1)
+            break;
+    }
+    theus_state_destroy(st);
+    _exit(0);
+}
+
+static int start_procs(grp_ctx *c, const char *name, const char *dir, theus_sync sync)
+{
+    theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+    o.sync = sync;
+    if (theus_shared_open_durable(name, dir, schema, NULL, &o, &c->st) != THEUS_OK)
+        return -1;
+    for (int i = 0; i < c->writers; i++) {
+        int g[2], d[2];
+        if (pipe(g) != 0 || pipe(d) != 0)
+            return -1;
+        fflush(NULL);
+        c->pid[i] = fork();
+        if (c->pid[i] < 0)
+            return -1;
+        if (c->pid[i] == 0) {
+            /* Only its own pipe ends: the others' (inherited) would keep their pipes open. */
+            for (int fd = 3; fd < 1024; fd++)
+                if (fd != g[0] && fd != d[1])
+                    close(fd);
+            proc_writer(name, dir, sync, c->per, g[0], d[1]);
+        }
+        close(g[0]);
+        close(d[1]);
+        c->go[i] = g[1];
+        c->done[i] = d[0];
+    }
+    return 0;
+}
+
+static void stop_procs(grp_ctx *c)
+{
+    for (int i = 0; i < c->writers; i++) {
+        if (c->pid[i] <= 0)
+            continue;
+        close(c->go[i]);  /* the writer's read ends: it leaves */
+        close(c->done[i]);
+        int st;
+        waitpid(c->pid[i], &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            c->failed = 1;
+        c->pid[i] = 0;
+    }
+}
+
+enum { BASE, T_COMMIT, T_GROUP, P_COMMIT, P_GROUP, P_NONE, NOPS };
+static const char *const method[NOPS] = {"baseline.write_fdatasync", "theus.threads.sync_commit",
+                                         "theus.threads.sync_group", "theus.procs.sync_commit",
+                                         "theus.procs.sync_group", "theus.procs.sync_none"};
+
+int scn_durable_group(void)
+{
+    const char *scenario = "durable.group";
+    print_header(scenario, "cpu", "group commit: commits/s with 1-8 writer threads and "
+                 "processes per sync policy vs one write+fdatasync per commit");
+    if (dfx_make(NULL, "bench-dgroup", 1) != 0) {
+        note_error(scenario, "mkdtemp: %s", strerror(errno));
+        return -1;
+    }
+    int wmax = bench.quick ? 2 : MAX_W, per = bench.quick ? 8 : 24, rc = 0;
+    for (int w = 1; w <= wmax && rc == 0; w *= 2) {
+        grp_ctx c[NOPS];
+        memset(c, 0, sizeof c);
+        char dirs[NOPS][600], names[NOPS][64];
+        bench_op ops[NOPS];
+        int bad = 0;
+        for (int k = 0; k < NOPS; k++) {
+            c[k] = (grp_ctx){.kind = k == BASE ? 0 : k <= T_GROUP ? 1 : 2, .writers = w,
+                             .per = per, .fd = -1};
+            snprintf(dirs[k], sizeof dirs[k], "%s/k%d-w%d", dfx_root, k, w);
+            snprintf(names[k], sizeof names[k], "bench-dg-%d-%d-%d", (int)getpid(), k, w);
+            ops[k] = (bench_op){.ctx = &c[k], .run = k == BASE ? run_bare
+                                                   : k <= T_GROUP ? run_threads : run_procs};
+        }
+        snprintf(dirs[BASE], sizeof dirs[BASE], "%s/bare-%d.log", dfx_root, w);
+        c[BASE].fd = open(dirs[BASE], O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        memset(c[BASE].rec, 0xab, sizeof c[BASE].rec);
+        bad |= c[BASE].fd < 0;
+        for (int k = T_COMMIT; k <= T_GROUP && !bad; k++) {
+            theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+            o.sync = k == T_COMMIT ? THEUS_SYNC_COMMIT : THEUS_SYNC_GROUP;
+            bad |= theus_state_open_durable(dirs[k], schema, NULL, &o, &c[k].st) != THEUS_OK;
+        }
+        for (int k = P_COMMIT; k < NOPS && !bad; k++)
+            bad |= start_procs(&c[k], names[k], dirs[k],
+                               k == P_COMMIT ? THEUS_SYNC_COMMIT
+                               : k == P_GROUP ? THEUS_SYNC_GROUP : THEUS_SYNC_NONE) != 0;
+        if (bad)
+            note_error(scenario, "set-up with %d writers: %s", w, theus_last_error_message());
+        measurement m[NOPS];
+        int failed = bad || measure_set(ops, NOPS, m) != 0;
+        for (int k = P_COMMIT; k < NOPS; k++)
+            stop_procs(&c[k]);
+        if (c[BASE].fd >= 0)
+            close(c[BASE].fd);
+        char cname[32];
+        snprintf(cname, sizeof cname, "%d writer%s", w, w > 1 ? "s" : "");
+        double base = failed ? 0 : (double)w * per / m[BASE].st.median;
+        for (int k = 0; k < NOPS; k++) {
+            if (k != BASE && c[k].st) {
+                /* The check: every commit is in the directory. */
+                uint64_t v = theus_state_version(c[k].st);
+                theus_state_destroy(c[k].st);
+                theus_state *again = NULL;
+                int ok = !failed && !c[k].failed &&
+                         theus_state_open_durable(dirs[k], NULL, NULL, NULL, &again) == THEUS_OK &&
+                         theus_state_version(again) == v && v == 1 + c[k].commits;
+                theus_state_destroy(again);
+                note_check(scenario, cname, ok, "%s: version %llu after %llu commits, reopened",
+                           method[k], (unsigned long long)v, (unsigned long long)c[k].commits);
+            }
+            if (failed)
+                continue;
+            double rate = (double)w * per / m[k].st.median;
+            bench_result *r = result_add(scenario, "cpu", cname, method[k]);
+            if (r) {
+                result_set(r, &m[k], 0, (double)w * per, "commit");
+                result_param(r, "writers", w);
+                result_metric(r, "commits_per_s", rate);
+                result_metric(r, "ratio_vs_baseline", rate / base);
+            }
+            printf("  %-26s %d writer%s: %9.0f commits/s (%.2fx write+fdatasync)\n", method[k],
+                   w, w > 1 ? "s" : " ", rate, rate / base);
+        }
+        if (failed)
+            rc = -1;
+    }
+    dfx_cleanup();
+    return rc;
+}
