@@ -67,6 +67,20 @@ size_t bench_batch_layout(bench_seg *segs, size_t count, uint32_t size, size_t f
 /* Shuffle for random placement (the same set of segments) when @random, then lay out the
  * payload in batch order (poff). */
 void bench_batch_order(bench_seg *segs, size_t count, int random, uint64_t seed);
+/* The grid of replay.copy / replay.add, written once for the CPU (scn_replay.c) and the GPU
+ * (gpu_scn_replay.cu): segment sizes 64 B, 256 B, 1 KiB, 4 KiB, 64 KiB and mixed, times
+ * counts 1k, 10k, 100k, 1M (the first @nquick of them with --quick). For each cell the batch
+ * is laid out in @segs for a field of @field_bytes (@field_name in messages) and @cell runs
+ * for the random, then the sorted placement of the same segments; a batch that does not fit
+ * the field is noted as skipped for @scn and @target. Returns 0, or the first non-zero
+ * return of @cell (the grid stops there). */
+typedef int (*bench_cell_fn)(void *user, size_t count, size_t payload, uint32_t size,
+                             const char *sizename, const char *place, uint64_t cellseed);
+int bench_replay_grid(const char *scn, const char *target, int add, size_t nquick,
+                      bench_seg *segs, size_t field_bytes, const char *field_name,
+                      bench_cell_fn cell, void *user);
+/* The largest count of that grid (room to give bench_replay_grid's @segs). */
+size_t bench_replay_grid_max(size_t nquick);
 
 /* ---- statistics ------------------------------------------------------------------------ */
 typedef struct bstats {

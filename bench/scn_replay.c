@@ -431,6 +431,16 @@ static int run_cell(replay_ctx *c, uint32_t size, const char *sizename, const ch
 
 /* ---- the scenario ------------------------------------------------------------------------ */
 
+/* One cell of the grid (bench_replay_grid). */
+static int grid_cell(void *user, size_t count, size_t payload, uint32_t size, const char *sizename,
+                     const char *place, uint64_t cellseed)
+{
+    replay_ctx *c = user;
+    c->count = count;
+    c->payload = payload;
+    return run_cell(c, size, sizename, place, cellseed);
+}
+
 static size_t pick_field_bytes(void)
 {
     size_t f = bench.quick ? (size_t)128 << 20 : (size_t)1 << 30;
@@ -447,13 +457,9 @@ static size_t pick_field_bytes(void)
 int scn_replay(int add)
 {
     const char *scenario = add ? "replay.add" : "replay.copy";
-    static const uint32_t sizes[] = {64, 256, 1024, 4096, 65536, 0};
-    static const char *const size_names[] = {"64B", "256B", "1KiB", "4KiB", "64KiB", "mixed"};
-    static const size_t counts_full[] = {1000, 10000, 100000, 1000000};
-    static const size_t counts_quick[] = {1000, 10000};
-    const size_t *counts = bench.quick ? counts_quick : counts_full;
-    const size_t ncounts = bench.quick ? 2 : 4;
-    size_t maxcount = counts[ncounts - 1];
+    /* The grid (bench_replay_grid, shared with the GPU side): 1k and 10k with --quick. */
+    const size_t nquick = 2;
+    size_t maxcount = bench_replay_grid_max(nquick);
 
     replay_ctx c;
     memset(&c, 0, sizeof c);
@@ -516,29 +522,8 @@ int scn_replay(int add)
         goto out;
     }
 
-    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
-        for (size_t ci = 0; ci < ncounts; ci++) {
-            c.count = counts[ci];
-            uint64_t cellseed = bench.seed + si * 1000003u + ci * 7919u + (uint64_t)add;
-            c.payload = bench_batch_layout(c.segs, c.count, sizes[si], c.field_bytes, cellseed);
-            if (c.payload == 0) {
-                char cnt[16], why[160];
-                snprintf(why, sizeof why, "seg=%s count=%s: payload larger than the %s field",
-                         size_names[si], fmt_count((double)c.count, cnt, sizeof cnt), fb);
-                note_skip(scenario, "cpu", why);
-                continue;
-            }
-            for (int pl = 0; pl < 2; pl++) {
-                /* The same set of segments in both placements: sort, or shuffle. */
-                if (pl == 1)
-                    bench_batch_layout(c.segs, c.count, sizes[si], c.field_bytes, cellseed);
-                bench_batch_order(c.segs, c.count, pl == 0, cellseed);
-                if (run_cell(&c, sizes[si], size_names[si], pl == 0 ? "random" : "sorted",
-                             cellseed) != 0)
-                    goto out;
-            }
-        }
-    }
+    if (bench_replay_grid(scenario, "cpu", add, nquick, c.segs, c.field_bytes, fb, grid_cell, &c))
+        goto out;
     rc = 0;
 out:
     if (c.tx)

@@ -4,6 +4,7 @@
 #include "backend.h"
 #include "replay_pool.h"
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -353,4 +354,53 @@ void bench_batch_order(bench_seg *segs, size_t count, int random, uint64_t seed)
         segs[i].poff = poff;
         poff += segs[i].size;
     }
+}
+
+static const uint32_t grid_sizes[] = {64, 256, 1024, 4096, 65536, 0};
+static const char *const grid_size_names[] = {"64B", "256B", "1KiB", "4KiB", "64KiB", "mixed"};
+static const size_t grid_counts[] = {1000, 10000, 100000, 1000000};
+#define GRID_NCOUNTS (sizeof grid_counts / sizeof grid_counts[0])
+
+static size_t grid_ncounts(size_t nquick)
+{
+    return bench.quick && nquick && nquick < GRID_NCOUNTS ? nquick : GRID_NCOUNTS;
+}
+
+size_t bench_replay_grid_max(size_t nquick)
+{
+    return grid_counts[grid_ncounts(nquick) - 1];
+}
+
+int bench_replay_grid(const char *scn, const char *target, int add, size_t nquick,
+                      bench_seg *segs, size_t field_bytes, const char *field_name,
+                      bench_cell_fn cell, void *user)
+{
+    const size_t ncounts = grid_ncounts(nquick);
+    for (size_t si = 0; si < sizeof grid_sizes / sizeof grid_sizes[0]; si++) {
+        for (size_t ci = 0; ci < ncounts; ci++) {
+            const size_t count = grid_counts[ci];
+            const uint64_t cellseed = bench.seed + si * 1000003u + ci * 7919u + (uint64_t)add;
+            const size_t payload = bench_batch_layout(segs, count, grid_sizes[si], field_bytes,
+                                                      cellseed);
+            if (payload == 0) {
+                char cnt[16], why[160];
+                snprintf(why, sizeof why, "seg=%s count=%s: payload larger than the %s field",
+                         grid_size_names[si], fmt_count((double)count, cnt, sizeof cnt),
+                         field_name);
+                note_skip(scn, target, why);
+                continue;
+            }
+            for (int pl = 0; pl < 2; pl++) {
+                /* The same set of segments in both placements: sort, or shuffle. */
+                if (pl == 1)
+                    bench_batch_layout(segs, count, grid_sizes[si], field_bytes, cellseed);
+                bench_batch_order(segs, count, pl == 0, cellseed);
+                int rc = cell(user, count, payload, grid_sizes[si], grid_size_names[si],
+                              pl == 0 ? "random" : "sorted", cellseed);
+                if (rc != 0)
+                    return rc;
+            }
+        }
+    }
+    return 0;
 }

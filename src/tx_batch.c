@@ -1,4 +1,5 @@
-/* Described batches and stream-ordered commits (theus/theus_gpu.h). A batch is one delta:
+/* Described batches (theus/theus_gpu.h; the stream-ordered commit is commit.c with
+ * commit_stream.c and stream_fence.c). A batch is one delta:
  * its payload is staged by the field's backend as any other, its segments and summary live
  * in a seg_batch record (seg_batch.h) that the delta points at; its region is the bounds of
  * the segments. The commit log records it as a block-map entry over those bounds, and the

@@ -2,7 +2,9 @@
  * random batches of every dtype and rank against a reference that applies the segments one
  * element at a time in array order, read-your-writes through the overlay, the parallel
  * replay, the summary (bounds, touched blocks), refusals that leave the transaction as it
- * was, and conflicts. The CUDA backend refuses device fields (THEUS_ENODEV) for now. */
+ * was, conflicts, constrained fields, the refusal on shared states, and the contract of
+ * stream-ordered commits (the CPU backend replays at once; a replay error that surfaces
+ * later is injected through stream_fence's test hook). */
 #include <criterion/criterion.h>
 #include <stdint.h>
 #include <stdio.h>

@@ -873,6 +873,134 @@ Test(cuda_fallback, availability_is_stable)
         cr_assert_eq(theus_gpu_available(), a);
 }
 
+/* ---- stream-ordered commits and constrained batches (compiled, not yet run on a GPU) ---- */
+
+static void same_commit_on_stream(harness *h, theus_tx **tx, int expect)
+{
+    for (int s = 0; s < h->n; s++) {
+        int rc = theus_tx_commit_on_stream(tx[s], NULL, NULL);
+        tx[s] = NULL;
+        cr_assert_eq(rc, expect, "step %d: commit_on_stream returned %d on %s, expected %d (%s)",
+                     h->step, rc, h->placement[s], expect, theus_state_last_error(h->st[s]));
+    }
+}
+
+/* Stream-ordered commits on the legacy default stream, several in a row with no wait,
+ * mixed with synchronous commits and with reads (which wait for the replay): the same bytes
+ * as the host state, whose CPU backend replays at once. */
+Test(cuda_parity, stream_ordered_commits)
+{
+    need_gpu();
+    harness h;
+    const size_t nf = sizeof BATCHF / sizeof BATCHF[0];
+    open_states(&h, BATCHF, nf, GPU_PLACEMENTS, 3, 21);
+    for (int round = 0; round < 9; round++) {
+        theus_tx *tx[MAX_STATES];
+        for (int s = 0; s < h.n; s++)
+            cr_assert_eq(theus_tx_begin(h.st[s], NULL, &tx[s]), THEUS_OK);
+        for (size_t i = 0; i < nf; i++) {
+            const fdef *f = &BATCHF[i];
+            theus_region r;
+            size_t n = 0;
+            const theus_region *rp = rand_region(&h, f, &r, &n);
+            void *payload = xmalloc(n * theus_dtype_size(f->dt) + 1);
+            gen_values(&h, f->dt, payload, n);
+            same_stage(&h, tx, f, rp, payload, round % 2);
+            free(payload);
+            same_batch(&h, tx, f, 1, round >= 4);
+        }
+        if (round % 3 == 2)
+            same_commit(&h, tx, THEUS_OK);
+        else
+            same_commit_on_stream(&h, tx, THEUS_OK);
+        if (round % 2)
+            same_fields(&h, "after stream-ordered commits");
+        h.step++;
+    }
+    for (int s = 0; s < h.n; s++)
+        cr_assert_eq(theus_state_wait(h.st[s], NULL), THEUS_OK, "%s",
+                     theus_state_last_error(h.st[s]));
+    same_fields(&h, "after theus_state_wait");
+    close_states(&h);
+}
+
+static const fdef CONSF[] = {
+    {"cf", THEUS_DTYPE_F32, 1, {5000}, "\"constraints\": {\"finite\": true, \"min\": -4, \"max\": 4}"},
+    {"ci", THEUS_DTYPE_I32, 2, {50, 70}, "\"constraints\": {\"min\": -40, \"max\": 40}"},
+};
+
+/* A batch on a constrained field: the values it leaves are checked (on the GPU for device
+ * and pinned fields when the batch is the field's only delta, on the host otherwise); the
+ * outcome and the bytes agree with the host state. @bad: put an out-of-range value in a
+ * payload element a segment reads (2) or in one none reads (1), or not at all (0). */
+static void cons_batch(harness *h, theus_tx **tx, const fdef *f, int add, int bad)
+{
+    const size_t n = field_nelems(f), nseg = 1 + below(h, 50), pelems = 400;
+    theus_batch_segment g[64];
+    float pf[400];
+    int32_t pi[400];
+    for (size_t k = 0; k < pelems; k++) {
+        pf[k] = (float)((int)below(h, 9) - 4) / 8.0f;
+        pi[k] = (int32_t)below(h, 5) - 2;
+    }
+    for (size_t k = 0; k < nseg; k++) {
+        const uint64_t len = 1 + below(h, 100);
+        g[k] = (theus_batch_segment){.dst = (int64_t)below(h, n - len + 1), .length = (int64_t)len,
+                                     .src = (int64_t)below(h, pelems - 1 - len)};
+    }
+    if (bad) {
+        const size_t at = bad == 2 ? (size_t)g[nseg - 1].src : pelems - 1;
+        pf[at] = 1e6f;
+        pi[at] = 1000000;
+    }
+    const void *pay = f->dt == THEUS_DTYPE_F32 ? (const void *)pf : (const void *)pi;
+    for (int s = 0; s < h->n; s++)
+        cr_assert_eq(theus_tx_stage_batch(tx[s], f->name, add ? THEUS_OP_ADD : THEUS_OP_ASSIGN, g,
+                                          nseg, pay, pelems, THEUS_MEM_HOST), THEUS_OK, "%s",
+                     theus_state_last_error(h->st[s]));
+}
+
+Test(cuda_parity, constrained_batches)
+{
+    need_gpu();
+    harness h;
+    open_states(&h, CONSF, 2, GPU_PLACEMENTS, 3, 31);
+    for (int round = 0; round < 12; round++) {
+        const int bad = round % 3, mixed = round >= 6;
+        theus_tx *tx[MAX_STATES];
+        for (int s = 0; s < h.n; s++)
+            cr_assert_eq(theus_tx_begin(h.st[s], NULL, &tx[s]), THEUS_OK);
+        const fdef *f = &CONSF[round % 2];
+        if (mixed) {
+            /* Another delta on the field: the host path on every placement. */
+            theus_region r;
+            size_t n = 0;
+            const theus_region *rp = rand_region(&h, f, &r, &n);
+            void *payload = calloc(n + 1, 4);
+            same_stage(&h, tx, f, rp, payload, 0);
+            free(payload);
+        }
+        const int add = round % 4 == 1;
+        cons_batch(&h, tx, f, add, bad);
+        if (bad == 2 || !add) {
+            same_commit(&h, tx, bad == 2 ? THEUS_ESCHEMA : THEUS_OK);
+        } else {
+            /* An add may leave the range where segments pile up: the outcome must agree. */
+            int rc0 = 0;
+            for (int s = 0; s < h.n; s++) {
+                int rc = theus_tx_commit(tx[s], NULL);
+                if (s == 0)
+                    rc0 = rc;
+                cr_assert_eq(rc, rc0, "round %d: %d on %s, %d on %s (%s)", round, rc,
+                             h.placement[s], rc0, h.placement[0], theus_state_last_error(h.st[s]));
+            }
+        }
+        same_fields(&h, "after a constrained batch");
+        h.step++;
+    }
+    close_states(&h);
+}
+
 #ifdef THEUS_PARITY_STANDALONE
 typedef struct standalone_test {
     const char *suite, *name;
