@@ -384,7 +384,10 @@ typedef struct theus_workflow_report {
 
 /**
  * @brief Run a workflow on its engine, on the calling thread. Conditions are evaluated on
- *        the committed state after the previous step.
+ *        the committed state after the previous step. With a "position" field the run
+ *        starts at the step the state holds, and each run step commits the id of the next
+ *        step in its own transaction (so a recovered state resumes after the last step it
+ *        holds; docs/processes.md, "Resuming"); a finished run leaves 0 there.
  * @param[in]  wf  the workflow.
  * @param[out] rep receives what the run did; may be NULL.
  * @return THEUS_OK; the status of a failed step (on_error stop or retries spent);
