@@ -202,6 +202,75 @@ Test(durable_shared, several_processes_sync_commit) { several_processes(THEUS_SY
 Test(durable_shared, several_processes_sync_group) { several_processes(THEUS_SYNC_GROUP); }
 Test(durable_shared, several_processes_sync_none) { several_processes(THEUS_SYNC_NONE); }
 
+/* Group commit across threads of several processes: 2 processes x 3 threads and 3 threads
+ * of the creator, each thread committing on its process's handle. */
+#include <pthread.h>
+
+typedef struct thr_arg {
+    theus_state *st;
+    int n, failed;
+} thr_arg;
+
+static void *thr_commit(void *p)
+{
+    thr_arg *a = p;
+    for (int i = 0; i < a->n && !a->failed; i++) {
+        uint64_t got;
+        if (commit_one(a->st, &got) != THEUS_OK)
+            a->failed = 1;
+    }
+    return NULL;
+}
+
+static int commit_threads(theus_state *st, int threads, int n)
+{
+    pthread_t th[4];
+    thr_arg a[4];
+    for (int t = 0; t < threads; t++) {
+        a[t] = (thr_arg){st, n, 0};
+        pthread_create(&th[t], NULL, thr_commit, &a[t]);
+    }
+    int failed = 0;
+    for (int t = 0; t < threads; t++) {
+        pthread_join(th[t], NULL);
+        failed |= a[t].failed;
+    }
+    return failed;
+}
+
+Test(durable_shared, group_commit_threads_and_processes)
+{
+    const int per = 20, threads = 3, kids = 2;
+    theus_state *st = open_ds(g_name, g_dir, schema, THEUS_SYNC_GROUP);
+    for (int k = 0; k < kids; k++) {
+        g_kids[k] = fork();
+        cr_assert_geq(g_kids[k], 0);
+        if (g_kids[k] == 0) {
+            theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+            o.sync = THEUS_SYNC_GROUP;
+            theus_state *x = NULL;
+            if (theus_shared_open_durable(g_name, g_dir, NULL, NULL, &o, &x) != THEUS_OK)
+                _exit(3);
+            int bad = commit_threads(x, threads, per);
+            theus_state_destroy(x);
+            _exit(bad ? 4 : 0);
+        }
+    }
+    cr_assert_eq(commit_threads(st, threads, per), 0, "%s", theus_last_error_message());
+    for (int k = 0; k < kids; k++) {
+        int status;
+        cr_assert_eq(waitpid(g_kids[k], &status, 0), g_kids[k]);
+        g_kids[k] = 0;
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child %d: status %d", k, status);
+    }
+    uint64_t v = check_consistent(st);
+    cr_assert_eq(v, 1 + (uint64_t)per * threads * (kids + 1));
+    theus_state_destroy(st);
+    st = open_ds(g_name, g_dir, NULL, THEUS_SYNC_COMMIT);
+    cr_assert_eq(check_consistent(st), v);
+    theus_state_destroy(st);
+}
+
 /* A private durable directory becomes shared, and back. */
 Test(durable_shared, private_then_shared)
 {
