@@ -20,6 +20,7 @@
 
 #include "backend.h"
 #include "dtype.h"
+#include "error.h"
 #include "gatekeeper.h"
 #include "seg_batch.h"
 #include "stream_fence.h"
@@ -720,5 +721,182 @@ Test(batch, deferred_replay_error_is_reported_by_every_wait)
     cr_assert_eq(theus_field_export_dlpack(st, "x", &t), THEUS_EDEVICE);
     cr_assert_null(t);
     cr_assert_eq(theus_state_hold_commits(st), THEUS_EDEVICE);
+    theus_state_destroy(st);
+}
+
+/* ---- the stream-ordered path with a stand-in for an asynchronous backend ---------------
+ * The CPU backend's table whose replay_on_stream only queues the replay (payload copied,
+ * as a GPU stream would still read it) and whose fence_wait runs the queue up to the
+ * fence: what the CUDA backend does, observable without a GPU. Its synchronous replay runs
+ * the queue first (the CUDA backend's lanes wait for the chain event). */
+#define Q_MAX 16
+static theus_backend_iface q_iface;
+static theus_backend q_backend;
+static struct q_item {
+    replay_op op;
+    void *payload;
+    int fence;
+} q_items[Q_MAX];
+static int q_n, q_next_fence, q_fail, q_enqueued, q_waits_stream;
+
+static void q_run(int upto)
+{
+    int k = 0;
+    while (k < q_n && q_items[k].fence <= upto) {
+        cr_assert_eq(backend_cpu()->iface->replay(backend_cpu()->ctx, &q_items[k].op, 1), THEUS_OK);
+        free(q_items[k].payload);
+        k++;
+    }
+    memmove(q_items, q_items + k, (size_t)(q_n - k) * sizeof q_items[0]);
+    q_n -= k;
+}
+
+static int q_replay(void *ctx, const replay_op *ops, size_t n)
+{
+    q_run(INT32_MAX);
+    return backend_cpu()->iface->replay(ctx, ops, n);
+}
+
+static int q_replay_on_stream(void *ctx, const replay_op *ops, size_t n, void *stream, void **fence)
+{
+    (void)ctx;
+    (void)stream;
+    const int f = ++q_next_fence;
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_lt(q_n, Q_MAX);
+        cr_assert_null(ops[i].batch, "the stand-in queues ordinary deltas only");
+        const size_t bytes = (size_t)region_nelems(&ops[i].sub) *
+                             theus_dtype_size(ops[i].dtype);
+        void *p = malloc(bytes + 1);
+        cr_assert_not_null(p);
+        memcpy(p, ops[i].payload, bytes);
+        q_items[q_n] = (struct q_item){.op = ops[i], .payload = p, .fence = f};
+        q_items[q_n].op.payload = p;
+        q_n++;
+    }
+    q_enqueued++;
+    *fence = (void *)(intptr_t)f;
+    return THEUS_OK;
+}
+
+static int q_fence_wait(void *ctx, void *fence, void *stream)
+{
+    (void)ctx;
+    if (stream) {
+        q_waits_stream++;
+        return THEUS_OK;
+    }
+    q_run((int)(intptr_t)fence);
+    if (q_fail)
+        return err_set(NULL, THEUS_EDEVICE, "stand-in: the replay faulted");
+    return THEUS_OK;
+}
+
+static void q_fence_release(void *ctx, void *fence)
+{
+    (void)ctx;
+    (void)fence;
+}
+
+static void q_install(theus_state *st, const char *field)
+{
+    q_iface = *backend_cpu()->iface;
+    q_iface.name = "queued";
+    q_iface.replay = q_replay;
+    q_iface.replay_on_stream = q_replay_on_stream;
+    q_iface.fence_wait = q_fence_wait;
+    q_iface.fence_release = q_fence_release;
+    q_iface.stage_batch = NULL;
+    q_backend.iface = &q_iface;
+    q_backend.ctx = backend_cpu()->ctx;
+    q_n = q_next_fence = q_fail = q_enqueued = q_waits_stream = 0;
+    st->backend[state_find_field(st, field)] = &q_backend;
+}
+
+/* The version is published when commit_on_stream returns, the bytes come when the queue
+ * runs; reads, holds, field pointers and later commits wait for them; several commits queue
+ * in order; theus_state_wait orders a stream without running anything. */
+Test(batch, stream_ordered_commits_queue_and_every_reader_waits)
+{
+    theus_state *st = make_state("f32", "[8]", NULL);
+    q_install(st, "x");
+    const float *field = st->data[state_find_field(st, "x")];
+    theus_tx *tx;
+    uint64_t v = 0;
+    for (int k = 0; k < 3; k++) {
+        cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+        cr_assert_eq(theus_tx_add(tx, "x", NULL, (float[8]){1, 1, 1, 1, 1, 1, 1, 1},
+                                  THEUS_MEM_HOST), THEUS_OK);
+        cr_assert_eq(theus_tx_commit_on_stream(tx, (void *)(uintptr_t)7, &v), THEUS_OK, "%s",
+                     theus_last_error_message());
+    }
+    cr_assert_eq(v, 4);
+    cr_assert_eq(theus_state_version(st), 4, "published at once");
+    cr_assert_eq(q_enqueued, 3);
+    cr_assert(field[0] == 0.0f, "the replays are still queued");
+    cr_assert_eq(theus_state_wait(st, (void *)(uintptr_t)9), THEUS_OK);
+    cr_assert_eq(q_waits_stream, 1);
+    cr_assert(field[0] == 0.0f, "ordering a stream runs nothing on the host");
+    float got[8];
+    read_all(st, "x", got);
+    cr_assert(got[0] == 3.0f && got[7] == 3.0f, "the read waited for all three: %g", got[0]);
+    /* A hold waits too; so does a field pointer. */
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_add(tx, "x", NULL, got, THEUS_MEM_HOST), THEUS_OK);
+    cr_assert_eq(theus_tx_commit_on_stream(tx, NULL, NULL), THEUS_OK);
+    cr_assert(field[0] == 3.0f);
+    cr_assert_eq(theus_state_hold_commits(st), THEUS_OK);
+    cr_assert(field[0] == 6.0f, "held bytes are the published version's");
+    theus_state_release_commits(st);
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_add(tx, "x", NULL, got, THEUS_MEM_HOST), THEUS_OK);
+    cr_assert_eq(theus_tx_commit_on_stream(tx, NULL, NULL), THEUS_OK);
+    const void *ptr = NULL;
+    cr_assert_eq(theus_state_field_ptr(st, "x", &ptr, NULL), THEUS_OK);
+    cr_assert(field[0] == 9.0f);
+    /* A synchronous commit replays after the queued ones. */
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_add(tx, "x", NULL, got, THEUS_MEM_HOST), THEUS_OK);
+    cr_assert_eq(theus_tx_commit_on_stream(tx, NULL, NULL), THEUS_OK);
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_write(tx, "x", NULL, (float[8]){5, 5, 5, 5, 5, 5, 5, 5},
+                                THEUS_MEM_HOST), THEUS_OK);
+    cr_assert_eq(theus_tx_commit(tx, NULL), THEUS_OK);
+    cr_assert(field[0] == 5.0f, "the assign landed after the queued add");
+    cr_assert_eq(theus_state_wait(st, NULL), THEUS_OK);
+    cr_assert(field[0] == 5.0f);
+    /* Destruction waits for what is queued (nothing must leak or run late). */
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_add(tx, "x", NULL, got, THEUS_MEM_HOST), THEUS_OK);
+    cr_assert_eq(theus_tx_commit_on_stream(tx, NULL, NULL), THEUS_OK);
+    cr_assert_eq(q_n, 1);
+    theus_state_destroy(st);
+    cr_assert_eq(q_n, 0, "destroy ran the queue");
+}
+
+/* A replay that fails once its stream runs: reported by the first wait, kept, and every
+ * commit refused afterwards. */
+Test(batch, stream_ordered_replay_error_after_the_fact)
+{
+    theus_state *st = make_state("f32", "[4]", NULL);
+    q_install(st, "x");
+    theus_tx *tx;
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_add(tx, "x", NULL, (float[4]){1, 2, 3, 4}, THEUS_MEM_HOST), THEUS_OK);
+    q_fail = 1;
+    cr_assert_eq(theus_tx_commit_on_stream(tx, NULL, NULL), THEUS_OK, "the enqueue succeeds");
+    cr_assert_eq(theus_state_version(st), 2);
+    float got[4];
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_read(tx, "x", NULL, got, THEUS_MEM_HOST), THEUS_EDEVICE);
+    cr_assert(strstr(theus_last_error_message(), "version 2"), "%s", theus_last_error_message());
+    cr_assert(strstr(theus_last_error_message(), "faulted"), "%s", theus_last_error_message());
+    theus_tx_abort(tx);
+    cr_assert_eq(theus_state_wait(st, NULL), THEUS_EDEVICE, "kept");
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_add(tx, "x", NULL, got, THEUS_MEM_HOST), THEUS_OK);
+    cr_assert_eq(theus_tx_commit_on_stream(tx, NULL, NULL), THEUS_EDEVICE);
+    cr_assert_eq(q_enqueued, 1, "nothing enqueued after the error");
+    cr_assert_eq(theus_state_version(st), 2);
     theus_state_destroy(st);
 }

@@ -22,6 +22,9 @@
 #include <theus/theus_durable.h>
 #include <theus/theus_shared.h>
 
+#include "durable/wal.h"
+#include "shared/redo.h"
+
 #define MAX_KIDS 8
 
 static char g_root[64], g_dir[128], g_dir2[128], g_name[64], g_name2[64];
@@ -202,6 +205,75 @@ Test(durable_shared, several_processes_sync_commit) { several_processes(THEUS_SY
 Test(durable_shared, several_processes_sync_group) { several_processes(THEUS_SYNC_GROUP); }
 Test(durable_shared, several_processes_sync_none) { several_processes(THEUS_SYNC_NONE); }
 
+/* Group commit across threads of several processes: 2 processes x 3 threads and 3 threads
+ * of the creator, each thread committing on its process's handle. */
+#include <pthread.h>
+
+typedef struct thr_arg {
+    theus_state *st;
+    int n, failed;
+} thr_arg;
+
+static void *thr_commit(void *p)
+{
+    thr_arg *a = p;
+    for (int i = 0; i < a->n && !a->failed; i++) {
+        uint64_t got;
+        if (commit_one(a->st, &got) != THEUS_OK)
+            a->failed = 1;
+    }
+    return NULL;
+}
+
+static int commit_threads(theus_state *st, int threads, int n)
+{
+    pthread_t th[4];
+    thr_arg a[4];
+    for (int t = 0; t < threads; t++) {
+        a[t] = (thr_arg){st, n, 0};
+        pthread_create(&th[t], NULL, thr_commit, &a[t]);
+    }
+    int failed = 0;
+    for (int t = 0; t < threads; t++) {
+        pthread_join(th[t], NULL);
+        failed |= a[t].failed;
+    }
+    return failed;
+}
+
+Test(durable_shared, group_commit_threads_and_processes)
+{
+    const int per = 20, threads = 3, kids = 2;
+    theus_state *st = open_ds(g_name, g_dir, schema, THEUS_SYNC_GROUP);
+    for (int k = 0; k < kids; k++) {
+        g_kids[k] = fork();
+        cr_assert_geq(g_kids[k], 0);
+        if (g_kids[k] == 0) {
+            theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+            o.sync = THEUS_SYNC_GROUP;
+            theus_state *x = NULL;
+            if (theus_shared_open_durable(g_name, g_dir, NULL, NULL, &o, &x) != THEUS_OK)
+                _exit(3);
+            int bad = commit_threads(x, threads, per);
+            theus_state_destroy(x);
+            _exit(bad ? 4 : 0);
+        }
+    }
+    cr_assert_eq(commit_threads(st, threads, per), 0, "%s", theus_last_error_message());
+    for (int k = 0; k < kids; k++) {
+        int status;
+        cr_assert_eq(waitpid(g_kids[k], &status, 0), g_kids[k]);
+        g_kids[k] = 0;
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child %d: status %d", k, status);
+    }
+    uint64_t v = check_consistent(st);
+    cr_assert_eq(v, 1 + (uint64_t)per * threads * (kids + 1));
+    theus_state_destroy(st);
+    st = open_ds(g_name, g_dir, NULL, THEUS_SYNC_COMMIT);
+    cr_assert_eq(check_consistent(st), v);
+    theus_state_destroy(st);
+}
+
 /* A private durable directory becomes shared, and back. */
 Test(durable_shared, private_then_shared)
 {
@@ -282,8 +354,22 @@ Test(durable_shared, bad_inputs)
 /* ---- the kill storm ---------------------------------------------------------------------- */
 
 /* A worker: commits forever, reporting each acknowledged version; checkpoints now and then. */
+/* One worker in four also kills itself, now and then, at a crash point of the log append
+ * or of the redo protocol: the windows random kills from outside rarely hit. */
+static void storm_die(int point)
+{
+    (void)point;
+    if (rand() % 24 == 0)
+        raise(SIGKILL);
+}
+
 static void storm_worker(int wfd, theus_sync sync, unsigned seed)
 {
+    if (seed % 4 == 3) {
+        srand(seed);
+        wal_fault_hook = storm_die;
+        redo_fault_hook = storm_die;
+    }
     theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
     o.sync = sync;
     theus_state *st = NULL;
@@ -308,6 +394,7 @@ static void storm_worker(int wfd, theus_sync sync, unsigned seed)
 }
 
 typedef struct kid {
+    int self;        /* kills itself at crash points too */
     int fd;          /* read end of its pipe */
     int quota;       /* acknowledgements before it is killed */
     int seen;
@@ -327,6 +414,7 @@ static void spawn(kid *k, int slot, unsigned *rng, int round)
     }
     close(p[1]);
     k->fd = p[0];
+    k->self = round % 4 == 3;
     k->quota = 1 + (int)((*rng >> 16) % 6);
     k->seen = 0;
 }
@@ -355,7 +443,7 @@ Test(durable_shared, kill_storm)
     unsigned rng = (unsigned)getpid();
     uint64_t acked = 1;
     kid k[WORKERS];
-    int round = 0, done = 0;
+    int round = 0, done = 0, self_kills = 0;
     for (int i = 0; i < WORKERS; i++)
         spawn(&k[i], i, &rng, round++);
     while (done < kills) {
@@ -369,6 +457,14 @@ Test(durable_shared, kill_storm)
                 continue;
             uint64_t v;
             ssize_t r = read(k[i].fd, &v, sizeof v);
+            if (r == 0 && k[i].self) {
+                /* It killed itself at a crash point. */
+                reap(&k[i], i, &acked);
+                done++;
+                self_kills++;
+                spawn(&k[i], i, &rng, round++);
+                continue;
+            }
             cr_assert_eq(r, (ssize_t)sizeof v, "worker %d died by itself", i);
             if (v > acked)
                 acked = v;
@@ -400,16 +496,20 @@ Test(durable_shared, kill_storm)
                  (unsigned long long)got);
     theus_shared_summary s;
     cr_assert_eq(theus_shared_info(g_name, &s), THEUS_OK);
+    const shared_durable_area *da = &shared_area_of(st)->durable;
+    uint64_t cut = da->truncated, kept = da->kept, recovered = s.recovered, dropped = s.dropped;
     theus_state_destroy(st);
     cr_assert_eq(theus_shared_info(g_name, &s), THEUS_ENOENT);
     /* Recovered from the directory alone. */
     st = open_ds(g_name, g_dir, NULL, THEUS_SYNC_COMMIT);
     cr_assert_eq(check_consistent(st), got);
     theus_state_destroy(st);
-    cr_log_info("%d kills over %d workers, acknowledged up to %llu, state at %llu (%llu "
-                "finished by others, %llu dropped)", done, WORKERS, (unsigned long long)acked,
-                (unsigned long long)got, (unsigned long long)s.recovered,
-                (unsigned long long)s.dropped);
+    cr_log_info("%d kills over %d workers (%d at crash points), acknowledged up to %llu, "
+                "state at %llu; redo: %llu finished by others, %llu dropped; log: %llu "
+                "in-flight records cut off, %llu kept", done, WORKERS, self_kills,
+                (unsigned long long)acked, (unsigned long long)got,
+                (unsigned long long)recovered, (unsigned long long)dropped,
+                (unsigned long long)cut, (unsigned long long)kept);
 }
 
 /* ---- deterministic crash points ------------------------------------------------------------
@@ -417,9 +517,6 @@ Test(durable_shared, kill_storm)
  * (a partial record, a whole record before or after the append position moved, a segment
  * rotation) or inside the redo protocol. The parent then takes the commit lock (a commit) and
  * checks that the state is whole and that the log ends exactly at the state's version. */
-
-#include "durable/wal.h"
-#include "shared/redo.h"
 
 static int g_point, g_redo;
 
