@@ -119,9 +119,12 @@ THEUS_API int theus_shared_open_durable(const char *name, const char *dir,
  * @param[out] version     the version checkpointed; may be NULL.
  * @return THEUS_OK; THEUS_EINVAL (NULL, not a durable state, read-only state, bad flag);
  *         THEUS_EIO; THEUS_ENOMEM; THEUS_EDEVICE.
- * @note Commits wait only while the changed bytes are copied to host memory; the file is
- *       written after. Afterwards checkpoints beyond keep_checkpoints (with the log segments
- *       only they needed) are removed. Thread-safe; one checkpoint at a time per state (a
+ * @note A full checkpoint writes the fields while commits go on, then again what they
+ *       changed meanwhile; commits wait only while the last of that is copied (the file is
+ *       then exactly the version returned). An incremental one holds commits while the
+ *       changed bytes are copied to host memory, and writes the file after. Afterwards
+ *       checkpoints beyond keep_checkpoints (with the log segments only they needed) are
+ *       removed. Thread-safe; one checkpoint at a time per state (a
  *       second concurrent call waits). Must not be called holding theus_state_hold_commits.
  */
 THEUS_API int theus_state_checkpoint(theus_state *st, int incremental, uint64_t *version);
@@ -175,12 +178,14 @@ THEUS_API int theus_state_durable_info(const theus_state *st, theus_durable_info
  * @brief Write every field of the state except the `signal` zone to one safetensors file,
  *        as one committed version, atomically (a temporary file in the same directory,
  *        fsynced, renamed over @p path, directory fsynced).
- * @param[in] st   the state; commits wait only while the fields are copied (not while the
- *                 file is written).
+ * @param[in] st   the state; the fields are written while commits go on, then again what
+ *                 they changed meanwhile, the last of it with commits held (they wait only
+ *                 for that copy).
  * @param[in] path destination; borrowed for the call.
- * @return THEUS_OK; THEUS_EINVAL (NULL argument); THEUS_ENOMEM (the copy needs as much host
- *         memory as the saved fields); THEUS_EIO (the file could not be written; no file is
- *         left behind, an existing @p path is untouched); THEUS_EDEVICE.
+ * @return THEUS_OK; THEUS_EINVAL (NULL argument); THEUS_ENOMEM (two 8 MiB staging buffers
+ *         for device and pinned fields, a few bytes per 256 KiB); THEUS_ENOENT (the
+ *         directory of @p path does not exist); THEUS_EIO (the file could not be written;
+ *         no file is left behind, an existing @p path is untouched); THEUS_EDEVICE.
  * @note Thread-safe against commits on other threads. Must not be called by a thread that
  *       holds theus_state_hold_commits. The file's `__metadata__` holds "theus.format",
  *       "theus.version" (the state version saved), "theus.schema" and

@@ -225,16 +225,20 @@ static void retention(durable *d)
         while (root > 0 && l.ckpt[root].kind == DUR_INCREMENTAL)
             root--;
         char p[DUR_PATH_MAX];
+        int removed = 0;
         for (size_t k = 0; k < root; k++) {
             ckpt_path(d->dir, l.ckpt[k].version, l.ckpt[k].kind, p, sizeof p);
-            unlink(p);
+            removed += unlink(p) == 0;
         }
         uint64_t covered = l.ckpt[root].version;
         for (size_t k = 0; k + 1 < l.nseg && l.seg[k + 1].version <= covered; k++) {
             wal_segment_path(d->dir, l.seg[k].version, p, sizeof p);
-            unlink(p);
+            removed += unlink(p) == 0;
         }
-        fio_fsync_dir(NULL, d->dir, 1);
+        /* An fsync of the directory only when something went (an incremental checkpoint
+         * whose chain is all kept removes nothing). */
+        if (removed)
+            fio_fsync_dir(NULL, d->dir, 1);
     }
     dir_list_free(&l);
 }
