@@ -29,7 +29,16 @@ void AnnotateIgnoreReadsBegin(const char *file, int line);
 void AnnotateIgnoreReadsEnd(const char *file, int line);
 #define TSAN_IGNORE_BEGIN() AnnotateIgnoreReadsBegin(__FILE__, __LINE__)
 #define TSAN_IGNORE_END()   AnnotateIgnoreReadsEnd(__FILE__, __LINE__)
+/* TSan's pthread_mutex_timedlock interceptor records the lock only when it returns 0: a
+ * robust mutex taken over from a dead owner (EOWNERDEAD) is announced by hand, as its
+ * pthread_mutex_lock interceptor does (else the unlock is reported). */
+void __tsan_mutex_pre_lock(void *addr, unsigned flags);
+void __tsan_mutex_post_lock(void *addr, unsigned flags, int recursion);
+#define TSAN_MUTEX_TAKEN_OVER(m)                                                           \
+    (__tsan_mutex_pre_lock((m), 1u << 4 /* try_lock */),                                   \
+     __tsan_mutex_post_lock((m), 1u << 4, 0))
 #else
+#define TSAN_MUTEX_TAKEN_OVER(m) ((void)0)
 #define TSAN_IGNORE_BEGIN() ((void)0)
 #define TSAN_IGNORE_END()   ((void)0)
 #endif

@@ -1084,8 +1084,22 @@ Test(shared, kill_storm)
     const redo_record *rec = (const redo_record *)((const char *)st->hdr +
                                                    shared_area_of(st)->off_redo);
     double t0 = now_s();
-    int aimed = 0;
-    for (int k = 0; k < KILLS; k++) {
+    int aimed = 0, k = 0;
+    /* KILLS kills, then more (at most 20 x KILLS) until the storm has meant something on
+     * this machine however fast it is: KILLS / 4 commits reported and one interrupted
+     * commit finished by another process. The assertions below are then about
+     * correctness, not speed. */
+    for (;; k++) {
+        if (k >= KILLS) {
+            int64_t done = 0;
+            for (int i = 0; i < SW; i++)
+                done += s[i].committed;
+            theus_shared_summary now;
+            int meant = done >= KILLS / 4 && theus_shared_info(name, &now) == THEUS_OK &&
+                        now.recovered > 0;
+            if (meant || k >= 20 * KILLS)
+                break;
+        }
         /* Let the workers run for a random while (draining their reports), then kill one
          * at whatever point it has reached: staging, the lock, the redo record, the
          * replay, the publish, its report, or its own open after a respawn. Every other
@@ -1126,7 +1140,7 @@ Test(shared, kill_storm)
         committed += s[w].committed;
     }
     cr_log_info("kill storm: %d kills (%d aimed at a lock holder) in %.2f s, %lld commits "
-                "reported, %lld attempted", KILLS, aimed, now_s() - t0, (long long)committed,
+                "reported, %lld attempted", k, aimed, now_s() - t0, (long long)committed,
                 (long long)announced);
     theus_shared_summary info;
     cr_assert_eq(theus_shared_info(name, &info), THEUS_OK);

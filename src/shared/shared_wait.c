@@ -4,6 +4,7 @@
  * after a bound and say who holds the lock. See docs/sharing.md, "What can block". */
 #include "shared_impl.h"
 #include "error.h"
+#include "tsan_annotate.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -133,6 +134,8 @@ int shared_lock(unsigned char *base, pthread_mutex_t *m, const char *what, const
         struct timespec ts;
         deadline_in(&ts, bound);
         e = pthread_mutex_timedlock(m, &ts);
+        if (e == EOWNERDEAD)
+            TSAN_MUTEX_TAKEN_OVER(m);
     }
     if (e == EOWNERDEAD) {
         /* Its holder died: what it guarded is for the caller to check (the hold lock's
