@@ -865,3 +865,90 @@ Test(signal_shared, a_durable_shared_state_signals_across_processes)
     theus_engine_destroy(e);
     theus_state_destroy(st);
 }
+
+/* ---- a waiter killed while it waits ------------------------------------------------------ */
+typedef struct sleeper {
+    theus_engine *e;
+    int rc;
+} sleeper;
+
+static void *sleeper_thread(void *arg)
+{
+    sleeper *s = arg;
+    uint64_t seen = 0;
+    s->rc = theus_engine_wait_signal(s->e, "never", 0, CHILD_TIMEOUT_MS, &seen);
+    return NULL;
+}
+
+/* Two threads wait for a signal nobody sends; the parent kills the process under them. */
+static int child_two_sleepers(int fd, void *arg)
+{
+    (void)fd;
+    theus_state *st = NULL;
+    theus_engine *e = NULL;
+    if (theus_state_open_shared(arg, NULL, &st) != THEUS_OK)
+        return 10;
+    if (theus_engine_create(st, NULL, &e) != THEUS_OK)
+        return 11;
+    sleeper s[2] = {{.e = e, .rc = -1}, {.e = e, .rc = -1}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        if (pthread_create(&t[i], NULL, sleeper_thread, &s[i]) != 0)
+            return 12;
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    return 13; /* only a timeout gets here: the parent kills this process first */
+}
+
+static int slot_of(const shared_signal_area *s, pid_t pid)
+{
+    for (int i = 0; i < SIG_WAITER_SLOTS; i++)
+        if (atomic_load(&s->w[i].pid) == (int32_t)pid)
+            return i;
+    return -1;
+}
+
+Test(signal_shared, a_waiter_killed_while_it_waits_is_taken_back_by_the_next_wait)
+{
+    theus_engine *e = NULL;
+    const char *name = new_name("deadwaiter");
+    theus_state *st = create(name, &e);
+    const shared_signal_area *s = &shared_area_of(st)->sig;
+    int fd;
+    pid_t kid = spawn(child_two_sleepers, (void *)name, &fd);
+    until_waiting(st, 2, kid);
+    int slot = slot_of(s, kid);
+    cr_assert_geq(slot, 0, "the child's waiters have a slot");
+    cr_expect_eq(atomic_load(&s->w[slot].n), 2);
+    cr_assert_eq(kill(kid, SIGKILL), 0);
+    cr_expect_eq(reap(kid), 128 + SIGKILL);
+    close(fd);
+    cr_expect_eq(atomic_load(&s->waiters), 2, "dead waiters cannot count themselves out");
+    uint64_t v_before = theus_state_version(st);
+
+    /* Any wait that begins takes them back: a check-once wait here. */
+    uint64_t seen = 99;
+    cr_expect_eq(theus_engine_wait_signal(e, "go", 0, 0, &seen), THEUS_ETIMEDOUT);
+    cr_expect_eq(seen, 0);
+    cr_expect_eq(atomic_load(&s->waiters), 0, "the dead process's waiters are not counted");
+    cr_expect_eq(slot_of(s, kid), -1, "its slot is free again");
+    cr_expect_eq(shared_signal_reap_waiters(st), 0, "taken back once");
+    cr_expect_eq(theus_state_version(st), v_before, "nothing else changed");
+
+    /* The count is right again: a new waiter in another process is seen as it waits, and
+     * woken by the signal it waits for. */
+    wait_job j = {.name = name, .signal = "go", .after = 0, .timeout_ms = CHILD_TIMEOUT_MS};
+    pid_t kid2 = spawn(child_wait, &j, &fd);
+    until_waiting(st, 1, kid2);
+    uint64_t v = 0;
+    cr_assert_eq(theus_engine_run(e, "emit", &v), THEUS_OK, "%s", theus_state_last_error(st));
+    report r = read_report(fd);
+    cr_expect_eq(r.rc, THEUS_OK, "%s", r.msg);
+    cr_expect_eq(r.seen, 1);
+    cr_expect_geq(r.version, v);
+    cr_expect_eq(reap(kid2), 0);
+    close(fd);
+    cr_expect_eq(atomic_load(&s->waiters), 0);
+    theus_engine_destroy(e);
+    theus_state_destroy(st);
+}
