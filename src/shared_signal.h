@@ -88,7 +88,9 @@ typedef struct shared_signal_area {
  * the table full (nothing staged). */
 int shared_signal_stage(struct theus_state *st, const char (*names)[THEUS_NAME_MAX + 1],
                         size_t n, uint64_t version);
-/* Forget what is staged (the commit was cancelled or refused). */
+/* Forget what is staged (the commit was cancelled or refused) — unless its redo record is
+ * complete (its replay failed): that commit is finished by the next taker of the commit lock
+ * and delivers its signals then. */
 void shared_signal_unstage(struct theus_state *st);
 /* The commit creating @version is published and the listeners before the engine's have
  * run (the write-ahead log's sync under THEUS_SYNC_COMMIT): deliver what is staged for it,

@@ -22,6 +22,7 @@
  * killed between the two steps leaves at most one count behind (a futex wake per commit). */
 #include "shared_impl.h"
 #include "error.h"
+#include "redo.h"
 #include "theus/theus_process.h"
 #include <errno.h>
 #include <signal.h>
@@ -128,6 +129,12 @@ int shared_signal_stage(theus_state *st, const char (*names)[THEUS_NAME_MAX + 1]
 
 void shared_signal_unstage(theus_state *st)
 {
+    /* A commit whose replay failed after its redo record was complete is not cancelled in
+     * the segment: the record stays and the next taker of the commit lock finishes and
+     * publishes it, and its signals with it (shared_signal_recover), as for a holder that
+     * died there. A signal follows the commit being published, not its caller's status. */
+    if (redo_pending(st))
+        return;
     atomic_store(&area_of(st)->staged_state, SIG_STAGED_NONE);
 }
 
