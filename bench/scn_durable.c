@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -286,6 +287,7 @@ static const char py_writer[] =
 typedef struct py_ctx {
     pid_t pid;
     FILE *to, *from;
+    void (*old_pipe)(int);       /* SIGPIPE ignored while it runs: a dead Python is an error */
     unsigned runs;
     double save[PY_MAX_RUNS];    /* save_file alone, every run (warm-up first) */
 } py_ctx;
@@ -298,6 +300,8 @@ static void py_stop(py_ctx *c)
         fclose(c->from);
     if (c->pid > 0)
         waitpid(c->pid, NULL, 0);
+    if (c->pid)
+        signal(SIGPIPE, c->old_pipe);
     c->to = c->from = NULL;
     c->pid = 0;
 }
@@ -341,6 +345,7 @@ static int py_start(py_ctx *c, size_t bytes, const char *dir)
         return -1;
     }
     c->pid = pid;
+    c->old_pipe = signal(SIGPIPE, SIG_IGN);
     c->to = fdopen(in[1], "w");
     c->from = fdopen(out[0], "r");
     char line[64];
