@@ -100,12 +100,12 @@ static void count_sync(wal *w)
         atomic_fetch_add_explicit(&w->nsyncs, 1, memory_order_relaxed);
 }
 
-static void count_record(wal *w)
+static void count_record(wal *w, int64_t n)
 {
     if (w->sa)
-        atomic_fetch_add_explicit(&w->sa->log_records, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&w->sa->log_records, (uint64_t)n, memory_order_relaxed);
     else
-        atomic_fetch_add_explicit(&w->nrecords, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&w->nrecords, (uint64_t)n, memory_order_relaxed);
 }
 
 void wal_stats(const wal *w, theus_durable_stats *out)
@@ -486,7 +486,7 @@ static int wal_prepare(void *user, const publish_batch *b)
         return rc;
     }
     w->seg_size = end;
-    count_record(w);
+    count_record(w, 1);
     pthread_mutex_lock(&w->m);
     tls_rec.w = w;
     tls_rec.seq = ++w->written;
@@ -505,6 +505,7 @@ static void wal_cancel(void *user, const publish_batch *b)
         (z && w->sync != THEUS_SYNC_NONE && fdatasync(w->fd) != 0))
         w->broken = 1;
     w->seg_size = w->rec_start;
+    count_record(w, -1);
     tls_rec.w = NULL;
 }
 
@@ -695,7 +696,7 @@ static int shared_prepare(void *user, const publish_batch *b)
         return rc;
     }
     wal_fault(WAL_POINT_WRITTEN);
-    count_record(w);
+    count_record(w, 1);
     sa->append_off = end;
     wal_fault(WAL_POINT_APPENDED);
     tls_rec.w = w;
@@ -723,6 +724,7 @@ static void shared_cancel(void *user, const publish_batch *b)
     sa->append_off = sa->inflight_off;
     sa->dirty_end = sa->inflight_off;
     sa->inflight = 0;
+    count_record(w, -1);
 }
 
 static void shared_published(void *user, const publish_batch *b)
@@ -932,6 +934,8 @@ int wal_append_note(wal *w, const unsigned char *rec, size_t len, int sync)
      * them up to dirty_end. */
     if (w->sa && w->sa->dirty_end < at + len)
         w->sa->dirty_end = at + len;
+    if (w->sa && wal_fault_hook && fio_pwrite_all(w->fd, rec, len / 2, at) == 0)
+        wal_fault(WAL_POINT_NOTE_PARTIAL);
     if (fio_pwrite_all(w->fd, rec, len, at) != 0) {
         int e = errno, z;
         if (cut_back(w->fd, at, at + len, zero_end, &z) != 0) {
@@ -944,7 +948,7 @@ int wal_append_note(wal *w, const unsigned char *rec, size_t len, int sync)
             w->sa->dirty_end = at;
         return err_set(w->st, THEUS_EIO, "log: cannot write an audit record: %s", strerror(e));
     }
-    count_record(w);
+    count_record(w, 1);
     if (w->sa)
         w->sa->append_off = at + len;
     else

@@ -51,7 +51,8 @@ enum {
     WAL_POINT_PARTIAL = 1,   /* part of the record written (its head) */
     WAL_POINT_WRITTEN,       /* the whole record written, append_off not moved yet */
     WAL_POINT_APPENDED,      /* append_off moved, the redo record not begun */
-    WAL_POINT_ROTATING       /* a new segment created, the shared area not pointing at it */
+    WAL_POINT_ROTATING,      /* a new segment created, the shared area not pointing at it */
+    WAL_POINT_NOTE_PARTIAL   /* half of an audit record written (wal_append_note) */
 };
 extern void (*wal_fault_hook)(int point);
 
