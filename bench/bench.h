@@ -21,6 +21,8 @@ typedef struct bench_cfg {
     double max_seconds;        /* stop after this much sampling once min_samples are in */
     double stable_tol;         /* median considered stable when it moves less than this */
     size_t llc_bytes;          /* last-level cache size (sysfs index3, default 32 MiB) */
+    int llc_flush;             /* flush the LLC before cold-cache samples (off with --quick:
+                                  the quick pass checks results, it is not a measurement) */
     size_t mem_avail;          /* MemAvailable at start, bytes */
     size_t max_field;          /* --max-field-mib override, bytes (0: automatic) */
     uint64_t seed;
@@ -34,10 +36,13 @@ uint64_t now_ns(void);
 double now_s(void);
 uint64_t rng_next(uint64_t *s);            /* splitmix64 */
 double rng_unit(uint64_t *s);              /* uniform in [0, 1) */
-/* Allocate the flush buffer (twice the LLC); 0 ok, -1 out of memory. */
+/* Allocate the flush buffer (twice the LLC; nothing when bench.llc_flush is 0, and
+ * llc_flush() then does nothing); 0 ok, -1 out of memory. */
 int llc_flush_init(void);
 void llc_flush_free(void);
 /* Evict the caches by streaming over a buffer larger than the LLC. */
+/* Bytes streamed per flush and thread (0: flushing is off). */
+size_t llc_flush_bytes(void);
 void llc_flush(void);
 /* Whether a working set of @bytes could still sit in the LLC after a pass over it. */
 int llc_would_hold(size_t bytes);

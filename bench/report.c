@@ -392,7 +392,9 @@ int report_json(const char *path, const machine_info *m, const char *command)
     json_num(f, bench.max_seconds);
     fprintf(f, ", \"stable_tolerance\": ");
     json_num(f, bench.stable_tol);
-    fprintf(f, ", \"llc_flush_bytes\": %zu, \"seed\": %llu},\n", 2 * bench.llc_bytes,
+    /* llc_flush_bytes 0: no flush at all (--quick), every figure is a warm-cache one. */
+    fprintf(f, ", \"llc_flush\": %s, \"llc_flush_bytes\": %zu, \"seed\": %llu},\n",
+            llc_flush_bytes() ? "true" : "false", llc_flush_bytes(),
             (unsigned long long)bench.seed);
 
     fprintf(f, "  \"results\": [\n");

@@ -321,9 +321,10 @@ int scn_commit_scaling(void)
     char fb[16], what[320];
     snprintf(what, sizeof what,
              "commit cost as the written fraction of a %s f32 host field grows, against "
-             "copying the whole field; staged payload and field flushed from the LLC before "
+             "copying the whole field; staged payload and field %s before "
              "each timed commit; times in ms%s",
              fmt_bytes((double)fbytes, fb, sizeof fb),
+             bench.llc_flush ? "flushed from the LLC" : "NOT flushed from the LLC (--quick)",
              fbytes < want ? " (field reduced to fit memory)" : "");
     print_header(scenario, "cpu", what);
 
@@ -644,9 +645,10 @@ int scn_commit_zerocopy(void)
     snprintf(what, sizeof what,
              "whole transactions (begin -> stage -> commit) on a %s f32 host field of 4 KiB "
              "rows, against a memcpy of the same bytes to the same places (ceiling), sampled "
-             "in the same rounds; LLC flushed before each sample when it could hold the "
-             "delta; times in ms%s",
+             "in the same rounds; %s; times in ms%s",
              fmt_bytes((double)fbytes, fb, sizeof fb),
+             bench.llc_flush ? "LLC flushed before each sample when it could hold the delta"
+                             : "LLC NOT flushed (--quick)",
              fbytes < want ? " (field reduced to fit memory)" : "");
     print_header(scenario, "cpu", what);
     printf("%-17s %7s %5s | %-28s | %7s %7s %7s | %7s |\n", "case", "delta", "rgns",

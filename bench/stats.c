@@ -89,6 +89,9 @@ static volatile uint64_t flush_sink;
 
 int llc_flush_init(void)
 {
+    flush_bytes = 0;
+    if (!bench.llc_flush)
+        return 0;
     flush_bytes = 2 * bench.llc_bytes;
     flush_buf = bench_alloc(flush_bytes);
     if (!flush_buf)
@@ -102,8 +105,15 @@ int llc_flush_init(void)
 
 void llc_flush_free(void)
 {
-    bench_free(flush_buf, flush_bytes);
+    if (flush_buf)
+        bench_free(flush_buf, flush_bytes);
     flush_buf = NULL;
+    flush_bytes = 0;
+}
+
+size_t llc_flush_bytes(void)
+{
+    return flush_buf ? flush_bytes : 0;
 }
 
 static void flush_part(void *arg, int t, int nt)

@@ -72,8 +72,21 @@ int err_wrap(const theus_state *st, int code, const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(tls_err.msg, sizeof tls_err.msg, fmt, ap);
     va_end(ap);
-    if (inner[0] && n >= 0 && (size_t)n < sizeof tls_err.msg)
-        snprintf(tls_err.msg + n, sizeof tls_err.msg - (size_t)n, ": %s", inner);
+    if (inner[0] && n >= 0 && (size_t)n < sizeof tls_err.msg) {
+        /* ": " and the inner detail, cut to what is left of the buffer (on purpose). */
+        size_t room = sizeof tls_err.msg - 1 - (size_t)n;
+        char *at = tls_err.msg + n;
+        size_t len = strlen(inner);
+        if (room >= 2) {
+            memcpy(at, ": ", 2);
+            at += 2;
+            room -= 2;
+            len = len < room ? len : room;
+            memcpy(at, inner, len);
+            at += len;
+        }
+        *at = '\0';
+    }
     tls_err.st = st;
     tls_err.code = code;
     memset(&tls_err.conflict, 0, sizeof tls_err.conflict);

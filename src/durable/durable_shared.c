@@ -208,7 +208,11 @@ int theus_shared_open_durable(const char *name, const char *dir, const char *sch
     d->shared = 1;
     theus_state *st = NULL;
     char p[DUR_PATH_MAX];
-    snprintf(p, sizeof p, "%s/%s", abs, DUR_LOCK_FILE);
+    int pn = snprintf(p, sizeof p, "%s/%s", abs, DUR_LOCK_FILE);
+    if (pn < 0 || (size_t)pn >= sizeof p) {
+        rc = err_set(NULL, THEUS_EINVAL, "'%s': path too long", abs);
+        goto fail;
+    }
     d->lock_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (d->lock_fd < 0) {
         rc = err_set(NULL, THEUS_EIO, "cannot open '%s': %s", p, strerror(errno));
