@@ -24,8 +24,11 @@
  * on at the step after the last one committed — an evaluation that was due still runs —
  * instead of starting the workflow over.
  *
+ * --kill-at-step N kills the program (SIGKILL, as `kill -9` would) right after the commit of
+ * optimizer step N, for the resume test (examples/train_softmax_resume.cmake).
+ *
  * usage: train_softmax [--steps N] [--quick] [--seed N] [--schema PATH] [--workflow PATH]
- *                      [--dir PATH]
+ *                      [--dir PATH] [--kill-at-step N]
  */
 #define _POSIX_C_SOURCE 200809L
 #include <theus/theus.h>
@@ -37,6 +40,7 @@
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +64,7 @@ typedef struct config {
     uint64_t seed;
     const char *schema, *workflow;
     const char *dir;      /* --dir: durable state directory (NULL: in memory) */
+    long kill_at;         /* --kill-at-step: SIGKILL after that step's commit (0: never) */
     float lr;
     double cluster_scale; /* spread of the class centres; noise has unit variance */
 } config;
@@ -73,7 +78,8 @@ static void usage(FILE *fp)
                 "  --seed N       seed of the data set and batch order (default 42)\n"
                 "  --schema PATH  state schema (default " TRAIN_SOFTMAX_SCHEMA ")\n"
                 "  --workflow PATH  the training workflow (default " TRAIN_SOFTMAX_WORKFLOW ")\n"
-                "  --dir PATH     keep the state durable in PATH: created, or resumed\n");
+                "  --dir PATH     keep the state durable in PATH: created, or resumed\n"
+                "  --kill-at-step N  die (SIGKILL) right after step N commits (to test --dir)\n");
 }
 
 static int parse_u64(const char *s, uint64_t *out)
@@ -95,6 +101,7 @@ static int parse_args(int argc, char **argv, config *cfg)
     int quick = 0;
     cfg->seed = 42;
     cfg->dir = NULL;
+    cfg->kill_at = 0;
     cfg->schema = TRAIN_SOFTMAX_SCHEMA;
     cfg->workflow = TRAIN_SOFTMAX_WORKFLOW;
     for (int i = 1; i < argc; i++) {
@@ -117,6 +124,12 @@ static int parse_args(int argc, char **argv, config *cfg)
             cfg->schema = argv[++i];
         } else if (strcmp(a, "--workflow") == 0 && i + 1 < argc) {
             cfg->workflow = argv[++i];
+        } else if (strcmp(a, "--kill-at-step") == 0 && i + 1 < argc) {
+            if (parse_u64(argv[++i], &v) || v == 0 || v > 1000000) {
+                fprintf(stderr, "train_softmax: --kill-at-step wants an integer in [1, 1000000]\n");
+                return -1;
+            }
+            cfg->kill_at = (long)v;
         } else if (strcmp(a, "--dir") == 0 && i + 1 < argc) {
             cfg->dir = argv[++i];
         } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -269,6 +282,12 @@ static void step_committed(void *arg, uint64_t version)
     t->window_loss += t->step_loss;
     t->window_batches += t->step_count;
     t->window_steps++;
+    if (t->ri->cfg->kill_at && t->opt.step + 1 == t->ri->cfg->kill_at) {
+        /* The step is committed (and, with --dir, in the log): die as kill -9 would. */
+        printf("killed after step %ld (--kill-at-step)\n", t->ri->cfg->kill_at);
+        fflush(stdout);
+        raise(SIGKILL);
+    }
 }
 
 static int adam_body(theus_run *run, void *user)
@@ -530,6 +549,7 @@ int main(int argc, char **argv)
     config cfg;
     if (parse_args(argc, argv, &cfg) != 0)
         return 2;
+    setvbuf(stdout, NULL, _IOLBF, 0); /* a killed run leaves every line it printed */
 #ifdef OPENBLAS_VERSION
     /* The two workers are the parallelism; small GEMMs gain nothing from BLAS threads. */
     openblas_set_num_threads(1);

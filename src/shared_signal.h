@@ -43,12 +43,31 @@ enum {
                               died while applying it */
 };
 
+/* Processes with a waiter slot: a waiting process beyond them is counted in `waiters` only
+ * (and, killed while it waits, stays counted: a futex wake per commit, nothing else). */
+#define SIG_WAITER_SLOTS 64
+/* pid of a waiter slot being claimed or taken back (no process has it). */
+#define SIG_WAITER_BUSY (-1)
+
+/* One process's waiting threads, named by pid and start time (shared_proc_start) so that a
+ * reused pid is not taken for the same process. A slot stays with its process while it
+ * lives; the slot of a dead process is taken back, with its count, by the next wait that
+ * begins in any process. */
+typedef struct shared_signal_waiter {
+    _Atomic int32_t pid;             /* 0: free; SIG_WAITER_BUSY: being claimed or taken back */
+    _Atomic uint32_t n;              /* threads of that process in a wait now */
+    _Atomic uint64_t start;
+} shared_signal_waiter;
+
 /* The signal area: one member of shared_area, after its checksum (it changes). Everything
- * but the futex words and `waiters` is written under the commit lock. */
+ * but the futex words, `waiters` and the waiter slots is written under the commit lock. */
 typedef struct shared_signal_area {
     _Atomic uint32_t n;              /* named slots */
-    _Atomic uint32_t waiters;        /* threads in a wait now, all processes (a waiter killed
-                                        while waiting stays counted: more wake-ups, no harm) */
+    _Atomic uint32_t waiters;        /* threads in a wait now, all processes: the sum of the
+                                        slots' counts, plus the waiters without a slot; never
+                                        less than the threads really waiting (see
+                                        shared_signal.c), at most one more per process killed
+                                        in the few instructions between its two counts */
     _Atomic uint32_t version_wake;   /* futex word: bumped after a commit publishes */
     _Atomic uint32_t table_wake;     /* futex word: bumped when names are added, and for every
                                         wake-all (removal, a local engine closing) */
@@ -59,6 +78,7 @@ typedef struct shared_signal_area {
     uint64_t staged_version;
     shared_signal_staged staged[THEUS_SHARED_MAX_SIGNALS];
     shared_signal_entry e[THEUS_SHARED_MAX_SIGNALS];
+    shared_signal_waiter w[SIG_WAITER_SLOTS];
 } shared_signal_area;
 
 /* ---- the writer side: under the commit lock ------------------------------------------- */
@@ -68,7 +88,9 @@ typedef struct shared_signal_area {
  * the table full (nothing staged). */
 int shared_signal_stage(struct theus_state *st, const char (*names)[THEUS_NAME_MAX + 1],
                         size_t n, uint64_t version);
-/* Forget what is staged (the commit was cancelled or refused). */
+/* Forget what is staged (the commit was cancelled or refused) — unless its redo record is
+ * complete (its replay failed): that commit is finished by the next taker of the commit lock
+ * and delivers its signals then. */
 void shared_signal_unstage(struct theus_state *st);
 /* The commit creating @version is published and the listeners before the engine's have
  * run (the write-ahead log's sync under THEUS_SYNC_COMMIT): deliver what is staged for it,
@@ -114,6 +136,10 @@ typedef struct shared_wait {
  * (THEUS_ENOENT), *closing is set (THEUS_EBUSY) or the timeout passes (THEUS_ETIMEDOUT);
  * *seen receives the count or version seen last. No message is set (the caller sets it). */
 int shared_signal_wait(struct theus_state *st, const shared_wait *w, uint64_t *seen);
+/* Take back the waiter slots of dead processes (killed while they waited) and their counts
+ * from `waiters`. Any thread, no lock; called by every wait as it begins. Returns the
+ * waiting threads it took back. */
+uint32_t shared_signal_reap_waiters(struct theus_state *st);
 /* Wake every waiter of the area, in every process (they look again at what they wait for). */
 void shared_signal_wake_all(struct shared_area *a);
 

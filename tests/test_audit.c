@@ -397,6 +397,21 @@ Test(audit, stats_count_per_process_field_and_level)
 
 /* ---- the rules on the backend: one summary per rule -------------------------------------- */
 
+/* The CUDA audit kernel (kernels/constraints.cu audit_breaks) numbers rules with literals 0..4
+ * and takes at most 8 per field (THEUS_AUDIT_MAX_RULES); the schema, the host loop and the
+ * public enum must keep that numbering, or a device field would be judged by another rule.
+ * Pinned here, so that the CPU build catches a renumbering the GPU build would not. */
+_Static_assert(SCHEMA_AUDIT_FINITE == 0 && SCHEMA_AUDIT_MIN == 1 && SCHEMA_AUDIT_MAX_VALUE == 2 &&
+                   SCHEMA_AUDIT_MAX_ABS == 3 && SCHEMA_AUDIT_MAX_CHANGE == 4,
+               "kernels/constraints.cu: 0 finite, 1 min, 2 max, 3 max_abs, 4 max_change");
+_Static_assert((int)THEUS_AUDIT_FINITE == SCHEMA_AUDIT_FINITE &&
+                   (int)THEUS_AUDIT_MIN == SCHEMA_AUDIT_MIN &&
+                   (int)THEUS_AUDIT_MAX == SCHEMA_AUDIT_MAX_VALUE &&
+                   (int)THEUS_AUDIT_MAX_ABS == SCHEMA_AUDIT_MAX_ABS &&
+                   (int)THEUS_AUDIT_MAX_CHANGE == SCHEMA_AUDIT_MAX_CHANGE,
+               "the public rule numbers are the schema's");
+_Static_assert(SCHEMA_AUDIT_MAX == 8, "kernels/constraints.cuh THEUS_AUDIT_MAX_RULES");
+
 Test(audit_backend, host_loop_counts_first_index_and_value)
 {
     float cur[6] = {1, 5, NAN, -7, 2, 9}, old[6] = {1, 1, 1, 1, 1, 1};

@@ -32,6 +32,8 @@
 #include "shared.h"
 #include "shared/redo.h"
 #include "shared_signal.h"
+#include "backend.h"
+#include "state.h"
 
 static const char *schema =
     "{\"name\": \"sigshm\", \"fields\": {"
@@ -862,6 +864,170 @@ Test(signal_shared, a_durable_shared_state_signals_across_processes)
     cr_expect_eq(r.x, 4.0f);
     cr_expect_eq(reap(kid), 0);
     close(fd);
+    theus_engine_destroy(e);
+    theus_state_destroy(st);
+}
+
+/* ---- a waiter killed while it waits ------------------------------------------------------ */
+typedef struct sleeper {
+    theus_engine *e;
+    int rc;
+} sleeper;
+
+static void *sleeper_thread(void *arg)
+{
+    sleeper *s = arg;
+    uint64_t seen = 0;
+    s->rc = theus_engine_wait_signal(s->e, "never", 0, CHILD_TIMEOUT_MS, &seen);
+    return NULL;
+}
+
+/* Two threads wait for a signal nobody sends; the parent kills the process under them. */
+static int child_two_sleepers(int fd, void *arg)
+{
+    (void)fd;
+    theus_state *st = NULL;
+    theus_engine *e = NULL;
+    if (theus_state_open_shared(arg, NULL, &st) != THEUS_OK)
+        return 10;
+    if (theus_engine_create(st, NULL, &e) != THEUS_OK)
+        return 11;
+    sleeper s[2] = {{.e = e, .rc = -1}, {.e = e, .rc = -1}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        if (pthread_create(&t[i], NULL, sleeper_thread, &s[i]) != 0)
+            return 12;
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    return 13; /* only a timeout gets here: the parent kills this process first */
+}
+
+static int slot_of(const shared_signal_area *s, pid_t pid)
+{
+    for (int i = 0; i < SIG_WAITER_SLOTS; i++)
+        if (atomic_load(&s->w[i].pid) == (int32_t)pid)
+            return i;
+    return -1;
+}
+
+Test(signal_shared, a_waiter_killed_while_it_waits_is_taken_back_by_the_next_wait)
+{
+    theus_engine *e = NULL;
+    const char *name = new_name("deadwaiter");
+    theus_state *st = create(name, &e);
+    const shared_signal_area *s = &shared_area_of(st)->sig;
+    int fd;
+    pid_t kid = spawn(child_two_sleepers, (void *)name, &fd);
+    until_waiting(st, 2, kid);
+    int slot = slot_of(s, kid);
+    cr_assert_geq(slot, 0, "the child's waiters have a slot");
+    cr_expect_eq(atomic_load(&s->w[slot].n), 2);
+    cr_assert_eq(kill(kid, SIGKILL), 0);
+    cr_expect_eq(reap(kid), 128 + SIGKILL);
+    close(fd);
+    cr_expect_eq(atomic_load(&s->waiters), 2, "dead waiters cannot count themselves out");
+    uint64_t v_before = theus_state_version(st);
+
+    /* Any wait that begins takes them back: a check-once wait here. */
+    uint64_t seen = 99;
+    cr_expect_eq(theus_engine_wait_signal(e, "go", 0, 0, &seen), THEUS_ETIMEDOUT);
+    cr_expect_eq(seen, 0);
+    cr_expect_eq(atomic_load(&s->waiters), 0, "the dead process's waiters are not counted");
+    cr_expect_eq(slot_of(s, kid), -1, "its slot is free again");
+    cr_expect_eq(shared_signal_reap_waiters(st), 0, "taken back once");
+    cr_expect_eq(theus_state_version(st), v_before, "nothing else changed");
+
+    /* The count is right again: a new waiter in another process is seen as it waits, and
+     * woken by the signal it waits for. */
+    wait_job j = {.name = name, .signal = "go", .after = 0, .timeout_ms = CHILD_TIMEOUT_MS};
+    pid_t kid2 = spawn(child_wait, &j, &fd);
+    until_waiting(st, 1, kid2);
+    uint64_t v = 0;
+    cr_assert_eq(theus_engine_run(e, "emit", &v), THEUS_OK, "%s", theus_state_last_error(st));
+    report r = read_report(fd);
+    cr_expect_eq(r.rc, THEUS_OK, "%s", r.msg);
+    cr_expect_eq(r.seen, 1);
+    cr_expect_geq(r.version, v);
+    cr_expect_eq(reap(kid2), 0);
+    close(fd);
+    cr_expect_eq(atomic_load(&s->waiters), 0);
+    theus_engine_destroy(e);
+    theus_state_destroy(st);
+}
+
+/* ---- a commit whose replay fails after its redo record was complete ---------------------- */
+static theus_backend_iface g_failing_iface;
+static theus_backend g_failing;
+static int g_replay_failures; /* replays of the failing backend that fail, then it works */
+
+static int failing_replay(void *ctx, const replay_op *ops, size_t n)
+{
+    if (g_replay_failures > 0) {
+        g_replay_failures--;
+        return THEUS_EIO; /* before anything changed, as a backend must */
+    }
+    return backend_cpu()->iface->replay(ctx, ops, n);
+}
+
+static float read_x(theus_state *st)
+{
+    float x = -1;
+    theus_tx *tx = NULL;
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK, "%s", theus_state_last_error(st));
+    cr_assert_eq(theus_tx_read(tx, "x", NULL, &x, THEUS_MEM_HOST), THEUS_OK);
+    theus_tx_abort(tx);
+    return x;
+}
+
+Test(signal_shared, a_commit_whose_replay_fails_signals_when_it_is_finished)
+{
+    theus_engine *e = NULL;
+    const char *name = new_name("replayfail");
+    theus_state *st = create(name, &e);
+    wait_job j = {.name = name, .signal = "go", .after = 0, .timeout_ms = CHILD_TIMEOUT_MS};
+    int fd;
+    pid_t kid = spawn(child_wait, &j, &fd);
+    until_waiting(st, 1, kid);
+
+    int fx = state_find_field(st, "x");
+    cr_assert_geq(fx, 0);
+    const theus_backend *was = st->backend[fx];
+    g_failing_iface = *backend_cpu()->iface;
+    g_failing_iface.name = "failing-replay";
+    g_failing_iface.replay = failing_replay;
+    g_failing = (theus_backend){.iface = &g_failing_iface, .ctx = backend_cpu()->ctx};
+    st->backend[fx] = &g_failing;
+    g_replay_failures = 1;
+
+    uint64_t v0 = theus_state_version(st);
+    g_plan.x = 2.0f;
+    cr_expect_eq(theus_engine_run(e, "emit", NULL), THEUS_EIO);
+    cr_expect(strstr(theus_state_last_error(st), "applied by the next taker") != NULL, "%s",
+              theus_state_last_error(st));
+    cr_expect_eq(theus_state_version(st), v0, "not published yet");
+    cr_expect_eq(count_of(e, "go"), 0, "nor signalled");
+    cr_expect(redo_pending(st), "its record waits for the next taker of the commit lock");
+
+    /* The next commit takes the lock: the failed one is finished first, with its signal,
+     * which wakes the child; then this one commits after it. */
+    theus_tx *tx = NULL;
+    int64_t n = 5;
+    uint64_t v = 0;
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_write(tx, "n", NULL, &n, THEUS_MEM_HOST), THEUS_OK);
+    cr_assert_eq(theus_tx_commit(tx, &v), THEUS_OK, "%s", theus_state_last_error(st));
+    cr_expect_eq(v, v0 + 2, "the finished commit is v0 + 1, this one after it");
+    cr_expect_eq(count_of(e, "go"), 1, "delivered once, when its commit was published");
+    cr_expect_eq(read_x(st), 2.0f);
+    report r = read_report(fd);
+    cr_expect_eq(r.rc, THEUS_OK, "%s", r.msg);
+    cr_expect_eq(r.seen, 1);
+    cr_expect_geq(r.version, v0 + 1);
+    cr_expect_eq(r.x, 2.0f, "the child sees the commit its signal came with");
+    cr_expect_eq(reap(kid), 0);
+    close(fd);
+    st->backend[fx] = was;
+    cr_expect_eq(count_of(e, "go"), 1, "and only once");
     theus_engine_destroy(e);
     theus_state_destroy(st);
 }

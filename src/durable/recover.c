@@ -603,7 +603,8 @@ static int replay_segment(theus_state *st, const char *path, uint64_t start, int
         if (s == WAL_SCAN_END)
             break;
         if (s == WAL_SCAN_TORN && newest) {
-            res->torn_bytes = m.size - off;
+            /* The torn record's bytes (a preallocated zero tail after it is no part of it). */
+            res->torn_bytes = r.size;
             res->torn_offset = off;
             break;
         }
@@ -638,6 +639,7 @@ static int replay_segment(theus_state *st, const char *path, uint64_t start, int
     }
     *valid = off;
     seg_close(&m);
+    /* Cut, not zeroed: the writer preallocates afresh from the end (wal_open). */
     if (rc == THEUS_OK && res->torn_bytes && repair) {
         int fd = open(path, O_WRONLY | O_CLOEXEC);
         if (fd < 0 || ftruncate(fd, (off_t)off) != 0 || fsync(fd) != 0)

@@ -11,11 +11,23 @@
  * Wake-ups are paid only when someone waits: a writer stores what changed, then (after a
  * full fence) reads `waiters`; a waiter adds itself to `waiters`, then (after a full fence)
  * reads the word and what it waits for. Either the writer sees the waiter and bumps and
- * wakes, or the waiter sees what the writer stored. */
+ * wakes, or the waiter sees what the writer stored.
+ *
+ * A waiter killed while it waits cannot take itself out of `waiters`, so each process
+ * counts its waiting threads in a slot of its own too (pid and start time), and every wait
+ * that begins takes back the slots of dead processes with their counts. A waiter adds
+ * itself to `waiters` before its slot and takes itself out of its slot before `waiters`:
+ * a slot never holds more than its process added, so taking a slot back never makes
+ * `waiters` smaller than the threads really waiting (which would lose wake-ups); a process
+ * killed between the two steps leaves at most one count behind (a futex wake per commit). */
 #include "shared_impl.h"
 #include "error.h"
+#include "redo.h"
 #include "theus/theus_process.h"
+#include <errno.h>
+#include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MAXS THEUS_SHARED_MAX_SIGNALS
 
@@ -117,6 +129,12 @@ int shared_signal_stage(theus_state *st, const char (*names)[THEUS_NAME_MAX + 1]
 
 void shared_signal_unstage(theus_state *st)
 {
+    /* A commit whose replay failed after its redo record was complete is not cancelled in
+     * the segment: the record stays and the next taker of the commit lock finishes and
+     * publishes it, and its signals with it (shared_signal_recover), as for a holder that
+     * died there. A signal follows the commit being published, not its caller's status. */
+    if (redo_pending(st))
+        return;
     atomic_store(&area_of(st)->staged_state, SIG_STAGED_NONE);
 }
 
@@ -189,13 +207,110 @@ uint64_t shared_signal_count(const theus_state *st, const char *name)
     return slot < 0 ? 0 : atomic_load(&s->e[slot].count);
 }
 
+/* ---- waiter slots ---------------------------------------------------------------------- */
+
+/* This process's start time (shared_proc_start), read once per process: a forked child sees
+ * another pid and reads its own. 0 when /proc cannot tell. */
+static _Atomic int32_t self_pid;
+static _Atomic uint64_t self_start_v;
+
+static uint64_t self_start(pid_t me)
+{
+    if (atomic_load(&self_pid) == (int32_t)me)
+        return atomic_load(&self_start_v);
+    uint64_t start = shared_proc_start(me);
+    atomic_store(&self_start_v, start);
+    atomic_store(&self_pid, (int32_t)me);
+    return start;
+}
+
+/* Whether the process of a slot (pid @pid, start @start as read) is gone. A start of 0 is
+ * a slot being claimed (its pid is stored first): gone only when no process has the pid. */
+static int waiter_gone(int32_t pid, uint64_t start, pid_t me, uint64_t my_start)
+{
+    if (pid == (int32_t)me)
+        return start != 0 && start != my_start; /* a dead process whose pid this one got */
+    if (!start)
+        return kill((pid_t)pid, 0) == -1 && errno == ESRCH;
+    return !shared_proc_alive(pid, start);
+}
+
+uint32_t shared_signal_reap_waiters(theus_state *st)
+{
+    shared_signal_area *s = area_of(st);
+    pid_t me = getpid();
+    uint64_t my_start = self_start(me);
+    if (!my_start)
+        return 0; /* /proc tells nothing here: no process is taken for dead */
+    uint32_t took = 0;
+    for (uint32_t i = 0; i < SIG_WAITER_SLOTS; i++) {
+        shared_signal_waiter *w = &s->w[i];
+        int32_t pid = atomic_load(&w->pid);
+        if (pid <= 0)
+            continue;
+        uint64_t start = atomic_load(&w->start);
+        if (!waiter_gone(pid, start, me, my_start))
+            continue;
+        int32_t expect = pid;
+        if (!atomic_compare_exchange_strong(&w->pid, &expect, SIG_WAITER_BUSY))
+            continue; /* another wait took it back first */
+        if (atomic_load(&w->start) != start) {
+            atomic_store(&w->pid, pid); /* freed and claimed again meanwhile: not that one */
+            continue;
+        }
+        uint32_t n = atomic_exchange(&w->n, 0u);
+        if (n)
+            atomic_fetch_sub(&s->waiters, n);
+        took += n;
+        atomic_store(&w->start, 0);
+        atomic_store(&w->pid, 0);
+    }
+    return took;
+}
+
+/* Count the calling thread in: `waiters`, then its process's slot (found or claimed).
+ * Returns the slot, or SIG_WAITER_SLOTS when it has none. */
+static uint32_t waiter_enter(shared_signal_area *s)
+{
+    atomic_fetch_add(&s->waiters, 1u);
+    pid_t me = getpid();
+    uint64_t my_start = self_start(me);
+    if (!my_start)
+        return SIG_WAITER_SLOTS;
+    for (uint32_t i = 0; i < SIG_WAITER_SLOTS; i++)
+        if (atomic_load(&s->w[i].pid) == (int32_t)me && atomic_load(&s->w[i].start) == my_start) {
+            atomic_fetch_add(&s->w[i].n, 1u);
+            return i;
+        }
+    for (uint32_t i = 0; i < SIG_WAITER_SLOTS; i++) {
+        int32_t free_pid = 0;
+        if (atomic_compare_exchange_strong(&s->w[i].pid, &free_pid, (int32_t)me)) {
+            atomic_store(&s->w[i].start, my_start);
+            atomic_fetch_add(&s->w[i].n, 1u);
+            return i;
+        }
+    }
+    return SIG_WAITER_SLOTS;
+}
+
+static void waiter_leave(shared_signal_area *s, uint32_t slot)
+{
+    if (slot < SIG_WAITER_SLOTS)
+        atomic_fetch_sub(&s->w[slot].n, 1u);
+    atomic_fetch_sub(&s->waiters, 1u);
+}
+
+/* ---- waits ------------------------------------------------------------------------------ */
+
 int shared_signal_wait(theus_state *st, const shared_wait *w, uint64_t *seen)
 {
     shared_area *a = shared_area_of(st);
     shared_signal_area *s = &a->sig;
     uint64_t start = state_now_ns();
     uint64_t deadline = w->timeout_ns > UINT64_MAX - start ? UINT64_MAX : start + w->timeout_ns;
-    atomic_fetch_add(&s->waiters, 1u);
+    if (atomic_load(&s->waiters))
+        shared_signal_reap_waiters(st); /* someone is counted: maybe a dead one */
+    uint32_t mine = waiter_enter(s);
     atomic_thread_fence(memory_order_seq_cst);
     int rc;
     uint64_t cur = 0;
@@ -234,7 +349,7 @@ int shared_signal_wait(theus_state *st, const shared_wait *w, uint64_t *seen)
         }
         state_futex_wait(word, before, 1, deadline == UINT64_MAX ? 0 : deadline - now);
     }
-    atomic_fetch_sub(&s->waiters, 1u);
+    waiter_leave(s, mine);
     if (seen)
         *seen = cur;
     return rc;
