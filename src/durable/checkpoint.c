@@ -123,10 +123,12 @@ static int log_durable(theus_state *st, durable *d)
         pthread_cond_wait(&w->cv, &w->m);
     if (w->synced < w->written) {
         uint64_t target = w->written;
-        if (fdatasync(w->fd) == 0)
+        if (fdatasync(w->fd) == 0) {
             w->synced = target;
-        else
+            atomic_fetch_add_explicit(&w->nsyncs, 1, memory_order_relaxed); /* its stats */
+        } else {
             rc = err_set(st, THEUS_EIO, "checkpoint: fdatasync of the log: %s", strerror(errno));
+        }
         pthread_cond_broadcast(&w->cv);
     }
     pthread_mutex_unlock(&w->m);
