@@ -39,15 +39,13 @@ static int run_theus(void *p)
     int rc = replay_plan_build(&c->plan, c->t, c->count);
     if (rc != THEUS_OK)
         return c->rc = rc;
-    const size_t bw = c->plan.nwaves * sizeof *c->plan.waves;
-    const size_t bd = c->plan.ndescs * sizeof *c->plan.descs;
-    const size_t bm = c->plan.ndims * sizeof *c->plan.dims;
-    if (bw + bd + bm > c->upload_cap)
+    /* The upload as cuda/replay.c writes it: compact segments and groups, or wide
+     * descriptors and dims. */
+    const size_t bytes = replay_plan_upload_bytes(&c->plan);
+    if (bytes > c->upload_cap)
         return c->rc = THEUS_ENOMEM;
-    memcpy(c->upload, c->plan.waves, bw);
-    memcpy(c->upload + bw, c->plan.descs, bd);
-    if (bm)
-        memcpy(c->upload + bw + bd, c->plan.dims, bm);
+    size_t off2, off3;
+    replay_plan_upload(&c->plan, c->upload, &off2, &off3);
     return 0;
 }
 
@@ -66,11 +64,29 @@ static int run_cub_args(void *p)
     return 0;
 }
 
-/* The plan describes every segment once, in batch order, one chunk each. */
+/* The compact form moves transfer @i's bytes from its chunks' segments. */
+static int compact_is_right(const replay_plan *p, const theus_replay_desc *d)
+{
+    uint64_t at = 0;
+    const uint64_t bytes = d->run * 4;
+    for (uint64_t k = d->first_chunk; at < bytes && k < p->total_chunks; k++) {
+        const theus_replay_seg *sg = &p->segs[k];
+        uint64_t dst, src;
+        theus_replay_seg_addrs(sg, &p->groups[theus_replay_seg_group(sg)], &dst, &src);
+        if (dst != d->dst + at || src != d->src + at)
+            return 0;
+        at += theus_replay_seg_bytes(sg);
+    }
+    return at == bytes;
+}
+
+/* The plan describes every segment once, in batch order, one chunk each (256 B: also in
+ * the compact form; 64 KiB segments are four chunks and stay wide). */
 static int plan_is_right(const plan_ctx *c)
 {
     const replay_plan *p = &c->plan;
-    if (p->nwaves != 1 || p->ndescs != c->count)
+    if (p->nwaves != 1 || p->ndescs != c->count ||
+        p->compact != (c->seg <= THEUS_REPLAY_COMPACT_MAX_CHUNKS * THEUS_REPLAY_CHUNK_BYTES))
         return 0;
     for (size_t i = 0; i < c->count; i++) {
         const replay_op *o = &c->ops[i];
@@ -81,6 +97,8 @@ static int plan_is_right(const plan_ctx *c)
             (c->seg <= THEUS_REPLAY_CHUNK_BYTES && d->first_chunk != i))
             return 0;
         if (c->cub_dst[i] != (void *)(uintptr_t)d->dst || c->cub_src[i] != (void *)(uintptr_t)d->src)
+            return 0;
+        if (p->compact && !compact_is_right(p, d))
             return 0;
     }
     return 1;
@@ -105,16 +123,17 @@ int scn_replay_plan(void)
                  "host work of the GPU replay (ops -> kernel descriptors -> upload area) "
                  "for a batch of 1-D f32 segments of a 1GiB field, against building "
                  "cub::DeviceMemcpy::Batched's argument arrays; no GPU involved");
-    printf("%-6s %8s %-6s | %9s %8s | %9s %8s | %7s | %s\n", "seg", "count", "place",
-           "theus ns", "Mseg/s", "cub-args", "Mseg/s", "theus/", "GPU bound at this rate");
-    printf("%-6s %8s %-6s | %9s %8s | %9s %8s | %7s | %s\n", "", "", "", "per seg", "",
-           "ns/seg", "", "cub", "(copy GB/s, 2 x payload)");
+    printf("%-6s %8s %-6s | %9s %8s %5s | %9s %8s | %7s | %s\n", "seg", "count", "place",
+           "theus ns", "Mseg/s", "B up", "cub-args", "Mseg/s", "theus/", "GPU bound at this rate");
+    printf("%-6s %8s %-6s | %9s %8s %5s | %9s %8s | %7s | %s\n", "", "", "", "per seg", "",
+           "/seg", "ns/seg", "", "cub", "(copy GB/s, 2 x payload)");
 
     plan_ctx c;
     memset(&c, 0, sizeof c);
     c.ops = calloc(maxn, sizeof *c.ops);
     c.t = calloc(maxn, sizeof *c.t);
-    c.upload_cap = maxn * (sizeof(theus_replay_desc) + sizeof(theus_replay_dim)) + 4096;
+    c.upload_cap = maxn * (sizeof(theus_replay_desc) + sizeof(theus_replay_dim) +
+                           THEUS_REPLAY_COMPACT_MAX_CHUNKS * sizeof(theus_replay_seg)) + 4096;
     c.upload = bench_alloc(c.upload_cap);
     c.cub_src = calloc(maxn, sizeof *c.cub_src);
     c.cub_dst = calloc(maxn, sizeof *c.cub_dst);
@@ -194,12 +213,16 @@ int scn_replay_plan(void)
                     result_param_str(r, "placement", place);
                     result_metric(r, "ns_per_segment", k == 0 ? ns_t : ns_c);
                     if (k == 0) {
+                        result_metric(r, "upload_bytes_per_segment",
+                                      (double)replay_plan_upload_bytes(&c.plan) / (double)n);
+                        result_param_str(r, "form", c.plan.compact ? "compact" : "wide");
                         result_metric(r, "ratio_vs_cub_args", ms[1].st.median / ms[0].st.median);
                         result_metric(r, "gpu_copy_gbps_bound", 2.0 * (double)seg / ns_t);
                     }
                 }
-                printf("%-6s %8s %-6s | %9.1f %8.2f | %9.1f %8.2f | %6.2fx | %.1f GB/s%s\n",
-                       seg == 256 ? "256B" : "64KiB", cn, place, ns_t, 1e3 / ns_t, ns_c,
+                printf("%-6s %8s %-6s | %9.1f %8.2f %5.0f | %9.1f %8.2f | %6.2fx | %.1f GB/s%s\n",
+                       seg == 256 ? "256B" : "64KiB", cn, place, ns_t, 1e3 / ns_t,
+                       (double)replay_plan_upload_bytes(&c.plan) / (double)n, ns_c,
                        1e3 / ns_c, ns_c / ns_t, 2.0 * (double)seg / ns_t,
                        ms[0].st.stable && ms[1].st.stable ? "" : " ~");
                 fflush(stdout);
@@ -208,7 +231,8 @@ int scn_replay_plan(void)
         replay_plan_release(&c.plan);
     }
     bench_wrap(stdout, "theus: cuda_replay's ops -> transfers, replay_plan_build, the copy into "
-               "the upload area (run_transfers without its CUDA calls); cub-args: "
+               "the upload area (run_transfers without its CUDA calls); B up/seg: bytes uploaded "
+               "per segment (16-byte compact segments a chunk, plus waves and groups); cub-args: "
                "cub::DeviceMemcpy::Batched's source, destination and size arrays built from "
                "the same ops; theus/cub: throughput ratio; GPU bound: 2 x segment bytes x the "
                "planning rate\n");

@@ -94,8 +94,7 @@ int cuda_replay_batch(cuda_ctx *c, cuda_lane *l, const replay_op *op)
     CHECK_CUDA(theus_batch_apply_launch((int)op->dtype, op->op == DELTA_ADD, op->base, op->payload,
                                         b->dev_segs, b->nsegs, b->sum.shared_blocks,
                                         c->check_blocks, l->stream));
-    CHECK_CUDA(cudaEventRecord(l->done, l->stream));
-    CHECK_CUDA(cudaEventSynchronize(l->done));
+    CHECK_CUDA(cudaStreamSynchronize(l->stream));
     return THEUS_OK;
 }
 

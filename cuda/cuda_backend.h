@@ -26,7 +26,6 @@
 typedef struct cuda_lane {
     pthread_mutex_t mu;
     cudaStream_t stream;
-    cudaEvent_t done;                /* end of a replay's work */
     cudaEvent_t bounce_ev[2];        /* end of the copy out of each bounce half */
     unsigned char *bounce;           /* pinned, 2 * BOUNCE_HALF, allocated on first use */
     unsigned char *desc_host;        /* pinned upload area for replay descriptors */
@@ -34,6 +33,11 @@ typedef struct cuda_lane {
     unsigned long long *d_first;     /* device word for the constraint kernel's answer */
     unsigned long long *h_first;     /* pinned copy of it */
     replay_plan plan;                /* the replay planner's reused buffers */
+    replay_xfer *xfers;              /* a replay's transfers (cuda_replay_xfers), reused */
+    size_t xfers_cap;
+    void *desc_dev;                  /* device copy of the descriptors of synchronous replays
+                                        (at most DESC_DEV_KEEP bytes; larger ones use the pool) */
+    size_t desc_dev_cap;
     cudaEvent_t desc_ev;             /* end of the last upload out of desc_host */
     int desc_busy;                   /* desc_ev recorded and maybe not reached yet */
     uint64_t seen_seq;               /* enqueued replays this lane's stream is ordered after */
@@ -104,6 +108,11 @@ int  cuda_call_begin(cuda_ctx *c, cuda_call *k);
 /* The same without ordering the lane after enqueued replays (for work on memory no replay
  * touches: staging into fresh memory, uploads). */
 int  cuda_call_begin_unordered(cuda_ctx *c, cuda_call *k);
+/* The device only, no lane (k->lane NULL): for host work that may allocate pinned memory
+ * (the small pinned pool), so that it never waits for a lane a long replay holds. */
+int  cuda_call_begin_device(cuda_ctx *c, cuda_call *k);
+/* Take a lane (unordered) for a call begun with cuda_call_begin_device. */
+void cuda_call_take_lane(cuda_ctx *c, cuda_call *k);
 /* ---- stream.c: stream-ordered replays ------------------------------------------------- */
 /* Order lane @l's stream after every replay enqueued so far (nothing when none is). */
 int  cuda_lane_order(cuda_ctx *c, cuda_lane *l);
@@ -143,8 +152,11 @@ void  pinned_pool_destroy(pinned_pool *sp);
 /* Run @n transfers (in order where they overlap) in one launch on lane @l and wait for
  * them. Everything that can fail for want of memory fails before the launch. */
 int cuda_run_transfers(cuda_ctx *c, cuda_lane *l, const replay_xfer *t, size_t n);
-/* The transfers of @n replay ops (NULL, recorded, when out of memory; theus_xfree it). */
-replay_xfer *cuda_replay_xfers(const replay_op *ops, size_t n);
+/* The transfers of @n replay ops, in lane @l's reused buffer (valid until the lane's next
+ * call; NULL, recorded, when out of memory). */
+replay_xfer *cuda_replay_xfers(cuda_lane *l, const replay_op *ops, size_t n);
+/* Give back a lane's replay buffers when a big batch grew them past what a lane keeps. */
+void cuda_replay_trim(cuda_lane *l);
 /* Replay @n ops: runs of ordinary ops through the planner, described batches by their
  * kernel, in order; on lane @l waited for, or (@enqueue) enqueued on @s. */
 int cuda_replay_runs(cuda_ctx *c, cuda_lane *l, const replay_op *ops, const replay_xfer *t,

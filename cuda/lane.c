@@ -1,6 +1,7 @@
 /* The CUDA backend's lanes (a stream, events and pinned buffers each) and the device guard
  * every call takes; device scratch in a lane's stream order. */
 #include "cuda_backend.h"
+#include "alloc.h"
 
 #include <string.h>
 
@@ -17,7 +18,7 @@ static cuda_lane *lane_acquire(cuda_ctx *c)
     return l;
 }
 
-int cuda_call_begin_unordered(cuda_ctx *c, cuda_call *k)
+int cuda_call_begin_device(cuda_ctx *c, cuda_call *k)
 {
     int cur = -1;
     k->prev_device = -1;
@@ -30,8 +31,21 @@ int cuda_call_begin_unordered(cuda_ctx *c, cuda_call *k)
         CHECK_CUDA(cudaSetDevice(c->device));
         k->prev_device = cur;
     }
-    k->lane = lane_acquire(c);
     return THEUS_OK;
+}
+
+int cuda_call_begin_unordered(cuda_ctx *c, cuda_call *k)
+{
+    int rc = cuda_call_begin_device(c, k);
+    if (rc == THEUS_OK)
+        k->lane = lane_acquire(c);
+    return rc;
+}
+
+void cuda_call_take_lane(cuda_ctx *c, cuda_call *k)
+{
+    if (!k->lane)
+        k->lane = lane_acquire(c);
 }
 
 int cuda_call_begin(cuda_ctx *c, cuda_call *k)
@@ -93,7 +107,6 @@ int cuda_lane_init(cuda_lane *l)
     if (pthread_mutex_init(&l->mu, NULL) != 0)
         return -1;
     if (cudaStreamCreateWithFlags(&l->stream, cudaStreamNonBlocking) != cudaSuccess ||
-        cudaEventCreateWithFlags(&l->done, cudaEventDisableTiming) != cudaSuccess ||
         cudaEventCreateWithFlags(&l->bounce_ev[0], cudaEventDisableTiming) != cudaSuccess ||
         cudaEventCreateWithFlags(&l->bounce_ev[1], cudaEventDisableTiming) != cudaSuccess ||
         cudaEventCreateWithFlags(&l->desc_ev, cudaEventDisableTiming) != cudaSuccess) {
@@ -115,13 +128,14 @@ void cuda_lane_destroy(cuda_lane *l)
     if (l->desc_host)
         (void)cudaFreeHost(l->desc_host);
     replay_plan_release(&l->plan);
+    theus_xfree(l->xfers);
+    if (l->desc_dev)
+        (void)cudaFree(l->desc_dev);
     if (l->bounce)
         (void)cudaFreeHost(l->bounce);
     for (int h = 0; h < 2; h++)
         if (l->bounce_ev[h])
             (void)cudaEventDestroy(l->bounce_ev[h]);
-    if (l->done)
-        (void)cudaEventDestroy(l->done);
     if (l->desc_ev)
         (void)cudaEventDestroy(l->desc_ev);
     if (l->stream)

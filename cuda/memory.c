@@ -110,10 +110,10 @@ int cuda_stage(void *ctx, theus_placement pl, const void *src, theus_mem src_mem
     cuda_call k;
     if (src_mem != THEUS_MEM_HOST && src_mem != THEUS_MEM_DEVICE)
         return THEUS_EINVAL;
-    int rc = cuda_call_begin_unordered(c, &k);
+    /* A small host payload needs the device (the pool may allocate a slab) but no lane. */
+    int rc = cuda_call_begin_device(c, &k);
     if (rc != THEUS_OK)
         return rc;
-    cuda_lane *l = k.lane;
     void *p = NULL;
     if (src && src_mem == THEUS_MEM_HOST && nbytes > 0 &&
         (p = pinned_pool_alloc(&c->small, nbytes)) != NULL) {
@@ -122,6 +122,8 @@ int cuda_stage(void *ctx, theus_placement pl, const void *src, theus_mem src_mem
         cuda_call_end(&k);
         return THEUS_OK;
     }
+    cuda_call_take_lane(c, &k);
+    cuda_lane *l = k.lane;
     if (!src && pl != THEUS_PLACEMENT_DEVICE) {
         /* A buffer the caller fills in place (theus_tx_stage_buffer) for a pinned field:
          * mapped pinned memory, written by host code or by kernels through unified

@@ -1,6 +1,8 @@
 /* The CUDA backend's replay driving: a batch of transfers is planned on the host
- * (replay_plan.c), its descriptors uploaded with one copy, run by one launch of the replay
- * kernel (kernels/replay.cu), and waited for. */
+ * (replay_plan.c), its descriptors (compact or wide) uploaded with one copy into the lane's
+ * own device area, or passed as the kernel's argument when the batch is small, run by one
+ * launch of the replay kernel (kernels/replay.cu), and waited for with one
+ * cudaStreamSynchronize. Compiled, not yet run on a GPU. */
 #include "cuda_backend.h"
 #include "alloc.h"
 
@@ -11,9 +13,12 @@
 _Static_assert(sizeof(theus_replay_desc) == 56, "descriptor layout shared with replay.cu");
 _Static_assert(sizeof(theus_replay_dim) == 24, "descriptor layout shared with replay.cu");
 _Static_assert(sizeof(theus_replay_wave) == 32, "descriptor layout shared with replay.cu");
+_Static_assert(sizeof(theus_replay_seg) == 16, "compact layout shared with replay.cu");
 
 /* Planning memory a lane keeps between replays (a bigger batch gives its back). */
 #define PLAN_KEEP_BYTES ((size_t)16 << 20)
+/* Largest device descriptor area a lane keeps for synchronous replays. */
+#define DESC_DEV_KEEP ((size_t)1 << 20)
 
 /* Grow the lane's pinned upload area to @need bytes. */
 static int desc_reserve(cuda_lane *l, size_t need)
@@ -43,32 +48,66 @@ static int desc_reserve(cuda_lane *l, size_t need)
     return THEUS_OK;
 }
 
+/* The lane's own device area for the descriptors of a synchronous replay: kept between
+ * replays (each is waited for before the next can use the lane), so a commit allocates and
+ * frees no device memory for its descriptors. Grown to @need (at most DESC_DEV_KEEP). */
+static int desc_dev_reserve(cuda_lane *l, size_t need)
+{
+    if (need <= l->desc_dev_cap)
+        return THEUS_OK;
+    size_t cap = l->desc_dev_cap ? l->desc_dev_cap : 4096;
+    while (cap < need)
+        cap *= 2;
+    if (l->desc_dev) {
+        if (cudaFree(l->desc_dev) != cudaSuccess)
+            (void)cudaGetLastError();
+        l->desc_dev = NULL;
+        l->desc_dev_cap = 0;
+    }
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, cap);
+    if (e != cudaSuccess)
+        return cuda_alloc_fail(e, "replay descriptor area", cap);
+    l->desc_dev = p;
+    l->desc_dev_cap = cap;
+    return THEUS_OK;
+}
+
 /* Plan, upload and launch; @s NULL: on the lane's stream, waited for; otherwise the launch
- * goes to @s after the upload (on the lane) and nothing is waited for. */
+ * goes to @s after the upload (on the lane) and nothing is waited for. A small single-wave
+ * batch in the compact form is the kernel's argument: no upload, one launch (and one wait). */
 static int transfers(cuda_ctx *c, cuda_lane *l, const replay_xfer *t, size_t n, cudaStream_t s,
                      int enqueue)
 {
     replay_plan *p = &l->plan;
     cudaStream_t ls = enqueue ? s : l->stream;
     void *dbuf = NULL;
+    int own = 0;             /* dbuf is l->desc_dev */
+    theus_replay_inline inl;
+    size_t total = 0, off2 = 0, off3 = 0;
     int rc = replay_plan_build(p, t, n);
     if (rc != THEUS_OK || p->nwaves == 0)
         goto out;
-    const size_t bytes_w = (size_t)p->nwaves * sizeof(theus_replay_wave);
-    const size_t bytes_d = p->ndescs * sizeof(theus_replay_desc);
-    const size_t bytes_m = p->ndims * sizeof(theus_replay_dim);
-    const size_t total = bytes_w + bytes_d + bytes_m;
+    if (replay_plan_inline(p, &inl)) {
+        CHECK_CUDA_GOTO(theus_replay_inline_launch(&inl, ls), rc, out);
+        goto wait;
+    }
+    total = replay_plan_upload_bytes(p);
     rc = desc_reserve(l, total);
     if (rc != THEUS_OK)
         goto out;
-    memcpy(l->desc_host, p->waves, bytes_w);
-    memcpy(l->desc_host + bytes_w, p->descs, bytes_d);
-    if (bytes_m)
-        memcpy(l->desc_host + bytes_w + bytes_d, p->dims, bytes_m);
-    cudaError_t e = cuda_dev_alloc(c, l, total, &dbuf);
-    if (e != cudaSuccess) {
-        rc = cuda_alloc_fail(e, "replay descriptors", total);
-        goto out;
+    replay_plan_upload(p, l->desc_host, &off2, &off3);
+    if (!enqueue && total <= DESC_DEV_KEEP) {
+        if ((rc = desc_dev_reserve(l, total)) != THEUS_OK)
+            goto out;
+        dbuf = l->desc_dev;
+        own = 1;
+    } else {
+        cudaError_t e = cuda_dev_alloc(c, l, total, &dbuf);
+        if (e != cudaSuccess) {
+            rc = cuda_alloc_fail(e, "replay descriptors", total);
+            goto out;
+        }
     }
     CHECK_CUDA_GOTO(cudaMemcpyAsync(dbuf, l->desc_host, total, cudaMemcpyHostToDevice, l->stream),
                     rc, out);
@@ -78,16 +117,30 @@ static int transfers(cuda_ctx *c, cuda_lane *l, const replay_xfer *t, size_t n, 
         CHECK_CUDA_GOTO(cudaStreamWaitEvent(ls, l->desc_ev, 0), rc, out);
     }
     const unsigned char *db = dbuf;
-    CHECK_CUDA_GOTO(theus_replay_launch((const theus_replay_wave *)(const void *)db, p->nwaves,
-                                        (const theus_replay_desc *)(const void *)(db + bytes_w),
-                                        (const theus_replay_dim *)(const void *)(db + bytes_w + bytes_d),
-                                        p->max_wave_chunks, c->max_blocks, c->cooperative, ls),
-                    rc, out);
-    if (!enqueue) {
-        CHECK_CUDA_GOTO(cudaEventRecord(l->done, l->stream), rc, out);
-        CHECK_CUDA_GOTO(cudaEventSynchronize(l->done), rc, out);
-    }
+    const theus_replay_wave *waves = (const theus_replay_wave *)(const void *)db;
+    if (p->compact)
+        CHECK_CUDA_GOTO(theus_replay_compact_launch(
+                            waves, p->nwaves, (const theus_replay_seg *)(const void *)(db + off2),
+                            (const theus_replay_group *)(const void *)(db + off3),
+                            p->max_wave_chunks, c->max_blocks, c->cooperative, ls),
+                        rc, out);
+    else
+        CHECK_CUDA_GOTO(theus_replay_launch(waves, p->nwaves,
+                                            (const theus_replay_desc *)(const void *)(db + off2),
+                                            (const theus_replay_dim *)(const void *)(db + off3),
+                                            p->max_wave_chunks, c->max_blocks, c->cooperative, ls),
+                        rc, out);
+wait:
+    /* One wait for the whole replay: the lane's stream holds nothing else of this call's. */
+    if (!enqueue)
+        CHECK_CUDA_GOTO(cudaStreamSynchronize(l->stream), rc, out);
 out:
+    if (own) {
+        /* Reused by the next replay on this lane: nothing may still read it. */
+        if (rc != THEUS_OK && cudaStreamSynchronize(l->stream) != cudaSuccess)
+            (void)cudaGetLastError();
+        dbuf = NULL;
+    }
     if (dbuf && enqueue && rc == THEUS_OK) {
         /* Freed in @s's order, after the launch that reads it. */
         cudaError_t fe = c->pool ? cudaFreeAsync(dbuf, ls) : cudaFree(dbuf);
@@ -98,7 +151,7 @@ out:
     if (dbuf) {
         cuda_dev_free(c, l, dbuf);
         /* The upload area is reused by the next call: never leave a copy out of it
-         * running (on success the event above already covered it). */
+         * running (on success the wait above already covered it). */
         if (rc != THEUS_OK && cudaStreamSynchronize(l->stream) != cudaSuccess)
             (void)cudaGetLastError();
     }
@@ -118,13 +171,22 @@ int cuda_enqueue_transfers(cuda_ctx *c, cuda_lane *l, const replay_xfer *t, size
     return transfers(c, l, t, n, s, 1);
 }
 
-replay_xfer *cuda_replay_xfers(const replay_op *ops, size_t n)
+replay_xfer *cuda_replay_xfers(cuda_lane *l, const replay_op *ops, size_t n)
 {
-    replay_xfer *t = theus_xmalloc(n * sizeof *t);
-    if (!t) {
-        err_set(NULL, THEUS_ENOMEM, "CUDA replay: out of memory");
-        return NULL;
+    if (n > l->xfers_cap) {
+        size_t cap = l->xfers_cap ? l->xfers_cap : 16;
+        while (cap < n && cap <= SIZE_MAX / 4 / sizeof *l->xfers)
+            cap *= 2;
+        replay_xfer *t = cap >= n ? theus_xmalloc(cap * sizeof *t) : NULL;
+        if (!t) {
+            err_set(NULL, THEUS_ENOMEM, "CUDA replay: out of memory");
+            return NULL;
+        }
+        theus_xfree(l->xfers);
+        l->xfers = t;
+        l->xfers_cap = cap;
     }
+    replay_xfer *t = l->xfers;
     for (size_t i = 0; i < n; i++) {
         t[i].op = ops[i].op;
         t[i].dtype = ops[i].dtype;
@@ -135,6 +197,15 @@ replay_xfer *cuda_replay_xfers(const replay_op *ops, size_t n)
         t[i].sub = &ops[i].sub;
     }
     return t;
+}
+
+void cuda_replay_trim(cuda_lane *l)
+{
+    if (l->xfers_cap * sizeof *l->xfers > PLAN_KEEP_BYTES) {
+        theus_xfree(l->xfers);
+        l->xfers = NULL;
+        l->xfers_cap = 0;
+    }
 }
 
 int cuda_replay_runs(cuda_ctx *c, cuda_lane *l, const replay_op *ops, const replay_xfer *t,
@@ -165,14 +236,12 @@ int cuda_replay(void *ctx, const replay_op *ops, size_t n)
     cuda_call k;
     if (n == 0)
         return THEUS_OK;
-    replay_xfer *t = cuda_replay_xfers(ops, n);
-    if (!t)
-        return THEUS_ENOMEM;
     int rc = cuda_call_begin(c, &k);
-    if (rc == THEUS_OK) {
-        rc = cuda_replay_runs(c, k.lane, ops, t, n, NULL, 0);
-        cuda_call_end(&k);
-    }
-    theus_xfree(t);
+    if (rc != THEUS_OK)
+        return rc;
+    replay_xfer *t = cuda_replay_xfers(k.lane, ops, n);
+    rc = t ? cuda_replay_runs(c, k.lane, ops, t, n, NULL, 0) : THEUS_ENOMEM;
+    cuda_replay_trim(k.lane);
+    cuda_call_end(&k);
     return rc;
 }

@@ -4,7 +4,7 @@
  * the spans are radix-sorted: a batch without overlapping spans is still one wave; the
  * transfers whose spans meet another's are compared exactly (up to EXACT_BUDGET neighbours,
  * by span beyond that) and put into waves, each one after every earlier transfer it
- * overlaps. */
+ * overlaps. A batch of short contiguous runs then gets its compact form (16 bytes a chunk). */
 #include "replay_plan.h"
 #include "alloc.h"
 #include "dtype.h"
@@ -307,6 +307,74 @@ static void clear_output(replay_plan *p)
     p->ndescs = 0;
     p->ndims = 0;
     p->total_chunks = p->max_wave_chunks = 0;
+    p->compact = 0;
+    p->ngroups = 0;
+}
+
+/* The compact form: append descriptor @d's segments (one a chunk, at its chunk numbers) to
+ * the plan's, in group *@ng or a new one when the dtype or the op changes or an address is
+ * too far from the group's bases. Returns THEUS_OK, 1 when the groups ran out (the plan
+ * stays wide), or THEUS_ENOMEM. */
+static int compact_add(replay_plan *p, const theus_replay_desc *d, uint64_t nch, size_t *ng)
+{
+    const uint64_t end = d->first_chunk + nch;
+    if (end > p->segs_cap && GROW(p, segs, segs_cap, end, d->first_chunk))
+        return THEUS_ENOMEM;
+    const int64_t bytes = (int64_t)(d->run * theus_dtype_size((theus_dtype)d->dtype));
+    int64_t doff = 0, soff = 0;
+    const theus_replay_group *g = *ng ? &p->groups[*ng - 1] : NULL;
+    if (g) {
+        /* Two's complement differences: a base above the address gives a negative one. */
+        doff = (int64_t)(d->dst - g->dst);
+        soff = (int64_t)(d->src - g->src);
+    }
+    if (!g || g->dtype != d->dtype || g->op != d->op || !theus_replay_off_fits(doff) ||
+        !theus_replay_off_fits(soff) || !theus_replay_off_fits(doff + bytes) ||
+        !theus_replay_off_fits(soff + bytes)) {
+        if (*ng == THEUS_REPLAY_COMPACT_MAX_GROUPS)
+            return 1;
+        if (GROW(p, groups, groups_cap, *ng + 1, *ng))
+            return THEUS_ENOMEM;
+        theus_replay_group *ng_ = &p->groups[(*ng)++];
+        memset(ng_, 0, sizeof *ng_);
+        ng_->dst = d->dst;
+        ng_->src = d->src;
+        ng_->dtype = d->dtype;
+        ng_->op = d->op;
+        doff = soff = 0;
+    }
+    const uint32_t gi = (uint32_t)(*ng - 1);
+    theus_replay_seg *sg = p->segs + d->first_chunk;
+    if (bytes <= (int64_t)THEUS_REPLAY_CHUNK_BYTES) {
+        *sg = theus_replay_seg_make(gi, doff, soff, (uint32_t)bytes);
+        return THEUS_OK;
+    }
+    for (int64_t off = 0; off < bytes; off += THEUS_REPLAY_CHUNK_BYTES) {
+        const int64_t len = bytes - off < (int64_t)THEUS_REPLAY_CHUNK_BYTES
+                                ? bytes - off : (int64_t)THEUS_REPLAY_CHUNK_BYTES;
+        *sg++ = theus_replay_seg_make(gi, doff + off, soff + off, (uint32_t)len);
+    }
+    return THEUS_OK;
+}
+
+/* The compact form of a finished plan whose descriptors were reordered into waves. Returns
+ * THEUS_OK (p->compact says whether it was made) or THEUS_ENOMEM. */
+static int make_compact(replay_plan *p)
+{
+    size_t ng = 0;
+    for (size_t k = 0; k < p->ndescs; k++) {
+        const theus_replay_desc *d = &p->descs[k];
+        /* Chunks are numbered contiguously in wave order. */
+        const uint64_t next = k + 1 < p->ndescs ? p->descs[k + 1].first_chunk : p->total_chunks;
+        const int rc = compact_add(p, d, next - d->first_chunk, &ng);
+        if (rc == 1)
+            return THEUS_OK;
+        if (rc != THEUS_OK)
+            return rc;
+    }
+    p->ngroups = ng;
+    p->compact = 1;
+    return THEUS_OK;
 }
 
 static int fail(replay_plan *p, int code, size_t n)
@@ -329,7 +397,8 @@ int replay_plan_build(replay_plan *p, const replay_xfer *t, size_t n)
         scratch_reserve(p, n))
         return fail(p, THEUS_ENOMEM, n);
     uint64_t chunk = 0, maxhi = 0;
-    int ordered = 1, err = THEUS_OK;
+    int ordered = 1, err = THEUS_OK, compactable = 1;
+    size_t ngroups = 0;
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
         theus_replay_desc *d = &p->descs[m];
@@ -339,6 +408,17 @@ int replay_plan_build(replay_plan *p, const replay_xfer *t, size_t n)
         if (nch == 0)
             continue;
         d->first_chunk = chunk;
+        if (compactable) {
+            /* The compact form in batch order, as the descriptors are made (a plan of one
+             * wave keeps that order). */
+            if (d->nouter != 0 || d->nrows != 1 || nch > THEUS_REPLAY_COMPACT_MAX_CHUNKS)
+                compactable = 0;
+            else if ((err = compact_add(p, d, nch, &ngroups)) == 1)
+                compactable = 0;
+            if (err == THEUS_ENOMEM)
+                return fail(p, err, n);
+            err = THEUS_OK;
+        }
         chunk += nch;
         uint64_t span = d->run * (uint64_t)theus_dtype_size(t[i].dtype);
         const theus_replay_dim *dm = p->dims + d->dims;
@@ -365,6 +445,8 @@ int replay_plan_build(replay_plan *p, const replay_xfer *t, size_t n)
         p->waves[0].chunk_begin = 0;
         p->waves[0].chunk_end = chunk;
         p->max_wave_chunks = chunk;
+        p->compact = compactable;
+        p->ngroups = compactable ? ngroups : 0;
         return THEUS_OK;
     }
     /* Several waves: a stable counting sort of the descriptors by wave (into the other
@@ -409,13 +491,56 @@ int replay_plan_build(replay_plan *p, const replay_xfer *t, size_t n)
         wv->chunk_end += next - batch[j].first_chunk;
     }
     p->nwaves = nwaves;
+    /* The waves reordered the descriptors: their segments again, in the new order. */
+    if (compactable && (err = make_compact(p)) != THEUS_OK)
+        return fail(p, err, n);
     return THEUS_OK;
+}
+
+int replay_plan_inline(const replay_plan *p, theus_replay_inline *out)
+{
+    if (!p->compact || p->nwaves != 1 || p->total_chunks > THEUS_REPLAY_INLINE_SEGS ||
+        p->ngroups > THEUS_REPLAY_INLINE_GROUPS)
+        return 0;
+    memset(out, 0, sizeof *out);
+    out->nsegs = (uint32_t)p->total_chunks;
+    out->ngroups = (uint32_t)p->ngroups;
+    memcpy(out->groups, p->groups, p->ngroups * sizeof *p->groups);
+    memcpy(out->segs, p->segs, (size_t)p->total_chunks * sizeof *p->segs);
+    return 1;
+}
+
+size_t replay_plan_upload_bytes(const replay_plan *p)
+{
+    const size_t w = (size_t)p->nwaves * sizeof(theus_replay_wave);
+    if (p->compact)
+        return w + (size_t)p->total_chunks * sizeof(theus_replay_seg) +
+               p->ngroups * sizeof(theus_replay_group);
+    return w + p->ndescs * sizeof(theus_replay_desc) + p->ndims * sizeof(theus_replay_dim);
+}
+
+void replay_plan_upload(const replay_plan *p, unsigned char *dst, size_t *off2, size_t *off3)
+{
+    const size_t w = (size_t)p->nwaves * sizeof(theus_replay_wave);
+    const void *a2 = p->compact ? (const void *)p->segs : (const void *)p->descs;
+    const void *a3 = p->compact ? (const void *)p->groups : (const void *)p->dims;
+    const size_t b2 = p->compact ? (size_t)p->total_chunks * sizeof(theus_replay_seg)
+                                 : p->ndescs * sizeof(theus_replay_desc);
+    const size_t b3 = p->compact ? p->ngroups * sizeof(theus_replay_group)
+                                 : p->ndims * sizeof(theus_replay_dim);
+    memcpy(dst, p->waves, w);
+    memcpy(dst + w, a2, b2);
+    if (b3)
+        memcpy(dst + w + b2, a3, b3);
+    *off2 = w;
+    *off3 = w + b2;
 }
 
 size_t replay_plan_footprint(const replay_plan *p)
 {
     return p->waves_cap * sizeof *p->waves + p->descs_cap * sizeof *p->descs +
            p->dims_cap * sizeof *p->dims + p->tmp_cap * sizeof *p->tmp +
+           p->segs_cap * sizeof *p->segs + p->groups_cap * sizeof *p->groups +
            p->scratch_cap * SCRATCH_PER_XFER;
 }
 
@@ -432,5 +557,7 @@ void replay_plan_release(replay_plan *p)
     theus_xfree(p->dims);
     theus_xfree(p->tmp);
     theus_xfree(p->scratch);
+    theus_xfree(p->segs);
+    theus_xfree(p->groups);
     memset(p, 0, sizeof *p);
 }

@@ -42,8 +42,15 @@ typedef struct replay_plan {
     size_t ndims;
     uint64_t total_chunks;
     uint64_t max_wave_chunks;
+    /* The compact form of the same plan (replay_desc.h), when @compact: one 16-byte segment
+     * per chunk (segs[c] is chunk c, in the waves' numbering) and the groups they name. The
+     * wide form above stays valid either way. */
+    int compact;
+    theus_replay_seg *segs;
+    theus_replay_group *groups;
+    size_t ngroups;
     /* Reused buffers (private). */
-    size_t waves_cap, descs_cap, dims_cap, tmp_cap;
+    size_t waves_cap, descs_cap, dims_cap, tmp_cap, segs_cap, groups_cap;
     theus_replay_desc *tmp;      /* descriptors in batch order when waves reorder them */
     void *scratch;               /* one block for the per-transfer arrays below */
     size_t scratch_cap;          /* transfers it has room for */
@@ -57,12 +64,27 @@ typedef struct replay_plan {
 } replay_plan;
 
 /* Plan the @n transfers @t (in batch order: where destinations overlap, a later transfer
- * must see the earlier one's result). Transfers that move nothing are dropped. Returns
+ * must see the earlier one's result). Transfers that move nothing are dropped. The plan is
+ * also made compact when every transfer is one contiguous run of at most
+ * THEUS_REPLAY_COMPACT_MAX_CHUNKS chunks and the groups fit. Returns
  * THEUS_OK, THEUS_ENOMEM (the plan's output is then empty, its buffers valid), or
  * THEUS_EINVAL for a batch beyond the descriptors' limits (over 2^32 - 1 transfers, or a
  * row of over 2^32 - 1 chunks); errors are also set as the thread's last error. Not
  * thread-safe for one plan; distinct plans are independent. */
 int replay_plan_build(replay_plan *p, const replay_xfer *t, size_t n);
+
+/* Fill @out with plan @p when it is compact, one wave, and small enough to be the kernel's
+ * argument (THEUS_REPLAY_INLINE_SEGS segments, THEUS_REPLAY_INLINE_GROUPS groups): returns
+ * 1, else 0 (@out untouched). */
+int replay_plan_inline(const replay_plan *p, theus_replay_inline *out);
+
+/* Bytes the plan's upload takes: waves, then segments and groups (compact) or descriptors
+ * and dims (wide). */
+size_t replay_plan_upload_bytes(const replay_plan *p);
+/* Write the upload (replay_plan_upload_bytes of it) into @dst: waves, then the compact
+ * segments and groups, or the descriptors and dims; the offsets of the second and third
+ * arrays from @dst go to *@off2 and *@off3. */
+void replay_plan_upload(const replay_plan *p, unsigned char *dst, size_t *off2, size_t *off3);
 
 /* Bytes of buffers the plan holds. */
 size_t replay_plan_footprint(const replay_plan *p);

@@ -118,14 +118,14 @@ int cuda_replay_on_stream(void *ctx, const replay_op *ops, size_t n, void *strea
     *fence = NULL;
     if (n == 0)
         return THEUS_OK;
-    replay_xfer *t = cuda_replay_xfers(ops, n);
-    if (!t)
-        return THEUS_ENOMEM;
     /* The replay's own lane only plans and uploads (fresh memory): no ordering needed. */
     int rc = cuda_call_begin_unordered(c, &k);
-    if (rc != THEUS_OK) {
-        theus_xfree(t);
+    if (rc != THEUS_OK)
         return rc;
+    replay_xfer *t = cuda_replay_xfers(k.lane, ops, n);
+    if (!t) {
+        cuda_call_end(&k);
+        return THEUS_ENOMEM;
     }
     pthread_mutex_lock(&c->async_mu);
     cuda_fence *f = fence_take(c);
@@ -154,8 +154,8 @@ out:
         c->fences = f;
     }
     pthread_mutex_unlock(&c->async_mu);
+    cuda_replay_trim(k.lane);
     cuda_call_end(&k);
-    theus_xfree(t);
     return rc;
 }
 

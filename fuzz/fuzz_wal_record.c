@@ -1,7 +1,8 @@
 /* libFuzzer target: the write-ahead log reader (src/durable/wal_record.c) on arbitrary
- * bytes taken as one log segment: head, records, deltas. Inputs of odd length get their
- * checksums recomputed first, so that mutations reach the record and delta parsers behind
- * the CRCs. Built by fuzz/build.sh. */
+ * bytes taken as one log segment: head, records, deltas — and again with a preallocated zero
+ * tail behind them, which must read the same (a zero tail is the clean end of a log). Inputs
+ * of odd length get their checksums recomputed first, so that mutations reach the record and
+ * delta parsers behind the CRCs. Built by fuzz/build.sh. */
 #include "durable/crc32c.h"
 #include "durable/wal_record.h"
 #include <stddef.h>
@@ -30,29 +31,26 @@ static void fix_crcs(unsigned char *p, size_t size)
     }
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+/* Walk the records of @buf: their count and a digest of their offsets and sizes; the scan
+ * result that ended the walk. */
+static wal_scan walk(const unsigned char *buf, size_t size, uint64_t *n, uint64_t *digest)
 {
-    unsigned char *buf = malloc(size ? size : 1);
-    if (!buf)
-        return 0;
-    memcpy(buf, data, size);
-    if (size % 2)
-        fix_crcs(buf, size);
     char why[256];
     uint64_t start, off = 0;
+    *n = *digest = 0;
     if (wal_seg_head_decode(buf, size, &start, why, sizeof why) == 0)
         off = WAL_SEG_HEAD;
     wal_rec r;
-    while (wal_next(buf, size, off, &r, why, sizeof why) == WAL_SCAN_RECORD) {
+    wal_scan sc;
+    while ((sc = wal_next(buf, size, off, &r, why, sizeof why)) == WAL_SCAN_RECORD) {
         wal_cursor c;
-        uint32_t n;
+        uint32_t k;
         if (r.kind == WAL_KIND_AUDIT) {
             wal_audit_entry e;
-            if (wal_audit_begin(&r, &c, &n, why, sizeof why) == 0)
+            if (wal_audit_begin(&r, &c, &k, why, sizeof why) == 0)
                 while (wal_audit_next(&c, &e, why, sizeof why) == 1)
                     ;
-        } else if (wal_deltas_begin(&r, &c, &n, why, sizeof why) == 0) {
+        } else if (wal_deltas_begin(&r, &c, &k, why, sizeof why) == 0) {
             wal_delta d;
             volatile unsigned sum = 0;
             while (wal_delta_next(&c, esize, NULL, &d, why, sizeof why) == 1)
@@ -60,8 +58,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     sum += d.payload[i]; /* every payload byte claimed must be readable */
             (void)sum;
         }
+        (*n)++;
+        *digest = (*digest ^ r.offset) * 0x100000001b3ull ^ r.size;
         off += r.size;
     }
+    if (sc == WAL_SCAN_TORN && (r.offset != off || r.size == 0 || r.size > size - off))
+        abort(); /* a torn record covers bytes of the buffer from where it starts */
+    return sc;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    /* The input, then the same with a preallocated zero tail behind it. */
+    enum { TAIL = 4096 };
+    unsigned char *buf = calloc(1, size + TAIL);
+    if (!buf)
+        return 0;
+    memcpy(buf, data, size);
+    if (size % 2)
+        fix_crcs(buf, size);
+    uint64_t n1, d1, n2, d2;
+    wal_scan s1 = walk(buf, size, &n1, &d1);
+    wal_scan s2 = walk(buf, size + TAIL, &n2, &d2);
+    /* Zeros after the data change nothing in it: the same records, ended the same way —
+     * except after a torn record, which zeros may complete (its missing bytes were zeros). */
+    if (s1 != WAL_SCAN_TORN ? n1 != n2 || d1 != d2 || s1 != s2 : n2 < n1)
+        abort();
     free(buf);
     return 0;
 }

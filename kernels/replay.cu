@@ -23,6 +23,12 @@
  *      shared with the planner's CPU tests (replay_desc.h), and a wave of one chunk per
  *      transfer finds its transfer without a search.
  *      Not yet run on a GPU.
+ *   v3 — batches of short contiguous runs (every transfer at most
+ *      THEUS_REPLAY_COMPACT_MAX_CHUNKS chunks, the usual commit) in the compact form: a
+ *      16-byte segment per chunk instead of a 56-byte descriptor per transfer, a warp per
+ *      segment, no search, no chunk decoding; up to THEUS_REPLAY_INLINE_SEGS segments of
+ *      one wave go as the kernel's argument (no upload). Other batches keep v2.
+ *      Compiled, not yet run on a GPU.
  *   Validated against the CPU backend by tests/test_cuda_parity.c (byte-identical fields).  */
 #include "replay.cuh"
 #include "common.cuh"
@@ -172,6 +178,76 @@ static __global__ void __launch_bounds__(THEUS_REPLAY_BLOCK)
     }
 }
 
+/* ---- the compact form (replay_desc.h): a warp per 16-byte segment ---------------------- */
+
+template <int DT, int OP>
+__device__ __forceinline__ void seg_span(uint64_t d, uint64_t s, uint32_t bytes, int lane)
+{
+    typedef typename elem<DT>::T T;
+    span<DT, OP>(reinterpret_cast<unsigned char *>(d), reinterpret_cast<const unsigned char *>(s),
+                 bytes / sizeof(T), lane);
+}
+
+__device__ void run_seg(const theus_replay_seg &sg, const theus_replay_group *groups, int lane)
+{
+    const theus_replay_group g = groups[theus_replay_seg_group(&sg)];
+    uint64_t d, s;
+    theus_replay_seg_addrs(&sg, &g, &d, &s);
+    const uint32_t n = theus_replay_seg_bytes(&sg);
+    if (g.op == OP_ASSIGN) {
+        switch (dtype_bytes(g.dtype)) {
+        case 1: seg_span<THEUS_DTYPE_U8, OP_ASSIGN>(d, s, n, lane); break;
+        case 2: seg_span<THEUS_DTYPE_U16, OP_ASSIGN>(d, s, n, lane); break;
+        case 4: seg_span<THEUS_DTYPE_U32, OP_ASSIGN>(d, s, n, lane); break;
+        case 8: seg_span<THEUS_DTYPE_U64, OP_ASSIGN>(d, s, n, lane); break;
+        default: break;
+        }
+        return;
+    }
+    switch (g.dtype) {
+    case THEUS_DTYPE_BOOL: seg_span<THEUS_DTYPE_BOOL, OP_ADD>(d, s, n, lane); break;
+    case THEUS_DTYPE_U8: seg_span<THEUS_DTYPE_U8, OP_ADD>(d, s, n, lane); break;
+    case THEUS_DTYPE_I8: seg_span<THEUS_DTYPE_I8, OP_ADD>(d, s, n, lane); break;
+    case THEUS_DTYPE_U16: seg_span<THEUS_DTYPE_U16, OP_ADD>(d, s, n, lane); break;
+    case THEUS_DTYPE_I16: seg_span<THEUS_DTYPE_I16, OP_ADD>(d, s, n, lane); break;
+    case THEUS_DTYPE_U32: seg_span<THEUS_DTYPE_U32, OP_ADD>(d, s, n, lane); break;
+    case THEUS_DTYPE_I32: seg_span<THEUS_DTYPE_I32, OP_ADD>(d, s, n, lane); break;
+    case THEUS_DTYPE_U64: seg_span<THEUS_DTYPE_U64, OP_ADD>(d, s, n, lane); break;
+    case THEUS_DTYPE_I64: seg_span<THEUS_DTYPE_I64, OP_ADD>(d, s, n, lane); break;
+    case THEUS_DTYPE_F16: seg_span<THEUS_DTYPE_F16, OP_ADD>(d, s, n, lane); break;
+    case THEUS_DTYPE_BF16: seg_span<THEUS_DTYPE_BF16, OP_ADD>(d, s, n, lane); break;
+    case THEUS_DTYPE_F32: seg_span<THEUS_DTYPE_F32, OP_ADD>(d, s, n, lane); break;
+    case THEUS_DTYPE_F64: seg_span<THEUS_DTYPE_F64, OP_ADD>(d, s, n, lane); break;
+    default: break;
+    }
+}
+
+/* Warp-per-segment over each wave (segment c is chunk c); waves as in replay_kernel. */
+static __global__ void __launch_bounds__(THEUS_REPLAY_BLOCK)
+    replay_compact_kernel(const theus_replay_wave *waves, uint32_t nwaves,
+                          const theus_replay_seg *segs, const theus_replay_group *groups)
+{
+    const int lane = (int)(threadIdx.x & (WARP - 1));
+    const uint64_t warp = ((uint64_t)blockIdx.x * blockDim.x + threadIdx.x) / WARP;
+    const uint64_t nwarps = ((uint64_t)gridDim.x * blockDim.x) / WARP;
+    for (uint32_t w = 0; w < nwaves; w++) {
+        const theus_replay_wave wv = waves[w];
+        for (uint64_t c = wv.chunk_begin + warp; c < wv.chunk_end; c += nwarps)
+            run_seg(segs[c], groups, lane);
+        if (w + 1 < nwaves)
+            cg::this_grid().sync();
+    }
+}
+
+/* A small single-wave batch passed by value: one block, a warp per segment. */
+static __global__ void __launch_bounds__(THEUS_REPLAY_INLINE_SEGS * WARP)
+    replay_inline_kernel(const theus_replay_inline b)
+{
+    const uint32_t w = threadIdx.x / WARP;
+    if (w < b.nsegs)
+        run_seg(b.segs[w], b.groups, (int)(threadIdx.x & (WARP - 1)));
+}
+
 } // namespace
 
 extern "C" cudaError_t theus_replay_probe(int *max_resident_blocks)
@@ -189,6 +265,16 @@ extern "C" cudaError_t theus_replay_probe(int *max_resident_blocks)
                                                       0);
     if (e != cudaSuccess)
         return e;
+    /* The cooperative grid must fit for both forms of the kernel. */
+    int per_sm_compact = 0;
+    if ((e = cudaFuncGetAttributes(&attr, replay_compact_kernel)) != cudaSuccess)
+        return e;
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm_compact, replay_compact_kernel,
+                                                      THEUS_REPLAY_BLOCK, 0);
+    if (e != cudaSuccess)
+        return e;
+    if (per_sm_compact < per_sm)
+        per_sm = per_sm_compact;
     *max_resident_blocks = per_sm * sms > 0 ? per_sm * sms : 1;
     return cudaSuccess;
 }
@@ -224,4 +310,46 @@ extern "C" cudaError_t theus_replay_launch(const theus_replay_wave *waves, uint3
             return e;
     }
     return cudaSuccess;
+}
+
+extern "C" cudaError_t theus_replay_compact_launch(const theus_replay_wave *waves, uint32_t nwaves,
+                                                   const theus_replay_seg *segs,
+                                                   const theus_replay_group *groups,
+                                                   uint64_t max_wave_segs,
+                                                   int max_resident_blocks, int cooperative,
+                                                   cudaStream_t stream)
+{
+    if (nwaves == 0 || max_wave_segs == 0)
+        return cudaSuccess;
+    constexpr uint64_t warps_per_block = THEUS_REPLAY_BLOCK / WARP;
+    uint64_t want = (max_wave_segs + warps_per_block - 1) / warps_per_block;
+    const uint64_t cap = max_resident_blocks > 0 ? (uint64_t)max_resident_blocks : 1;
+    const unsigned grid = (unsigned)(want < cap ? want : cap);
+    if (nwaves == 1) {
+        replay_compact_kernel<<<grid, THEUS_REPLAY_BLOCK, 0, stream>>>(waves, 1, segs, groups);
+        return cudaGetLastError();
+    }
+    if (cooperative) {
+        void *args[] = {(void *)&waves, (void *)&nwaves, (void *)&segs, (void *)&groups};
+        cudaError_t e = cudaLaunchCooperativeKernel((const void *)replay_compact_kernel,
+                                                    dim3(grid), dim3(THEUS_REPLAY_BLOCK), args,
+                                                    0, stream);
+        cudaGetLastError();
+        return e;
+    }
+    for (uint32_t w = 0; w < nwaves; w++) {
+        replay_compact_kernel<<<grid, THEUS_REPLAY_BLOCK, 0, stream>>>(waves + w, 1, segs, groups);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess)
+            return e;
+    }
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t theus_replay_inline_launch(const theus_replay_inline *b, cudaStream_t stream)
+{
+    if (b->nsegs == 0)
+        return cudaSuccess;
+    replay_inline_kernel<<<1, b->nsegs * WARP, 0, stream>>>(*b);
+    return cudaGetLastError();
 }

@@ -30,6 +30,19 @@ cudaError_t theus_replay_launch(const theus_replay_wave *waves, uint32_t nwaves,
                                 uint64_t max_wave_chunks, int max_resident_blocks,
                                 int cooperative, cudaStream_t stream);
 
+/* The compact form (replay_desc.h): @segs (one a chunk, numbered as the waves count
+ * chunks) and their @groups; @max_wave_segs is the largest segment count of a wave. The
+ * rest as theus_replay_launch. */
+cudaError_t theus_replay_compact_launch(const theus_replay_wave *waves, uint32_t nwaves,
+                                        const theus_replay_seg *segs,
+                                        const theus_replay_group *groups, uint64_t max_wave_segs,
+                                        int max_resident_blocks, int cooperative,
+                                        cudaStream_t stream);
+
+/* A small single-wave compact batch passed by value (no device memory read but the
+ * payloads and fields it names). Asynchronous; returns the launch status. */
+cudaError_t theus_replay_inline_launch(const theus_replay_inline *b, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

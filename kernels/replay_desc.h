@@ -132,6 +132,99 @@ THEUS_RD_FN uint64_t theus_replay_locate(const theus_replay_wave *wv,
     return theus_replay_find(descs, wv->desc_begin, wv->desc_end, c);
 }
 
+/* ---- the compact form -------------------------------------------------------------------
+ * A batch whose every transfer is one contiguous run of at most
+ * THEUS_REPLAY_COMPACT_MAX_CHUNKS chunks (the usual commit of 1-D segments and whole small
+ * regions) is also described by 16-byte segments of one chunk each, against 56 bytes a
+ * descriptor: a chunk is a segment, so the kernel needs neither a search nor the chunk
+ * decoding above. (One chunk: a longer run would take more bytes than its wide descriptor,
+ * and its chunks' copying dwarfs the search anyway.) Transfers with the same dtype and op whose addresses lie within 2^47 bytes
+ * of a group's first ones share that group, which holds the base addresses, the dtype and the
+ * op. Waves are the same theus_replay_wave, their chunk numbers being segment numbers. */
+
+/* Longest transfer (in chunks) the compact form takes; a longer one keeps the batch wide. */
+#define THEUS_REPLAY_COMPACT_MAX_CHUNKS 1u
+/* Groups a compact batch may have (the segment's 16-bit group number). */
+#define THEUS_REPLAY_COMPACT_MAX_GROUPS 65536u
+/* Signed byte offsets of a segment from its group's bases: 48 bits. */
+#define THEUS_REPLAY_OFF_BITS 48
+#define THEUS_REPLAY_OFF_MASK ((UINT64_C(1) << THEUS_REPLAY_OFF_BITS) - 1)
+#define THEUS_REPLAY_OFF_SIGN (UINT64_C(1) << (THEUS_REPLAY_OFF_BITS - 1))
+
+/* One chunk: w0 = destination offset (48-bit two's complement) | group << 48;
+ * w1 = source offset (the same) | (bytes - 1) << 48, bytes in [1, THEUS_REPLAY_CHUNK_BYTES]. */
+typedef struct theus_replay_seg {
+    uint64_t w0;
+    uint64_t w1;
+} theus_replay_seg;
+
+typedef struct theus_replay_group {
+    uint64_t dst;            /* device-visible byte addresses the offsets start from */
+    uint64_t src;
+    uint8_t dtype;           /* theus_dtype */
+    uint8_t op;              /* 0: assign, 1: add (delta_op) */
+    uint8_t pad[6];
+} theus_replay_group;
+
+/* Small single-wave batches go to the kernel as its argument: no upload, no device buffer
+ * (a one-element commit is one launch and one wait). */
+#define THEUS_REPLAY_INLINE_SEGS 8u
+#define THEUS_REPLAY_INLINE_GROUPS 2u
+typedef struct theus_replay_inline {
+    uint32_t nsegs;
+    uint32_t ngroups;
+    theus_replay_group groups[THEUS_REPLAY_INLINE_GROUPS];
+    theus_replay_seg segs[THEUS_REPLAY_INLINE_SEGS];
+} theus_replay_inline;
+
+#if !defined(__cplusplus)
+_Static_assert(sizeof(theus_replay_seg) == 16, "compact segment layout shared with replay.cu");
+_Static_assert(sizeof(theus_replay_group) == 24, "group layout shared with replay.cu");
+_Static_assert(sizeof(theus_replay_inline) == 184, "inline batch layout shared with replay.cu");
+#endif
+
+/* Whether the signed byte offset @off fits a segment. */
+THEUS_RD_FN int theus_replay_off_fits(int64_t off)
+{
+    return off >= -(int64_t)THEUS_REPLAY_OFF_SIGN && off < (int64_t)THEUS_REPLAY_OFF_SIGN;
+}
+
+/* The segment of @bytes at @doff / @soff from group @group's bases (offsets that fit). */
+THEUS_RD_FN theus_replay_seg theus_replay_seg_make(uint32_t group, int64_t doff, int64_t soff,
+                                                   uint32_t bytes)
+{
+    theus_replay_seg s;
+    s.w0 = ((uint64_t)doff & THEUS_REPLAY_OFF_MASK) | ((uint64_t)group << THEUS_REPLAY_OFF_BITS);
+    s.w1 = ((uint64_t)soff & THEUS_REPLAY_OFF_MASK) |
+           ((uint64_t)(bytes - 1) << THEUS_REPLAY_OFF_BITS);
+    return s;
+}
+
+/* 48-bit two's complement to int64 (no implementation-defined shift of a negative value). */
+THEUS_RD_FN int64_t theus_replay_off(uint64_t w)
+{
+    return (int64_t)((w & THEUS_REPLAY_OFF_MASK) ^ THEUS_REPLAY_OFF_SIGN) -
+           (int64_t)THEUS_REPLAY_OFF_SIGN;
+}
+
+THEUS_RD_FN uint32_t theus_replay_seg_group(const theus_replay_seg *s)
+{
+    return (uint32_t)(s->w0 >> THEUS_REPLAY_OFF_BITS);
+}
+
+THEUS_RD_FN uint32_t theus_replay_seg_bytes(const theus_replay_seg *s)
+{
+    return (uint32_t)(s->w1 >> THEUS_REPLAY_OFF_BITS) + 1u;
+}
+
+/* The addresses segment @s of group @g moves between. */
+THEUS_RD_FN void theus_replay_seg_addrs(const theus_replay_seg *s, const theus_replay_group *g,
+                                        uint64_t *dst, uint64_t *src)
+{
+    *dst = g->dst + (uint64_t)theus_replay_off(s->w0);
+    *src = g->src + (uint64_t)theus_replay_off(s->w1);
+}
+
 #ifdef __cplusplus
 }
 #endif

@@ -15,7 +15,9 @@
  * then makes the log agree: if the state reached the record's version the record stays (it is
  * complete: it was written before READY); otherwise it is cut off at its offset (whole, half
  * written or not written at all). A rotation in flight (`rotating`) is finished the same way:
- * a segment whose creation did not complete is removed. */
+ * a segment whose creation did not complete is removed. Bytes past append_off are zeros
+ * (the preallocated part of the segment) or the end of the file; the agreement restores that
+ * too (dirty_end below). */
 #ifndef THEUS_SRC_SHARED_DURABLE_AREA_H
 #define THEUS_SRC_SHARED_DURABLE_AREA_H
 #include <stdatomic.h>
@@ -52,6 +54,18 @@ typedef struct shared_durable_area {
     _Atomic uint64_t leader_start; /* its start time (shared_proc_start), for liveness */
     _Atomic uint64_t last_group;   /* records the previous group sync covered */
     _Atomic uint64_t syncs;        /* fdatasyncs of group leaders (statistics) */
+    /* Preallocation (wal.c). prealloc: the creator's step, set at creation (0: off). Under
+     * the commit lock: [append_off, zero_end) of segment seg_first is written zeros (empty
+     * when zero_end <= append_off); dirty_end: where the bytes written (or about to be) past
+     * the valid end stop — the appender raises it before it writes a record or an audit
+     * record, and the agreement after a crash zeroes (or cuts) [append_off, dirty_end) so
+     * that no stale byte of an unfinished record stays past the end. */
+    uint64_t prealloc;
+    uint64_t zero_end;
+    uint64_t dirty_end;
+    _Atomic uint64_t log_records;  /* records appended by all processes (statistics) */
+    _Atomic uint64_t log_syncs;    /* fdatasyncs that made records durable (statistics) */
+    _Atomic uint64_t log_extends;  /* preallocation steps (statistics) */
 } shared_durable_area;
 
 #endif

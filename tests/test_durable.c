@@ -14,12 +14,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <theus/theus.h>
 #include <theus/theus_durable.h>
 
 #include "durable_fixture.h"
+#include "publish.h"
 
 static void setup(void)
 {
@@ -218,6 +220,55 @@ Test(durable, checkpoints_full_incremental_and_recovery)
     theus_state_destroy(st);
 }
 
+/* A full checkpoint asked for right after an incremental one, nothing committed between:
+ * both are of the same version. The incremental file goes once the full one is there; one
+ * left behind (a crash between the two) does not stop a recovery, which uses the full one. */
+Test(durable, full_checkpoint_at_the_version_of_an_incremental_one)
+{
+    theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+    o.keep_checkpoints = 4;
+    theus_state *st = open_dir(&o);
+    step(st, 1);
+    uint64_t v = 0;
+    cr_assert_eq(theus_state_checkpoint(st, 0, &v), THEUS_OK, "%s", theus_last_error_message());
+    step(st, 2);
+    cr_assert_eq(theus_state_checkpoint(st, 1, &v), THEUS_OK, "%s", theus_last_error_message());
+    cr_assert_eq(v, 3);
+    char inc[512], full[512], keep[512];
+    snprintf(inc, sizeof inc, "%s/ckpt-%016llx.inc.safetensors", dfx_dir, 3ull);
+    snprintf(full, sizeof full, "%s/ckpt-%016llx.safetensors", dfx_dir, 3ull);
+    snprintf(keep, sizeof keep, "%s/../kept.inc", dfx_dir);
+    cr_assert_eq(access(inc, F_OK), 0, "the incremental checkpoint of version 3 is written");
+    cr_assert_eq(link(inc, keep), 0, "link: %s", strerror(errno));
+    cr_assert_eq(theus_state_checkpoint(st, 0, &v), THEUS_OK, "%s", theus_last_error_message());
+    cr_assert_eq(v, 3);
+    cr_assert_eq(access(full, F_OK), 0, "the full checkpoint of version 3 is written");
+    cr_assert_neq(access(inc, F_OK), 0, "the incremental one of the same version is removed");
+    step(st, 3);
+    theus_state_destroy(st);
+
+    /* As after a crash between the full checkpoint and the removal. */
+    cr_assert_eq(rename(keep, inc), 0, "rename: %s", strerror(errno));
+    st = open_dir(&o);
+    cr_assert_eq(theus_state_version(st), 4);
+    check_consistent(st);
+    theus_durable_info info;
+    theus_state_durable_info(st, &info);
+    cr_assert_eq(info.checkpoint_version, 3);
+    cr_assert_eq(info.records_replayed, 1);
+    uint64_t oldest = 0, newest = 0;
+    cr_assert_eq(theus_state_versions(dfx_dir, &oldest, &newest), THEUS_OK, "%s",
+                 theus_last_error_message());
+    cr_assert_eq(newest, 4);
+    step(st, 4);
+    cr_assert_eq(theus_state_checkpoint(st, 0, &v), THEUS_OK, "%s", theus_last_error_message());
+    theus_state_destroy(st);
+    st = open_dir(&o);
+    cr_assert_eq(theus_state_version(st), 5);
+    check_consistent(st);
+    theus_state_destroy(st);
+}
+
 Test(durable, retention_and_time_travel)
 {
     theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
@@ -373,8 +424,12 @@ static void tiny_check(theus_state *st, uint64_t want)
 
 Test(durable, torn_tail_cut_at_every_byte_of_the_last_record)
 {
+    /* Written without preallocation (the log grows record by record: sizes measured while
+     * it is open are its records'), recovered with the defaults (preallocation on). */
+    theus_durable_options off = THEUS_DURABLE_OPTIONS_INIT;
+    off.prealloc_bytes = THEUS_PREALLOC_OFF;
     theus_state *st = NULL;
-    cr_assert_eq(theus_state_open_durable(dfx_dir, tiny, NULL, NULL, &st), THEUS_OK);
+    cr_assert_eq(theus_state_open_durable(dfx_dir, tiny, NULL, &off, &st), THEUS_OK);
     for (uint64_t i = 1; i <= 4; i++)
         tiny_step(st, i);
     char seg[512], saved[600];
@@ -456,6 +511,352 @@ Test(durable, flipped_bytes_in_earlier_records_are_corruption)
     free(orig);
     copy_file(saved, seg, size);
     (void)same;
+}
+
+/* ---- preallocated logs ----------------------------------------------------------------------
+ * With preallocation (the default) the open segment is extended with written zeros ahead of
+ * its records: a zero tail is the clean end of the log, a record cut by zeros is a torn tail,
+ * a cancelled record is zeroed, closed segments are cut to their last record. */
+
+#define TEST_PREALLOC (16u * 1024u)
+
+static unsigned char *read_all(const char *path, size_t *size)
+{
+    int fd = open(path, O_RDONLY);
+    cr_assert(fd >= 0, "open %s: %s", path, strerror(errno));
+    struct stat sb;
+    cr_assert_eq(fstat(fd, &sb), 0);
+    *size = (size_t)sb.st_size;
+    unsigned char *p = malloc(*size + 1);
+    cr_assert_not_null(p);
+    cr_assert_eq(read(fd, p, *size), (ssize_t)*size);
+    close(fd);
+    return p;
+}
+
+static void write_all(const char *path, const unsigned char *p, size_t size)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    cr_assert(fd >= 0);
+    cr_assert_eq(write(fd, p, size), (ssize_t)size);
+    close(fd);
+}
+
+/* The record offsets of a segment image (heads only; stops at the first byte that does not
+ * start a whole record): their count, the end of the last in *end. */
+static int record_offsets(const unsigned char *p, size_t size, size_t *offs, int max,
+                          size_t *end)
+{
+    size_t off = 32;
+    int n = 0;
+    while (off + 32 <= size && n < max) {
+        uint32_t magic;
+        uint64_t body;
+        memcpy(&magic, p + off, 4);
+        memcpy(&body, p + off + 16, 8);
+        if (magic != 0x31525754u || body > size - off - 32)
+            break;
+        offs[n++] = off;
+        off += 32 + (size_t)body;
+    }
+    *end = off;
+    return n;
+}
+
+static int all_zero(const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
+/* A writer killed with its log open (no theus_state_destroy): 5 commits under @o, then
+ * _exit. The segment keeps its preallocated zero tail. */
+static void killed_writer(const theus_durable_options *o, int commits)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        theus_state *st = NULL;
+        if (theus_state_open_durable(dfx_dir, tiny, NULL, o, &st) != THEUS_OK)
+            _exit(3);
+        for (int i = 1; i <= commits; i++)
+            tiny_step(st, (uint64_t)i);
+        _exit(0);
+    }
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "writer status %d", status);
+}
+
+static theus_state *reopen_ok(const theus_durable_options *o, uint64_t want, uint64_t torn_at,
+                              uint64_t torn_bytes, const char *what, long long at)
+{
+    theus_state *r = NULL;
+    int rc = theus_state_open_durable(dfx_dir, NULL, NULL, o, &r);
+    cr_assert_eq(rc, THEUS_OK, "%s %lld: %s", what, at, theus_last_error_message());
+    tiny_check(r, want);
+    theus_durable_info info;
+    cr_assert_eq(theus_state_durable_info(r, &info), THEUS_OK);
+    cr_assert_eq(info.torn_bytes, torn_bytes, "%s %lld: torn bytes %llu", what, at,
+                 (unsigned long long)info.torn_bytes);
+    if (torn_bytes)
+        cr_assert_eq(info.torn_offset, torn_at, "%s %lld", what, at);
+    return r;
+}
+
+Test(durable, prealloc_zero_tail_after_a_clean_end_is_no_torn_tail)
+{
+    theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+    o.prealloc_bytes = TEST_PREALLOC;
+    killed_writer(&o, 5);
+    char seg[512];
+    snprintf(seg, sizeof seg, "%s/wal-0000000000000001.log", dfx_dir);
+    size_t size, end, offs[16];
+    unsigned char *img = read_all(seg, &size);
+    cr_assert_eq(record_offsets(img, size, offs, 16, &end), 5);
+    cr_assert_gt(size, end, "the segment is preallocated ahead of its records");
+    cr_assert_eq(size % 4096, 0);
+    cr_assert(all_zero(img + end, size - end), "past the last record: zeros");
+    free(img);
+    theus_state *r = reopen_ok(NULL, 6, 0, 0, "zero tail", 0);
+    theus_durable_stats ds;
+    cr_assert_eq(theus_state_durable_stats(r, &ds), THEUS_OK);
+    cr_assert_eq(ds.log_records, 0);
+    tiny_step(r, 6);
+    cr_assert_eq(theus_state_durable_stats(r, &ds), THEUS_OK);
+    cr_assert_eq(ds.log_records, 1);
+    cr_assert_eq(ds.log_syncs, 1, "THEUS_SYNC_COMMIT: one fdatasync per commit");
+    theus_state_destroy(r);
+    img = read_all(seg, &size);
+    cr_assert_eq(record_offsets(img, size, offs, 16, &end), 6);
+    cr_assert_eq(size, end, "a closed log is cut to its last record");
+    free(img);
+    r = reopen_ok(NULL, 7, 0, 0, "closed", 0);
+    theus_state_destroy(r);
+}
+
+Test(durable, prealloc_torn_tail_zeroed_from_every_byte_of_the_last_record)
+{
+    theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+    o.prealloc_bytes = TEST_PREALLOC;
+    killed_writer(&o, 5);
+    char seg[512];
+    snprintf(seg, sizeof seg, "%s/wal-0000000000000001.log", dfx_dir);
+    size_t size, end, offs[16];
+    unsigned char *orig = read_all(seg, &size);
+    cr_assert_eq(record_offsets(orig, size, offs, 16, &end), 5);
+    size_t last = offs[4];
+    unsigned char *img = malloc(size);
+    cr_assert_not_null(img);
+    int torn = 0;
+    for (size_t k = last; k < end; k++) {
+        memcpy(img, orig, size);
+        memset(img + k, 0, end - k);
+        write_all(seg, img, size);
+        int changed = !all_zero(orig + k, end - k);
+        uint64_t want_torn = !changed || k == last ? 0 : k - last < 28 ? 28 : end - last;
+        theus_state *r = reopen_ok(NULL, changed ? 5 : 6, last, want_torn, "zeroed from",
+                                   (long long)k);
+        theus_state_destroy(r);
+        torn += want_torn > 0;
+        off_t after = file_size(seg);
+        cr_assert_eq(after, (off_t)(changed ? last : end), "zeroed from %zu: closed log of "
+                     "%lld bytes", k, (long long)after);
+    }
+    cr_assert_gt(torn, 0);
+    /* The log goes on after a zeroed tail. */
+    memcpy(img, orig, size);
+    memset(img + last + 40, 0, end - last - 40);
+    write_all(seg, img, size);
+    theus_state *r = reopen_ok(NULL, 5, last, end - last, "zeroed from", (long long)last + 40);
+    tiny_step(r, 5);
+    theus_state_destroy(r);
+    r = reopen_ok(NULL, 6, 0, 0, "appended after the torn tail", 0);
+    theus_state_destroy(r);
+    free(img);
+    free(orig);
+}
+
+Test(durable, prealloc_flipped_bytes_before_a_zero_tail_never_give_an_older_state)
+{
+    theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+    o.prealloc_bytes = TEST_PREALLOC;
+    killed_writer(&o, 6);
+    char seg[512];
+    snprintf(seg, sizeof seg, "%s/wal-0000000000000001.log", dfx_dir);
+    size_t size, end, offs[16];
+    unsigned char *orig = read_all(seg, &size);
+    cr_assert_eq(record_offsets(orig, size, offs, 16, &end), 6);
+    unsigned char *img = malloc(size);
+    cr_assert_not_null(img);
+    int corrupt = 0, same = 0;
+    /* Every byte of the head and of the five records before the last; then bytes of the zero
+     * tail (a damaged zero tail is corruption, or a torn "record" after the last one). */
+    for (size_t at = 0; at < size; at += at < offs[5] ? 1 : at < end ? end - at : 61) {
+        memcpy(img, orig, size);
+        img[at] ^= 0x5a;
+        write_all(seg, img, size);
+        theus_state *r = NULL;
+        int rc = theus_state_open_durable(dfx_dir, NULL, NULL, NULL, &r);
+        if (rc == THEUS_OK) {
+            tiny_check(r, 7); /* no effect: never an older state */
+            theus_state_destroy(r);
+            same++;
+        } else {
+            cr_assert_eq(rc, THEUS_ECORRUPT, "flip at %zu: %s", at, theus_last_error_message());
+            cr_assert_not_null(strstr(theus_last_error_message(), "byte "));
+            corrupt++;
+        }
+    }
+    cr_assert_gt(corrupt, 0);
+    cr_assert_gt(same, 0);
+    free(img);
+    free(orig);
+}
+
+/* A listener after the log's that refuses every prepare while armed: the log's record of
+ * that commit is cancelled. */
+static int refuse_armed;
+
+static int refuse_prepare(void *user, const publish_batch *b)
+{
+    (void)user;
+    (void)b;
+    return refuse_armed ? THEUS_ECONFLICT : THEUS_OK;
+}
+
+Test(durable, prealloc_cancelled_record_leaves_zeros)
+{
+    theus_state *st = NULL;
+    cr_assert_eq(theus_state_open_durable(dfx_dir, tiny, NULL, NULL, &st), THEUS_OK);
+    tiny_step(st, 1);
+    tiny_step(st, 2);
+    publish_listener l = {.prepare = refuse_prepare};
+    cr_assert_eq(publish_listen(st, &l), THEUS_OK);
+    char seg[512];
+    snprintf(seg, sizeof seg, "%s/wal-0000000000000001.log", dfx_dir);
+    size_t size0, end0, offs[16];
+    unsigned char *img = read_all(seg, &size0);
+    cr_assert_eq(record_offsets(img, size0, offs, 16, &end0), 2);
+    free(img);
+    refuse_armed = 1;
+    theus_tx *tx = NULL;
+    uint64_t t[4] = {9, 9, 9, 9};
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_write(tx, "a", NULL, t, THEUS_MEM_HOST), THEUS_OK);
+    cr_assert_eq(theus_tx_commit(tx, NULL), THEUS_ECONFLICT);
+    refuse_armed = 0;
+    cr_assert_eq(theus_state_version(st), 3);
+    size_t size, end;
+    img = read_all(seg, &size);
+    cr_assert_eq(record_offsets(img, size, offs, 16, &end), 2, "the cancelled record is gone");
+    cr_assert_eq(end, end0);
+    cr_assert_gt(size, end, "still preallocated");
+    cr_assert(all_zero(img + end, size - end), "no byte of the cancelled record is left");
+    free(img);
+    tiny_step(st, 3);
+    theus_state_destroy(st);
+    st = reopen_ok(NULL, 4, 0, 0, "after a cancel", 0);
+    theus_state_destroy(st);
+}
+
+Test(durable, prealloc_off_and_on_read_each_others_logs)
+{
+    theus_durable_options off = THEUS_DURABLE_OPTIONS_INIT;
+    off.prealloc_bytes = THEUS_PREALLOC_OFF;
+    char seg[512];
+    snprintf(seg, sizeof seg, "%s/wal-0000000000000001.log", dfx_dir);
+    theus_state *st = NULL;
+    cr_assert_eq(theus_state_open_durable(dfx_dir, tiny, NULL, &off, &st), THEUS_OK);
+    tiny_step(st, 1);
+    tiny_step(st, 2);
+    size_t size, end, offs[16];
+    unsigned char *img = read_all(seg, &size);
+    cr_assert_eq(record_offsets(img, size, offs, 16, &end), 2);
+    cr_assert_eq(size, end, "no preallocation: the file ends at its last record");
+    free(img);
+    theus_durable_stats ds;
+    cr_assert_eq(theus_state_durable_stats(st, &ds), THEUS_OK);
+    cr_assert_eq(ds.log_extends, 0);
+    theus_state_destroy(st);
+    /* Preallocation on over a log written without it. */
+    st = reopen_ok(NULL, 3, 0, 0, "on after off", 0);
+    tiny_step(st, 3);
+    img = read_all(seg, &size);
+    cr_assert_eq(record_offsets(img, size, offs, 16, &end), 3);
+    cr_assert_gt(size, end, "preallocated");
+    free(img);
+    cr_assert_eq(theus_state_durable_stats(st, &ds), THEUS_OK);
+    cr_assert_eq(ds.log_extends, 1);
+    theus_state_destroy(st);
+    /* Off over a log a killed writer left preallocated: read, its zero tail cut. */
+    theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+    o.prealloc_bytes = TEST_PREALLOC;
+    dfx_rm_tree(dfx_dir);
+    killed_writer(&o, 3);
+    st = reopen_ok(&off, 4, 0, 0, "off after a killed preallocating writer", 0);
+    img = read_all(seg, &size);
+    cr_assert_eq(record_offsets(img, size, offs, 16, &end), 3);
+    cr_assert_eq(size, end, "the zero tail is cut when preallocation is off");
+    free(img);
+    tiny_step(st, 4);
+    theus_state_destroy(st);
+    st = reopen_ok(NULL, 5, 0, 0, "on again", 0);
+    theus_state_destroy(st);
+    /* Bad option values are not refused: any step is rounded up to 4 KiB. */
+    o.prealloc_bytes = 1;
+    cr_assert_eq(theus_state_open_durable(dfx_dir, NULL, NULL, &o, &st), THEUS_OK);
+    tiny_step(st, 5);
+    theus_state_destroy(st);
+    st = reopen_ok(NULL, 6, 0, 0, "step of one byte", 0);
+    theus_state_destroy(st);
+}
+
+Test(durable, prealloc_closed_segments_are_exact_and_a_zero_tail_on_one_is_accepted)
+{
+    theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+    o.segment_bytes = 4096; /* the step is capped at the segment size */
+    theus_state *st = NULL;
+    cr_assert_eq(theus_state_open_durable(dfx_dir, tiny, NULL, &o, &st), THEUS_OK);
+    for (uint64_t i = 1; i <= 60; i++)
+        tiny_step(st, i);
+    theus_state_destroy(st);
+    DIR *d = opendir(dfx_dir);
+    cr_assert_not_null(d);
+    struct dirent *e;
+    char first_closed[600] = "";
+    int segs = 0;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, "wal-", 4) != 0)
+            continue;
+        char p[600];
+        snprintf(p, sizeof p, "%s/%s", dfx_dir, e->d_name);
+        size_t size, end, offs[64];
+        unsigned char *img = read_all(p, &size);
+        record_offsets(img, size, offs, 64, &end);
+        cr_assert_eq(size, end, "%s: %zu bytes, records end at %zu", e->d_name, size, end);
+        free(img);
+        if (strcmp(e->d_name, "wal-0000000000000001.log") == 0)
+            snprintf(first_closed, sizeof first_closed, "%s", p);
+        segs++;
+    }
+    closedir(d);
+    cr_assert_gt(segs, 2);
+    cr_assert_neq(first_closed[0], 0);
+    /* A rotation killed before it cut the tail of the segment it closed. */
+    size_t size;
+    unsigned char *img = read_all(first_closed, &size);
+    unsigned char *grown = calloc(1, size + 8192);
+    cr_assert_not_null(grown);
+    memcpy(grown, img, size);
+    write_all(first_closed, grown, size + 8192);
+    free(grown);
+    free(img);
+    st = reopen_ok(&o, 61, 0, 0, "zero tail on a closed segment", 0);
+    theus_state_destroy(st);
 }
 
 /* ---- group commit from several threads ------------------------------------------------- */

@@ -22,12 +22,18 @@
 #include <theus/theus_durable.h>
 #include <theus/theus_shared.h>
 
+#include "durable/durable.h"
 #include "durable/wal.h"
+#include "durable/wal_record.h"
+#include "publish.h"
 #include "shared/redo.h"
+#include "state.h"
+#include <fcntl.h>
 
 #define MAX_KIDS 8
 
 static char g_root[64], g_dir[128], g_dir2[128], g_name[64], g_name2[64];
+static uint64_t g_prealloc; /* the creator's theus_durable_options.prealloc_bytes */
 static pid_t g_kids[MAX_KIDS];
 
 static void rm_tree(const char *path)
@@ -57,6 +63,7 @@ static void setup(void)
     snprintf(g_name, sizeof g_name, "tds-%d-a", (int)getpid());
     snprintf(g_name2, sizeof g_name2, "tds-%d-b", (int)getpid());
     memset(g_kids, 0, sizeof g_kids);
+    g_prealloc = 0;
 }
 
 static void teardown(void)
@@ -126,6 +133,7 @@ static theus_state *open_ds(const char *name, const char *dir, const char *sch, 
     theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
     o.sync = sync;
     o.segment_bytes = 64 * 1024;
+    o.prealloc_bytes = g_prealloc;
     theus_state *st = NULL;
     int rc = theus_shared_open_durable(name, dir, sch, NULL, &o, &st);
     cr_assert_eq(rc, THEUS_OK, "theus_shared_open_durable: %s: %s", theus_strerror(rc),
@@ -546,6 +554,35 @@ static void crash_worker(int point, int redo)
     _exit(5);
 }
 
+/* Past the valid end of the log (the shared append position) the live segment holds zeros
+ * only (preallocation), or nothing (without it): no byte of an unfinished append is left. */
+static void expect_clean_tail(theus_state *st, const char *what)
+{
+    const shared_durable_area *da = &shared_area_of(st)->durable;
+    char p[SHARED_DURABLE_DIR_MAX + 64];
+    snprintf(p, sizeof p, DUR_SEGMENT_FMT, da->dir,
+             (unsigned long long)atomic_load(&da->seg_first));
+    int fd = open(p, O_RDONLY);
+    cr_assert(fd >= 0, "%s: %s: %s", what, p, strerror(errno));
+    struct stat sb;
+    cr_assert_eq(fstat(fd, &sb), 0);
+    uint64_t size = (uint64_t)sb.st_size, at = da->append_off;
+    if (g_prealloc == THEUS_PREALLOC_OFF)
+        cr_assert_eq(size, at, "%s: %llu bytes, the log ends at %llu", what,
+                     (unsigned long long)size, (unsigned long long)at);
+    static unsigned char buf[1 << 16];
+    while (at < size) {
+        ssize_t n = pread(fd, buf, sizeof buf, (off_t)at);
+        cr_assert_gt(n, 0);
+        for (ssize_t i = 0; i < n; i++)
+            cr_assert_eq(buf[i], 0, "%s: byte %llu past the end of the log (%llu) is %u", what,
+                         (unsigned long long)(at + (uint64_t)i),
+                         (unsigned long long)da->append_off, buf[i]);
+        at += (uint64_t)n;
+    }
+    close(fd);
+}
+
 static void crash_at(int point, int redo, int new_expected)
 {
     theus_state *st = open_ds(g_name, g_dir, schema, THEUS_SYNC_COMMIT);
@@ -561,7 +598,12 @@ static void crash_at(int point, int redo, int new_expected)
     g_kids[0] = 0;
     cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "point %d: status %d", point,
               status);
+    /* The next taker of the commit lock makes the log agree. */
+    cr_assert_eq(state_lock(st), THEUS_OK, "%s", theus_last_error_message());
+    expect_clean_tail(st, "after the agreement");
+    state_unlock(st);
     cr_assert_eq(commit_one(st, &got), THEUS_OK, "%s", theus_last_error_message());
+    expect_clean_tail(st, "after the next commit");
     uint64_t v = check_consistent(st);
     cr_assert_eq(v, got);
     if (new_expected >= 0 && point != WAL_POINT_ROTATING)
@@ -589,3 +631,116 @@ Test(durable_shared, crash_redo_ready) { crash_at(REDO_POINT_READY, 1, 1); }
 Test(durable_shared, crash_redo_replaying) { crash_at(REDO_POINT_REPLAYING, 1, 1); }
 Test(durable_shared, crash_redo_applied) { crash_at(REDO_POINT_APPLIED, 1, 1); }
 Test(durable_shared, crash_redo_published) { crash_at(REDO_POINT_PUBLISHED, 1, 1); }
+/* The same without preallocation (the log is cut, not zeroed). */
+Test(durable_shared, crash_partial_record_prealloc_off)
+{
+    g_prealloc = THEUS_PREALLOC_OFF;
+    crash_at(WAL_POINT_PARTIAL, 0, 0);
+}
+Test(durable_shared, crash_record_written_prealloc_off)
+{
+    g_prealloc = THEUS_PREALLOC_OFF;
+    crash_at(WAL_POINT_WRITTEN, 0, 0);
+}
+Test(durable_shared, crash_rotating_prealloc_off)
+{
+    g_prealloc = THEUS_PREALLOC_OFF;
+    crash_at(WAL_POINT_ROTATING, 0, -1);
+}
+Test(durable_shared, crash_redo_ready_prealloc_off)
+{
+    g_prealloc = THEUS_PREALLOC_OFF;
+    crash_at(REDO_POINT_READY, 1, 1);
+}
+
+/* A process killed while it writes an audit record (wal_append_note, under the commit lock,
+ * no commit in flight): the half record past the append position is cut off (zeroed) by the
+ * next taker of the lock — recovery from the directory then finds no torn tail. */
+static void note_worker(void)
+{
+    theus_state *st = NULL;
+    if (theus_shared_open_durable(g_name, g_dir, NULL, NULL, NULL, &st) != THEUS_OK)
+        _exit(3);
+    durable *d = durable_of(st);
+    wal_audit_entry e = {.seq = 1, .value = 2.0, .rule = 2, .level = 'A', .refused = 1};
+    snprintf(e.field, sizeof e.field, "a");
+    unsigned char body[256], rec[512];
+    uint64_t n = wal_audit_body_size(&e, 1);
+    wal_audit_encode(body, &e, 1);
+    wal_record_encode(rec, WAL_KIND_AUDIT, theus_state_version(st) + 1, body, n);
+    g_point = WAL_POINT_NOTE_PARTIAL;
+    wal_fault_hook = die_at;
+    if (!d || state_lock(st) != THEUS_OK)
+        _exit(4);
+    wal_append_note(&d->w, rec, (size_t)(WAL_REC_OVERHEAD + n), 1);
+    _exit(5);
+}
+
+static void partial_audit_record(void)
+{
+    theus_state *st = open_ds(g_name, g_dir, schema, THEUS_SYNC_COMMIT);
+    uint64_t got;
+    cr_assert_eq(commit_one(st, &got), THEUS_OK);
+    g_kids[0] = fork();
+    cr_assert_geq(g_kids[0], 0);
+    if (g_kids[0] == 0)
+        note_worker();
+    int status;
+    cr_assert_eq(waitpid(g_kids[0], &status, 0), g_kids[0]);
+    g_kids[0] = 0;
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "status %d", status);
+    cr_assert_eq(state_lock(st), THEUS_OK, "%s", theus_last_error_message());
+    expect_clean_tail(st, "after the agreement");
+    state_unlock(st);
+    uint64_t v = check_consistent(st), lo, hi;
+    cr_assert_eq(v, got);
+    cr_assert_eq(theus_state_versions(g_dir, &lo, &hi), THEUS_OK);
+    cr_assert_eq(hi, v);
+    theus_state_destroy(st);
+    st = open_ds(g_name, g_dir, NULL, THEUS_SYNC_COMMIT);
+    cr_assert_eq(check_consistent(st), v);
+    theus_durable_info info;
+    cr_assert_eq(theus_state_durable_info(st, &info), THEUS_OK);
+    cr_assert_eq(info.torn_bytes, 0, "the half audit record was left in the log");
+    theus_state_destroy(st);
+}
+
+Test(durable_shared, crash_partial_audit_record) { partial_audit_record(); }
+Test(durable_shared, crash_partial_audit_record_prealloc_off)
+{
+    g_prealloc = THEUS_PREALLOC_OFF;
+    partial_audit_record();
+}
+
+/* A commit cancelled after the log's prepare (a later listener refuses): its record is
+ * zeroed in the live segment, the log ends at the state's version. */
+static int refuse_prepare(void *user, const publish_batch *b)
+{
+    (void)user;
+    (void)b;
+    return THEUS_ECONFLICT;
+}
+
+Test(durable_shared, cancelled_record_leaves_zeros)
+{
+    theus_state *st = open_ds(g_name, g_dir, schema, THEUS_SYNC_GROUP);
+    uint64_t got;
+    cr_assert_eq(commit_one(st, &got), THEUS_OK);
+    publish_listener l = {.prepare = refuse_prepare};
+    cr_assert_eq(publish_listen(st, &l), THEUS_OK);
+    theus_tx *tx = NULL;
+    int64_t one = 1;
+    cr_assert_eq(theus_tx_begin(st, NULL, &tx), THEUS_OK);
+    cr_assert_eq(theus_tx_add(tx, "counter", NULL, &one, THEUS_MEM_HOST), THEUS_OK);
+    cr_assert_eq(theus_tx_commit(tx, NULL), THEUS_ECONFLICT);
+    expect_clean_tail(st, "after a cancel");
+    cr_assert_eq(theus_state_version(st), got);
+    uint64_t lo, hi;
+    cr_assert_eq(theus_state_versions(g_dir, &lo, &hi), THEUS_OK);
+    cr_assert_eq(hi, got);
+    theus_durable_stats ds;
+    cr_assert_eq(theus_state_durable_stats(st, &ds), THEUS_OK);
+    cr_assert_eq(ds.log_records, 1);
+    cr_assert_geq(ds.log_extends, 1);
+    theus_state_destroy(st);
+}

@@ -84,6 +84,68 @@ static void execute(const replay_plan *p, enum order ord)
     }
 }
 
+/* The compact form, run as the compact kernel does: segment c of a wave decoded with the
+ * kernel's own functions, its group giving dtype and op. */
+static void run_seg(const theus_replay_seg *sg, const theus_replay_group *groups, size_t ngroups)
+{
+    const uint32_t g = theus_replay_seg_group(sg);
+    cr_assert_lt(g, ngroups, "segment names group %u of %zu", g, ngroups);
+    const theus_replay_group *gr = &groups[g];
+    const uint64_t es = theus_dtype_size((theus_dtype)gr->dtype);
+    const uint32_t bytes = theus_replay_seg_bytes(sg);
+    cr_assert(bytes >= 1 && bytes <= THEUS_REPLAY_CHUNK_BYTES && bytes % es == 0,
+              "segment of %u bytes", bytes);
+    uint64_t d, s;
+    theus_replay_seg_addrs(sg, gr, &d, &s);
+    if (gr->op == DELTA_ASSIGN)
+        memcpy((void *)(uintptr_t)d, (const void *)(uintptr_t)s, bytes);
+    else
+        dtype_add((theus_dtype)gr->dtype, (void *)(uintptr_t)d, (const void *)(uintptr_t)s,
+                  bytes / es);
+}
+
+static void execute_compact(const replay_plan *p, enum order ord)
+{
+    cr_assert(p->compact);
+    for (uint32_t w = 0; w < p->nwaves; w++) {
+        const theus_replay_wave *wv = &p->waves[w];
+        const uint64_t n = wv->chunk_end - wv->chunk_begin;
+        for (uint64_t i = 0; i < n; i++) {
+            uint64_t c = ord == REVERSED ? wv->chunk_end - 1 - i : wv->chunk_begin + i;
+            if (ord == SHUFFLED && n > 1) /* a fixed odd stride visits every one once */
+                c = wv->chunk_begin + (i * 7919u + 13u) % n;
+            run_seg(&p->segs[c], p->groups, p->ngroups);
+        }
+    }
+}
+
+/* The compact form moves exactly what the wide form's chunks move. */
+static void check_compact_matches_wide(const replay_plan *p)
+{
+    cr_assert(p->compact);
+    for (size_t k = 0; k < p->ndescs; k++) {
+        const theus_replay_desc *d = &p->descs[k];
+        const uint64_t es = theus_dtype_size((theus_dtype)d->dtype);
+        const uint64_t next = k + 1 < p->ndescs && p->descs[k + 1].first_chunk > d->first_chunk
+                                  ? p->descs[k + 1].first_chunk : d->first_chunk +
+                                  (d->run * es + THEUS_REPLAY_CHUNK_BYTES - 1) / THEUS_REPLAY_CHUNK_BYTES;
+        uint64_t at = 0;
+        for (uint64_t c = d->first_chunk; c < next; c++) {
+            const theus_replay_seg *sg = &p->segs[c];
+            const theus_replay_group *g = &p->groups[theus_replay_seg_group(sg)];
+            uint64_t dst, src;
+            theus_replay_seg_addrs(sg, g, &dst, &src);
+            cr_assert_eq(dst, d->dst + at, "segment %llu: destination", (unsigned long long)c);
+            cr_assert_eq(src, d->src + at, "segment %llu: source", (unsigned long long)c);
+            cr_assert_eq(g->dtype, d->dtype);
+            cr_assert_eq(g->op, d->op);
+            at += theus_replay_seg_bytes(sg);
+        }
+        cr_assert_eq(at, d->run * es, "descriptor %zu: its segments move %llu of %llu bytes", k,
+                     (unsigned long long)at, (unsigned long long)(d->run * es));
+    }
+}
+
 /* Structure: waves tile the descriptors and chunks contiguously; within a wave, first
  * chunks ascend. */
 static void check_structure(const replay_plan *p)
@@ -184,6 +246,9 @@ static void random_sub(const theus_region *frame, int big, theus_region *sub)
     }
 }
 
+/* Nonzero: every field is 1-D (batches of contiguous runs, which plan compact). */
+static int g_flat;
+
 /* @overlap: percent chance a transfer reuses (part of) an earlier one's region. */
 static void make_batch(batch *b, size_t n, int overlap, int big)
 {
@@ -193,7 +258,7 @@ static void make_batch(batch *b, size_t n, int overlap, int big)
         fieldinfo *f = &b->f[i];
         f->dt = k_dtypes[rnd() % (sizeof k_dtypes / sizeof k_dtypes[0])];
         memset(&f->frame, 0, sizeof f->frame);
-        f->frame.ndim = (int)rnd_in(1, 4);
+        f->frame.ndim = g_flat ? 1 : (int)rnd_in(1, 4);
         size_t ne = 1;
         for (int d = 0; d < f->frame.ndim; d++) {
             const int64_t e = f->frame.ndim == 1 ? rnd_in(1, big ? 40000 : 300)
@@ -273,7 +338,11 @@ static void free_batch(batch *b)
     free(b->arena);
 }
 
-/* Plan @b, run it with @ord on a copy of the arena and compare with the reference. */
+/* Plans check_batch found compact (the generator must make some). */
+static int g_compact_plans;
+
+/* Plan @b, run it with @ord on a copy of the arena and compare with the reference (the
+ * compact form too, when the plan has one). */
 static void check_batch(replay_plan *p, batch *b, enum order ord, uint32_t *nwaves)
 {
     unsigned char *ref = malloc(b->arena_len);
@@ -297,6 +366,17 @@ static void check_batch(replay_plan *p, batch *b, enum order ord, uint32_t *nwav
     cr_assert_eq(first, b->arena_len,
                  "plan run (%u waves, %zu descriptors) differs from region_transfer at byte %zu",
                  p->nwaves, p->ndescs, first);
+    if (p->compact) {
+        /* The compact form of the same plan, run on a fresh copy: the same bytes. */
+        g_compact_plans++;
+        check_compact_matches_wide(p);
+        memcpy(b->arena, saved, b->arena_len);
+        execute_compact(p, ord);
+        cr_assert_eq(memcmp(ref, b->arena, b->arena_len), 0,
+                     "compact plan run (%u waves, %llu segments, %zu groups) differs from "
+                     "region_transfer", p->nwaves, (unsigned long long)p->total_chunks,
+                     p->ngroups);
+    }
     if (nwaves)
         *nwaves = p->nwaves;
     memcpy(b->arena, saved, b->arena_len);
@@ -322,6 +402,160 @@ Test(replay_plan, random_batches_match_region_transfer)
     /* The generator does produce overlapping batches (else waves went untested). */
     cr_assert_gt(max_waves, 2);
     replay_plan_release(&p);
+}
+
+/* Batches of 1-D runs (a commit's usual shape) plan compact: both forms, run on the CPU with
+ * the kernel's decoding, give region_transfer's bytes, waves and mixed dtypes and ops
+ * included; batches with a run longer than THEUS_REPLAY_COMPACT_MAX_CHUNKS stay wide. */
+Test(replay_plan, flat_batches_plan_compact_and_match)
+{
+    replay_plan p = {0};
+    uint32_t max_waves = 0;
+    int wide = 0;
+    g_flat = 1;
+    g_compact_plans = 0;
+    for (int round = 0; round < 150; round++) {
+        g_rng = 0x2545f4914f6cdd1dull + (uint64_t)round * 6151u;
+        batch b;
+        const size_t n = (size_t)rnd_in(1, round % 10 == 0 ? 600 : 40);
+        make_batch(&b, n, round % 3 == 0 ? 0 : 30, round % 5 == 0);
+        uint32_t nw = 0;
+        check_batch(&p, &b, (enum order)(round % 3), &nw);
+        if (!p.compact)
+            wide++;
+        if (p.compact && nw > max_waves)
+            max_waves = nw;
+        free_batch(&b);
+    }
+    g_flat = 0;
+    cr_assert_gt(g_compact_plans, 100, "only %d of 150 flat batches planned compact",
+                 g_compact_plans);
+    cr_assert_gt(wide, 0, "no flat batch had a run too long for the compact form");
+    cr_assert_gt(max_waves, 2, "no compact plan had several waves");
+    replay_plan_release(&p);
+}
+
+/* Where the compact form starts and stops: a run of THEUS_REPLAY_COMPACT_MAX_CHUNKS chunks is
+ * cut into that many segments, one chunk longer keeps the plan wide; a small batch fits the
+ * kernel's argument; groups change with dtype and op, and with addresses too far apart. */
+Test(replay_plan, compact_limits_and_groups)
+{
+    enum { MAXB = THEUS_REPLAY_COMPACT_MAX_CHUNKS * THEUS_REPLAY_CHUNK_BYTES };
+    static uint8_t field[MAXB + 64], src[MAXB + 64];
+    theus_region frame = {.ndim = 1}, sub = {.ndim = 1};
+    frame.stop[0] = MAXB + 64;
+    sub.stop[0] = MAXB - 5;
+    replay_xfer t = {DELTA_ASSIGN, THEUS_DTYPE_U8, field, &frame, src, &sub, &sub};
+    replay_plan p = {0};
+    cr_assert_eq(replay_plan_build(&p, &t, 1), THEUS_OK);
+    cr_assert(p.compact);
+    cr_assert_eq(p.total_chunks, THEUS_REPLAY_COMPACT_MAX_CHUNKS);
+    cr_assert_eq(p.ngroups, 1);
+    for (uint32_t k = 0; k + 1 < THEUS_REPLAY_COMPACT_MAX_CHUNKS; k++)
+        cr_assert_eq(theus_replay_seg_bytes(&p.segs[k]), THEUS_REPLAY_CHUNK_BYTES);
+    cr_assert_eq(theus_replay_seg_bytes(&p.segs[THEUS_REPLAY_COMPACT_MAX_CHUNKS - 1]),
+                 THEUS_REPLAY_CHUNK_BYTES - 5);
+    theus_replay_inline in;
+    cr_assert_eq(replay_plan_inline(&p, &in), 1);
+    cr_assert_eq(in.nsegs, THEUS_REPLAY_COMPACT_MAX_CHUNKS);
+    sub.stop[0] = MAXB + 1;
+    cr_assert_eq(replay_plan_build(&p, &t, 1), THEUS_OK);
+    cr_assert(!p.compact, "a run of %u chunks planned compact", (unsigned)p.total_chunks);
+    cr_assert_eq(replay_plan_inline(&p, &in), 0);
+
+    /* One element, the synchronous commit's usual batch: one segment, inline, run by the
+     * inline decoding. */
+    float f[16] = {0}, v = 2.5f;
+    theus_region ff = {.ndim = 1}, one = {.ndim = 1};
+    ff.stop[0] = 16;
+    one.start[0] = 7;
+    one.stop[0] = 8;
+    replay_xfer u = {DELTA_ADD, THEUS_DTYPE_F32, f, &ff, &v, &one, &one};
+    cr_assert_eq(replay_plan_build(&p, &u, 1), THEUS_OK);
+    cr_assert(p.compact);
+    cr_assert_eq(replay_plan_inline(&p, &in), 1);
+    cr_assert_eq(in.nsegs, 1);
+    cr_assert_eq(in.ngroups, 1);
+    for (int rep = 0; rep < 2; rep++)
+        for (uint32_t k = 0; k < in.nsegs; k++)
+            run_seg(&in.segs[k], in.groups, in.ngroups);
+    cr_assert_eq(f[7], 5.0f);
+    cr_assert_eq(replay_plan_upload_bytes(&p),
+                 sizeof(theus_replay_wave) + sizeof(theus_replay_seg) + sizeof(theus_replay_group));
+
+    /* Groups: same dtype and op share one; an op change starts one; so does an address
+     * 2^47 bytes away (described, never touched), and its offsets decode right. */
+    theus_region big = {.ndim = 1}, a = {.ndim = 1}, b = {.ndim = 1};
+    big.stop[0] = (int64_t)1 << 40;
+    a.start[0] = 0;
+    a.stop[0] = 4;
+    b.start[0] = 100;
+    b.stop[0] = 104;
+    char *base0 = (char *)(uintptr_t)((uint64_t)1 << 20);
+    char *base1 = (char *)(uintptr_t)((uint64_t)1 << 48);
+    replay_xfer g[4] = {
+        {DELTA_ASSIGN, THEUS_DTYPE_U8, base0, &big, base0, &a, &a},
+        {DELTA_ASSIGN, THEUS_DTYPE_U8, base0, &big, base0 + 4096, &b, &b},
+        {DELTA_ADD, THEUS_DTYPE_U8, base0, &big, base0, &b, &b},
+        {DELTA_ADD, THEUS_DTYPE_U8, base1, &big, base0 + 8192, &a, &a},
+    };
+    cr_assert_eq(replay_plan_build(&p, g, 4), THEUS_OK);
+    cr_assert(p.compact);
+    cr_assert_eq(p.ngroups, 3, "%zu groups", p.ngroups);
+    check_compact_matches_wide(&p);
+    uint64_t d, sa;
+    theus_replay_seg_addrs(&p.segs[p.waves[p.nwaves - 1].chunk_end - 1],
+                           &p.groups[theus_replay_seg_group(&p.segs[p.waves[p.nwaves - 1].chunk_end - 1])],
+                           &d, &sa);
+    cr_assert(d == (uint64_t)(uintptr_t)base1 || d == (uint64_t)(uintptr_t)(base0 + 100));
+    /* A negative offset: a later transfer below the group's first address. */
+    replay_xfer r[2] = {
+        {DELTA_ASSIGN, THEUS_DTYPE_U8, base0, &big, base0 + 4096, &b, &b},
+        {DELTA_ASSIGN, THEUS_DTYPE_U8, base0, &big, base0, &a, &a},
+    };
+    cr_assert_eq(replay_plan_build(&p, r, 2), THEUS_OK);
+    cr_assert(p.compact);
+    cr_assert_eq(p.ngroups, 1);
+    check_compact_matches_wide(&p);
+    replay_plan_release(&p);
+}
+
+/* More groups than a segment can name: the plan stays wide (and right). */
+Test(replay_plan, too_many_groups_stay_wide)
+{
+    enum { N = THEUS_REPLAY_COMPACT_MAX_GROUPS + 10 };
+    int32_t *field = calloc(N, sizeof *field), *ref = calloc(N, sizeof *ref);
+    int32_t *pay = malloc(N * sizeof *pay);
+    theus_region *sub = calloc(N, sizeof *sub);
+    replay_xfer *t = calloc(N, sizeof *t);
+    cr_assert(field && ref && pay && sub && t);
+    theus_region frame = {.ndim = 1};
+    frame.stop[0] = N;
+    for (int i = 0; i < N; i++) {
+        pay[i] = i * 3 + 1;
+        sub[i].ndim = 1;
+        sub[i].start[0] = i;
+        sub[i].stop[0] = i + 1;
+        /* alternating ops: a group each */
+        t[i] = (replay_xfer){i % 2 ? DELTA_ADD : DELTA_ASSIGN, THEUS_DTYPE_I32, field, &frame,
+                             &pay[i], &sub[i], &sub[i]};
+        region_transfer(THEUS_DTYPE_I32, t[i].op, ref, &frame, t[i].src, &sub[i], &sub[i]);
+    }
+    replay_plan p = {0};
+    cr_assert_eq(replay_plan_build(&p, t, N), THEUS_OK);
+    cr_assert(!p.compact);
+    execute(&p, SHUFFLED);
+    cr_assert_eq(memcmp(field, ref, N * sizeof *field), 0);
+    /* One fewer transfer than the limit allows: compact. */
+    cr_assert_eq(replay_plan_build(&p, t, THEUS_REPLAY_COMPACT_MAX_GROUPS), THEUS_OK);
+    cr_assert(p.compact);
+    cr_assert_eq(p.ngroups, THEUS_REPLAY_COMPACT_MAX_GROUPS);
+    replay_plan_release(&p);
+    free(t);
+    free(sub);
+    free(pay);
+    free(ref);
+    free(field);
 }
 
 /* Batches where most transfers meet many others: past a few dozen candidates the planner
@@ -419,6 +653,11 @@ static void segments(int shuffle)
     check_structure(&p);
     execute(&p, SHUFFLED);
     cr_assert_eq(memcmp(field, ref, len * sizeof *field), 0);
+    /* Compact too: one segment a transfer, a group per change of op (they alternate). */
+    cr_assert(p.compact);
+    cr_assert_eq(p.total_chunks, (uint64_t)N);
+    cr_assert_eq(p.ngroups, (size_t)N);
+    check_compact_matches_wide(&p);
     replay_plan_release(&p);
     free(t);
     free(sub);

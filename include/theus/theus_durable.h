@@ -39,10 +39,21 @@ typedef struct theus_durable_options {
     /** Checkpoints kept by theus_state_checkpoint (0: 2); older ones, and the log segments
      *  only they need, are removed. Time travel reaches back to the oldest one kept. */
     uint32_t keep_checkpoints;
+    /** Log preallocation: the open segment is extended ahead of its records in steps of this
+     *  many bytes (rounded up to 4 KiB, at most @c segment_bytes), written as zeros and
+     *  fdatasync'ed once, so that a commit's fdatasync overwrites allocated blocks and has
+     *  no file size or extent change to journal (docs/durability.md, "Log format"). 0: the
+     *  default, 1 MiB; THEUS_PREALLOC_OFF: no preallocation (the log grows record by
+     *  record, as before). A durable shared state uses its creator's value. Segments are
+     *  cut to their last record when closed; a zero-filled tail is the clean end of a log. */
+    uint64_t prealloc_bytes;
 } theus_durable_options;
 
+/** theus_durable_options.prealloc_bytes: no log preallocation. */
+#define THEUS_PREALLOC_OFF UINT64_MAX
+
 /** Initializer of theus_durable_options: every member at its default. */
-#define THEUS_DURABLE_OPTIONS_INIT { THEUS_SYNC_COMMIT, 200, 0, 0 }
+#define THEUS_DURABLE_OPTIONS_INIT { THEUS_SYNC_COMMIT, 200, 0, 0, 0 }
 
 /**
  * @brief Open a durable state in directory @p dir: create it, or recover it.
@@ -169,6 +180,29 @@ typedef struct theus_durable_info {
  *  @param[out] out receives the recovery summary.
  *  @return THEUS_OK; THEUS_EINVAL for NULL arguments or a state that is not durable. */
 THEUS_API int theus_state_durable_info(const theus_state *st, theus_durable_info *out);
+
+/** Counters of a durable state's log since it was opened (for benchmarks and monitoring). */
+typedef struct theus_durable_stats {
+    /** Records appended (commits, init and audit records). A durable shared state: by all
+     *  of its processes since the shared state was created. */
+    uint64_t log_records;
+    /** fdatasyncs of the log that made records durable (per commit under
+     *  THEUS_SYNC_COMMIT, one per group under THEUS_SYNC_GROUP, one per closed segment);
+     *  log_records / log_syncs is the commits per fdatasync. Shared: all processes. */
+    uint64_t log_syncs;
+    /** Preallocation steps (zero-filled extensions of the open segment, each synced once,
+     *  not counted in @c log_syncs). Shared: all processes. */
+    uint64_t log_extends;
+} theus_durable_stats;
+
+/** @brief The log counters of a durable state.
+ *  @param[in]  st  a state from theus_state_open_durable or theus_shared_open_durable.
+ *  @param[out] out receives the counters.
+ *  @return THEUS_OK; THEUS_EINVAL for NULL arguments or a state that is not durable (a
+ *          read-only state of theus_state_open_version has no log: all counters 0).
+ *  @note Thread-safe; the counters are read without the commit lock (each is exact, the
+ *        three are not one snapshot). */
+THEUS_API int theus_state_durable_stats(const theus_state *st, theus_durable_stats *out);
 
 /* ---------------------------------------------------------------------------------------
  * Standalone safetensors files

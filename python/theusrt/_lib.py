@@ -41,7 +41,7 @@ class SharedOptions(ctypes.Structure):
 
 class DurableOptions(ctypes.Structure):
     _fields_ = [("sync", c_int), ("group_window_us", c_uint32), ("segment_bytes", c_uint64),
-                ("keep_checkpoints", c_uint32)]
+                ("keep_checkpoints", c_uint32), ("prealloc_bytes", c_uint64)]
 
 
 class DurableInfo(ctypes.Structure):

@@ -20,6 +20,7 @@
 
 #define DEFAULT_SEGMENT_BYTES (64ull << 20)
 #define DEFAULT_KEEP 2u
+#define DEFAULT_PREALLOC_BYTES (1ull << 20)
 
 void dur_free(durable *d)
 {
@@ -185,6 +186,8 @@ int dur_resolve_options(const theus_durable_options *in, theus_durable_options *
         o->segment_bytes = DEFAULT_SEGMENT_BYTES;
     if (o->keep_checkpoints == 0)
         o->keep_checkpoints = DEFAULT_KEEP;
+    if (o->prealloc_bytes == 0)
+        o->prealloc_bytes = DEFAULT_PREALLOC_BYTES;
     return THEUS_OK;
 }
 
@@ -315,6 +318,19 @@ int theus_state_durable_info(const theus_state *st, theus_durable_info *out)
     if (!d)
         return err_set(st, THEUS_EINVAL, "theus_state_durable_info: not a durable state");
     *out = d->info;
+    return THEUS_OK;
+}
+
+int theus_state_durable_stats(const theus_state *st, theus_durable_stats *out)
+{
+    if (!st || !out)
+        return err_set(st, THEUS_EINVAL, "theus_state_durable_stats: NULL argument");
+    const durable *d = durable_of(st);
+    if (!d)
+        return err_set(st, THEUS_EINVAL, "theus_state_durable_stats: not a durable state");
+    memset(out, 0, sizeof *out);
+    if (d->has_wal)
+        wal_stats(&d->w, out);
     return THEUS_OK;
 }
 

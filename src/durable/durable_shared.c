@@ -46,6 +46,7 @@ static int init_new(theus_state *st, void *user)
     sa->dir_dev = (uint64_t)c->dev;
     sa->dir_ino = (uint64_t)c->ino;
     sa->segment_bytes = d->o.segment_bytes;
+    sa->prealloc = wal_prealloc_step(&d->o);
     snprintf(sa->dir, sizeof sa->dir, "%s", d->dir);
     uint64_t seg = 1, off = 0;
     int rc;
@@ -68,15 +69,30 @@ static int init_new(theus_state *st, void *user)
         seg = r.have_seg ? r.last_seg_start : r.version;
         off = r.have_seg ? r.last_seg_size : 0;
     }
+    uint64_t zero_end = 0;
     if (off == 0) {
         int fd;
         if ((rc = wal_segment_create(st, d->dir, seg, THEUS_SYNC_COMMIT, &fd)) != THEUS_OK)
             return rc;
         close(fd);
         off = WAL_SEG_HEAD;
+    } else {
+        /* Past the valid end recovery found only zeros: the zero-filled part with
+         * preallocation, cut off without it. */
+        char p[DUR_PATH_MAX];
+        wal_segment_path(d->dir, seg, p, sizeof p);
+        struct stat sb;
+        if (stat(p, &sb) != 0 || (!sa->prealloc && (uint64_t)sb.st_size > off &&
+                                  truncate(p, (off_t)off) != 0))
+            return err_set(NULL, THEUS_EIO, "cannot open log segment '%s': %s", p,
+                           strerror(errno));
+        if (sa->prealloc && (uint64_t)sb.st_size > off)
+            zero_end = (uint64_t)sb.st_size;
     }
     atomic_store_explicit(&sa->seg_first, seg, memory_order_relaxed);
     sa->append_off = off;
+    sa->zero_end = zero_end;
+    sa->dirty_end = off;
     return THEUS_OK;
 }
 

@@ -13,10 +13,12 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 /* {"tensor": crc32c, ...} of the tensors' checksums (jansson text, theus_xmalloc'd). */
@@ -58,42 +60,110 @@ int stfile_prefix(const theus_state *st, const char *path, const st_out_tensor *
     return rc == THEUS_OK ? THEUS_OK : err_set(st, rc, "'%s': %s", path, why);
 }
 
-#define STFILE_CHUNK ((uint64_t)32 << 20)
+void *stfile_buf_alloc(size_t n, void **raw)
+{
+    const size_t al = STFILE_DIRECT_ALIGN;
+    *raw = NULL;
+    if (n > SIZE_MAX - 2 * al)
+        return NULL;
+    if (!(*raw = theus_xmalloc(n + 2 * al)))
+        return NULL;
+    return (void *)(((uintptr_t)*raw + al - 1) & ~(uintptr_t)(al - 1));
+}
+
+static uint64_t round_up(uint64_t n)
+{
+    return (n + STFILE_DIRECT_ALIGN - 1) / STFILE_DIRECT_ALIGN * STFILE_DIRECT_ALIGN;
+}
+
+/* [prefix | data] at offset 0 of the temporary file: one direct pwritev of both rounded up
+ * to the boundary and a cut to the real size, or through the page cache where the file
+ * system refuses direct transfers (tmpfs). 0 or -1 (errno set). */
+static int write_packed(const fio_atomic *a, const unsigned char *prefix, size_t plen,
+                        unsigned char *data, uint64_t len)
+{
+    uint64_t padded = round_up(len);
+    memset(data + len, 0, (size_t)(padded - len));
+    int dfd = open(a->tmp, O_WRONLY | O_DIRECT | O_CLOEXEC);
+    if (dfd >= 0) {
+        struct iovec v[2] = {{.iov_base = (void *)prefix, .iov_len = plen},
+                             {.iov_base = data, .iov_len = (size_t)padded}};
+        uint64_t want = plen + padded, done = 0;
+        int bad = 0;
+        while (done < want && !bad) {
+            /* A short transfer (rare): the rest one piece at a time, still aligned. */
+            ssize_t w = done == 0 ? pwritev(dfd, v, padded ? 2 : 1, 0)
+                        : done < plen ? pwrite(dfd, prefix + done, plen - done, (off_t)done)
+                                      : pwrite(dfd, data + (done - plen), (size_t)(want - done),
+                                               (off_t)done);
+            if (w > 0)
+                done += (uint64_t)w;
+            else if (w < 0 && errno == EINTR)
+                continue;
+            else
+                bad = 1;
+        }
+        int e = errno;
+        close(dfd);
+        if (!bad)
+            return padded == len || ftruncate(a->fd, (off_t)(plen + len)) == 0 ? 0 : -1;
+        if (done > 0 || e != EINVAL) {
+            errno = e;
+            return -1;
+        }
+        /* This file system refuses direct transfers: the page cache then. */
+    }
+    if (fio_pwrite_all(a->fd, prefix, plen, 0) != 0)
+        return -1;
+    return len ? fio_pwrite_all(a->fd, data, (size_t)len, plen) : 0;
+}
 
 int stfile_write(const theus_state *st, const char *path, mode_t mode, const st_out_tensor *t,
-                 const void *const *data, size_t n, const char *const *mkeys,
+                 size_t n, void *data, uint64_t len, const char *const *mkeys,
                  const char *const *mvals, size_t nmeta)
 {
-    unsigned char *prefix = NULL;
+    unsigned char *prefix = NULL, *aligned = NULL;
+    void *raw = NULL;
     size_t plen = 0;
     uint32_t *crc = theus_xcalloc(n ? n : 1, sizeof *crc);
     if (!crc)
         return err_set(st, THEUS_ENOMEM, "out of memory writing '%s'", path);
-    for (size_t i = 0; i < n; i++)
-        crc[i] = t[i].nbytes ? crc32c(0, data[i], t[i].nbytes) : 0;
+    uint64_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        crc[i] = t[i].nbytes ? crc32c(0, (const unsigned char *)data + at, (size_t)t[i].nbytes) : 0;
+        at += t[i].nbytes;
+    }
+    if (at != len) {
+        theus_xfree(crc);
+        return err_set(st, THEUS_EINVAL, "'%s': tensors of %llu bytes in a buffer of %llu", path,
+                       (unsigned long long)at, (unsigned long long)len);
+    }
+    /* The data section on the boundary: the header padded up to it. */
     int rc = stfile_prefix(st, path, t, crc, n, mkeys, mvals, nmeta, 0, &prefix, &plen);
-    theus_xfree(crc);
-    if (rc != THEUS_OK)
-        return rc;
-    fio_atomic a;
-    rc = fio_atomic_open(st, path, mode, &a);
-    if (rc != THEUS_OK) {
+    if (rc == THEUS_OK && plen % STFILE_DIRECT_ALIGN) {
+        size_t want = (size_t)round_up(plen);
         theus_xfree(prefix);
+        prefix = NULL;
+        rc = stfile_prefix(st, path, t, crc, n, mkeys, mvals, nmeta, want, &prefix, &plen);
+        if (rc == THEUS_OK && plen != want)
+            rc = err_set(st, THEUS_EINVAL, "'%s': header of %zu bytes, %zu wanted", path, plen, want);
+    }
+    theus_xfree(crc);
+    /* The prefix on the boundary too, for the direct transfer. */
+    if (rc == THEUS_OK && !(aligned = stfile_buf_alloc(plen, &raw)))
+        rc = err_set(st, THEUS_ENOMEM, "out of memory writing '%s'", path);
+    if (rc == THEUS_OK)
+        memcpy(aligned, prefix, plen);
+    theus_xfree(prefix);
+    fio_atomic a;
+    if (rc == THEUS_OK)
+        rc = fio_atomic_open(st, path, mode, &a);
+    if (rc != THEUS_OK) {
+        theus_xfree(raw);
         return rc;
     }
-    int bad = fio_write_all(a.fd, prefix, plen);
-    uint64_t at = plen;
-    theus_xfree(prefix);
-    /* In chunks, starting the write-back of each as soon as it is in the page cache: the
-     * disk works while the next chunk is copied, and the final fsync has little left. */
-    for (size_t i = 0; i < n && !bad; i++)
-        for (uint64_t off = 0; off < t[i].nbytes && !bad; off += STFILE_CHUNK) {
-            size_t len = (size_t)(t[i].nbytes - off < STFILE_CHUNK ? t[i].nbytes - off : STFILE_CHUNK);
-            bad = fio_write_all(a.fd, (const char *)data[i] + off, len);
-            if (!bad && len == STFILE_CHUNK)
-                sync_file_range(a.fd, (off_t)at, (off_t)len, SYNC_FILE_RANGE_WRITE);
-            at += len;
-        }
+    int bad = write_packed(&a, aligned, plen, data, len);
+    theus_xfree(raw);
     if (bad) {
         int e = errno;
         fio_atomic_abort(&a);

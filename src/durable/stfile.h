@@ -10,10 +10,24 @@ struct snapshot;
 /* Metadata key of the tensors' checksums that stfile_write adds: {"name": crc32c, ...}. */
 #define STFILE_CRC_KEY "theus.crc32c"
 
-/* Write @n tensors whose bytes are @data[i] (t[i].nbytes each) and the metadata pairs (at
- * most 15, plus STFILE_CRC_KEY) to @path atomically (fio_atomic_*), with file mode @mode. */
+/* Direct transfers (O_DIRECT) need the buffer, the file offset and the length on this
+ * boundary. */
+#define STFILE_DIRECT_ALIGN 4096u
+
+/* A buffer for stfile_write: @n bytes and room to round them up to STFILE_DIRECT_ALIGN, the
+ * returned pointer on that boundary (*raw is what to theus_xfree). NULL when out of
+ * memory. */
+void *stfile_buf_alloc(size_t n, void **raw);
+
+/* Write @n tensors whose bytes lie back to back in @data (t[0] first; @len bytes in all,
+ * @data from stfile_buf_alloc(@len)) and the metadata pairs (at most 15, plus
+ * STFILE_CRC_KEY) to @path atomically (fio_atomic_*), with file mode @mode. The data section
+ * starts on a STFILE_DIRECT_ALIGN boundary (the header padded with spaces) and the file is
+ * written with one pwritev with O_DIRECT where the file system takes it (no copy into the
+ * page cache, nothing left to write back at the fsync), else through the page cache. The
+ * bytes from @len up to the boundary are cleared (the buffer's own padding). */
 int stfile_write(const theus_state *st, const char *path, mode_t mode, const st_out_tensor *t,
-                 const void *const *data, size_t n, const char *const *mkeys,
+                 size_t n, void *data, uint64_t len, const char *const *mkeys,
                  const char *const *mvals, size_t nmeta);
 
 /* The file prefix (8-byte length + header JSON) of tensors @t whose checksums are @crc, with

@@ -21,6 +21,14 @@ typedef struct wal {
     uint64_t seg_first;        /* start version of the open segment */
     uint64_t seg_size;         /* bytes in it */
     uint64_t rec_start;        /* where the record of the commit in flight starts (cancel) */
+    /* Preallocation: the step (0: off; at most segment_bytes) and, for a private state,
+     * under the commit lock: [seg_size, zero_end) of the open segment is written zeros
+     * (empty when zero_end <= seg_size). A durable shared state keeps its zero_end in the
+     * shared area. */
+    uint64_t prealloc;
+    uint64_t zero_end;
+    /* Statistics of a private state (theus_state_durable_stats). */
+    _Atomic uint64_t nrecords, nsyncs, nextends;
     unsigned char *buf;        /* encoding scratch */
     size_t buf_cap;
     /* Group sync: under m. Records are numbered in write order (seq); a committer returns
@@ -29,6 +37,8 @@ typedef struct wal {
     pthread_cond_t cv;
     uint64_t written, synced;  /* record numbers */
     int syncing;               /* a leader is in fdatasync */
+    int gathering;             /* a leader waits (group window) for more records: gcv */
+    pthread_cond_t gcv;
     uint64_t last_group;       /* records the previous group fsync covered */
     int broken;                /* a write or sync failed: every later commit is refused */
     /* A durable shared state: the append position, segment and group sync live in the
@@ -43,7 +53,8 @@ enum {
     WAL_POINT_PARTIAL = 1,   /* part of the record written (its head) */
     WAL_POINT_WRITTEN,       /* the whole record written, append_off not moved yet */
     WAL_POINT_APPENDED,      /* append_off moved, the redo record not begun */
-    WAL_POINT_ROTATING       /* a new segment created, the shared area not pointing at it */
+    WAL_POINT_ROTATING,      /* a new segment created, the shared area not pointing at it */
+    WAL_POINT_NOTE_PARTIAL   /* half of an audit record written (wal_append_note) */
 };
 extern void (*wal_fault_hook)(int point);
 
@@ -71,6 +82,10 @@ int wal_rotate(wal *w, uint64_t start);
  * else it reaches the disk with the next sync. A failed write is cut off again; when even
  * that fails the log is broken (later commits refused). THEUS_OK or THEUS_EIO. */
 int wal_append_note(wal *w, const unsigned char *rec, size_t len, int sync);
+/* The preallocation step of resolved options (dur_resolve_options): 0 when off. */
+uint64_t wal_prealloc_step(const theus_durable_options *o);
+/* The counters of theus_state_durable_stats. */
+void wal_stats(const wal *w, theus_durable_stats *out);
 /* Segment file name of @start in @dir into @buf. */
 void wal_segment_path(const char *dir, uint64_t start, char *buf, size_t len);
 

@@ -60,6 +60,20 @@ static int all_zero(const unsigned char *p, uint64_t n)
     return 1;
 }
 
+/* A record at @off that failed a check is a torn last record only when nothing but zeros
+ * follows it (from @from on): the end of the file, or a preallocated tail never written. */
+static wal_scan torn_or_corrupt(const unsigned char *buf, uint64_t size, uint64_t off,
+                                uint64_t from, wal_rec *r)
+{
+    if (from > size)
+        from = size;
+    if (!all_zero(buf + from, size - from))
+        return WAL_SCAN_CORRUPT;
+    r->offset = off;
+    r->size = from - off;
+    return WAL_SCAN_TORN;
+}
+
 wal_scan wal_next(const unsigned char *buf, uint64_t size, uint64_t off, wal_rec *r, char *why,
                   size_t whylen)
 {
@@ -69,20 +83,24 @@ wal_scan wal_next(const unsigned char *buf, uint64_t size, uint64_t off, wal_rec
     uint64_t left = size - off;
     const unsigned char *p = buf + off;
     if (all_zero(p, left)) {
+        /* A preallocated segment's zero-filled tail (or a file grown by a crash before its
+         * record reached the disk: the same thing, nothing of a record there). */
         why_set(why, whylen, "%llu zero bytes at the end", (unsigned long long)left);
-        return WAL_SCAN_TORN;
+        return WAL_SCAN_END;
     }
     if (left < WAL_REC_HEAD) {
         why_set(why, whylen, "record head cut after %llu bytes", (unsigned long long)left);
+        r->offset = off;
+        r->size = left;
         return WAL_SCAN_TORN;
     }
     if (wal_get32(p) != WAL_REC_MAGIC) {
         why_set(why, whylen, "bad record magic");
-        return WAL_SCAN_CORRUPT;
+        return torn_or_corrupt(buf, size, off, off + WAL_REC_HEAD, r);
     }
     if (wal_get32(p + 24) != crc32c(0, p, 24)) {
         why_set(why, whylen, "record head checksum mismatch");
-        return WAL_SCAN_CORRUPT;
+        return torn_or_corrupt(buf, size, off, off + WAL_REC_HEAD, r);
     }
     uint32_t kind = wal_get32(p + 4);
     if (kind != WAL_KIND_COMMIT && kind != WAL_KIND_INIT && kind != WAL_KIND_AUDIT) {
@@ -94,6 +112,8 @@ wal_scan wal_next(const unsigned char *buf, uint64_t size, uint64_t off, wal_rec
         why_set(why, whylen, "record of version %llu cut (%llu body bytes, %llu left)",
                 (unsigned long long)wal_get64(p + 8), (unsigned long long)body_len,
                 (unsigned long long)(left - WAL_REC_HEAD));
+        r->offset = off;
+        r->size = left;
         return WAL_SCAN_TORN;
     }
     const unsigned char *body = p + WAL_REC_HEAD;
@@ -101,7 +121,7 @@ wal_scan wal_next(const unsigned char *buf, uint64_t size, uint64_t off, wal_rec
     if (wal_get32(body + body_len) != crc32c(0, body, (size_t)body_len)) {
         why_set(why, whylen, "record of version %llu: body checksum mismatch",
                 (unsigned long long)wal_get64(p + 8));
-        return total == left ? WAL_SCAN_TORN : WAL_SCAN_CORRUPT;
+        return torn_or_corrupt(buf, size, off, off + total, r);
     }
     r->kind = kind;
     r->version = wal_get64(p + 8);

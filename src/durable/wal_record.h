@@ -44,17 +44,22 @@ typedef struct wal_rec {
 
 typedef enum wal_scan {
     WAL_SCAN_RECORD = 1,          /* *r holds the record at @off */
-    WAL_SCAN_END = 0,             /* @off is the end of the buffer */
-    WAL_SCAN_TORN = -1,           /* what starts at @off is a cut or unwritten last record */
+    WAL_SCAN_END = 0,             /* @off is the end of the log: the end of the buffer, or
+                                     only zero bytes from there on (a preallocated tail) */
+    WAL_SCAN_TORN = -1,           /* what starts at @off is a cut or half-written last record */
     WAL_SCAN_CORRUPT = -2         /* a check failed at @off: never a torn write */
 } wal_scan;
 
-/* Decode the record at @off of a segment of @size bytes. A record is TORN when the buffer
- * ends inside it, when everything from @off on is zero bytes (a crash after the file grew),
- * or when its body checksum fails and it ends exactly at the end of the buffer; a bad
- * magic, a bad head checksum, an unknown kind, or a failed body checksum with bytes after
- * the record is CORRUPT. @why says what. Whether a TORN record may be dropped (only at the
- * end of the newest segment) is the caller's decision. */
+/* Decode the record at @off of a segment of @size bytes. Everything from @off on being zero
+ * bytes is the END (segments are preallocated with zeros ahead of their records). A record
+ * is TORN when the buffer ends inside it, or when its magic or head checksum fails and only
+ * zeros follow its head, or when its body checksum fails and only zeros (or nothing) follow
+ * it: a last record partly written, the rest of it still the preallocated zeros or past the
+ * end of the file. Then r->offset and r->size say which bytes it covered (head on: the
+ * record's length as its head says, cut at the end of the buffer). CORRUPT: a bad magic or
+ * head checksum with data after the head, an unknown kind, a failed body checksum with data
+ * after the record. @why says what. Whether a TORN record may be dropped (only at the end
+ * of the newest segment) is the caller's decision. */
 wal_scan wal_next(const unsigned char *buf, uint64_t size, uint64_t off, wal_rec *r, char *why,
                   size_t whylen);
 

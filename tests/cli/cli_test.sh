@@ -220,6 +220,18 @@ last=$(ls "$tmp/torn"/wal-*.log | sort | tail -1)
 truncate -s -5 "$last"
 expect 0 'torn last record' -- log "$tmp/torn"
 expect 0 'note: .*torn last record' -- verify "$tmp/torn"
+# A preallocated log: zeros after the last record are its clean end; a cut record with
+# zeros after it is a torn tail.
+"$fixture" durable "$tmp/zeros"
+last=$(ls "$tmp/zeros"/wal-*.log | sort | tail -1)
+truncate -s +8192 "$last"
+expect 0 '^3 records in 2 segments, versions 2..4$' -- log "$tmp/zeros"
+expect 0 '^version 4 rebuilds$' -- verify "$tmp/zeros"
+size=$(stat -c %s "$last")
+truncate -s $((size - 8192 - 5)) "$last"
+truncate -s +8192 "$last"
+expect 0 'torn last record' -- log "$tmp/zeros"
+expect 0 'note: .*torn last record' -- verify "$tmp/zeros"
 # Corruption: a flipped byte inside a record that is not the last one.
 "$fixture" durable "$tmp/bad"
 seg=$(ls "$tmp/bad"/wal-*.log | sort | head -1)
