@@ -38,14 +38,27 @@ static int grow(void **arr, size_t *cap, size_t need, size_t elem, size_t keep)
 #define GROW(p, field, capf, need, keep) \
     grow((void **)&(p)->field, &(p)->capf, (need), sizeof *(p)->field, (keep))
 
-/* Fill descriptor @d (outer dims appended to the plan's dims) for transfer @t. Returns
- * its chunk count, 0 when it moves nothing; sets *@err on failure. */
-static uint64_t describe(replay_plan *p, const replay_xfer *t, theus_replay_desc *d, int *err)
+/* Fill descriptor @d (outer dims appended to the plan's dims) for transfer @t, of elements
+ * of @es bytes. Returns its chunk count, 0 when it moves nothing; sets *@err on failure. */
+static uint64_t describe(replay_plan *p, const replay_xfer *t, uint64_t es, theus_replay_desc *d,
+                         int *err)
 {
-    const uint64_t es = theus_dtype_size(t->dtype);
     region_folded x;
-    if (es == 0 || !region_fold(t->dframe, t->sframe, t->sub, &x))
+    if (es == 0)
         return 0;
+    if (t->sub->ndim == 1) {
+        /* region_fold of a 1-D region, without the call: one run, no outer dimension. */
+        const int64_t ext = t->sub->stop[0] - t->sub->start[0];
+        if (ext <= 0)
+            return 0;
+        x.nouter = 0;
+        x.run = ext;
+        x.nrows = 1;
+        x.doff = t->sub->start[0] - t->dframe->start[0];
+        x.soff = t->sub->start[0] - t->sframe->start[0];
+    } else if (!region_fold(t->dframe, t->sframe, t->sub, &x)) {
+        return 0;
+    }
     if (x.nouter > 0) {
         if (GROW(p, dims, dims_cap, p->ndims + (size_t)x.nouter, p->ndims) != 0) {
             *err = THEUS_ENOMEM;
@@ -322,44 +335,20 @@ static inline int span_fits(int64_t off, int64_t bytes)
            (uint64_t)(2 * THEUS_REPLAY_OFF_SIGN) - (uint64_t)bytes;
 }
 
-static int compact_add(replay_plan *p, const theus_replay_desc *d, int64_t bytes, uint64_t nch,
-                       size_t *ng)
+/* Open group @*ng (the next) with @d's bases, dtype and op. Returns THEUS_OK, 1 when the
+ * groups ran out (the batch stays wide), or THEUS_ENOMEM. */
+static int group_open(replay_plan *p, const theus_replay_desc *d, size_t *ng)
 {
-    const uint64_t end = d->first_chunk + nch;
-    if (end > p->segs_cap && GROW(p, segs, segs_cap, end, d->first_chunk))
+    if (*ng == THEUS_REPLAY_COMPACT_MAX_GROUPS)
+        return 1;
+    if (GROW(p, groups, groups_cap, *ng + 1, *ng))
         return THEUS_ENOMEM;
-    int64_t doff = 0, soff = 0;
-    const theus_replay_group *g = *ng ? &p->groups[*ng - 1] : NULL;
-    if (g) {
-        /* Two's complement differences: a base above the address gives a negative one. */
-        doff = (int64_t)(d->dst - g->dst);
-        soff = (int64_t)(d->src - g->src);
-    }
-    if (!g || g->dtype != d->dtype || g->op != d->op || !span_fits(doff, bytes) ||
-        !span_fits(soff, bytes)) {
-        if (*ng == THEUS_REPLAY_COMPACT_MAX_GROUPS)
-            return 1;
-        if (GROW(p, groups, groups_cap, *ng + 1, *ng))
-            return THEUS_ENOMEM;
-        theus_replay_group *ng_ = &p->groups[(*ng)++];
-        memset(ng_, 0, sizeof *ng_);
-        ng_->dst = d->dst;
-        ng_->src = d->src;
-        ng_->dtype = d->dtype;
-        ng_->op = d->op;
-        doff = soff = 0;
-    }
-    const uint32_t gi = (uint32_t)(*ng - 1);
-    theus_replay_seg *sg = p->segs + d->first_chunk;
-    if (bytes <= (int64_t)THEUS_REPLAY_CHUNK_BYTES) {
-        *sg = theus_replay_seg_make(gi, doff, soff, (uint32_t)bytes);
-        return THEUS_OK;
-    }
-    for (int64_t off = 0; off < bytes; off += THEUS_REPLAY_CHUNK_BYTES) {
-        const int64_t len = bytes - off < (int64_t)THEUS_REPLAY_CHUNK_BYTES
-                                ? bytes - off : (int64_t)THEUS_REPLAY_CHUNK_BYTES;
-        *sg++ = theus_replay_seg_make(gi, doff + off, soff + off, (uint32_t)len);
-    }
+    theus_replay_group *g = &p->groups[(*ng)++];
+    memset(g, 0, sizeof *g);
+    g->dst = d->dst;
+    g->src = d->src;
+    g->dtype = d->dtype;
+    g->op = d->op;
     return THEUS_OK;
 }
 
@@ -375,6 +364,9 @@ static int compact_pass(replay_plan *p, const replay_xfer *t, size_t n, int *ord
 {
     uint64_t maxhi = 0;
     size_t ng = 0, m = 0;
+    /* The open group, kept in locals: most batches have one or a few. */
+    uint64_t gdst = 0, gsrc = 0;
+    unsigned gkey = ~0u;         /* dtype | op << 8; none open yet */
     *ordered = 1;
     if (GROW(p, segs, segs_cap, n, 0)) {
         *err = THEUS_ENOMEM;
@@ -382,21 +374,31 @@ static int compact_pass(replay_plan *p, const replay_xfer *t, size_t n, int *ord
     }
     for (size_t i = 0; i < n; i++) {
         theus_replay_desc d;
-        const uint64_t nch = describe(p, &t[i], &d, err);
+        const uint64_t es = theus_dtype_size(t[i].dtype);
+        const uint64_t nch = describe(p, &t[i], es, &d, err);
         if (*err != THEUS_OK)
             return 0;
         if (nch == 0)
             continue;
         if (d.nouter != 0 || d.nrows != 1 || nch != 1)
             return 0;
-        d.first_chunk = m;
-        const uint64_t bytes = d.run * (uint64_t)theus_dtype_size(t[i].dtype);
-        const int rc = compact_add(p, &d, (int64_t)bytes, 1, &ng);
-        if (rc != THEUS_OK) {
-            if (rc == THEUS_ENOMEM)
-                *err = rc;
-            return 0;
+        const uint64_t bytes = d.run * es;
+        /* Two's complement differences: a base above the address gives a negative one. */
+        int64_t doff = (int64_t)(d.dst - gdst), soff = (int64_t)(d.src - gsrc);
+        if (gkey != ((unsigned)d.dtype | (unsigned)d.op << 8) ||
+            !span_fits(doff, (int64_t)bytes) || !span_fits(soff, (int64_t)bytes)) {
+            const int rc = group_open(p, &d, &ng);
+            if (rc != THEUS_OK) {
+                if (rc == THEUS_ENOMEM)
+                    *err = rc;
+                return 0;
+            }
+            gdst = d.dst;
+            gsrc = d.src;
+            gkey = (unsigned)d.dtype | (unsigned)d.op << 8;
+            doff = soff = 0;
         }
+        p->segs[m] = theus_replay_seg_make((uint32_t)(ng - 1), doff, soff, (uint32_t)bytes);
         const uint64_t hi = d.dst + bytes;
         p->lo[m] = d.dst;
         p->hi[m] = hi;
@@ -497,14 +499,15 @@ int replay_plan_build(replay_plan *p, const replay_xfer *t, size_t n)
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
         theus_replay_desc *d = &p->descs[m];
-        const uint64_t nch = describe(p, &t[i], d, &err);
+        const uint64_t es = theus_dtype_size(t[i].dtype);
+        const uint64_t nch = describe(p, &t[i], es, d, &err);
         if (err != THEUS_OK)
             return fail(p, err, n);
         if (nch == 0)
             continue;
         d->first_chunk = chunk;
         chunk += nch;
-        uint64_t span = d->run * (uint64_t)theus_dtype_size(t[i].dtype);
+        uint64_t span = d->run * es;
         const theus_replay_dim *dm = p->dims + d->dims;
         for (unsigned k = 0; k < d->nouter; k++)
             span += (uint64_t)(dm[k].ext - 1) * (uint64_t)dm[k].dst_stride;
