@@ -328,11 +328,11 @@ static void clear_output(replay_plan *p)
  * the plan's, in group *@ng or a new one when the dtype or the op changes or an address is
  * too far from the group's bases. Returns THEUS_OK, 1 when the groups ran out (the plan
  * stays wide), or THEUS_ENOMEM. */
-/* Whether [off, off + bytes) lies within the offsets a segment holds. */
-static inline int span_fits(int64_t off, int64_t bytes)
+/* Whether [off, off + bytes) lies within the offsets a segment holds, @diff being off in
+ * two's complement (an address minus a base, modulo 2^64: no signed overflow anywhere). */
+static inline int span_fits(uint64_t diff, uint64_t bytes)
 {
-    return (uint64_t)(off + (int64_t)THEUS_REPLAY_OFF_SIGN) <=
-           (uint64_t)(2 * THEUS_REPLAY_OFF_SIGN) - (uint64_t)bytes;
+    return diff + THEUS_REPLAY_OFF_SIGN <= 2 * THEUS_REPLAY_OFF_SIGN - bytes;
 }
 
 /* Open group @*ng (the next) with @d's bases, dtype and op. Returns THEUS_OK, 1 when the
@@ -383,10 +383,15 @@ static int compact_pass(replay_plan *p, const replay_xfer *t, size_t n, int *ord
         if (d.nouter != 0 || d.nrows != 1 || nch != 1)
             return 0;
         const uint64_t bytes = d.run * es;
-        /* Two's complement differences: a base above the address gives a negative one. */
-        int64_t doff = (int64_t)(d.dst - gdst), soff = (int64_t)(d.src - gsrc);
-        if (gkey != ((unsigned)d.dtype | (unsigned)d.op << 8) ||
-            !span_fits(doff, (int64_t)bytes) || !span_fits(soff, (int64_t)bytes)) {
+        /* Differences modulo 2^64: a base above the address gives a negative offset. */
+        const uint64_t ddiff = d.dst - gdst, sdiff = d.src - gsrc;
+        int64_t doff = 0, soff = 0;
+        if (gkey == ((unsigned)d.dtype | (unsigned)d.op << 8) && span_fits(ddiff, bytes) &&
+            span_fits(sdiff, bytes)) {
+            /* Both fit 48 bits, so the conversion keeps the value. */
+            doff = theus_replay_off(ddiff);
+            soff = theus_replay_off(sdiff);
+        } else {
             const int rc = group_open(p, &d, &ng);
             if (rc != THEUS_OK) {
                 if (rc == THEUS_ENOMEM)
@@ -396,7 +401,6 @@ static int compact_pass(replay_plan *p, const replay_xfer *t, size_t n, int *ord
             gdst = d.dst;
             gsrc = d.src;
             gkey = (unsigned)d.dtype | (unsigned)d.op << 8;
-            doff = soff = 0;
         }
         p->segs[m] = theus_replay_seg_make((uint32_t)(ng - 1), doff, soff, (uint32_t)bytes);
         const uint64_t hi = d.dst + bytes;
