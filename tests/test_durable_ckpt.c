@@ -2,12 +2,15 @@
  * it), on the disk and on tmpfs, with fields whose sizes are no multiple of the block size;
  * a process killed right after an incremental checkpoint under each sync policy, a
  * temporary file left by a kill inside one, and a damaged incremental file refused as
- * corruption naming it. */
+ * corruption naming it; full checkpoints of a multi-chunk field while a thread commits. */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -422,4 +425,94 @@ Test(durable_ckpt, damaged_incremental_is_corruption_naming_the_file)
     st = open_dir(NULL);
     cr_assert_eq(theus_state_version(st), n);
     theus_state_destroy(st);
+}
+
+/* Full checkpoints of a field of several write chunks (its checksums taken on a second
+ * thread while the chunks are written) while a thread commits: each file is exactly one
+ * committed version — row r of "wide" holds rows[r] everywhere. */
+#define W_ROWS 1024
+#define W_COLS 6144 /* 24 MiB of f32: three 8 MiB chunks */
+static const char *wide_schema =
+    "{\"name\": \"wide\", \"fields\": {"
+    "\"rows\": {\"dtype\": \"u32\", \"shape\": [1024]},"
+    "\"wide\": {\"dtype\": \"f32\", \"shape\": [1024, 6144]}}}";
+
+typedef struct wide_writer {
+    theus_state *st;
+    _Atomic int stop;
+    _Atomic int failures;
+    _Atomic uint64_t commits;
+} wide_writer;
+
+static void *wide_loop(void *arg)
+{
+    wide_writer *w = arg;
+    static float row[W_COLS];
+    unsigned rng = 777;
+    for (uint32_t tag = 1; !atomic_load(&w->stop); tag++) {
+        rng = rng * 1103515245u + 12345u;
+        int64_t r = (int64_t)((rng >> 8) % W_ROWS);
+        for (int i = 0; i < W_COLS; i++)
+            row[i] = (float)tag;
+        theus_region rr = {.ndim = 1, .start = {r}, .stop = {r + 1}};
+        theus_region rw = {.ndim = 2, .start = {r, 0}, .stop = {r + 1, W_COLS}};
+        theus_tx *tx = NULL;
+        if (theus_tx_begin(w->st, NULL, &tx) != THEUS_OK ||
+            theus_tx_write(tx, "rows", &rr, &tag, THEUS_MEM_HOST) != THEUS_OK ||
+            theus_tx_write(tx, "wide", &rw, row, THEUS_MEM_HOST) != THEUS_OK ||
+            theus_tx_commit(tx, NULL) != THEUS_OK) {
+            theus_tx_abort(tx);
+            if (atomic_fetch_add(&w->failures, 1) > 100)
+                atomic_store(&w->stop, 1);
+            continue;
+        }
+        atomic_fetch_add(&w->commits, 1);
+    }
+    return NULL;
+}
+
+Test(durable_ckpt, full_checkpoints_of_a_multi_chunk_field_while_committing)
+{
+    make_root(NULL);
+    theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+    o.sync = THEUS_SYNC_NONE;
+    o.keep_checkpoints = 4;
+    theus_state *st = NULL;
+    cr_assert_eq(theus_state_open_durable(dfx_dir, wide_schema, NULL, &o, &st), THEUS_OK, "%s",
+                 theus_last_error_message());
+    wide_writer w = {.st = st};
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, wide_loop, &w), 0);
+    while (atomic_load(&w.commits) < 10 && !atomic_load(&w.stop))
+        sched_yield();
+    uint64_t versions[4], during = 0;
+    int k = 0;
+    for (; k < 4 || (during < 10 && k < 32); k++) {
+        uint64_t before = theus_state_version(st);
+        int rc = theus_state_checkpoint(st, 0, &versions[k % 4]);
+        cr_assert_eq(rc, THEUS_OK, "checkpoint: %s", theus_last_error_message());
+        during += theus_state_version(st) - before;
+    }
+    atomic_store(&w.stop, 1);
+    pthread_join(th, NULL);
+    cr_assert_eq(w.failures, 0);
+    theus_state_destroy(st);
+    static uint32_t rows[W_ROWS];
+    static float wide[W_ROWS * W_COLS];
+    for (k = 0; k < 4; k++) {
+        theus_state *old = NULL;
+        int rc = theus_state_open_version(dfx_dir, versions[k], &old);
+        cr_assert_eq(rc, THEUS_OK, "open version %llu: %s", (unsigned long long)versions[k],
+                     theus_last_error_message());
+        theus_tx *tx = NULL;
+        cr_assert_eq(theus_tx_begin(old, NULL, &tx), THEUS_OK);
+        cr_assert_eq(theus_tx_read(tx, "rows", NULL, rows, THEUS_MEM_HOST), THEUS_OK);
+        cr_assert_eq(theus_tx_read(tx, "wide", NULL, wide, THEUS_MEM_HOST), THEUS_OK);
+        theus_tx_abort(tx);
+        for (int r = 0; r < W_ROWS; r++)
+            for (int i = 0; i < W_COLS; i += 97)
+                cr_assert_eq(wide[(size_t)r * W_COLS + (size_t)i], (float)rows[r],
+                             "version %llu: row %d", (unsigned long long)versions[k], r);
+        theus_state_destroy(old);
+    }
 }

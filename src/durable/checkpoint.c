@@ -123,10 +123,12 @@ static int log_durable(theus_state *st, durable *d)
         pthread_cond_wait(&w->cv, &w->m);
     if (w->synced < w->written) {
         uint64_t target = w->written;
-        if (fdatasync(w->fd) == 0)
+        if (fdatasync(w->fd) == 0) {
             w->synced = target;
-        else
+            atomic_fetch_add_explicit(&w->nsyncs, 1, memory_order_relaxed); /* its stats */
+        } else {
             rc = err_set(st, THEUS_EIO, "checkpoint: fdatasync of the log: %s", strerror(errno));
+        }
         pthread_cond_broadcast(&w->cv);
     }
     pthread_mutex_unlock(&w->m);
@@ -329,6 +331,14 @@ int theus_state_checkpoint(theus_state *st, int incremental, uint64_t *version)
                     rc = wal_rotate(&d->w, now);
                 state_commit_unlock(st);
             }
+        }
+        if (rc == THEUS_OK && !inc) {
+            /* A full checkpoint of the version of the last incremental one (nothing
+             * committed between): the incremental file is now redundant. */
+            char p[DUR_PATH_MAX];
+            ckpt_path(d->dir, v, DUR_INCREMENTAL, p, sizeof p);
+            if (unlink(p) == 0)
+                fio_fsync_dir(NULL, d->dir, 1);
         }
         if (rc == THEUS_OK)
             retention(d);

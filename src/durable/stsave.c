@@ -4,11 +4,12 @@
  * has with the widest numbers (versions, checksums) and filled in last, padded with spaces.
  *   1. Under a brief commit hold: the version v0 every byte now in the fields has reached.
  *   2. Without a hold: every persisted field, in chunks, straight from its memory (host
- *      fields), or through two host staging buffers that the backend fills on a second
- *      thread while this one writes the other (device and pinned fields: the copy of chunk
- *      k + 1 overlaps the write of chunk k; page-locked with the backend's host_register
- *      when it has one). Each chunk's checksum is taken from the same cache-hot bytes, per
- *      unit (256 KiB or one block-map block, the larger).
+ *      fields; their checksums on a second thread meanwhile), or through two host staging
+ *      buffers that the backend fills on a second thread while this one writes the other
+ *      (device and pinned fields: the copy of chunk k + 1 overlaps the write of chunk k;
+ *      page-locked with the backend's host_register when it has one; each chunk's checksum
+ *      taken from the same cache-hot bytes). Checksums are per unit (256 KiB or one
+ *      block-map block, the larger).
  *   3. Commits went on meanwhile, and the block map says where: every unit holding a block
  *      written after v0 is read, checksummed and written again, still without a hold.
  *   4. Under a hold: the units written after the version step 3 started from, once more,
@@ -206,19 +207,44 @@ static int pass_staged(saver *w, save_field *f)
     return rc;
 }
 
+/* The checksums of a host field's units, on a thread of their own. */
+typedef struct sum_job {
+    save_field *f;
+    const unsigned char *base;
+} sum_job;
+
+static void *sum_thread(void *arg)
+{
+    sum_job *j = arg;
+    TSAN_IGNORE_BEGIN(); /* may race with a replay: copied again later (top) */
+    sum_units(j->f, j->base, 0, j->f->nbytes);
+    TSAN_IGNORE_END();
+    return NULL;
+}
+
 static int pass_host(saver *w, save_field *f)
 {
     const unsigned char *base = w->st->data[f->index];
-    for (uint64_t lo = 0; lo < f->nbytes; lo += w->chunk) {
+    /* A field of several chunks: its checksums on a second thread while this one writes
+     * (the disk then works while the CPU sums). The two read the field at different moments
+     * — as the single-threaded order does too: a unit a replay changes between the reads is
+     * marked in the block map and written again with a fresh checksum in step 3 or 4. */
+    sum_job job = {.f = f, .base = base};
+    pthread_t th;
+    int threaded = f->nbytes > w->chunk && pthread_create(&th, NULL, sum_thread, &job) == 0;
+    int rc = THEUS_OK;
+    for (uint64_t lo = 0; lo < f->nbytes && rc == THEUS_OK; lo += w->chunk) {
         uint64_t len = f->nbytes - lo < w->chunk ? f->nbytes - lo : w->chunk;
-        TSAN_IGNORE_BEGIN(); /* may race with a replay: copied again later (top) */
-        sum_units(f, base + lo, lo, len);
-        TSAN_IGNORE_END();
-        int rc = put(w, base + lo, len, f->at + lo);
-        if (rc != THEUS_OK)
-            return rc;
+        if (!threaded) {
+            TSAN_IGNORE_BEGIN(); /* may race with a replay: copied again later (top) */
+            sum_units(f, base + lo, lo, len);
+            TSAN_IGNORE_END();
+        }
+        rc = put(w, base + lo, len, f->at + lo);
     }
-    return THEUS_OK;
+    if (threaded)
+        pthread_join(th, NULL);
+    return rc;
 }
 
 /* ---- steps 3 and 4: again what changed -------------------------------------------------- */

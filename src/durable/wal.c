@@ -189,6 +189,7 @@ int wal_open(wal *w, theus_state *st, const char *dir, const theus_durable_optio
         return err_set(st, THEUS_ENOMEM, "out of memory opening the log");
     pthread_mutex_init(&w->m, NULL);
     pthread_cond_init(&w->cv, NULL);
+    pthread_cond_init(&w->gcv, NULL);
     int rc;
     if (create) {
         rc = create_segment(w, start);
@@ -249,6 +250,7 @@ int wal_open_shared(wal *w, theus_state *st, const char *dir, const theus_durabl
         return err_set(st, THEUS_ENOMEM, "out of memory opening the log");
     pthread_mutex_init(&w->m, NULL);
     pthread_cond_init(&w->cv, NULL);
+    pthread_cond_init(&w->gcv, NULL);
     pthread_mutex_lock(&w->m);
     int rc = follow_segment(w);
     pthread_mutex_unlock(&w->m);
@@ -270,6 +272,7 @@ void wal_close(wal *w)
     if (w->dir) {
         pthread_mutex_destroy(&w->m);
         pthread_cond_destroy(&w->cv);
+        pthread_cond_destroy(&w->gcv);
     }
     theus_xfree(w->dir);
     theus_xfree(w->buf);
@@ -490,6 +493,8 @@ static int wal_prepare(void *user, const publish_batch *b)
     pthread_mutex_lock(&w->m);
     tls_rec.w = w;
     tls_rec.seq = ++w->written;
+    if (w->gathering)
+        pthread_cond_signal(&w->gcv);
     pthread_mutex_unlock(&w->m);
     return THEUS_OK;
 }
@@ -528,6 +533,15 @@ static void wal_published(void *user, const publish_batch *b)
     pthread_mutex_unlock(&w->m);
 }
 
+/* The group size a leader gathers for next time: the largest group seen, until a window
+ * ends without it (then what came). Not simply the last group: with N writers that each
+ * wait for their own record, groups of N/2 while the other half commits during the sync
+ * would be just as stable, at half the commits per fdatasync. */
+static uint64_t group_next(uint64_t want, uint64_t covered, int timed_out)
+{
+    return timed_out || covered > want ? covered : want;
+}
+
 static void add_us(struct timespec *ts, uint32_t us)
 {
     clock_gettime(CLOCK_REALTIME, ts);
@@ -560,10 +574,19 @@ static int wal_acknowledge(void *user, const publish_batch *b)
         /* Lead: gather records for a moment when the last group was a crowd, then one
          * fdatasync for everything written so far. */
         w->syncing = 1;
+        int timed_out = 0;
         if (w->window_us && w->last_group > 1) {
+            /* Until as many records as the group size wanted are unsynced (group_next; the
+             * appenders signal gcv while it gathers), at most the window. */
             struct timespec ts;
             add_us(&ts, w->window_us);
-            pthread_cond_timedwait(&w->cv, &w->m, &ts);
+            w->gathering = 1;
+            while (w->written - w->synced < w->last_group && !w->broken)
+                if (pthread_cond_timedwait(&w->gcv, &w->m, &ts) != 0) {
+                    timed_out = 1;
+                    break;
+                }
+            w->gathering = 0;
         }
         uint64_t target = w->written;
         int fd = w->fd;
@@ -573,7 +596,8 @@ static int wal_acknowledge(void *user, const publish_batch *b)
         pthread_mutex_lock(&w->m);
         w->syncing = 0;
         if (ok) {
-            w->last_group = target - w->synced;
+            w->last_group = group_next(w->last_group, target > w->synced ? target - w->synced : 0,
+                                       timed_out);
             if (target > w->synced)
                 w->synced = target;
         } else {
@@ -756,16 +780,21 @@ static void lead_sync(wal *w)
     shared_durable_area *sa = w->sa;
     uint64_t before = atomic_load_explicit(&sa->synced, memory_order_acquire);
     uint64_t group = atomic_load_explicit(&sa->last_group, memory_order_relaxed);
+    int timed_out = 0;
     if (w->window_us && group > 1) {
-        /* Gather: wait (at most the window) until as many records as last time are in. */
+        /* Gather: wait (at most the window) until as many records as the group size wanted
+         * (group_next) are in. */
         atomic_store_explicit(&sa->gathering, 1, memory_order_release);
         uint64_t end = mono_ns() + (uint64_t)w->window_us * 1000u;
         for (;;) {
             uint32_t seen = atomic_load_explicit(&sa->write_wake, memory_order_acquire);
             uint64_t now = mono_ns();
-            if (atomic_load_explicit(&sa->written, memory_order_acquire) - before >= group ||
-                now >= end)
+            if (atomic_load_explicit(&sa->written, memory_order_acquire) - before >= group)
                 break;
+            if (now >= end) {
+                timed_out = 1;
+                break;
+            }
             state_futex_wait(&sa->write_wake, seen, 1, end - now);
         }
         atomic_store_explicit(&sa->gathering, 0, memory_order_release);
@@ -796,7 +825,8 @@ static void lead_sync(wal *w)
     atomic_fetch_add_explicit(&sa->syncs, 1, memory_order_relaxed);
     if (ok) {
         uint64_t prev = atomic_load_explicit(&sa->synced, memory_order_acquire);
-        atomic_store_explicit(&sa->last_group, target > prev ? target - prev : 0,
+        atomic_store_explicit(&sa->last_group,
+                              group_next(group, target > prev ? target - prev : 0, timed_out),
                               memory_order_relaxed);
         max_store(&sa->synced, target);
     } else {

@@ -37,6 +37,8 @@ typedef struct wal {
     pthread_cond_t cv;
     uint64_t written, synced;  /* record numbers */
     int syncing;               /* a leader is in fdatasync */
+    int gathering;             /* a leader waits (group window) for more records: gcv */
+    pthread_cond_t gcv;
     uint64_t last_group;       /* records the previous group fsync covered */
     int broken;                /* a write or sync failed: every later commit is refused */
     /* A durable shared state: the append position, segment and group sync live in the
