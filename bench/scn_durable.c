@@ -485,15 +485,14 @@ static int scn_checkpoint(void)
             bench_result *r = result_add(scenario, "cpu", cname, "baseline.python_safetensors");
             if (r) {
                 result_set(r, mp, (double)bytes, 1, "save");
-                result_param_str(r, "what", "safetensors.numpy.save_file + os.fsync of the file");
+                result_param_str(r, "what", "save_file + os.fsync (durable)");
                 result_metric(r, "theus_speedup", mp->st.median / m[1].st.median);
                 result_metric(r, "theus_speedup_min", mp->st.min / m[1].st.min);
             }
             r = result_add(scenario, "cpu", cname, "baseline.python_safetensors_nofsync");
             if (r) {
                 result_set(r, &ms, (double)bytes, 1, "save");
-                result_param_str(r, "what", "safetensors.numpy.save_file alone: not durable "
-                                            "(the bytes in the page cache)");
+                result_param_str(r, "what", "save_file alone (not durable)");
                 result_metric(r, "theus_speedup", ms.st.median / m[1].st.median);
                 result_metric(r, "theus_speedup_min", ms.st.min / m[1].st.min);
             }
