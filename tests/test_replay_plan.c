@@ -573,6 +573,50 @@ Test(replay_plan, compact_limits_and_groups)
     replay_plan_release(&p);
 }
 
+/* What goes to the kernel as its argument: one wave of at most THEUS_REPLAY_INLINE_SEGS
+ * segments in at most THEUS_REPLAY_INLINE_GROUPS groups, nothing else. */
+Test(replay_plan, inline_batches)
+{
+    enum { N = THEUS_REPLAY_INLINE_SEGS + 1 };
+    int32_t field[64] = {0}, pay[N];
+    theus_region frame = {.ndim = 1}, sub[N];
+    frame.stop[0] = 64;
+    replay_xfer t[N];
+    for (int i = 0; i < N; i++) {
+        pay[i] = i + 1;
+        sub[i] = (theus_region){.ndim = 1};
+        sub[i].start[0] = 3 * i;
+        sub[i].stop[0] = 3 * i + 1;
+        t[i] = (replay_xfer){DELTA_ADD, THEUS_DTYPE_I32, field, &frame, &pay[i], &sub[i], &sub[i]};
+    }
+    replay_plan p = {0};
+    theus_replay_inline in;
+    /* The largest that fits (payloads are separate, so their offsets differ; one group). */
+    cr_assert_eq(replay_plan_build(&p, t, THEUS_REPLAY_INLINE_SEGS), THEUS_OK);
+    cr_assert_eq(replay_plan_inline(&p, &in), 1);
+    cr_assert_eq(in.nsegs, THEUS_REPLAY_INLINE_SEGS);
+    for (uint32_t k = 0; k < in.nsegs; k++)
+        run_seg(&in.segs[k], in.groups, in.ngroups);
+    for (int i = 0; i < (int)THEUS_REPLAY_INLINE_SEGS; i++)
+        cr_assert_eq(field[3 * i], i + 1);
+    /* One segment more: uploaded. */
+    cr_assert_eq(replay_plan_build(&p, t, N), THEUS_OK);
+    cr_assert(p.compact);
+    cr_assert_eq(replay_plan_inline(&p, &in), 0);
+    /* Three groups (the op changes twice): uploaded. */
+    t[1].op = DELTA_ASSIGN;
+    cr_assert_eq(replay_plan_build(&p, t, 3), THEUS_OK);
+    cr_assert_eq(p.ngroups, 3);
+    cr_assert_eq(replay_plan_inline(&p, &in), 0);
+    t[1].op = DELTA_ADD;
+    /* Two waves (the same element twice): uploaded. */
+    t[1].sub = t[1].sframe = &sub[0];
+    cr_assert_eq(replay_plan_build(&p, t, 2), THEUS_OK);
+    cr_assert_eq(p.nwaves, 2);
+    cr_assert_eq(replay_plan_inline(&p, &in), 0);
+    replay_plan_release(&p);
+}
+
 /* More groups than a segment can name: the plan stays wide (and right). */
 Test(replay_plan, too_many_groups_stay_wide)
 {
