@@ -64,24 +64,8 @@ static int run_cub_args(void *p)
     return 0;
 }
 
-/* The compact form moves transfer @i's bytes from its chunks' segments. */
-static int compact_is_right(const replay_plan *p, const theus_replay_desc *d)
-{
-    uint64_t at = 0;
-    const uint64_t bytes = d->run * 4;
-    for (uint64_t k = d->first_chunk; at < bytes && k < p->total_chunks; k++) {
-        const theus_replay_seg *sg = &p->segs[k];
-        uint64_t dst, src;
-        theus_replay_seg_addrs(sg, &p->groups[theus_replay_seg_group(sg)], &dst, &src);
-        if (dst != d->dst + at || src != d->src + at)
-            return 0;
-        at += theus_replay_seg_bytes(sg);
-    }
-    return at == bytes;
-}
-
-/* The plan describes every segment once, in batch order, one chunk each (256 B: also in
- * the compact form; 64 KiB segments are four chunks and stay wide). */
+/* The plan describes every segment once, in batch order: 256 B segments as one 16-byte
+ * compact segment each, 64 KiB ones (four chunks) as one wide descriptor each. */
 static int plan_is_right(const plan_ctx *c)
 {
     const replay_plan *p = &c->plan;
@@ -90,15 +74,25 @@ static int plan_is_right(const plan_ctx *c)
         return 0;
     for (size_t i = 0; i < c->count; i++) {
         const replay_op *o = &c->ops[i];
-        const theus_replay_desc *d = &p->descs[i];
-        if (d->dst != (uint64_t)(uintptr_t)((char *)o->base + (size_t)o->sub.start[0] * 4) ||
-            d->src != (uint64_t)(uintptr_t)o->payload ||
-            d->run != (uint64_t)(o->sub.stop[0] - o->sub.start[0]) ||
-            (c->seg <= THEUS_REPLAY_CHUNK_BYTES && d->first_chunk != i))
+        const uint64_t want_dst = (uint64_t)(uintptr_t)((char *)o->base + (size_t)o->sub.start[0] * 4);
+        const uint64_t want_src = (uint64_t)(uintptr_t)o->payload;
+        const uint64_t want_n = (uint64_t)(o->sub.stop[0] - o->sub.start[0]);
+        uint64_t dst, src, n;
+        if (p->compact) {
+            const theus_replay_seg *sg = &p->segs[i];
+            theus_replay_seg_addrs(sg, &p->groups[theus_replay_seg_group(sg)], &dst, &src);
+            n = theus_replay_seg_bytes(sg) / 4;
+        } else {
+            const theus_replay_desc *d = &p->descs[i];
+            dst = d->dst;
+            src = d->src;
+            n = d->run;
+            if (c->seg <= THEUS_REPLAY_CHUNK_BYTES && d->first_chunk != i)
+                return 0;
+        }
+        if (dst != want_dst || src != want_src || n != want_n)
             return 0;
-        if (c->cub_dst[i] != (void *)(uintptr_t)d->dst || c->cub_src[i] != (void *)(uintptr_t)d->src)
-            return 0;
-        if (p->compact && !compact_is_right(p, d))
+        if (c->cub_dst[i] != (void *)(uintptr_t)dst || c->cub_src[i] != (void *)(uintptr_t)src)
             return 0;
     }
     return 1;

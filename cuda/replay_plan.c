@@ -38,14 +38,27 @@ static int grow(void **arr, size_t *cap, size_t need, size_t elem, size_t keep)
 #define GROW(p, field, capf, need, keep) \
     grow((void **)&(p)->field, &(p)->capf, (need), sizeof *(p)->field, (keep))
 
-/* Fill descriptor @d (outer dims appended to the plan's dims) for transfer @t. Returns
- * its chunk count, 0 when it moves nothing; sets *@err on failure. */
-static uint64_t describe(replay_plan *p, const replay_xfer *t, theus_replay_desc *d, int *err)
+/* Fill descriptor @d (outer dims appended to the plan's dims) for transfer @t, of elements
+ * of @es bytes. Returns its chunk count, 0 when it moves nothing; sets *@err on failure. */
+static uint64_t describe(replay_plan *p, const replay_xfer *t, uint64_t es, theus_replay_desc *d,
+                         int *err)
 {
-    const uint64_t es = theus_dtype_size(t->dtype);
     region_folded x;
-    if (es == 0 || !region_fold(t->dframe, t->sframe, t->sub, &x))
+    if (es == 0)
         return 0;
+    if (t->sub->ndim == 1) {
+        /* region_fold of a 1-D region, without the call: one run, no outer dimension. */
+        const int64_t ext = t->sub->stop[0] - t->sub->start[0];
+        if (ext <= 0)
+            return 0;
+        x.nouter = 0;
+        x.run = ext;
+        x.nrows = 1;
+        x.doff = t->sub->start[0] - t->dframe->start[0];
+        x.soff = t->sub->start[0] - t->sframe->start[0];
+    } else if (!region_fold(t->dframe, t->sframe, t->sub, &x)) {
+        return 0;
+    }
     if (x.nouter > 0) {
         if (GROW(p, dims, dims_cap, p->ndims + (size_t)x.nouter, p->ndims) != 0) {
             *err = THEUS_ENOMEM;
@@ -315,65 +328,131 @@ static void clear_output(replay_plan *p)
  * the plan's, in group *@ng or a new one when the dtype or the op changes or an address is
  * too far from the group's bases. Returns THEUS_OK, 1 when the groups ran out (the plan
  * stays wide), or THEUS_ENOMEM. */
-static int compact_add(replay_plan *p, const theus_replay_desc *d, uint64_t nch, size_t *ng)
+/* Whether [off, off + bytes) lies within the offsets a segment holds, @diff being off in
+ * two's complement (an address minus a base, modulo 2^64: no signed overflow anywhere). */
+static inline int span_fits(uint64_t diff, uint64_t bytes)
 {
-    const uint64_t end = d->first_chunk + nch;
-    if (end > p->segs_cap && GROW(p, segs, segs_cap, end, d->first_chunk))
+    return diff + THEUS_REPLAY_OFF_SIGN <= 2 * THEUS_REPLAY_OFF_SIGN - bytes;
+}
+
+/* Open group @*ng (the next) with @d's bases, dtype and op. Returns THEUS_OK, 1 when the
+ * groups ran out (the batch stays wide), or THEUS_ENOMEM. */
+static int group_open(replay_plan *p, const theus_replay_desc *d, size_t *ng)
+{
+    if (*ng == THEUS_REPLAY_COMPACT_MAX_GROUPS)
+        return 1;
+    if (GROW(p, groups, groups_cap, *ng + 1, *ng))
         return THEUS_ENOMEM;
-    const int64_t bytes = (int64_t)(d->run * theus_dtype_size((theus_dtype)d->dtype));
-    int64_t doff = 0, soff = 0;
-    const theus_replay_group *g = *ng ? &p->groups[*ng - 1] : NULL;
-    if (g) {
-        /* Two's complement differences: a base above the address gives a negative one. */
-        doff = (int64_t)(d->dst - g->dst);
-        soff = (int64_t)(d->src - g->src);
-    }
-    if (!g || g->dtype != d->dtype || g->op != d->op || !theus_replay_off_fits(doff) ||
-        !theus_replay_off_fits(soff) || !theus_replay_off_fits(doff + bytes) ||
-        !theus_replay_off_fits(soff + bytes)) {
-        if (*ng == THEUS_REPLAY_COMPACT_MAX_GROUPS)
-            return 1;
-        if (GROW(p, groups, groups_cap, *ng + 1, *ng))
-            return THEUS_ENOMEM;
-        theus_replay_group *ng_ = &p->groups[(*ng)++];
-        memset(ng_, 0, sizeof *ng_);
-        ng_->dst = d->dst;
-        ng_->src = d->src;
-        ng_->dtype = d->dtype;
-        ng_->op = d->op;
-        doff = soff = 0;
-    }
-    const uint32_t gi = (uint32_t)(*ng - 1);
-    theus_replay_seg *sg = p->segs + d->first_chunk;
-    if (bytes <= (int64_t)THEUS_REPLAY_CHUNK_BYTES) {
-        *sg = theus_replay_seg_make(gi, doff, soff, (uint32_t)bytes);
-        return THEUS_OK;
-    }
-    for (int64_t off = 0; off < bytes; off += THEUS_REPLAY_CHUNK_BYTES) {
-        const int64_t len = bytes - off < (int64_t)THEUS_REPLAY_CHUNK_BYTES
-                                ? bytes - off : (int64_t)THEUS_REPLAY_CHUNK_BYTES;
-        *sg++ = theus_replay_seg_make(gi, doff + off, soff + off, (uint32_t)len);
-    }
+    theus_replay_group *g = &p->groups[(*ng)++];
+    memset(g, 0, sizeof *g);
+    g->dst = d->dst;
+    g->src = d->src;
+    g->dtype = d->dtype;
+    g->op = d->op;
     return THEUS_OK;
 }
 
-/* The compact form of a finished plan whose descriptors were reordered into waves. Returns
- * THEUS_OK (p->compact says whether it was made) or THEUS_ENOMEM. */
-static int make_compact(replay_plan *p)
+/* The compact pass: each transfer described into a local descriptor and turned into its
+ * segment at once (no wide descriptor is written), its span and batch position recorded for
+ * the waves. Returns 1 when the whole batch is compact (p->ndescs, total_chunks and ngroups
+ * set), else 0: with *@err THEUS_OK when a transfer does not fit the compact form (the
+ * caller plans the batch wide), or the error. */
+_Static_assert(THEUS_REPLAY_COMPACT_MAX_CHUNKS == 1,
+               "the compact pass and its wave sort take one segment per transfer");
+
+static int compact_pass(replay_plan *p, const replay_xfer *t, size_t n, int *ordered, int *err)
 {
-    size_t ng = 0;
-    for (size_t k = 0; k < p->ndescs; k++) {
-        const theus_replay_desc *d = &p->descs[k];
-        /* Chunks are numbered contiguously in wave order. */
-        const uint64_t next = k + 1 < p->ndescs ? p->descs[k + 1].first_chunk : p->total_chunks;
-        const int rc = compact_add(p, d, next - d->first_chunk, &ng);
-        if (rc == 1)
-            return THEUS_OK;
-        if (rc != THEUS_OK)
-            return rc;
+    uint64_t maxhi = 0;
+    size_t ng = 0, m = 0;
+    /* The open group, kept in locals: most batches have one or a few. */
+    uint64_t gdst = 0, gsrc = 0;
+    unsigned gkey = ~0u;         /* dtype | op << 8; none open yet */
+    *ordered = 1;
+    if (GROW(p, segs, segs_cap, n, 0)) {
+        *err = THEUS_ENOMEM;
+        return 0;
     }
+    for (size_t i = 0; i < n; i++) {
+        theus_replay_desc d;
+        const uint64_t es = theus_dtype_size(t[i].dtype);
+        const uint64_t nch = describe(p, &t[i], es, &d, err);
+        if (*err != THEUS_OK)
+            return 0;
+        if (nch == 0)
+            continue;
+        if (d.nouter != 0 || d.nrows != 1 || nch != 1)
+            return 0;
+        const uint64_t bytes = d.run * es;
+        /* Differences modulo 2^64: a base above the address gives a negative offset. */
+        const uint64_t ddiff = d.dst - gdst, sdiff = d.src - gsrc;
+        int64_t doff = 0, soff = 0;
+        if (gkey == ((unsigned)d.dtype | (unsigned)d.op << 8) && span_fits(ddiff, bytes) &&
+            span_fits(sdiff, bytes)) {
+            /* Both fit 48 bits, so the conversion keeps the value. */
+            doff = theus_replay_off(ddiff);
+            soff = theus_replay_off(sdiff);
+        } else {
+            const int rc = group_open(p, &d, &ng);
+            if (rc != THEUS_OK) {
+                if (rc == THEUS_ENOMEM)
+                    *err = rc;
+                return 0;
+            }
+            gdst = d.dst;
+            gsrc = d.src;
+            gkey = (unsigned)d.dtype | (unsigned)d.op << 8;
+        }
+        p->segs[m] = theus_replay_seg_make((uint32_t)(ng - 1), doff, soff, (uint32_t)bytes);
+        const uint64_t hi = d.dst + bytes;
+        p->lo[m] = d.dst;
+        p->hi[m] = hi;
+        if (d.dst < maxhi)
+            *ordered = 0;
+        if (hi > maxhi)
+            maxhi = hi;
+        p->live[m] = (uint32_t)i;
+        m++;
+    }
+    p->ndescs = m;
+    p->total_chunks = m;
     p->ngroups = ng;
-    p->compact = 1;
+    return 1;
+}
+
+/* Waves of a compact plan: a stable counting sort of the segments by wave (into the other
+ * segment buffer); a wave's descriptor and chunk ranges are its segments. Returns THEUS_OK
+ * or THEUS_ENOMEM. */
+static int compact_waves(replay_plan *p, uint32_t nwaves)
+{
+    const size_t m = p->ndescs;
+    if (GROW(p, waves, waves_cap, nwaves, 0) || GROW(p, segs_tmp, segs_tmp_cap, m, 0))
+        return THEUS_ENOMEM;
+    for (uint32_t w = 0; w < nwaves; w++)
+        p->waves[w].desc_end = 0;
+    for (size_t j = 0; j < m; j++)
+        p->waves[p->wave[j]].desc_end++;
+    uint64_t at = 0;
+    for (uint32_t w = 0; w < nwaves; w++) {
+        theus_replay_wave *wv = &p->waves[w];
+        const uint64_t nd = wv->desc_end;
+        if (nd > p->max_wave_chunks)
+            p->max_wave_chunks = nd;
+        wv->desc_begin = wv->desc_end = at;
+        at += nd;
+    }
+    for (size_t j = 0; j < m; j++)
+        p->segs_tmp[p->waves[p->wave[j]].desc_end++] = p->segs[j];
+    for (uint32_t w = 0; w < nwaves; w++) {
+        p->waves[w].chunk_begin = p->waves[w].desc_begin;
+        p->waves[w].chunk_end = p->waves[w].desc_end;
+    }
+    theus_replay_seg *x = p->segs;
+    p->segs = p->segs_tmp;
+    p->segs_tmp = x;
+    const size_t c = p->segs_cap;
+    p->segs_cap = p->segs_tmp_cap;
+    p->segs_tmp_cap = c;
+    p->nwaves = nwaves;
     return THEUS_OK;
 }
 
@@ -393,34 +472,46 @@ int replay_plan_build(replay_plan *p, const replay_xfer *t, size_t n)
         return THEUS_OK;
     if (n > UINT32_MAX)
         return fail(p, THEUS_EINVAL, n);
-    if (GROW(p, descs, descs_cap, n, 0) || GROW(p, waves, waves_cap, 1, 0) ||
-        scratch_reserve(p, n))
+    if (GROW(p, waves, waves_cap, 1, 0) || scratch_reserve(p, n))
+        return fail(p, THEUS_ENOMEM, n);
+    int ordered = 1, err = THEUS_OK;
+    if (!p->wide_only) {
+        if (compact_pass(p, t, n, &ordered, &err)) {
+            const size_t m = p->ndescs;
+            if (m == 0)
+                return THEUS_OK;
+            p->compact = 1;
+            const uint32_t nwaves = ordered ? 1 : assign_waves(p, t, m);
+            if (nwaves == 1) {
+                p->nwaves = 1;
+                p->waves[0] = (theus_replay_wave){0, m, 0, m};
+                p->max_wave_chunks = m;
+                return THEUS_OK;
+            }
+            if ((err = compact_waves(p, nwaves)) != THEUS_OK)
+                return fail(p, err, n);
+            return THEUS_OK;
+        }
+        if (err != THEUS_OK)
+            return fail(p, err, n);
+        /* A transfer the compact form cannot take: the whole batch again, wide. */
+        clear_output(p);
+    }
+    if (GROW(p, descs, descs_cap, n, 0))
         return fail(p, THEUS_ENOMEM, n);
     uint64_t chunk = 0, maxhi = 0;
-    int ordered = 1, err = THEUS_OK, compactable = 1;
-    size_t ngroups = 0;
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
         theus_replay_desc *d = &p->descs[m];
-        const uint64_t nch = describe(p, &t[i], d, &err);
+        const uint64_t es = theus_dtype_size(t[i].dtype);
+        const uint64_t nch = describe(p, &t[i], es, d, &err);
         if (err != THEUS_OK)
             return fail(p, err, n);
         if (nch == 0)
             continue;
         d->first_chunk = chunk;
-        if (compactable) {
-            /* The compact form in batch order, as the descriptors are made (a plan of one
-             * wave keeps that order). */
-            if (d->nouter != 0 || d->nrows != 1 || nch > THEUS_REPLAY_COMPACT_MAX_CHUNKS)
-                compactable = 0;
-            else if ((err = compact_add(p, d, nch, &ngroups)) == 1)
-                compactable = 0;
-            if (err == THEUS_ENOMEM)
-                return fail(p, err, n);
-            err = THEUS_OK;
-        }
         chunk += nch;
-        uint64_t span = d->run * (uint64_t)theus_dtype_size(t[i].dtype);
+        uint64_t span = d->run * es;
         const theus_replay_dim *dm = p->dims + d->dims;
         for (unsigned k = 0; k < d->nouter; k++)
             span += (uint64_t)(dm[k].ext - 1) * (uint64_t)dm[k].dst_stride;
@@ -445,8 +536,6 @@ int replay_plan_build(replay_plan *p, const replay_xfer *t, size_t n)
         p->waves[0].chunk_begin = 0;
         p->waves[0].chunk_end = chunk;
         p->max_wave_chunks = chunk;
-        p->compact = compactable;
-        p->ngroups = compactable ? ngroups : 0;
         return THEUS_OK;
     }
     /* Several waves: a stable counting sort of the descriptors by wave (into the other
@@ -491,9 +580,6 @@ int replay_plan_build(replay_plan *p, const replay_xfer *t, size_t n)
         wv->chunk_end += next - batch[j].first_chunk;
     }
     p->nwaves = nwaves;
-    /* The waves reordered the descriptors: their segments again, in the new order. */
-    if (compactable && (err = make_compact(p)) != THEUS_OK)
-        return fail(p, err, n);
     return THEUS_OK;
 }
 
@@ -540,7 +626,8 @@ size_t replay_plan_footprint(const replay_plan *p)
 {
     return p->waves_cap * sizeof *p->waves + p->descs_cap * sizeof *p->descs +
            p->dims_cap * sizeof *p->dims + p->tmp_cap * sizeof *p->tmp +
-           p->segs_cap * sizeof *p->segs + p->groups_cap * sizeof *p->groups +
+           (p->segs_cap + p->segs_tmp_cap) * sizeof *p->segs +
+           p->groups_cap * sizeof *p->groups +
            p->scratch_cap * SCRATCH_PER_XFER;
 }
 
@@ -558,6 +645,9 @@ void replay_plan_release(replay_plan *p)
     theus_xfree(p->tmp);
     theus_xfree(p->scratch);
     theus_xfree(p->segs);
+    theus_xfree(p->segs_tmp);
     theus_xfree(p->groups);
+    const int wide_only = p->wide_only;
     memset(p, 0, sizeof *p);
+    p->wide_only = wide_only;
 }

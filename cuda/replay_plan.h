@@ -33,24 +33,29 @@ typedef struct replay_xfer {
 /* A plan and the buffers it reuses. Zero-initialise before the first build. The arrays
  * below are valid after a successful build until the next build, trim or release. */
 typedef struct replay_plan {
+    /* Input: nonzero plans every batch wide (tests compare the two forms). */
+    int wide_only;
     /* Output. */
     theus_replay_wave *waves;
     uint32_t nwaves;             /* 0: nothing to move */
-    theus_replay_desc *descs;    /* in wave order; first_chunk numbered across waves */
-    size_t ndescs;
+    theus_replay_desc *descs;    /* in wave order; first_chunk numbered across waves (only
+                                    when !compact) */
+    size_t ndescs;               /* transfers planned (those that move something) */
     theus_replay_dim *dims;
     size_t ndims;
     uint64_t total_chunks;
     uint64_t max_wave_chunks;
-    /* The compact form of the same plan (replay_desc.h), when @compact: one 16-byte segment
-     * per chunk (segs[c] is chunk c, in the waves' numbering) and the groups they name. The
-     * wide form above stays valid either way. */
+    /* The compact form (replay_desc.h), when @compact (then descs and dims are not
+     * written): one 16-byte segment per transfer and chunk (segs[c] is chunk c, in the
+     * waves' numbering; a wave's desc and chunk ranges are the same) and the groups they
+     * name. */
     int compact;
     theus_replay_seg *segs;
     theus_replay_group *groups;
     size_t ngroups;
     /* Reused buffers (private). */
-    size_t waves_cap, descs_cap, dims_cap, tmp_cap, segs_cap, groups_cap;
+    size_t waves_cap, descs_cap, dims_cap, tmp_cap, segs_cap, groups_cap, segs_tmp_cap;
+    theus_replay_seg *segs_tmp;  /* segments in batch order when waves reorder them */
     theus_replay_desc *tmp;      /* descriptors in batch order when waves reorder them */
     void *scratch;               /* one block for the per-transfer arrays below */
     size_t scratch_cap;          /* transfers it has room for */
@@ -65,8 +70,9 @@ typedef struct replay_plan {
 
 /* Plan the @n transfers @t (in batch order: where destinations overlap, a later transfer
  * must see the earlier one's result). Transfers that move nothing are dropped. The plan is
- * also made compact when every transfer is one contiguous run of at most
- * THEUS_REPLAY_COMPACT_MAX_CHUNKS chunks and the groups fit. Returns
+ * compact (and only compact) when every transfer is one contiguous run of at most
+ * THEUS_REPLAY_COMPACT_MAX_CHUNKS chunks and the groups fit, unless @wide_only; otherwise
+ * wide (a batch found not to fit is planned again, wide). Returns
  * THEUS_OK, THEUS_ENOMEM (the plan's output is then empty, its buffers valid), or
  * THEUS_EINVAL for a batch beyond the descriptors' limits (over 2^32 - 1 transfers, or a
  * row of over 2^32 - 1 chunks); errors are also set as the thread's last error. Not
@@ -93,7 +99,8 @@ size_t replay_plan_footprint(const replay_plan *p);
  * its planning memory forever). The output arrays become invalid. */
 void replay_plan_trim(replay_plan *p, size_t keep);
 
-/* Free everything; the plan is zero afterwards and can be built again. */
+/* Free everything; the plan is zero afterwards (but for @wide_only) and can be built
+ * again. */
 void replay_plan_release(replay_plan *p);
 
 #endif /* THEUS_CUDA_REPLAY_PLAN_H */

@@ -328,6 +328,8 @@ static void print_row(void *arg, uint64_t version)
         ev->first_loss = ev->loss;
         printf("%6s %8s %12s %14s %13s\n", "step", "batches", "train loss", "held-out loss",
                "held-out acc");
+    }
+    if (t->window_steps == 0) { /* the starting point (a resumed run may have steps already) */
         printf("%6lld %8s %12s %14.4f %12.1f%%\n", (long long)ev->step, "-", "-", ev->loss,
                100.0 * ev->accuracy);
         return;

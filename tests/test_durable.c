@@ -220,6 +220,55 @@ Test(durable, checkpoints_full_incremental_and_recovery)
     theus_state_destroy(st);
 }
 
+/* A full checkpoint asked for right after an incremental one, nothing committed between:
+ * both are of the same version. The incremental file goes once the full one is there; one
+ * left behind (a crash between the two) does not stop a recovery, which uses the full one. */
+Test(durable, full_checkpoint_at_the_version_of_an_incremental_one)
+{
+    theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+    o.keep_checkpoints = 4;
+    theus_state *st = open_dir(&o);
+    step(st, 1);
+    uint64_t v = 0;
+    cr_assert_eq(theus_state_checkpoint(st, 0, &v), THEUS_OK, "%s", theus_last_error_message());
+    step(st, 2);
+    cr_assert_eq(theus_state_checkpoint(st, 1, &v), THEUS_OK, "%s", theus_last_error_message());
+    cr_assert_eq(v, 3);
+    char inc[512], full[512], keep[512];
+    snprintf(inc, sizeof inc, "%s/ckpt-%016llx.inc.safetensors", dfx_dir, 3ull);
+    snprintf(full, sizeof full, "%s/ckpt-%016llx.safetensors", dfx_dir, 3ull);
+    snprintf(keep, sizeof keep, "%s/../kept.inc", dfx_dir);
+    cr_assert_eq(access(inc, F_OK), 0, "the incremental checkpoint of version 3 is written");
+    cr_assert_eq(link(inc, keep), 0, "link: %s", strerror(errno));
+    cr_assert_eq(theus_state_checkpoint(st, 0, &v), THEUS_OK, "%s", theus_last_error_message());
+    cr_assert_eq(v, 3);
+    cr_assert_eq(access(full, F_OK), 0, "the full checkpoint of version 3 is written");
+    cr_assert_neq(access(inc, F_OK), 0, "the incremental one of the same version is removed");
+    step(st, 3);
+    theus_state_destroy(st);
+
+    /* As after a crash between the full checkpoint and the removal. */
+    cr_assert_eq(rename(keep, inc), 0, "rename: %s", strerror(errno));
+    st = open_dir(&o);
+    cr_assert_eq(theus_state_version(st), 4);
+    check_consistent(st);
+    theus_durable_info info;
+    theus_state_durable_info(st, &info);
+    cr_assert_eq(info.checkpoint_version, 3);
+    cr_assert_eq(info.records_replayed, 1);
+    uint64_t oldest = 0, newest = 0;
+    cr_assert_eq(theus_state_versions(dfx_dir, &oldest, &newest), THEUS_OK, "%s",
+                 theus_last_error_message());
+    cr_assert_eq(newest, 4);
+    step(st, 4);
+    cr_assert_eq(theus_state_checkpoint(st, 0, &v), THEUS_OK, "%s", theus_last_error_message());
+    theus_state_destroy(st);
+    st = open_dir(&o);
+    cr_assert_eq(theus_state_version(st), 5);
+    check_consistent(st);
+    theus_state_destroy(st);
+}
+
 Test(durable, retention_and_time_travel)
 {
     theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;

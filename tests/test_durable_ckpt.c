@@ -2,7 +2,8 @@
  * it), on the disk and on tmpfs, with fields whose sizes are no multiple of the block size;
  * a process killed right after an incremental checkpoint under each sync policy, a
  * temporary file left by a kill inside one, and a damaged incremental file refused as
- * corruption naming it; full checkpoints of a multi-chunk field while a thread commits. */
+ * corruption naming it; full checkpoints of a multi-chunk field while a thread commits; the
+ * log synced up to an incremental checkpoint's version. */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
@@ -22,6 +23,7 @@
 #include <theus/theus.h>
 #include <theus/theus_durable.h>
 
+#include "durable/durable.h"
 #include "durable_fixture.h"
 
 static void teardown(void)
@@ -515,4 +517,55 @@ Test(durable_ckpt, full_checkpoints_of_a_multi_chunk_field_while_committing)
                              "version %llu: row %d", (unsigned long long)versions[k], r);
         theus_state_destroy(old);
     }
+}
+
+/* The log at an incremental checkpoint: under THEUS_SYNC_COMMIT every record is synced
+ * already, and the checkpoint adds no log fdatasync; under THEUS_SYNC_GROUP a group whose
+ * sync is still due (made so here by hand: a group leader between its write and its sync)
+ * is synced before the checkpoint's file exists. */
+Test(durable_ckpt, log_synced_up_to_an_incremental_checkpoint)
+{
+    make_root(NULL);
+    theus_state *st = open_dir(NULL);
+    uint64_t n = 1;
+    for (; n <= 3; n++)
+        step(st, n);
+    cr_assert_eq(theus_state_checkpoint(st, 0, NULL), THEUS_OK);
+    step(st, n++);
+    theus_durable_stats a, b;
+    cr_assert_eq(theus_state_durable_stats(st, &a), THEUS_OK);
+    cr_assert_eq(theus_state_checkpoint(st, 1, NULL), THEUS_OK, "%s", theus_last_error_message());
+    cr_assert_eq(theus_state_durable_stats(st, &b), THEUS_OK);
+    cr_assert_eq(b.log_syncs, a.log_syncs, "SYNC_COMMIT: nothing left to sync");
+    theus_state_destroy(st);
+    dfx_cleanup();
+
+    make_root(NULL);
+    theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
+    o.sync = THEUS_SYNC_GROUP;
+    st = open_dir(&o);
+    for (n = 1; n <= 3; n++)
+        step(st, n);
+    cr_assert_eq(theus_state_checkpoint(st, 0, NULL), THEUS_OK);
+    step(st, n++);
+    durable *d = durable_of(st);
+    cr_assert_not_null(d);
+    pthread_mutex_lock(&d->w.m);
+    cr_assert_eq(d->w.synced, d->w.written, "a group commit returns once synced");
+    d->w.synced--; /* the last record's sync is due */
+    pthread_mutex_unlock(&d->w.m);
+    cr_assert_eq(theus_state_durable_stats(st, &a), THEUS_OK);
+    cr_assert_eq(theus_state_checkpoint(st, 1, NULL), THEUS_OK, "%s", theus_last_error_message());
+    cr_assert_eq(theus_state_durable_stats(st, &b), THEUS_OK);
+    pthread_mutex_lock(&d->w.m);
+    cr_assert_eq(d->w.synced, d->w.written, "the checkpoint synced the due group");
+    pthread_mutex_unlock(&d->w.m);
+    cr_assert_eq(b.log_syncs, a.log_syncs + 1);
+    step(st, n++);
+    theus_state_destroy(st);
+    theus_state *ref = reference(n);
+    st = open_dir(&o);
+    same_state(st, ref);
+    theus_state_destroy(st);
+    theus_state_destroy(ref);
 }

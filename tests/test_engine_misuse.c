@@ -347,6 +347,7 @@ Test(misuse, a_signal_name_too_long)
 /* ---- waits on an engine being destroyed, on a removed shared state --------------------- */
 typedef struct waiter {
     theus_engine *e;
+    theus_state *st;    /* read after the wait: the engine may be gone by then */
     const char *signal; /* NULL: the state's version */
     uint64_t after;
     int rc;
@@ -359,7 +360,7 @@ static void *wait_thread(void *arg)
     uint64_t seen = 0;
     w->rc = w->signal ? theus_engine_wait_signal(w->e, w->signal, w->after, UINT32_MAX, &seen)
                       : theus_engine_wait_version(w->e, NULL, w->after, UINT32_MAX, &seen);
-    snprintf(w->msg, sizeof w->msg, "%s", theus_state_last_error(theus_engine_state(w->e)));
+    snprintf(w->msg, sizeof w->msg, "%s", theus_state_last_error(w->st));
     return NULL;
 }
 
@@ -378,8 +379,8 @@ static void until_engine_waiting(theus_engine *e, uint32_t n)
 Test(misuse, waiting_on_an_engine_being_destroyed)
 {
     fingerprint before = take(st);
-    waiter w[2] = {{.e = eng, .signal = "never", .rc = -1},
-                   {.e = eng, .after = before.version + 100, .rc = -1}};
+    waiter w[2] = {{.e = eng, .st = st, .signal = "never", .rc = -1},
+                   {.e = eng, .st = st, .after = before.version + 100, .rc = -1}};
     pthread_t t[2];
     for (int i = 0; i < 2; i++)
         cr_assert_eq(pthread_create(&t[i], NULL, wait_thread, &w[i]), 0);
@@ -412,8 +413,8 @@ Test(misuse, waiting_on_a_removed_shared_state)
     cr_assert_eq(theus_tx_commit(tx, NULL), THEUS_OK);
     fingerprint before = take(st);
 
-    waiter w[2] = {{.e = eng, .signal = "never", .rc = -1},
-                   {.e = eng, .after = before.version + 100, .rc = -1}};
+    waiter w[2] = {{.e = eng, .st = st, .signal = "never", .rc = -1},
+                   {.e = eng, .st = st, .after = before.version + 100, .rc = -1}};
     pthread_t t[2];
     for (int i = 0; i < 2; i++)
         cr_assert_eq(pthread_create(&t[i], NULL, wait_thread, &w[i]), 0);

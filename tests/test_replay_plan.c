@@ -63,8 +63,14 @@ static void run_chunk(const replay_plan *p, uint64_t c, const theus_replay_wave 
     }
 }
 
+static void execute_compact(const replay_plan *p, enum order ord);
+
 static void execute(const replay_plan *p, enum order ord)
 {
+    if (p->compact) {
+        execute_compact(p, ord);
+        return;
+    }
     for (uint32_t w = 0; w < p->nwaves; w++) {
         const theus_replay_wave *wv = &p->waves[w];
         const uint64_t n = wv->chunk_end - wv->chunk_begin;
@@ -119,31 +125,40 @@ static void execute_compact(const replay_plan *p, enum order ord)
     }
 }
 
-/* The compact form moves exactly what the wide form's chunks move. */
-static void check_compact_matches_wide(const replay_plan *p)
+/* Compact plan @pc moves exactly what the wide plan @pw of the same batch moves, in the
+ * same waves and order (one segment a descriptor). */
+static void check_compact_matches_wide(const replay_plan *pc, const replay_plan *pw)
 {
-    cr_assert(p->compact);
-    for (size_t k = 0; k < p->ndescs; k++) {
-        const theus_replay_desc *d = &p->descs[k];
+    cr_assert(pc->compact && !pw->compact);
+    cr_assert_eq(pc->nwaves, pw->nwaves, "%u compact waves, %u wide", pc->nwaves, pw->nwaves);
+    cr_assert_eq(pc->ndescs, pw->ndescs);
+    cr_assert_eq(pc->total_chunks, pw->total_chunks);
+    cr_assert_eq(pc->max_wave_chunks, pw->max_wave_chunks);
+    for (uint32_t w = 0; w < pc->nwaves; w++)
+        cr_assert_eq(memcmp(&pc->waves[w], &pw->waves[w], sizeof pc->waves[w]), 0, "wave %u", w);
+    for (size_t k = 0; k < pw->ndescs; k++) {
+        const theus_replay_desc *d = &pw->descs[k];
         const uint64_t es = theus_dtype_size((theus_dtype)d->dtype);
-        const uint64_t next = k + 1 < p->ndescs && p->descs[k + 1].first_chunk > d->first_chunk
-                                  ? p->descs[k + 1].first_chunk : d->first_chunk +
-                                  (d->run * es + THEUS_REPLAY_CHUNK_BYTES - 1) / THEUS_REPLAY_CHUNK_BYTES;
-        uint64_t at = 0;
-        for (uint64_t c = d->first_chunk; c < next; c++) {
-            const theus_replay_seg *sg = &p->segs[c];
-            const theus_replay_group *g = &p->groups[theus_replay_seg_group(sg)];
-            uint64_t dst, src;
-            theus_replay_seg_addrs(sg, g, &dst, &src);
-            cr_assert_eq(dst, d->dst + at, "segment %llu: destination", (unsigned long long)c);
-            cr_assert_eq(src, d->src + at, "segment %llu: source", (unsigned long long)c);
-            cr_assert_eq(g->dtype, d->dtype);
-            cr_assert_eq(g->op, d->op);
-            at += theus_replay_seg_bytes(sg);
-        }
-        cr_assert_eq(at, d->run * es, "descriptor %zu: its segments move %llu of %llu bytes", k,
-                     (unsigned long long)at, (unsigned long long)(d->run * es));
+        const theus_replay_seg *sg = &pc->segs[d->first_chunk];
+        cr_assert_lt(theus_replay_seg_group(sg), pc->ngroups);
+        const theus_replay_group *g = &pc->groups[theus_replay_seg_group(sg)];
+        uint64_t dst, src;
+        theus_replay_seg_addrs(sg, g, &dst, &src);
+        cr_assert_eq(dst, d->dst, "segment %zu: destination", k);
+        cr_assert_eq(src, d->src, "segment %zu: source", k);
+        cr_assert_eq(theus_replay_seg_bytes(sg), d->run * es, "segment %zu: length", k);
+        cr_assert_eq(g->dtype, d->dtype);
+        cr_assert_eq(g->op, d->op);
     }
+}
+
+/* Plan @t wide as well and compare (the plan @pc must be compact). */
+static void check_against_wide(const replay_plan *pc, const replay_xfer *t, size_t n)
+{
+    replay_plan pw = {.wide_only = 1};
+    cr_assert_eq(replay_plan_build(&pw, t, n), THEUS_OK);
+    check_compact_matches_wide(pc, &pw);
+    replay_plan_release(&pw);
 }
 
 /* Structure: waves tile the descriptors and chunks contiguously; within a wave, first
@@ -151,6 +166,21 @@ static void check_compact_matches_wide(const replay_plan *p)
 static void check_structure(const replay_plan *p)
 {
     uint64_t d = 0, c = 0;
+    if (p->compact) {
+        /* A wave's segments are its descriptors and its chunks. */
+        for (uint32_t w = 0; w < p->nwaves; w++) {
+            const theus_replay_wave *wv = &p->waves[w];
+            cr_assert_eq(wv->desc_begin, c, "wave %u starts at segment %llu, expected %llu", w,
+                         (unsigned long long)wv->desc_begin, (unsigned long long)c);
+            cr_assert_eq(wv->chunk_begin, wv->desc_begin);
+            cr_assert_eq(wv->chunk_end, wv->desc_end);
+            cr_assert(wv->desc_end > wv->desc_begin, "wave %u is empty", w);
+            c = wv->desc_end;
+        }
+        cr_assert_eq(c, p->total_chunks);
+        cr_assert_eq(c, p->ndescs);
+        return;
+    }
     for (uint32_t w = 0; w < p->nwaves; w++) {
         const theus_replay_wave *wv = &p->waves[w];
         cr_assert_eq(wv->desc_begin, d, "wave %u starts at descriptor %llu, expected %llu", w,
@@ -179,7 +209,26 @@ static void check_disjoint_waves(const replay_plan *p, const unsigned char *base
     cr_assert(wave_of && desc_of);
     for (size_t i = 0; i < len; i++)
         wave_of[i] = -1;
-    for (uint32_t w = 0; w < p->nwaves; w++) {
+    for (uint32_t w = 0; p->compact && w < p->nwaves; w++) {
+        const theus_replay_wave *wv = &p->waves[w];
+        for (uint64_t k = wv->chunk_begin; k < wv->chunk_end; k++) {
+            const theus_replay_seg *sg = &p->segs[k];
+            uint64_t d, s;
+            theus_replay_seg_addrs(sg, &p->groups[theus_replay_seg_group(sg)], &d, &s);
+            const uint64_t at = d - (uint64_t)(uintptr_t)base;
+            cr_assert(at + theus_replay_seg_bytes(sg) <= len, "segment %llu writes outside the arena",
+                      (unsigned long long)k);
+            for (uint64_t b = at; b < at + theus_replay_seg_bytes(sg); b++) {
+                if (wave_of[b] == (int64_t)w && desc_of[b] != k)
+                    cr_assert_fail("wave %u: byte %llu written by segments %llu and %llu", w,
+                                   (unsigned long long)b, (unsigned long long)desc_of[b],
+                                   (unsigned long long)k);
+                wave_of[b] = (int64_t)w;
+                desc_of[b] = k;
+            }
+        }
+    }
+    for (uint32_t w = 0; !p->compact && w < p->nwaves; w++) {
         const theus_replay_wave *wv = &p->waves[w];
         for (uint64_t k = wv->desc_begin; k < wv->desc_end; k++) {
             const theus_replay_desc *d = &p->descs[k];
@@ -364,18 +413,22 @@ static void check_batch(replay_plan *p, batch *b, enum order ord, uint32_t *nwav
         if (ref[i] != b->arena[i])
             first = i;
     cr_assert_eq(first, b->arena_len,
-                 "plan run (%u waves, %zu descriptors) differs from region_transfer at byte %zu",
-                 p->nwaves, p->ndescs, first);
+                 "%s plan run (%u waves, %zu descriptors) differs from region_transfer at byte %zu",
+                 p->compact ? "compact" : "wide", p->nwaves, p->ndescs, first);
     if (p->compact) {
-        /* The compact form of the same plan, run on a fresh copy: the same bytes. */
+        /* The same batch planned wide, run on a fresh copy: the same bytes, and the same
+         * waves and moves as the compact plan. */
         g_compact_plans++;
-        check_compact_matches_wide(p);
+        replay_plan pw = {.wide_only = 1};
+        cr_assert_eq(replay_plan_build(&pw, b->t, b->n), THEUS_OK);
+        check_structure(&pw);
+        check_compact_matches_wide(p, &pw);
         memcpy(b->arena, saved, b->arena_len);
-        execute_compact(p, ord);
+        execute(&pw, ord);
         cr_assert_eq(memcmp(ref, b->arena, b->arena_len), 0,
-                     "compact plan run (%u waves, %llu segments, %zu groups) differs from "
-                     "region_transfer", p->nwaves, (unsigned long long)p->total_chunks,
-                     p->ngroups);
+                     "wide plan run (%u waves) of a compact batch differs from region_transfer",
+                     pw.nwaves);
+        replay_plan_release(&pw);
     }
     if (nwaves)
         *nwaves = p->nwaves;
@@ -502,7 +555,7 @@ Test(replay_plan, compact_limits_and_groups)
     cr_assert_eq(replay_plan_build(&p, g, 4), THEUS_OK);
     cr_assert(p.compact);
     cr_assert_eq(p.ngroups, 3, "%zu groups", p.ngroups);
-    check_compact_matches_wide(&p);
+    check_against_wide(&p, g, 4);
     uint64_t d, sa;
     theus_replay_seg_addrs(&p.segs[p.waves[p.nwaves - 1].chunk_end - 1],
                            &p.groups[theus_replay_seg_group(&p.segs[p.waves[p.nwaves - 1].chunk_end - 1])],
@@ -516,7 +569,51 @@ Test(replay_plan, compact_limits_and_groups)
     cr_assert_eq(replay_plan_build(&p, r, 2), THEUS_OK);
     cr_assert(p.compact);
     cr_assert_eq(p.ngroups, 1);
-    check_compact_matches_wide(&p);
+    check_against_wide(&p, r, 2);
+    replay_plan_release(&p);
+}
+
+/* What goes to the kernel as its argument: one wave of at most THEUS_REPLAY_INLINE_SEGS
+ * segments in at most THEUS_REPLAY_INLINE_GROUPS groups, nothing else. */
+Test(replay_plan, inline_batches)
+{
+    enum { N = THEUS_REPLAY_INLINE_SEGS + 1 };
+    int32_t field[64] = {0}, pay[N];
+    theus_region frame = {.ndim = 1}, sub[N];
+    frame.stop[0] = 64;
+    replay_xfer t[N];
+    for (int i = 0; i < N; i++) {
+        pay[i] = i + 1;
+        sub[i] = (theus_region){.ndim = 1};
+        sub[i].start[0] = 3 * i;
+        sub[i].stop[0] = 3 * i + 1;
+        t[i] = (replay_xfer){DELTA_ADD, THEUS_DTYPE_I32, field, &frame, &pay[i], &sub[i], &sub[i]};
+    }
+    replay_plan p = {0};
+    theus_replay_inline in;
+    /* The largest that fits (payloads are separate, so their offsets differ; one group). */
+    cr_assert_eq(replay_plan_build(&p, t, THEUS_REPLAY_INLINE_SEGS), THEUS_OK);
+    cr_assert_eq(replay_plan_inline(&p, &in), 1);
+    cr_assert_eq(in.nsegs, THEUS_REPLAY_INLINE_SEGS);
+    for (uint32_t k = 0; k < in.nsegs; k++)
+        run_seg(&in.segs[k], in.groups, in.ngroups);
+    for (int i = 0; i < (int)THEUS_REPLAY_INLINE_SEGS; i++)
+        cr_assert_eq(field[3 * i], i + 1);
+    /* One segment more: uploaded. */
+    cr_assert_eq(replay_plan_build(&p, t, N), THEUS_OK);
+    cr_assert(p.compact);
+    cr_assert_eq(replay_plan_inline(&p, &in), 0);
+    /* Three groups (the op changes twice): uploaded. */
+    t[1].op = DELTA_ASSIGN;
+    cr_assert_eq(replay_plan_build(&p, t, 3), THEUS_OK);
+    cr_assert_eq(p.ngroups, 3);
+    cr_assert_eq(replay_plan_inline(&p, &in), 0);
+    t[1].op = DELTA_ADD;
+    /* Two waves (the same element twice): uploaded. */
+    t[1].sub = t[1].sframe = &sub[0];
+    cr_assert_eq(replay_plan_build(&p, t, 2), THEUS_OK);
+    cr_assert_eq(p.nwaves, 2);
+    cr_assert_eq(replay_plan_inline(&p, &in), 0);
     replay_plan_release(&p);
 }
 
@@ -647,17 +744,20 @@ static void segments(int shuffle)
     cr_assert_eq(replay_plan_build(&p, t, N), THEUS_OK);
     cr_assert_eq(p.nwaves, 1, "disjoint segments took %u waves", p.nwaves);
     cr_assert_eq(p.ndescs, (size_t)N);
-    /* One wave keeps the batch order. */
-    for (int i = 0; i < N; i++)
-        cr_assert_eq(p.descs[i].dst, (uint64_t)(uintptr_t)(field + sub[i].start[0]));
-    check_structure(&p);
-    execute(&p, SHUFFLED);
-    cr_assert_eq(memcmp(field, ref, len * sizeof *field), 0);
-    /* Compact too: one segment a transfer, a group per change of op (they alternate). */
+    /* Compact: one segment a transfer, a group per change of op (they alternate); one
+     * wave keeps the batch order. */
     cr_assert(p.compact);
     cr_assert_eq(p.total_chunks, (uint64_t)N);
     cr_assert_eq(p.ngroups, (size_t)N);
-    check_compact_matches_wide(&p);
+    for (int i = 0; i < N; i++) {
+        uint64_t d, s;
+        theus_replay_seg_addrs(&p.segs[i], &p.groups[theus_replay_seg_group(&p.segs[i])], &d, &s);
+        cr_assert_eq(d, (uint64_t)(uintptr_t)(field + sub[i].start[0]));
+    }
+    check_structure(&p);
+    check_against_wide(&p, t, N);
+    execute(&p, SHUFFLED);
+    cr_assert_eq(memcmp(field, ref, len * sizeof *field), 0);
     replay_plan_release(&p);
     free(t);
     free(sub);

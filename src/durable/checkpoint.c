@@ -332,6 +332,14 @@ int theus_state_checkpoint(theus_state *st, int incremental, uint64_t *version)
                 state_commit_unlock(st);
             }
         }
+        if (rc == THEUS_OK && !inc) {
+            /* A full checkpoint of the version of the last incremental one (nothing
+             * committed between): the incremental file is now redundant. */
+            char p[DUR_PATH_MAX];
+            ckpt_path(d->dir, v, DUR_INCREMENTAL, p, sizeof p);
+            if (unlink(p) == 0)
+                fio_fsync_dir(NULL, d->dir, 1);
+        }
         if (rc == THEUS_OK)
             retention(d);
     }

@@ -102,14 +102,20 @@ int dir_scan(const theus_state *st, const char *dir, dir_list *out)
         qsort(out->seg, out->nseg, sizeof *out->seg, by_version);
     if (out->nckpt)
         qsort(out->ckpt, out->nckpt, sizeof *out->ckpt, by_version);
-    for (size_t i = 1; i < out->nckpt; i++)
-        if (out->ckpt[i].version == out->ckpt[i - 1].version) {
-            char p[DUR_PATH_MAX];
-            ckpt_path(dir, out->ckpt[i].version, DUR_INCREMENTAL, p, sizeof p);
-            dir_list_free(out);
-            return err_set(st, THEUS_ECORRUPT, "'%s': a full and an incremental checkpoint of "
-                           "the same version", p);
+    /* A full and an incremental checkpoint of one version hold the same state: a full one
+     * asked for right after an incremental one with no commit between (the checkpoint
+     * removes the incremental file once the full one is durable; a crash may come first).
+     * The full one is kept, the incremental one left out. */
+    size_t kept = 0;
+    for (size_t i = 0; i < out->nckpt; i++) {
+        if (kept && out->ckpt[kept - 1].version == out->ckpt[i].version) {
+            if (out->ckpt[i].kind == DUR_FULL)
+                out->ckpt[kept - 1] = out->ckpt[i];
+            continue;
         }
+        out->ckpt[kept++] = out->ckpt[i];
+    }
+    out->nckpt = kept;
     return THEUS_OK;
 }
 
