@@ -36,14 +36,27 @@ static int mark_blocks(uint64_t *bits, uint64_t b0, uint64_t b1)
     return seen;
 }
 
-int seg_summarize(const theus_batch_segment *s, size_t n, uint64_t nelems, size_t esize,
-                  seg_summary *out)
+/* The summary's geometry, its bitmap (@touched, seg_summary_words of it) zeroed. */
+static void summary_init(seg_summary *out, uint64_t nelems, size_t esize, uint64_t *touched)
 {
     memset(out, 0, sizeof *out);
     block_map_geometry(nelems * esize, &out->shift, &out->nblocks);
-    out->touched = theus_xcalloc(out->nblocks / 64 + 1, sizeof *out->touched);
-    if (!out->touched)
-        return THEUS_ENOMEM;
+    out->touched = touched;
+    memset(touched, 0, seg_summary_words(nelems, esize) * sizeof *touched);
+}
+
+size_t seg_summary_words(uint64_t nelems, size_t esize)
+{
+    uint32_t shift;
+    uint64_t nblocks;
+    block_map_geometry(nelems * esize, &shift, &nblocks);
+    return (size_t)(nblocks / 64 + 1);
+}
+
+void seg_summarize(const theus_batch_segment *s, size_t n, uint64_t nelems, size_t esize,
+                   uint64_t *touched, seg_summary *out)
+{
+    summary_init(out, nelems, esize, touched);
     out->lo = UINT64_MAX;
     for (size_t k = 0; k < n; k++) {
         if (s[k].length <= 0)
@@ -61,13 +74,6 @@ int seg_summarize(const theus_batch_segment *s, size_t n, uint64_t nelems, size_
     }
     if (out->nonempty == 0)
         out->lo = out->hi = 0;
-    return THEUS_OK;
-}
-
-void seg_summary_free(seg_summary *s)
-{
-    theus_xfree(s->touched);
-    s->touched = NULL;
 }
 
 void seg_bounds_region(int ndim, const int64_t *shape, uint64_t lo, uint64_t hi,
@@ -101,18 +107,33 @@ void seg_bounds_region(int ndim, const int64_t *shape, uint64_t lo, uint64_t hi,
     }
 }
 
+/* One block for the record, the summary's bitmap and @nhost host segments, in that order
+ * (each part 8-byte aligned); NULL when out of memory or too large. */
+static seg_batch *batch_block(size_t nhost, uint64_t nelems, size_t esize)
+{
+    const size_t words = seg_summary_words(nelems, esize);
+    const size_t head = (sizeof(seg_batch) + 7) & ~(size_t)7;
+    if (words > (SIZE_MAX - head) / 8 / 2 ||
+        nhost > (SIZE_MAX - head - words * 8) / sizeof(theus_batch_segment))
+        return NULL;
+    unsigned char *blk = theus_xmalloc(head + words * 8 + nhost * sizeof(theus_batch_segment));
+    if (!blk)
+        return NULL;
+    seg_batch *b = (seg_batch *)(void *)blk;
+    memset(b, 0, sizeof *b);
+    b->sum.touched = (uint64_t *)(void *)(blk + head);
+    b->segs = nhost ? (theus_batch_segment *)(void *)(blk + head + words * 8) : NULL;
+    return b;
+}
+
 seg_batch *seg_batch_new(const theus_batch_segment *segs, size_t n, uint64_t payload_elems,
                          uint64_t nelems, size_t esize)
 {
-    seg_batch *b = theus_xcalloc(1, sizeof *b);
+    seg_batch *b = batch_block(n, nelems, esize);
     if (!b)
         return NULL;
-    b->segs = theus_xmalloc(n * sizeof *segs);
-    if (!b->segs || seg_summarize(segs, n, nelems, esize, &b->sum) != THEUS_OK) {
-        seg_batch_free(b);
-        return NULL;
-    }
     memcpy(b->segs, segs, n * sizeof *segs);
+    seg_summarize(segs, n, nelems, esize, b->sum.touched, &b->sum);
     b->nsegs = n;
     b->payload_elems = payload_elems;
     return b;
@@ -120,15 +141,10 @@ seg_batch *seg_batch_new(const theus_batch_segment *segs, size_t n, uint64_t pay
 
 seg_batch *seg_batch_new_staged(size_t n, uint64_t payload_elems, uint64_t nelems, size_t esize)
 {
-    seg_batch *b = theus_xcalloc(1, sizeof *b);
+    seg_batch *b = batch_block(0, nelems, esize);
     if (!b)
         return NULL;
-    block_map_geometry(nelems * esize, &b->sum.shift, &b->sum.nblocks);
-    b->sum.touched = theus_xcalloc(b->sum.nblocks / 64 + 1, sizeof *b->sum.touched);
-    if (!b->sum.touched) {
-        theus_xfree(b);
-        return NULL;
-    }
+    summary_init(&b->sum, nelems, esize, b->sum.touched);
     b->nsegs = n;
     b->payload_elems = payload_elems;
     return b;
@@ -136,10 +152,7 @@ seg_batch *seg_batch_new_staged(size_t n, uint64_t payload_elems, uint64_t nelem
 
 void seg_batch_free(seg_batch *b)
 {
-    if (!b)
-        return;
-    seg_summary_free(&b->sum);
-    theus_xfree(b->segs);
+    /* One block: the record, its bitmap and its host segments. */
     theus_xfree(b);
 }
 

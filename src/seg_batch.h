@@ -41,23 +41,24 @@ typedef struct seg_batch {
 size_t seg_validate(const theus_batch_segment *s, size_t n, uint64_t nelems,
                     uint64_t payload_elems);
 
-/* The summary of @n valid segments; @out->touched is allocated (seg_summary_free). Returns
- * THEUS_OK or THEUS_ENOMEM. */
-int seg_summarize(const theus_batch_segment *s, size_t n, uint64_t nelems, size_t esize,
-                  seg_summary *out);
-void seg_summary_free(seg_summary *s);
+/* Words of the touched-block bitmap of a field of @nelems elements of @esize bytes. */
+size_t seg_summary_words(uint64_t nelems, size_t esize);
+/* The summary of @n valid segments into @out, its bitmap in @touched (seg_summary_words of
+ * it, the caller's memory; zeroed here). */
+void seg_summarize(const theus_batch_segment *s, size_t n, uint64_t nelems, size_t esize,
+                   uint64_t *touched, seg_summary *out);
 
 /* The smallest region of a field of rank @ndim and @shape holding the flat elements [lo, hi)
  * (lo < hi; a scalar field: the whole). */
 void seg_bounds_region(int ndim, const int64_t *shape, uint64_t lo, uint64_t hi,
                        theus_region *out);
 
-/* A new host record holding a copy of @segs (host memory) and its summary. NULL when out of
- * memory. */
+/* A new host record holding a copy of @segs (host memory) and its summary, all in one
+ * allocation. NULL when out of memory. */
 seg_batch *seg_batch_new(const theus_batch_segment *segs, size_t n, uint64_t payload_elems,
                          uint64_t nelems, size_t esize);
 /* A record for a batch that the backend stages itself (stage_batch): no host segments, the
- * summary's geometry set and its bitmap zeroed for the backend to fill. */
+ * summary's geometry set and its bitmap zeroed for the backend to fill; one allocation. */
 seg_batch *seg_batch_new_staged(size_t n, uint64_t payload_elems, uint64_t nelems, size_t esize);
 /* Free the host record (the caller unstages dev_segs first). */
 void seg_batch_free(seg_batch *b);
