@@ -51,7 +51,7 @@ typedef struct save_field {
     uint64_t unit;        /* checksum unit (a multiple of the block-map block) */
     uint64_t nunits;
     uint32_t *crc;        /* per unit */
-    int staged;           /* through the backend into host staging (not host placement) */
+    int staged;           /* through the backend into host staging (not host; or tests) */
 } save_field;
 
 typedef struct saver {
@@ -68,6 +68,8 @@ typedef struct saver {
 } saver;
 
 /* ---- reading and writing pieces --------------------------------------------------------- */
+
+int stfile_test_staged;
 
 int stfile_read_bytes(const theus_state *st, uint32_t i, uint64_t lo, uint64_t hi, void *dst)
 {
@@ -418,7 +420,7 @@ int stfile_save_state(theus_state *st, const stfile_target *to, const char *sche
         f->at = at;
         f->unit = ((uint64_t)1 << m.shift) > SAVE_UNIT_MIN ? (uint64_t)1 << m.shift : SAVE_UNIT_MIN;
         f->nunits = (f->nbytes + f->unit - 1) / f->unit;
-        f->staged = fd->placement != THEUS_PLACEMENT_HOST;
+        f->staged = fd->placement != THEUS_PLACEMENT_HOST || stfile_test_staged;
         if (f->nunits && !(f->crc = theus_xcalloc(f->nunits, sizeof *f->crc)))
             rc = err_set(st, THEUS_ENOMEM, "out of memory saving '%s'", w.path);
         if (f->unit > unit_max)
