@@ -235,12 +235,13 @@ static int pass_host(saver *w, save_field *f)
     int rc = THEUS_OK;
     for (uint64_t lo = 0; lo < f->nbytes && rc == THEUS_OK; lo += w->chunk) {
         uint64_t len = f->nbytes - lo < w->chunk ? f->nbytes - lo : w->chunk;
-        if (!threaded) {
-            TSAN_IGNORE_BEGIN(); /* may race with a replay: copied again later (top) */
+        /* The sum and the write's read of the field may race with a replay: copied again
+         * later (top). */
+        TSAN_IGNORE_BEGIN();
+        if (!threaded)
             sum_units(f, base + lo, lo, len);
-            TSAN_IGNORE_END();
-        }
         rc = put(w, base + lo, len, f->at + lo);
+        TSAN_IGNORE_END();
     }
     if (threaded)
         pthread_join(th, NULL);
