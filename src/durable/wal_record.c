@@ -60,17 +60,46 @@ static int all_zero(const unsigned char *p, uint64_t n)
     return 1;
 }
 
-/* A record at @off that failed a check is a torn last record only when nothing but zeros
- * follows it (from @from on): the end of the file, or a preallocated tail never written. */
+/* Whether a valid record head (magic, head checksum, known kind) starts at @p (@n bytes
+ * available). */
+static int head_valid(const unsigned char *p, uint64_t n)
+{
+    if (n < WAL_REC_HEAD || wal_get32(p) != WAL_REC_MAGIC || wal_get32(p + 24) != crc32c(0, p, 24))
+        return 0;
+    uint32_t kind = wal_get32(p + 4);
+    return kind == WAL_KIND_COMMIT || kind == WAL_KIND_INIT || kind == WAL_KIND_AUDIT;
+}
+
+/* A record at @off failed a check; @from is where its bytes end as far as it can tell (its
+ * head, or the whole record). It is the torn last write when no valid record head follows
+ * it anywhere in the buffer: a record written once and persisted in part, its pages in any
+ * order (a power cut during the fdatasync of a preallocated segment can leave a later page
+ * on the disk and an earlier one still zeros). It then covers @off to the end of its bytes
+ * or of the non-zero data after it, whichever is further. A valid head after it means a
+ * record that was written after this one: this one was damaged, not torn. */
 static wal_scan torn_or_corrupt(const unsigned char *buf, uint64_t size, uint64_t off,
-                                uint64_t from, wal_rec *r)
+                                uint64_t from, wal_rec *r, char *why, size_t whylen)
 {
     if (from > size)
         from = size;
-    if (!all_zero(buf + from, size - from))
-        return WAL_SCAN_CORRUPT;
+    for (uint64_t at = off + 1; at + WAL_REC_HEAD <= size; at++) {
+        const unsigned char *q = memchr(buf + at, WAL_REC_MAGIC & 0xffu, size - at);
+        if (!q)
+            break;
+        at = (uint64_t)(q - buf);
+        if (head_valid(q, size - at)) {
+            size_t n = why ? strlen(why) : 0;
+            if (n < whylen)
+                why_set(why + n, whylen - n, ", with a valid record at byte %llu after it",
+                        (unsigned long long)at);
+            return WAL_SCAN_CORRUPT;
+        }
+    }
+    uint64_t end = size;
+    while (end > from && buf[end - 1] == 0)
+        end--;
     r->offset = off;
-    r->size = from - off;
+    r->size = end - off;
     return WAL_SCAN_TORN;
 }
 
@@ -96,11 +125,11 @@ wal_scan wal_next(const unsigned char *buf, uint64_t size, uint64_t off, wal_rec
     }
     if (wal_get32(p) != WAL_REC_MAGIC) {
         why_set(why, whylen, "bad record magic");
-        return torn_or_corrupt(buf, size, off, off + WAL_REC_HEAD, r);
+        return torn_or_corrupt(buf, size, off, off + WAL_REC_HEAD, r, why, whylen);
     }
     if (wal_get32(p + 24) != crc32c(0, p, 24)) {
         why_set(why, whylen, "record head checksum mismatch");
-        return torn_or_corrupt(buf, size, off, off + WAL_REC_HEAD, r);
+        return torn_or_corrupt(buf, size, off, off + WAL_REC_HEAD, r, why, whylen);
     }
     uint32_t kind = wal_get32(p + 4);
     if (kind != WAL_KIND_COMMIT && kind != WAL_KIND_INIT && kind != WAL_KIND_AUDIT) {
@@ -121,7 +150,7 @@ wal_scan wal_next(const unsigned char *buf, uint64_t size, uint64_t off, wal_rec
     if (wal_get32(body + body_len) != crc32c(0, body, (size_t)body_len)) {
         why_set(why, whylen, "record of version %llu: body checksum mismatch",
                 (unsigned long long)wal_get64(p + 8));
-        return torn_or_corrupt(buf, size, off, off + total, r);
+        return torn_or_corrupt(buf, size, off, off + total, r, why, whylen);
     }
     r->kind = kind;
     r->version = wal_get64(p + 8);

@@ -47,19 +47,22 @@ typedef enum wal_scan {
     WAL_SCAN_END = 0,             /* @off is the end of the log: the end of the buffer, or
                                      only zero bytes from there on (a preallocated tail) */
     WAL_SCAN_TORN = -1,           /* what starts at @off is a cut or half-written last record */
-    WAL_SCAN_CORRUPT = -2         /* a check failed at @off: never a torn write */
+    WAL_SCAN_CORRUPT = -2         /* a check failed at @off and a valid record follows it */
 } wal_scan;
 
 /* Decode the record at @off of a segment of @size bytes. Everything from @off on being zero
  * bytes is the END (segments are preallocated with zeros ahead of their records). A record
- * is TORN when the buffer ends inside it, or when its magic or head checksum fails and only
- * zeros follow its head, or when its body checksum fails and only zeros (or nothing) follow
- * it: a last record partly written, the rest of it still the preallocated zeros or past the
- * end of the file. Then r->offset and r->size say which bytes it covered (head on: the
- * record's length as its head says, cut at the end of the buffer). CORRUPT: a bad magic or
- * head checksum with data after the head, an unknown kind, a failed body checksum with data
- * after the record. @why says what. Whether a TORN record may be dropped (only at the end
- * of the newest segment) is the caller's decision. */
+ * is TORN when the buffer ends inside it, or when it fails its magic, head checksum or body
+ * checksum and no valid record head (magic, head checksum, known kind) starts anywhere
+ * after @off in the buffer: a last write persisted in part — the rest of it still the
+ * preallocated zeros, past the end of the file, or (a power cut during the fdatasync of a
+ * preallocated segment persists its pages in any order) an earlier page of it still zeros
+ * and a later one on disk. Then r->offset = @off and r->size (> 0, <= @size - @off) says
+ * which bytes it covered: the record's length as its head says, or its head when the head
+ * failed, extended to the last non-zero byte after it, cut at the end of the buffer.
+ * CORRUPT: a failed check with a valid record head after it (a record written later: this
+ * one was damaged, not cut), an unknown kind. @why says what. Whether a TORN record may be
+ * dropped (only at the end of the newest segment) is the caller's decision. */
 wal_scan wal_next(const unsigned char *buf, uint64_t size, uint64_t off, wal_rec *r, char *why,
                   size_t whylen);
 
