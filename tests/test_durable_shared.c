@@ -723,6 +723,7 @@ static int refuse_prepare(void *user, const publish_batch *b)
 
 Test(durable_shared, cancelled_record_leaves_zeros)
 {
+    g_prealloc = 1u << 20; /* THEUS_SYNC_GROUP preallocates only when asked */
     theus_state *st = open_ds(g_name, g_dir, schema, THEUS_SYNC_GROUP);
     uint64_t got;
     cr_assert_eq(commit_one(st, &got), THEUS_OK);
@@ -743,4 +744,50 @@ Test(durable_shared, cancelled_record_leaves_zeros)
     cr_assert_eq(ds.log_records, 1);
     cr_assert_geq(ds.log_extends, 1);
     theus_state_destroy(st);
+}
+
+/* The creator's options decide preallocation for every process of the state: by default on
+ * under THEUS_SYNC_COMMIT, off under THEUS_SYNC_GROUP (a group's fdatasync over preallocated
+ * blocks can leave a hole before unacknowledged records after a power cut); an explicit
+ * prealloc_bytes preallocates under any policy. */
+Test(durable_shared, prealloc_default_follows_the_creators_sync_policy)
+{
+    const struct {
+        theus_sync creator, joiner;
+        uint64_t prealloc;
+        int want;
+    } c[] = {
+        {THEUS_SYNC_GROUP, THEUS_SYNC_GROUP, 0, 0},
+        {THEUS_SYNC_GROUP, THEUS_SYNC_COMMIT, 0, 0},
+        {THEUS_SYNC_COMMIT, THEUS_SYNC_COMMIT, 0, 1},
+        {THEUS_SYNC_GROUP, THEUS_SYNC_GROUP, 1u << 20, 1},
+    };
+    for (size_t k = 0; k < sizeof c / sizeof c[0]; k++) {
+        theus_shared_remove(g_name);
+        rm_tree(g_dir);
+        g_prealloc = c[k].prealloc;
+        theus_state *st = open_ds(g_name, g_dir, schema, c[k].creator);
+        g_prealloc = 0;
+        theus_state *x = open_ds(g_name, g_dir, NULL, c[k].joiner);
+        uint64_t got;
+        cr_assert_eq(commit_one(x, &got), THEUS_OK);
+        cr_assert_eq(commit_one(st, &got), THEUS_OK);
+        const shared_durable_area *da = &shared_area_of(st)->durable;
+        char p[SHARED_DURABLE_DIR_MAX + 64];
+        snprintf(p, sizeof p, DUR_SEGMENT_FMT, da->dir,
+                 (unsigned long long)atomic_load(&da->seg_first));
+        struct stat sb;
+        cr_assert_eq(stat(p, &sb), 0);
+        theus_durable_stats ds;
+        cr_assert_eq(theus_state_durable_stats(st, &ds), THEUS_OK);
+        if (c[k].want) {
+            cr_assert_gt((uint64_t)sb.st_size, da->append_off, "case %zu: preallocated", k);
+            cr_assert_geq(ds.log_extends, 1, "case %zu", k);
+        } else {
+            cr_assert_eq((uint64_t)sb.st_size, da->append_off, "case %zu: appending", k);
+            cr_assert_eq(ds.log_extends, 0, "case %zu", k);
+        }
+        theus_state_destroy(x);
+        theus_state_destroy(st);
+    }
 }
