@@ -5,8 +5,11 @@
  *   theus.procs.sync_commit / .sync_group / .sync_none: writer processes of one durable shared
  *     state (theus_shared_open_durable; each process one handle), forked once and started for
  *     each sample through pipes (their set-up is not timed);
- *   *.prealloc_off: the same without log preallocation (THEUS_PREALLOC_OFF: the log grows
- *     record by record, so each fdatasync also journals the file's new size);
+ *   the sync_group rows ask for log preallocation (prealloc_bytes = 1 MiB: under
+ *     THEUS_SYNC_GROUP the default is the appending log, docs/durability.md "Group commit");
+ *   *.prealloc_off: the same without log preallocation (THEUS_PREALLOC_OFF, the default of
+ *     THEUS_SYNC_GROUP: the log grows record by record, so each fdatasync also journals the
+ *     file's new size);
  *   baseline.write_fdatasync: one thread appending the same record bytes and fdatasync'ing
  *     after each (what one fdatasync per commit costs without theus);
  *   baseline.overwrite_fdatasync: the same into a zero-filled file synced beforehand (what an
@@ -224,17 +227,23 @@ typedef struct grp_method {
     int commit_row;            /* the row of the same writers under THEUS_SYNC_COMMIT */
 } grp_method;
 
+/* The preallocated group rows' step, explicit: THEUS_SYNC_GROUP does not preallocate by
+ * default. */
+#define GROUP_PREALLOC (1ull << 20)
+
 enum { BASE, BASE_OVER, T_COMMIT, T_GROUP, T_GROUP_OFF, P_COMMIT, P_GROUP, P_GROUP_OFF, P_NONE,
        NOPS };
 static const grp_method method[NOPS] = {
     [BASE] = {"baseline.write_fdatasync", 0, THEUS_SYNC_COMMIT, 0, 0, -1},
     [BASE_OVER] = {"baseline.overwrite_fdatasync", 0, THEUS_SYNC_COMMIT, 0, 1, -1},
     [T_COMMIT] = {"theus.threads.sync_commit", 1, THEUS_SYNC_COMMIT, 0, 0, T_COMMIT},
-    [T_GROUP] = {"theus.threads.sync_group", 1, THEUS_SYNC_GROUP, 0, 0, T_COMMIT},
+    [T_GROUP] = {"theus.threads.sync_group", 1, THEUS_SYNC_GROUP, GROUP_PREALLOC, 0,
+                 T_COMMIT},
     [T_GROUP_OFF] = {"theus.threads.sync_group.prealloc_off", 1, THEUS_SYNC_GROUP,
                      THEUS_PREALLOC_OFF, 0, T_COMMIT},
     [P_COMMIT] = {"theus.procs.sync_commit", 2, THEUS_SYNC_COMMIT, 0, 0, P_COMMIT},
-    [P_GROUP] = {"theus.procs.sync_group", 2, THEUS_SYNC_GROUP, 0, 0, P_COMMIT},
+    [P_GROUP] = {"theus.procs.sync_group", 2, THEUS_SYNC_GROUP, GROUP_PREALLOC, 0,
+                 P_COMMIT},
     [P_GROUP_OFF] = {"theus.procs.sync_group.prealloc_off", 2, THEUS_SYNC_GROUP,
                      THEUS_PREALLOC_OFF, 0, P_COMMIT},
     [P_NONE] = {"theus.procs.sync_none", 2, THEUS_SYNC_NONE, 0, 0, P_COMMIT},
