@@ -24,6 +24,7 @@
 #include <theus/theus_durable.h>
 
 #include "durable/durable.h"
+#include "durable/stfile.h"
 #include "durable_fixture.h"
 
 static void teardown(void)
@@ -214,6 +215,14 @@ static void chain_in_one_segment(const char *base)
 
 Test(durable_ckpt, incremental_chain_in_one_log_segment)
 {
+    chain_in_one_segment(NULL);
+}
+
+/* The staged path of device and pinned fields (copies through the backend, the full writer's
+ * two buffers and second thread), which a machine without a GPU takes only when told. */
+Test(durable_ckpt, incremental_chain_through_the_staged_path)
+{
+    stfile_test_staged = 1; /* this test's process only (each test runs in its own) */
     chain_in_one_segment(NULL);
 }
 
@@ -473,7 +482,7 @@ static void *wide_loop(void *arg)
     return NULL;
 }
 
-Test(durable_ckpt, full_checkpoints_of_a_multi_chunk_field_while_committing)
+static void wide_while_committing(void)
 {
     make_root(NULL);
     theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
@@ -568,4 +577,15 @@ Test(durable_ckpt, log_synced_up_to_an_incremental_checkpoint)
     same_state(st, ref);
     theus_state_destroy(st);
     theus_state_destroy(ref);
+}
+
+Test(durable_ckpt, full_checkpoints_of_a_multi_chunk_field_while_committing)
+{
+    wide_while_committing();
+}
+
+Test(durable_ckpt, full_checkpoints_while_committing_through_the_staged_path)
+{
+    stfile_test_staged = 1;
+    wide_while_committing();
 }

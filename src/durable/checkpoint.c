@@ -88,7 +88,7 @@ static int inc_copy(theus_state *st, uint64_t base, const inc_field *out, unsign
         uint64_t blo = lo << m.shift, bhi = hi << m.shift;
         if (bhi > f->nbytes)
             bhi = f->nbytes;
-        if (f->placement == THEUS_PLACEMENT_HOST) {
+        if (f->placement == THEUS_PLACEMENT_HOST && !stfile_test_staged) {
             memcpy(bytes + at, src + blo, bhi - blo);
         } else {
             /* Device and pinned fields: only the changed runs to the host. */
@@ -159,8 +159,8 @@ static int inc_collect(theus_state *st, durable *d, snapshot *s, inc_field *inc,
         const field_desc *f = &st->fields[i];
         if (f->zone == THEUS_ZONE_SIGNAL)
             continue;
-        s->f[s->n++] = (snap_field){.index = i,
-                                    .version = atomic_load_explicit(&f->version, memory_order_acquire)};
+        uint64_t fv = atomic_load_explicit(&f->version, memory_order_acquire);
+        s->f[s->n++] = (snap_field){.index = i, .version = fv};
         if (s->f[s->n - 1].version <= d->last_ckpt)
             continue;
         inc_count(st, i, d->last_ckpt, &inc[*ni]);

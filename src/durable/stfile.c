@@ -130,7 +130,8 @@ int stfile_write(const theus_state *st, const char *path, mode_t mode, const st_
         return err_set(st, THEUS_ENOMEM, "out of memory writing '%s'", path);
     uint64_t at = 0;
     for (size_t i = 0; i < n; i++) {
-        crc[i] = t[i].nbytes ? crc32c(0, (const unsigned char *)data + at, (size_t)t[i].nbytes) : 0;
+        const unsigned char *p = (const unsigned char *)data + at;
+        crc[i] = t[i].nbytes ? crc32c(0, p, (size_t)t[i].nbytes) : 0;
         at += t[i].nbytes;
     }
     if (at != len) {

@@ -50,6 +50,11 @@ int stfile_meta(const theus_state *st, const struct snapshot *s, const char *sch
                 const char *keys[STFILE_NMETA], char *vals[STFILE_NMETA]);
 void stfile_meta_free(char *vals[STFILE_NMETA]);
 
+/* For the tests: nonzero makes whole-state saves and checkpoints copy host fields through
+ * the field's backend too, as they copy device and pinned fields (the staged path, which a
+ * machine without a GPU never takes otherwise). 0 by default; set before the calls. */
+extern int stfile_test_staged;
+
 /* Bytes [@lo, @hi) of field @i of @st into host memory @dst through the field's backend
  * (the device-to-host copy of device fields); both ends multiples of the element size.
  * The caller keeps commits from writing there if it needs a consistent copy. THEUS_OK or

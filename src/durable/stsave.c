@@ -51,7 +51,7 @@ typedef struct save_field {
     uint64_t unit;        /* checksum unit (a multiple of the block-map block) */
     uint64_t nunits;
     uint32_t *crc;        /* per unit */
-    int staged;           /* through the backend into host staging (not host placement) */
+    int staged;           /* through the backend into host staging (not host; or tests) */
 } save_field;
 
 typedef struct saver {
@@ -68,6 +68,8 @@ typedef struct saver {
 } saver;
 
 /* ---- reading and writing pieces --------------------------------------------------------- */
+
+int stfile_test_staged;
 
 int stfile_read_bytes(const theus_state *st, uint32_t i, uint64_t lo, uint64_t hi, void *dst)
 {
@@ -235,12 +237,13 @@ static int pass_host(saver *w, save_field *f)
     int rc = THEUS_OK;
     for (uint64_t lo = 0; lo < f->nbytes && rc == THEUS_OK; lo += w->chunk) {
         uint64_t len = f->nbytes - lo < w->chunk ? f->nbytes - lo : w->chunk;
-        if (!threaded) {
-            TSAN_IGNORE_BEGIN(); /* may race with a replay: copied again later (top) */
+        /* The sum and the write's read of the field may race with a replay: copied again
+         * later (top). */
+        TSAN_IGNORE_BEGIN();
+        if (!threaded)
             sum_units(f, base + lo, lo, len);
-            TSAN_IGNORE_END();
-        }
         rc = put(w, base + lo, len, f->at + lo);
+        TSAN_IGNORE_END();
     }
     if (threaded)
         pthread_join(th, NULL);
@@ -417,7 +420,7 @@ int stfile_save_state(theus_state *st, const stfile_target *to, const char *sche
         f->at = at;
         f->unit = ((uint64_t)1 << m.shift) > SAVE_UNIT_MIN ? (uint64_t)1 << m.shift : SAVE_UNIT_MIN;
         f->nunits = (f->nbytes + f->unit - 1) / f->unit;
-        f->staged = fd->placement != THEUS_PLACEMENT_HOST;
+        f->staged = fd->placement != THEUS_PLACEMENT_HOST || stfile_test_staged;
         if (f->nunits && !(f->crc = theus_xcalloc(f->nunits, sizeof *f->crc)))
             rc = err_set(st, THEUS_ENOMEM, "out of memory saving '%s'", w.path);
         if (f->unit > unit_max)
