@@ -125,6 +125,12 @@ expect 1 'in use by 1 process' -- rm "$name"
 expect 0 "^$name " -- ls
 
 # ---- an abandoned state: cleanup ------------------------------------------------------
+# `theus cleanup` sweeps all of this user's abandoned states: hold the lock test_shared's
+# sweeping tests hold (tests/test_shared.c, sweep_lock), so that neither run removes the
+# other's abandoned state while it is being looked at (ctest -j, or two runs at once).
+exec 9>"/tmp/theus-test_shared-$(id -u).lock"
+checks=$((checks + 1))
+if ! flock -w 240 9; then echo "FAIL: the sweep lock stayed taken for 240 s"; fails=$((fails + 1)); fi
 checks=$((checks + 1))
 if ! "$fixture" abandon "$name-dead"; then echo "FAIL: fixture abandon"; fails=$((fails + 1)); fi
 expect 0 "^$name-dead .* abandoned" -- ls
@@ -134,6 +140,7 @@ expect 0 "removing $name-dead" -- cleanup
 expect 0 "^$name " -- ls
 checks=$((checks + 1))
 if "$theus" ls | grep -q "^$name-dead "; then echo "FAIL: cleanup left $name-dead"; fails=$((fails + 1)); fi
+exec 9>&-
 expect 2 'usage' -- cleanup extra
 
 # ---- rm -------------------------------------------------------------------------------
