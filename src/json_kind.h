@@ -1,5 +1,5 @@
 /* How refusal messages name the kind of a JSON value ("an object", "a string", ...), shared
- * by the parsers that read JSON with jansson (schema.c, src/process/workflow.c). */
+ * by the parsers that read JSON with jansson (schema.c, src/process/wf_load.c). */
 #ifndef THEUS_SRC_JSON_KIND_H
 #define THEUS_SRC_JSON_KIND_H
 #include <jansson.h>

@@ -166,7 +166,7 @@ int pool_submit(pool *p, const theus_state *st, pool_fn fn, void *a, void *b, th
 /* Stop the threads after the job each runs; queued jobs end with THEUS_EBUSY. */
 void pool_destroy(pool *p);
 
-/* ---- workflows registered in the engine (workflow.c) -------------------------------------- */
+/* ---- workflows registered in the engine (wf_load.c) --------------------------------------- */
 typedef struct wf_list {
     pthread_mutex_t mu;
     struct theus_workflow **v;
@@ -193,7 +193,7 @@ proc_entry *engine_find(theus_engine *e, const char *name);
 
 /* One write the engine stages in a run's own transaction after its body returned THEUS_OK,
  * outside the process's contract, so that it commits with the body's writes or not at all:
- * a workflow's position (workflow.c). @bytes holds the one element of @field. */
+ * a workflow's position (wf_run.c). @bytes holds the one element of @field. */
 typedef struct run_extra {
     const char *field;
     unsigned char bytes[8];

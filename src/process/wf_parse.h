@@ -1,4 +1,4 @@
-/* Refusals of the workflow parser (workflow.c, expr.c): the JSON path being read, and a
+/* Refusals of the workflow parser (wf_load.c, expr.c): the JSON path being read, and a
  * message with the line and column of that node (json_locate.c), like schema refusals. */
 #ifndef THEUS_SRC_PROCESS_WF_PARSE_H
 #define THEUS_SRC_PROCESS_WF_PARSE_H
