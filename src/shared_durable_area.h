@@ -1,9 +1,9 @@
 /* The durable part of a shared segment (shared_area.durable, shared.h): what every process
  * of a durable shared state needs to append to the one write-ahead log at the right place
- * and to share its fdatasyncs. Written by src/durable/wal.c (the appender, under the commit
- * lock; the group sync, lock-free) and read by src/shared/shared_durable.c (the agreement of
- * log and state after a crash, under the commit lock). Layout only: no code depends on
- * anything here but <stdint.h> and <stdatomic.h>.
+ * and to share its fdatasyncs. Written by src/durable/wal_shared.c (the appender, under the
+ * commit lock; the group sync, lock-free) and read by src/shared/shared_durable.c (the
+ * agreement of log and state after a crash, under the commit lock). Layout only: no code
+ * depends on anything here but <stdint.h> and <stdatomic.h>.
  *
  * THE INVARIANT (docs/durability.md, "Durable shared states"): whenever the commit lock is
  * free, the log's valid records end at `append_off` of segment `seg_first` and its last
@@ -54,7 +54,7 @@ typedef struct shared_durable_area {
     _Atomic uint64_t leader_start; /* its start time (shared_proc_start), for liveness */
     _Atomic uint64_t last_group;   /* records the previous group sync covered */
     _Atomic uint64_t syncs;        /* fdatasyncs of group leaders (statistics) */
-    /* Preallocation (wal.c). prealloc: the creator's step, set at creation (0: off). Under
+    /* Preallocation (wal_segment.c). prealloc: the creator's step, set at creation (0: off). Under
      * the commit lock: [append_off, zero_end) of segment seg_first is written zeros (empty
      * when zero_end <= append_off); dirty_end: where the bytes written (or about to be) past
      * the valid end stop — the appender raises it before it writes a record or an audit

@@ -1,7 +1,7 @@
 /* Durable states: opening a directory (create or recover), the read-only states of time
  * travel, theus_state_durable_info / theus_state_versions, and the context's lifetime (it
  * goes with the state: the log listener's release). Checkpoints are in checkpoint.c,
- * recovery in recover.c, the log writer in wal.c. */
+ * recovery in recover.c, the log writer in wal.c (and the wal_*.c beside it). */
 #include "alloc.h"
 #include "durable/durable.h"
 #include "durable/fileio.h"
