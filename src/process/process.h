@@ -24,6 +24,9 @@ typedef struct proc_entry {
     _Atomic uint64_t *audit_by_field; /* nfields x AUDIT_COUNTERS counters */
 } proc_entry;
 
+/* Free a process entry and what it owns (registration.c); NULL is a no-op. */
+void destroy_proc(proc_entry *p);
+
 /* ---- signals and outbox entries queued by one run ------------------------------------- */
 typedef struct outbox_item {
     theus_outbox_fn fn;
@@ -189,6 +192,7 @@ struct theus_engine {
     wf_list wfs;
 };
 
+/* The registered process named @name, or NULL (engine.c). */
 proc_entry *engine_find(theus_engine *e, const char *name);
 
 /* One write the engine stages in a run's own transaction after its body returned THEUS_OK,
@@ -199,8 +203,8 @@ typedef struct run_extra {
     unsigned char bytes[8];
 } run_extra;
 
-/* One run of @p (theus_engine_run without the lookup); @extra may be NULL. A pure process
- * stages nothing, so @extra must be NULL for one. */
+/* One run of @p (theus_engine_run without the lookup; run.c); @extra may be NULL. A pure
+ * process stages nothing, so @extra must be NULL for one. */
 int engine_run_proc(theus_engine *e, proc_entry *p, const run_extra *extra,
                     uint64_t *committed_version);
 
