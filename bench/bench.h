@@ -216,6 +216,9 @@ int report_plots(const char *dir);
 void report_targets(FILE *f);
 void report_free(void);
 
+/* The index of the first float that differs (bitwise) between @a and @b, or SIZE_MAX. */
+size_t bench_first_diff(const float *a, const float *b, size_t n);
+
 /* ---- formatting ------------------------------------------------------------------------ */
 /* "64B", "4KiB", "1MiB"; returns @buf. */
 const char *fmt_bytes(double bytes, char *buf, size_t len);
@@ -234,6 +237,10 @@ int report_gnuplot_present(void);
 void print_header(const char *scenario, const char *target, const char *what);
 
 /* ---- scenarios ------------------------------------------------------------------------- */
+struct theus_tx;
+/* Commit the transaction a scenario staged in *@tx (consumed: *@tx is NULL afterwards, even
+ * on failure); a failed commit is reported under @scenario. 0, or -1 on failure. */
+int bench_commit_staged(const char *scenario, struct theus_tx **tx);
 /* Each returns 0, or -1 when it stopped on an error (already reported). */
 int scn_replay(int add);            /* replay.copy (add = 0) and replay.add (add = 1) */
 int scn_commit_latency(void);

@@ -37,16 +37,6 @@ static int read_whole(const char *scenario, theus_state *st, const char *field, 
     return rc;
 }
 
-static size_t first_diff(const float *a, const float *b, size_t n)
-{
-    if (memcmp(a, b, n * sizeof *a) == 0)
-        return SIZE_MAX;
-    for (size_t i = 0; i < n; i++)
-        if (memcmp(&a[i], &b[i], sizeof *a) != 0)
-            return i;
-    return SIZE_MAX;
-}
-
 static size_t fit_field(size_t want, int buffers)
 {
     size_t f = want;
@@ -136,10 +126,10 @@ static int latency_field(theus_state *st, const char *field, size_t nelems, floa
     snprintf(casename, sizeof casename, "f32[%zu] host (%s)", nelems,
              fmt_bytes((double)nelems * 4, fb, sizeof fb));
     if (read_whole(scenario, st, field, back) == THEUS_OK) {
-        size_t bad = first_diff(back, mirror, nelems);
+        size_t bad = bench_first_diff(back, mirror, nelems);
         note_check(scenario, casename, bad == SIZE_MAX, "%zu one-element commits vs mirror: %s",
                    warm + ntx, bad == SIZE_MAX ? "identical field" : "fields differ");
-        bad = first_diff(plain, mirror, nelems);
+        bad = bench_first_diff(plain, mirror, nelems);
         note_check(scenario, casename, bad == SIZE_MAX, "mutex baseline vs mirror: %s",
                    bad == SIZE_MAX ? "identical" : "differ");
     }
@@ -267,18 +257,23 @@ static int scaling_prep(void *p)
     return 0;
 }
 
-static int scaling_commit(void *p)
+int bench_commit_staged(const char *scenario, struct theus_tx **tx)
 {
-    scaling_ctx *c = p;
-    theus_tx *tx = c->tx;
-    c->tx = NULL;
-    int rc = theus_tx_commit(tx, NULL);
+    theus_tx *t = *tx;
+    *tx = NULL;
+    int rc = theus_tx_commit(t, NULL);
     if (rc != THEUS_OK) {
-        note_error("commit.scaling", "theus_tx_commit: %s (%s)", theus_strerror(rc),
+        note_error(scenario, "theus_tx_commit: %s (%s)", theus_strerror(rc),
                    theus_last_error_message());
         return -1;
     }
     return 0;
+}
+
+static int scaling_commit(void *p)
+{
+    scaling_ctx *c = p;
+    return bench_commit_staged("commit.scaling", &c->tx);
 }
 
 static int scaling_delta_copy(void *p)
@@ -428,7 +423,7 @@ int scn_commit_scaling(void)
                      fmt_bytes((double)delta, db, sizeof db));
             if (read_whole(scenario, c.st, "x", c.scratch) != THEUS_OK)
                 goto out;
-            size_t bad = first_diff(c.scratch, c.mirror, nelems);
+            size_t bad = bench_first_diff(c.scratch, c.mirror, nelems);
             note_check(scenario, casename, bad == SIZE_MAX, "field after %u commits vs mirror: %s",
                        m_commit->runs, bad == SIZE_MAX ? "identical" : "differ");
 
@@ -604,7 +599,7 @@ static int zc_case(zc_ctx *c, const char *casename, const zc_kind *kinds, size_t
                (const char *)c->payload + i * c->region_bytes, c->region_bytes);
     if (read_whole(scenario, c->st, "x", c->scratch) != THEUS_OK)
         return -1;
-    size_t bad = first_diff(c->scratch, mirror, fbytes / 4);
+    size_t bad = bench_first_diff(c->scratch, mirror, fbytes / 4);
     note_check(scenario, casename, bad == SIZE_MAX, "field after every kind of transaction vs "
                "mirror: %s", bad == SIZE_MAX ? "identical" : "differ");
     char db[16];

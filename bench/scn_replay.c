@@ -191,15 +191,7 @@ static int prep_commit(void *p)
 static int run_commit(void *p)
 {
     replay_ctx *c = p;
-    theus_tx *tx = c->tx;
-    c->tx = NULL;
-    int rc = theus_tx_commit(tx, NULL);
-    if (rc != THEUS_OK) {
-        note_error(c->scenario, "theus_tx_commit: %s (%s)", theus_strerror(rc),
-                   theus_last_error_message());
-        return -1;
-    }
-    return 0;
+    return bench_commit_staged(c->scenario, &c->tx);
 }
 
 /* ---- batches ------------------------------------------------------------------------------ */
@@ -223,17 +215,6 @@ static int read_field(replay_ctx *c, float *dst)
     if (rc != THEUS_OK)
         note_error(c->scenario, "reading the field back: %s", theus_strerror(rc));
     return rc == THEUS_OK ? 0 : -1;
-}
-
-/* First differing float between two buffers, or SIZE_MAX. */
-static size_t first_diff(const float *a, const float *b, size_t n)
-{
-    if (memcmp(a, b, n * sizeof *a) == 0)
-        return SIZE_MAX;
-    for (size_t i = 0; i < n; i++)
-        if (memcmp(&a[i], &b[i], sizeof *a) != 0)
-            return i;
-    return SIZE_MAX;
 }
 
 static bench_result *row(const replay_ctx *c, const char *casename, const char *method,
@@ -282,7 +263,7 @@ static int run_cell(replay_ctx *c, uint32_t size, const char *sizename, const ch
     /* Check replay against the baseline: both fields were equal before this cell. */
     run_replay(c);
     run_loop(c);
-    size_t bad = first_diff(c->rep, c->ref, c->nelems);
+    size_t bad = bench_first_diff(c->rep, c->ref, c->nelems);
     if (!note_check(c->scenario, casename, bad == SIZE_MAX,
                     "theus replay vs %s baseline: %s", c->add ? "add-loop" : "memcpy-loop",
                     bad == SIZE_MAX ? "identical field" : "fields differ"))
@@ -352,7 +333,7 @@ static int run_cell(replay_ctx *c, uint32_t size, const char *sizename, const ch
     }
     if (read_field(c, c->scratch) != 0)
         return -1;
-    bad = first_diff(c->scratch, c->mirror, c->nelems);
+    bad = bench_first_diff(c->scratch, c->mirror, c->nelems);
     if (!note_check(c->scenario, casename, bad == SIZE_MAX,
                     "theus_tx_commit x%u vs mirror: %s", m_commit->runs,
                     bad == SIZE_MAX ? "identical field" : "fields differ"))

@@ -414,3 +414,13 @@ int bench_replay_grid(const char *scn, const char *target, int add, size_t nquic
     }
     return 0;
 }
+
+size_t bench_first_diff(const float *a, const float *b, size_t n)
+{
+    if (memcmp(a, b, n * sizeof *a) == 0)
+        return SIZE_MAX;
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], sizeof *a) != 0)
+            return i;
+    return SIZE_MAX;
+}
