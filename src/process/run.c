@@ -98,16 +98,29 @@ int engine_run_proc(theus_engine *e, proc_entry *p, const run_extra *extra,
     return THEUS_OK;
 }
 
+/* The registered process @process, for a call named @verb ("run", "submit"): THEUS_EBUSY
+ * while a level-S audit rule has the engine stopped (@hint ends that message), THEUS_ENOENT
+ * when no process of that name is registered. */
+static int engine_find_runnable(theus_engine *e, const char *verb, const char *hint,
+                                const char *process, proc_entry **out)
+{
+    if (atomic_load(&e->stopped))
+        return err_set(e->st, THEUS_EBUSY, "%s '%s': the engine was stopped by a level-S "
+                       "audit rule%s", verb, process, hint);
+    *out = engine_find(e, process);
+    if (!*out)
+        return err_set(e->st, THEUS_ENOENT, "%s: no process '%s' is registered", verb, process);
+    return THEUS_OK;
+}
+
 int theus_engine_run(theus_engine *e, const char *process, uint64_t *committed_version)
 {
     if (!e || !process)
         return err_set(e ? e->st : NULL, THEUS_EINVAL, "theus_engine_run: NULL argument");
-    if (atomic_load(&e->stopped))
-        return err_set(e->st, THEUS_EBUSY, "run '%s': the engine was stopped by a level-S "
-                       "audit rule (theus_engine_resume)", process);
-    proc_entry *p = engine_find(e, process);
-    if (!p)
-        return err_set(e->st, THEUS_ENOENT, "run: no process '%s' is registered", process);
+    proc_entry *p;
+    int rc = engine_find_runnable(e, "run", " (theus_engine_resume)", process, &p);
+    if (rc != THEUS_OK)
+        return rc;
     return engine_run_proc(e, p, NULL, committed_version);
 }
 
@@ -128,12 +141,10 @@ int theus_engine_submit(theus_engine *e, const char *process, theus_job **job)
         *job = NULL;
     if (!e || !process || !job)
         return err_set(e ? e->st : NULL, THEUS_EINVAL, "theus_engine_submit: NULL argument");
-    if (atomic_load(&e->stopped))
-        return err_set(e->st, THEUS_EBUSY, "submit '%s': the engine was stopped by a level-S "
-                       "audit rule", process);
-    proc_entry *p = engine_find(e, process);
-    if (!p)
-        return err_set(e->st, THEUS_ENOENT, "submit: no process '%s' is registered", process);
+    proc_entry *p;
+    int rc = engine_find_runnable(e, "submit", "", process, &p);
+    if (rc != THEUS_OK)
+        return rc;
     pthread_mutex_lock(&e->pool_mu);
     if (!e->pool)
         e->pool = pool_start(e->opts.workers);
