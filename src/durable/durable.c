@@ -212,6 +212,73 @@ durable *dur_new(const char *dir, const theus_durable_options *o)
     return d;
 }
 
+int dur_open_begin(const char *dir, const theus_durable_options *dopts, theus_durable_options *o,
+                   int *exists, int *empty)
+{
+    int rc = dur_resolve_options(dopts, o);
+    if (rc != THEUS_OK)
+        return rc;
+    return dur_check_dir(dir, exists, empty);
+}
+
+int dur_make_dir(const char *dir)
+{
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return err_set(NULL, errno == ENOENT ? THEUS_ENOENT : THEUS_EIO,
+                       "cannot create '%s': %s", dir, strerror(errno));
+    return THEUS_OK;
+}
+
+int dur_open_lock_file(durable *d, const char *path)
+{
+    d->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (d->lock_fd < 0)
+        return err_set(NULL, THEUS_EIO, "cannot open '%s': %s", path, strerror(errno));
+    return THEUS_OK;
+}
+
+int dur_open_finish(durable *d, theus_state *st, int rc, theus_state **out)
+{
+    if (rc == THEUS_OK && (rc = wal_attach(&d->w, dur_release, d)) == THEUS_OK) {
+        *out = st;
+        return THEUS_OK;
+    }
+    theus_state_destroy(st);
+    dur_free(d);
+    return rc;
+}
+
+/* *@st made from the stored schema (d->schema_text) and rebuilt from d->dir up to @target
+ * (dur_rebuild), with d->info set from what was found; @what names the rebuild in errors. */
+static int rebuild_stored(durable *d, const theus_state_options *opts, uint64_t target,
+                          int repair, const char *what, theus_state **st, rebuild_result *r)
+{
+    int rc = theus_state_create(d->schema_text, opts, st);
+    if (rc != THEUS_OK)
+        return dur_wrap(NULL, THEUS_ECORRUPT, "the stored schema.json");
+    /* Messages were set against the scratch state: keep them for the caller. */
+    if ((rc = dur_rebuild(*st, d->dir, target, repair, r)) != THEUS_OK)
+        return dur_wrap(NULL, rc, what);
+    d->info = (theus_durable_info){.version = r->version,
+                                   .checkpoint_version = r->ckpt_version,
+                                   .records_replayed = r->records,
+                                   .torn_bytes = r->torn_bytes,
+                                   .torn_offset = r->torn_offset};
+    return THEUS_OK;
+}
+
+/* THEUS_ENOENT unless @dir exists and holds something (what the read-only entry points need). */
+static int check_holds_state(const char *dir)
+{
+    int exists, empty;
+    int rc = dur_check_dir(dir, &exists, &empty);
+    if (rc != THEUS_OK)
+        return rc;
+    if (!exists || empty)
+        return err_set(NULL, THEUS_ENOENT, "'%s' holds no durable state", dir);
+    return THEUS_OK;
+}
+
 int theus_state_open_durable(const char *dir, const char *schema_json,
                              const theus_state_options *opts, const theus_durable_options *dopts,
                              theus_state **out)
@@ -221,19 +288,16 @@ int theus_state_open_durable(const char *dir, const char *schema_json,
     if (!dir || !out || !*dir)
         return err_set(NULL, THEUS_EINVAL, "theus_state_open_durable: NULL argument");
     theus_durable_options o;
-    int rc = dur_resolve_options(dopts, &o);
-    if (rc != THEUS_OK)
-        return rc;
     int exists, empty;
-    if ((rc = dur_check_dir(dir, &exists, &empty)) != THEUS_OK)
+    int rc = dur_open_begin(dir, dopts, &o, &exists, &empty);
+    if (rc != THEUS_OK)
         return rc;
     int create = !exists || empty;
     if (create && !schema_json)
         return err_set(NULL, THEUS_EINVAL, "'%s' holds no state: a schema is needed to create one",
                        dir);
-    if (!exists && mkdir(dir, 0700) != 0 && errno != EEXIST)
-        return err_set(NULL, errno == ENOENT ? THEUS_ENOENT : THEUS_EIO,
-                       "cannot create '%s': %s", dir, strerror(errno));
+    if (!exists && (rc = dur_make_dir(dir)) != THEUS_OK)
+        return rc;
 
     durable *d = dur_new(dir, &o);
     if (!d)
@@ -241,60 +305,45 @@ int theus_state_open_durable(const char *dir, const char *schema_json,
     theus_state *st = NULL;
     char p[DUR_PATH_MAX];
     snprintf(p, sizeof p, "%s/%s", dir, DUR_LOCK_FILE);
-    d->lock_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (d->lock_fd < 0) {
-        rc = err_set(NULL, THEUS_EIO, "cannot open '%s': %s", p, strerror(errno));
-        goto fail;
-    }
+    if ((rc = dur_open_lock_file(d, p)) != THEUS_OK)
+        goto done;
     if (dur_dir_lock(d->lock_fd, 1) != 0) {
         rc = err_set(NULL, THEUS_EBUSY, "'%s' is open in another process or handle (a durable "
                      "state, or the processes of a durable shared state)", dir);
-        goto fail;
+        goto done;
     }
     dur_remove_temporaries(dir);
     if (create) {
         /* Validate the schema before anything is written. */
         if ((rc = theus_state_create(schema_json, opts, &st)) != THEUS_OK)
-            goto fail;
+            goto done;
         if (!(d->schema_text = theus_xstrdup(schema_json))) {
             rc = err_set(NULL, THEUS_ENOMEM, "out of memory");
-            goto fail;
+            goto done;
         }
         if ((rc = dur_write_small(dir, DUR_SCHEMA_FILE, schema_json)) != THEUS_OK ||
             (rc = dur_write_small(dir, DUR_FORMAT_FILE, "theus-durable 1\n")) != THEUS_OK)
-            goto fail;
+            goto done;
         if ((rc = wal_open(&d->w, st, dir, &o, 1, 1, 0)) != THEUS_OK)
-            goto fail;
+            goto done;
         d->has_wal = 1;
         d->info.version = d->info.checkpoint_version = 1;
     } else {
         if ((rc = dur_check_format(dir)) != THEUS_OK || (rc = dur_read_schema(dir, &d->schema_text)))
-            goto fail;
+            goto done;
         if (schema_json) {
             int same = 0;
             if ((rc = dur_same_schema(schema_json, d->schema_text, &same)) != THEUS_OK)
-                goto fail;
+                goto done;
             if (!same) {
                 rc = err_set(NULL, THEUS_ESCHEMA, "'%s': the schema given differs from the "
                              "one stored in %s", dir, DUR_SCHEMA_FILE);
-                goto fail;
+                goto done;
             }
         }
-        if ((rc = theus_state_create(d->schema_text, opts, &st)) != THEUS_OK) {
-            rc = dur_wrap(NULL, THEUS_ECORRUPT, "the stored schema.json");
-            goto fail;
-        }
         rebuild_result r;
-        if ((rc = dur_rebuild(st, dir, UINT64_MAX, 1, &r)) != THEUS_OK) {
-            /* Messages were set against the scratch state: keep them for the caller. */
-            rc = dur_wrap(NULL, rc, "recovery");
-            goto fail;
-        }
-        d->info = (theus_durable_info){.version = r.version,
-                                       .checkpoint_version = r.ckpt_version,
-                                       .records_replayed = r.records,
-                                       .torn_bytes = r.torn_bytes,
-                                       .torn_offset = r.torn_offset};
+        if ((rc = rebuild_stored(d, opts, UINT64_MAX, 1, "recovery", &st, &r)) != THEUS_OK)
+            goto done;
         d->last_ckpt = r.ckpt_version > 1 ? r.ckpt_version : 0;
         d->chain = r.chain;
         if (r.have_seg)
@@ -302,17 +351,11 @@ int theus_state_open_durable(const char *dir, const char *schema_json,
         else
             rc = wal_open(&d->w, st, dir, &o, r.version, 1, 0);
         if (rc != THEUS_OK)
-            goto fail;
+            goto done;
         d->has_wal = 1;
     }
-    if ((rc = wal_attach(&d->w, dur_release, d)) != THEUS_OK)
-        goto fail;
-    *out = st;
-    return THEUS_OK;
-fail:
-    theus_state_destroy(st);
-    dur_free(d);
-    return rc;
+done:
+    return dur_open_finish(d, st, rc, out);
 }
 
 int theus_state_durable_info(const theus_state *st, theus_durable_info *out)
@@ -343,12 +386,9 @@ int theus_state_versions(const char *dir, uint64_t *oldest, uint64_t *newest)
 {
     if (!dir || !oldest || !newest)
         return err_set(NULL, THEUS_EINVAL, "theus_state_versions: NULL argument");
-    int exists, empty;
-    int rc = dur_check_dir(dir, &exists, &empty);
+    int rc = check_holds_state(dir);
     if (rc != THEUS_OK)
         return rc;
-    if (!exists || empty)
-        return err_set(NULL, THEUS_ENOENT, "'%s' holds no durable state", dir);
     return dur_versions(dir, oldest, newest);
 }
 
@@ -358,12 +398,9 @@ int theus_state_open_version(const char *dir, uint64_t version, theus_state **ou
         *out = NULL;
     if (!dir || !out || version == 0)
         return err_set(NULL, THEUS_EINVAL, "theus_state_open_version: NULL argument or version 0");
-    int exists, empty;
-    int rc = dur_check_dir(dir, &exists, &empty);
+    int rc = check_holds_state(dir);
     if (rc != THEUS_OK)
         return rc;
-    if (!exists || empty)
-        return err_set(NULL, THEUS_ENOENT, "'%s' holds no durable state", dir);
     uint64_t lo, hi;
     if ((rc = dur_versions(dir, &lo, &hi)) != THEUS_OK)
         return rc;
@@ -379,19 +416,10 @@ int theus_state_open_version(const char *dir, uint64_t version, theus_state **ou
     theus_state *st = NULL;
     if ((rc = dur_check_format(dir)) != THEUS_OK || (rc = dur_read_schema(dir, &d->schema_text)))
         goto fail;
-    if ((rc = theus_state_create(d->schema_text, NULL, &st)) != THEUS_OK) {
-        rc = dur_wrap(NULL, THEUS_ECORRUPT, "the stored schema.json");
-        goto fail;
-    }
     rebuild_result r;
-    if ((rc = dur_rebuild(st, dir, version, 0, &r)) != THEUS_OK) {
-        rc = dur_wrap(NULL, rc, "time travel");
+    if ((rc = rebuild_stored(d, NULL, version, 0, "time travel", &st, &r)) != THEUS_OK)
         goto fail;
-    }
     d->read_only = 1;
-    d->info = (theus_durable_info){.version = r.version, .checkpoint_version = r.ckpt_version,
-                                   .records_replayed = r.records, .torn_bytes = r.torn_bytes,
-                                   .torn_offset = r.torn_offset};
     publish_listener l = {.prepare = read_only_prepare, .user = d};
     if ((rc = publish_listen_owned(st, &l, dur_release)) != THEUS_OK)
         goto fail;

@@ -35,6 +35,18 @@ int dur_resolve_options(const theus_durable_options *in, theus_durable_options *
 /* @dir must be ours and not writable by others; whether it exists, and is empty. */
 int dur_check_dir(const char *dir, int *exists, int *empty);
 void dur_remove_temporaries(const char *dir);
+/* The first steps of opening, private or shared: @dopts resolved into @o, and whether @dir
+ * exists and is empty (dur_check_dir). */
+int dur_open_begin(const char *dir, const theus_durable_options *dopts, theus_durable_options *o,
+                   int *exists, int *empty);
+/* mkdir @dir (0700); one that appeared meanwhile is fine. */
+int dur_make_dir(const char *dir);
+/* Open (creating) the LOCK file at @path into d->lock_fd. */
+int dur_open_lock_file(durable *d, const char *path);
+/* How opening a durable state ends (its `done:` label): with @rc THEUS_OK the log listener
+ * is attached (it owns @d from then on) and *@out is @st; otherwise (@rc an error, or
+ * attaching fails) @st and @d are freed and the error is returned. */
+int dur_open_finish(durable *d, theus_state *st, int rc, theus_state **out);
 int dur_write_small(const char *dir, const char *name, const char *text);
 int dur_check_format(const char *dir);
 int dur_same_schema(const char *a, const char *b, int *same);

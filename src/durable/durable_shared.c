@@ -174,11 +174,9 @@ int theus_shared_open_durable(const char *name, const char *dir, const char *sch
     if (!name || !dir || !*dir || !out)
         return err_set(NULL, THEUS_EINVAL, "theus_shared_open_durable: NULL argument");
     theus_durable_options o;
-    int rc = dur_resolve_options(dopts, &o);
-    if (rc != THEUS_OK)
-        return rc;
     int exists, empty;
-    if ((rc = dur_check_dir(dir, &exists, &empty)) != THEUS_OK)
+    int rc = dur_open_begin(dir, dopts, &o, &exists, &empty);
+    if (rc != THEUS_OK)
         return rc;
     if (!exists && !schema_json)
         return err_set(NULL, THEUS_EINVAL, "'%s' holds no state: a schema is needed to create one",
@@ -192,9 +190,8 @@ int theus_shared_open_durable(const char *name, const char *dir, const char *sch
     if (!exists && rc == THEUS_OK)
         return err_set(NULL, THEUS_EINVAL, "shared state '%s' exists and is not in '%s' (which "
                        "does not exist)", name, dir);
-    if (!exists && mkdir(dir, 0700) != 0 && errno != EEXIST)
-        return err_set(NULL, errno == ENOENT ? THEUS_ENOENT : THEUS_EIO,
-                       "cannot create '%s': %s", dir, strerror(errno));
+    if (!exists && (rc = dur_make_dir(dir)) != THEUS_OK)
+        return rc;
     char abs[PATH_MAX];
     struct stat sb;
     if (!realpath(dir, abs) || stat(abs, &sb) != 0)
@@ -211,13 +208,10 @@ int theus_shared_open_durable(const char *name, const char *dir, const char *sch
     int pn = snprintf(p, sizeof p, "%s/%s", abs, DUR_LOCK_FILE);
     if (pn < 0 || (size_t)pn >= sizeof p) {
         rc = err_set(NULL, THEUS_EINVAL, "'%s': path too long", abs);
-        goto fail;
+        goto done;
     }
-    d->lock_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (d->lock_fd < 0) {
-        rc = err_set(NULL, THEUS_EIO, "cannot open '%s': %s", p, strerror(errno));
-        goto fail;
-    }
+    if ((rc = dur_open_lock_file(d, p)) != THEUS_OK)
+        goto done;
     rc = shared_open(name, schema_json, 1, &st);
     if (rc == THEUS_OK) {
         rc = join(st, d, name, sb.st_dev, sb.st_ino);
@@ -226,7 +220,7 @@ int theus_shared_open_durable(const char *name, const char *dir, const char *sch
             rc = err_set(NULL, THEUS_EBUSY, "'%s' is in use: open by a private durable state, "
                          "by the processes of another durable shared state, or a process is "
                          "creating shared state '%s' from it right now (then retry)", abs, name);
-            goto fail;
+            goto done;
         }
         rc = dur_check_dir(abs, &exists, &empty);
         if (rc == THEUS_OK && empty && !schema_json)
@@ -236,18 +230,12 @@ int theus_shared_open_durable(const char *name, const char *dir, const char *sch
             rc = create(name, d, schema_json, empty, opts, sb.st_dev, sb.st_ino, &st);
     }
     if (rc != THEUS_OK)
-        goto fail;
+        goto done;
     if ((rc = wal_open_shared(&d->w, st, abs, &o)) != THEUS_OK)
-        goto fail;
+        goto done;
     d->has_wal = 1;
-    if ((rc = wal_attach(&d->w, dur_release, d)) != THEUS_OK)
-        goto fail;
-    *out = st;
-    return THEUS_OK;
-fail:
-    theus_state_destroy(st);
-    dur_free(d);
-    return rc;
+done:
+    return dur_open_finish(d, st, rc, out);
 }
 
 /* ---- checkpoints across processes ------------------------------------------------------ */
