@@ -48,6 +48,10 @@ typedef struct wal_rec_ticket {
     uint64_t seq;
 } wal_rec_ticket;
 extern _Thread_local wal_rec_ticket wal_tls_rec;
+/* The first step of acknowledge (both listeners): the thread's ticket for @w taken back.
+ * 1 with *@seq the record to wait for; 0 when there is nothing to wait for (no record of
+ * @w's on this thread, or THEUS_SYNC_NONE). */
+int wal_ack_ticket(wal *w, uint64_t *seq);
 
 /* The group size a leader gathers for next time (both listeners' group sync). */
 uint64_t wal_group_next(uint64_t want, uint64_t covered, int timed_out);

@@ -103,14 +103,20 @@ static void add_us(struct timespec *ts, uint32_t us)
     }
 }
 
+int wal_ack_ticket(wal *w, uint64_t *seq)
+{
+    if (wal_tls_rec.w != w)
+        return 0;
+    *seq = wal_tls_rec.seq;
+    wal_tls_rec.w = NULL;
+    return w->sync != THEUS_SYNC_NONE;
+}
+
 int wal_acknowledge(void *user, const publish_batch *b)
 {
     wal *w = user;
-    if (wal_tls_rec.w != w)
-        return THEUS_OK;
-    uint64_t seq = wal_tls_rec.seq;
-    wal_tls_rec.w = NULL;
-    if (w->sync == THEUS_SYNC_NONE)
+    uint64_t seq;
+    if (!wal_ack_ticket(w, &seq))
         return THEUS_OK;
     pthread_mutex_lock(&w->m);
     while (w->synced < seq && !w->broken) {

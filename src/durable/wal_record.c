@@ -161,6 +161,37 @@ wal_scan wal_next(const unsigned char *buf, uint64_t size, uint64_t off, wal_rec
     return WAL_SCAN_RECORD;
 }
 
+/* A body is a count, 4 bytes of padding, then the items: start @c at the first. */
+static uint32_t cursor_start(const wal_rec *r, wal_cursor *c)
+{
+    c->p = r->body + 8;
+    c->end = r->body + r->body_len;
+    c->left = wal_get32(r->body);
+    return c->left;
+}
+
+/* Before an item of at least @head bytes: 0 when all items were read and nothing follows,
+ * 1 when the next item's @head bytes are there (*@avail: the bytes left), -1 with @why on
+ * bytes after the last @item, or @cut when the head is cut short. */
+static int cursor_next_head(const wal_cursor *c, uint64_t head, const char *item,
+                            const char *cut, uint64_t *avail, char *why, size_t whylen)
+{
+    *avail = (uint64_t)(c->end - c->p);
+    if (c->left == 0) {
+        if (*avail != 0) {
+            why_set(why, whylen, "%llu bytes after the last %s", (unsigned long long)*avail,
+                    item);
+            return -1;
+        }
+        return 0;
+    }
+    if (*avail < head) {
+        why_set(why, whylen, "%s", cut);
+        return -1;
+    }
+    return 1;
+}
+
 int wal_deltas_begin(const wal_rec *r, wal_cursor *c, uint32_t *ndeltas, char *why,
                      size_t whylen)
 {
@@ -169,10 +200,7 @@ int wal_deltas_begin(const wal_rec *r, wal_cursor *c, uint32_t *ndeltas, char *w
                 (unsigned long long)r->body_len);
         return -1;
     }
-    c->p = r->body + 8;
-    c->end = r->body + r->body_len;
-    c->left = wal_get32(r->body);
-    *ndeltas = c->left;
+    *ndeltas = cursor_start(r, c);
     return 0;
 }
 
@@ -180,18 +208,10 @@ int wal_delta_next(wal_cursor *c, size_t (*esize_of)(void *user, uint32_t field)
                    wal_delta *d, char *why, size_t whylen)
 {
     memset(d, 0, sizeof *d);
-    uint64_t avail = (uint64_t)(c->end - c->p);
-    if (c->left == 0) {
-        if (avail != 0) {
-            why_set(why, whylen, "%llu bytes after the last delta", (unsigned long long)avail);
-            return -1;
-        }
-        return 0;
-    }
-    if (avail < WAL_DELTA_HEAD) {
-        why_set(why, whylen, "delta head cut");
-        return -1;
-    }
+    uint64_t avail;
+    int at = cursor_next_head(c, WAL_DELTA_HEAD, "delta", "delta head cut", &avail, why, whylen);
+    if (at <= 0)
+        return at;
     d->field = wal_get32(c->p);
     d->op = wal_get32(c->p + 4);
     uint32_t ndim = wal_get32(c->p + 8);
@@ -281,10 +301,7 @@ int wal_audit_begin(const wal_rec *r, wal_cursor *c, uint32_t *n, char *why, siz
                 (unsigned long long)r->body_len);
         return -1;
     }
-    c->p = r->body + 8;
-    c->end = r->body + r->body_len;
-    c->left = wal_get32(r->body);
-    *n = c->left;
+    *n = cursor_start(r, c);
     return 0;
 }
 
@@ -296,18 +313,11 @@ static int name_ok(const unsigned char *p, size_t n)
 int wal_audit_next(wal_cursor *c, wal_audit_entry *e, char *why, size_t whylen)
 {
     memset(e, 0, sizeof *e);
-    uint64_t avail = (uint64_t)(c->end - c->p);
-    if (c->left == 0) {
-        if (avail != 0) {
-            why_set(why, whylen, "%llu bytes after the last audit entry", (unsigned long long)avail);
-            return -1;
-        }
-        return 0;
-    }
-    if (avail < WAL_AUDIT_ENTRY) {
-        why_set(why, whylen, "audit entry cut");
-        return -1;
-    }
+    uint64_t avail;
+    int at = cursor_next_head(c, WAL_AUDIT_ENTRY, "audit entry", "audit entry cut", &avail, why,
+                              whylen);
+    if (at <= 0)
+        return at;
     const unsigned char *p = c->p;
     size_t pl = p[38], fl = p[39];
     uint64_t bits = wal_get64(p + 16);

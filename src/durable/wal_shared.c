@@ -261,11 +261,8 @@ int wal_shared_acknowledge(void *user, const publish_batch *b)
 {
     wal *w = user;
     shared_durable_area *sa = w->sa;
-    if (wal_tls_rec.w != w)
-        return THEUS_OK;
-    uint64_t seq = wal_tls_rec.seq;
-    wal_tls_rec.w = NULL;
-    if (w->sync == THEUS_SYNC_NONE)
+    uint64_t seq;
+    if (!wal_ack_ticket(w, &seq))
         return THEUS_OK;
     int32_t self = (int32_t)getpid();
     uint64_t bound_ns = shared_wait_bound_ms() * 1000000ull, stuck_since = 0;
