@@ -117,6 +117,19 @@ typedef struct measurement {
     unsigned runs;                    /* every call of @run, warm-up included */
 } measurement;
 
+/* The staging times of a commit measurement's prep calls (the transaction's writes), kept
+ * for the begin -> commit figure; calls past the room are not kept. */
+typedef struct bench_stage_times {
+    double s[BENCH_MAX_SAMPLES + 4];
+    unsigned n;
+} bench_stage_times;
+/* Keep the time since @t0_ns (now_ns) as one prep call's staging time. */
+void bench_stage_add(bench_stage_times *t, uint64_t t0_ns);
+/* The staging times of the prep calls that preceded @commit's timed runs, sample by sample
+ * with their statistics: *@stage (NULL: not wanted) those times, *@tx staging plus commit. */
+void bench_stage_split(const bench_stage_times *t, const measurement *commit,
+                       measurement *stage, measurement *tx);
+
 /* Warm up, then sample until the median is stable (bench.min_samples at least). Returns 0,
  * or the first non-zero value a callback returned. */
 int measure(const bench_op *op, measurement *m);

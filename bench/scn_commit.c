@@ -220,8 +220,7 @@ typedef struct scaling_ctx {
     size_t nseg;
     uint64_t seg_bytes, stride, off0;
     theus_tx *tx;
-    double stage_s[BENCH_MAX_SAMPLES + 4];
-    unsigned nstage;
+    bench_stage_times stage;
 } scaling_ctx;
 
 static void scaling_region(const scaling_ctx *c, size_t i, theus_region *r, uint64_t *off)
@@ -252,8 +251,7 @@ static int scaling_prep(void *p)
         c->tx = NULL;
         return -1;
     }
-    if (c->nstage < sizeof c->stage_s / sizeof c->stage_s[0])
-        c->stage_s[c->nstage++] = (double)(now_ns() - t0) * 1e-9;
+    bench_stage_add(&c->stage, t0);
     return 0;
 }
 
@@ -410,7 +408,7 @@ int scn_commit_scaling(void)
                 {.ctx = &c, .prep = scaling_prep, .run = scaling_commit, .flush = flush},
                 {.ctx = &c, .run = scaling_delta_copy, .flush = flush},
             };
-            c.nstage = 0;
+            c.stage.n = 0;
             if (measure_set(ops, 2, ms))
                 goto out;
             const measurement *m_commit = &ms[0], *m_delta = &ms[1];
@@ -428,11 +426,7 @@ int scn_commit_scaling(void)
                        m_commit->runs, bad == SIZE_MAX ? "identical" : "differ");
 
             measurement m_tx;
-            memset(&m_tx, 0, sizeof m_tx);
-            const size_t n = m_commit->st.n, skip = c.nstage >= n ? c.nstage - n : 0;
-            for (size_t i = 0; i < n && skip + i < c.nstage; i++)
-                m_tx.samples[i] = c.stage_s[skip + i] + m_commit->samples[i];
-            stats_compute(m_tx.samples, n, &m_tx.st);
+            bench_stage_split(&c.stage, m_commit, NULL, &m_tx);
 
             const double cm = m_commit->st.median;
             r = result_add(scenario, "cpu", casename, "theus.commit");

@@ -36,8 +36,7 @@ typedef struct replay_ctx {
     size_t payload;
     replay_op *ops;
     theus_tx *tx;                           /* staged by prep, committed by run */
-    double stage_s[BENCH_MAX_SAMPLES + 4];
-    unsigned nstage;
+    bench_stage_times stage;
     const char *scenario;
 } replay_ctx;
 
@@ -183,8 +182,7 @@ static int prep_commit(void *p)
             return -1;
         }
     }
-    if (c->nstage < sizeof c->stage_s / sizeof c->stage_s[0])
-        c->stage_s[c->nstage++] = (double)(now_ns() - t0) * 1e-9;
+    bench_stage_add(&c->stage, t0);
     return 0;
 }
 
@@ -302,7 +300,7 @@ static int run_cell(replay_ctx *c, uint32_t size, const char *sizename, const ch
             slot[i] = nops;
             ops[nops++] = all[i];
         }
-    c->nstage = 0;
+    c->stage.n = 0;
     if (measure_set(ops, nops, got))
         return -1;
     memset(ms, 0, sizeof ms);
@@ -342,15 +340,7 @@ static int run_cell(replay_ctx *c, uint32_t size, const char *sizename, const ch
 
     /* Staging time: the prep calls that preceded the timed commits. */
     measurement m_stage, m_tx;
-    memset(&m_stage, 0, sizeof m_stage);
-    memset(&m_tx, 0, sizeof m_tx);
-    const size_t n = m_commit->st.n, skip = c->nstage >= n ? c->nstage - n : 0;
-    for (size_t i = 0; i < n && skip + i < c->nstage; i++) {
-        m_stage.samples[i] = c->stage_s[skip + i];
-        m_tx.samples[i] = c->stage_s[skip + i] + m_commit->samples[i];
-    }
-    stats_compute(m_stage.samples, n, &m_stage.st);
-    stats_compute(m_tx.samples, n, &m_tx.st);
+    bench_stage_split(&c->stage, m_commit, &m_stage, &m_tx);
 
     const double g_rep = gbps(bytes, m_rep), g_loop = gbps(bytes, m_loop);
     const double g_ceil = gbps(bytes, m_ceil), g_commit = gbps(bytes, m_commit);

@@ -424,3 +424,26 @@ size_t bench_first_diff(const float *a, const float *b, size_t n)
             return i;
     return SIZE_MAX;
 }
+
+void bench_stage_add(bench_stage_times *t, uint64_t t0_ns)
+{
+    if (t->n < sizeof t->s / sizeof t->s[0])
+        t->s[t->n++] = (double)(now_ns() - t0_ns) * 1e-9;
+}
+
+void bench_stage_split(const bench_stage_times *t, const measurement *commit,
+                       measurement *stage, measurement *tx)
+{
+    if (stage)
+        memset(stage, 0, sizeof *stage);
+    memset(tx, 0, sizeof *tx);
+    const size_t n = commit->st.n, skip = t->n >= n ? t->n - n : 0;
+    for (size_t i = 0; i < n && skip + i < t->n; i++) {
+        if (stage)
+            stage->samples[i] = t->s[skip + i];
+        tx->samples[i] = t->s[skip + i] + commit->samples[i];
+    }
+    if (stage)
+        stats_compute(stage->samples, n, &stage->st);
+    stats_compute(tx->samples, n, &tx->st);
+}
