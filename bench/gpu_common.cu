@@ -254,16 +254,6 @@ size_t fit_gpu_field(size_t want, int ndev, int nhost)
     return f;
 }
 
-size_t first_diff_f(const float *a, const float *b, size_t n)
-{
-    if (memcmp(a, b, n * sizeof *a) == 0)
-        return SIZE_MAX;
-    for (size_t i = 0; i < n; i++)
-        if (memcmp(&a[i], &b[i], sizeof *a) != 0)
-            return i;
-    return SIZE_MAX;
-}
-
 int read_field(theus_state *st, const char *field, const theus_region *r, void *dst)
 {
     theus_tx *tx = NULL;

@@ -105,8 +105,6 @@ void dev_free(void *p);
  * slack for theus's staging, descriptors and cub) fit in the free device memory and @nhost
  * host buffers in the available host memory. 0 when not even 16 MiB fit. */
 size_t fit_gpu_field(size_t want, int ndev, int nhost);
-/* Index of the first float that differs bit for bit, SIZE_MAX when none does. */
-size_t first_diff_f(const float *a, const float *b, size_t n);
 
 /* ---- theus set-up shared by the scenarios ---- */
 /* Read @r of @field into host memory @dst in a transaction of its own; 0 or -1. */

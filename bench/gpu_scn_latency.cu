@@ -136,14 +136,14 @@ static int latency_field(lat_ctx *c, size_t ntx, size_t warm, const char *label)
         }
         if (read_field(c->st, "x", NULL, c->back))
             goto out;
-        size_t bad = first_diff_f(c->back, c->mirror, c->nelems);
+        size_t bad = bench_first_diff(c->back, c->mirror, c->nelems);
         note_check(scn, casename, bad == SIZE_MAX, "%zu one-element commits vs host mirror: %s",
                    3 * total, bad == SIZE_MAX ? "identical field" : "fields differ");
         if (cudaMemcpy(c->back, c->plain, c->nelems * 4, cudaMemcpyDeviceToHost) != cudaSuccess) {
             cuda_fail(cudaGetLastError(), "cudaMemcpy(read back)", __FILE__, __LINE__);
             goto out;
         }
-        bad = first_diff_f(c->back, c->plain_mirror, c->nelems);
+        bad = bench_first_diff(c->back, c->plain_mirror, c->nelems);
         note_check(scn, casename, bad == SIZE_MAX, "cudaMemcpy baseline vs host mirror: %s",
                    bad == SIZE_MAX ? "identical" : "differ");
 

@@ -314,7 +314,7 @@ static const char *method_name(int add, int m)
 
 static int check_host(rctx *c, const char *casename, const char *what, const float *expect)
 {
-    size_t bad = first_diff_f(c->R, expect, c->nelems);
+    size_t bad = bench_first_diff(c->R, expect, c->nelems);
     if (!note_check(c->scn, casename, bad == SIZE_MAX, "%s vs host reference: %s", what,
                     bad == SIZE_MAX ? "identical field" : "fields differ"))
         fprintf(stderr, "  first difference at element %zu: GPU %g, expected %g\n", bad,

@@ -133,7 +133,7 @@ static int scaling_body(sc_ctx *c, float *mirror, float *Ph, float *back)
                        c->segs[i].size);
             if (read_field(c->st, "x", NULL, back))
                 return -1;
-            size_t bad = first_diff_f(back, mirror, nelems);
+            size_t bad = bench_first_diff(back, mirror, nelems);
             note_check(scn, casename, bad == SIZE_MAX, "device field after %u commits vs host "
                        "mirror: %s", ms[0].runs, bad == SIZE_MAX ? "identical" : "differ");
             const double cm = ms[0].st.median;

@@ -113,11 +113,11 @@ static int h2d_body(h2d_ctx *c, size_t maxb, float *back)
         h2d_region(c, &r);
         if (read_field(c->st, "x", &r, back))
             return -1;
-        size_t bad = first_diff_f(back, c->pageable, n / 4);
+        size_t bad = bench_first_diff(back, c->pageable, n / 4);
         note_check(scn, casename, bad == SIZE_MAX, "committed region vs host payload: %s",
                    bad == SIZE_MAX ? "identical" : "differ");
         CK(cudaMemcpy(back, c->D, n, cudaMemcpyDeviceToHost));
-        bad = first_diff_f(back, c->pinned, n / 4);
+        bad = bench_first_diff(back, c->pinned, n / 4);
         note_check(scn, casename, bad == SIZE_MAX, "cudaMemcpy baselines vs host payload: %s",
                    bad == SIZE_MAX ? "identical" : "differ");
         const char *methods[4] = {"theus.stage", "theus.stage_commit",
