@@ -261,7 +261,7 @@ int scn_durable_group(void)
         note_error(scenario, "mkdtemp: %s", strerror(errno));
         return -1;
     }
-    int wmax = bench.quick ? 2 : MAX_W, per = bench.quick ? 8 : 24, rc = 0;
+    int wmax = bench.quick ? 2 : MAX_W, per = bench.quick ? 8 : 64, rc = 0;
     for (int w = 1; w <= wmax && rc == 0; w *= 2) {
         grp_ctx c[NOPS];
         memset(c, 0, sizeof c);

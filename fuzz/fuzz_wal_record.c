@@ -37,13 +37,16 @@ static wal_scan walk(const unsigned char *buf, size_t size, uint64_t *n, uint64_
                      uint64_t *end)
 {
     char why[256];
-    uint64_t start, off = 0;
+    uint64_t start = 0, off = 0;
     *n = *digest = 0;
     if (wal_seg_head_decode(buf, size, &start, why, sizeof why) == 0)
         off = WAL_SEG_HEAD;
     wal_rec r;
     wal_scan sc;
-    while ((sc = wal_next(buf, size, off, &r, why, sizeof why)) == WAL_SCAN_RECORD) {
+    uint64_t base = start;
+    while ((sc = wal_next(buf, size, off, base, &r, why, sizeof why)) == WAL_SCAN_RECORD) {
+        if (r.kind == WAL_KIND_COMMIT)
+            base = r.version;
         wal_cursor c;
         uint32_t k;
         if (r.kind == WAL_KIND_AUDIT) {

@@ -48,12 +48,14 @@ typedef struct shared_durable_area {
     _Atomic uint64_t written;      /* records appended */
     _Atomic uint64_t synced;       /* every record up to this number is on disk */
     _Atomic uint32_t sync_wake;    /* futex: bumped when synced moves or the leader leaves */
-    _Atomic uint32_t write_wake;   /* futex: bumped by appenders while a leader gathers */
-    _Atomic uint32_t gathering;    /* a leader waits for more records (group window) */
+    uint32_t unused[2];            /* (a leader's gathering before 2026-12-03) */
     _Atomic int32_t leader_pid;    /* the process whose thread leads a group sync (0: none) */
     _Atomic uint64_t leader_start; /* its start time (shared_proc_start), for liveness */
-    _Atomic uint64_t last_group;   /* records the previous group sync covered */
+    _Atomic uint64_t last_group;   /* the group size wanted (wal_group_next) */
     _Atomic uint64_t syncs;        /* fdatasyncs of group leaders (statistics) */
+    /* The records' claims (wal_record.h): the newest commit whose publish step is over, and
+     * the newest known synced with everything before it. */
+    _Atomic uint64_t append_version, synced_version;
     /* Preallocation (wal_segment.c). prealloc: the creator's step, set at creation (0: off). Under
      * the commit lock: [append_off, zero_end) of segment seg_first is written zeros (empty
      * when zero_end <= append_off); dirty_end: where the bytes written (or about to be) past

@@ -655,7 +655,7 @@ Test(audit_wal, records_encode_and_decode_and_malformed_ones_are_refused)
     wal_rec r;
     char why[256];
     uint64_t size = WAL_REC_OVERHEAD + body;
-    cr_assert_eq(wal_next(buf, size, 0, &r, why, sizeof why), WAL_SCAN_RECORD, "%s", why);
+    cr_assert_eq(wal_next(buf, size, 0, 11, &r, why, sizeof why), WAL_SCAN_RECORD, "%s", why);
     cr_expect_eq(r.kind, WAL_KIND_AUDIT);
     cr_expect_eq(r.version, 12);
     wal_cursor c;
@@ -672,14 +672,14 @@ Test(audit_wal, records_encode_and_decode_and_malformed_ones_are_refused)
     cr_expect_eq(wal_audit_next(&c, &got, why, sizeof why), 0);
     /* Cut at every byte: torn, never a record. */
     for (uint64_t cut = 1; cut < size; cut++)
-        cr_expect_eq(wal_next(buf, cut, 0, &r, why, sizeof why), WAL_SCAN_TORN, "cut %llu",
+        cr_expect_eq(wal_next(buf, cut, 0, 11, &r, why, sizeof why), WAL_SCAN_TORN, "cut %llu",
                      (unsigned long long)cut);
     /* A bad level with a good checksum: the record reads, its entry is refused. */
     unsigned char broken[512];
     memcpy(broken, buf, (size_t)size);
     broken[WAL_REC_HEAD + 8 + 36] = (unsigned char)'X';
     wal_record_encode(broken, WAL_KIND_AUDIT, 12, broken + WAL_REC_HEAD, body);
-    cr_assert_eq(wal_next(broken, size, 0, &r, why, sizeof why), WAL_SCAN_RECORD);
+    cr_assert_eq(wal_next(broken, size, 0, 11, &r, why, sizeof why), WAL_SCAN_RECORD);
     cr_assert_eq(wal_audit_begin(&r, &c, &n, why, sizeof why), 0);
     cr_expect_eq(wal_audit_next(&c, &got, why, sizeof why), -1);
     cr_expect(strstr(why, "level") != NULL, "%s", why);
@@ -762,7 +762,10 @@ static void read_log(log_view *v)
     uint64_t start, off = WAL_SEG_HEAD;
     cr_assert_eq(wal_seg_head_decode(buf, size, &start, why, sizeof why), 0, "%s", why);
     wal_rec r;
-    while (v->n < 64 && wal_next(buf, size, off, &r, why, sizeof why) == WAL_SCAN_RECORD) {
+    uint64_t base = start;
+    while (v->n < 64 && wal_next(buf, size, off, base, &r, why, sizeof why) == WAL_SCAN_RECORD) {
+        if (r.kind == WAL_KIND_COMMIT)
+            base = r.version;
         v->kind[v->n] = r.kind;
         v->version[v->n] = r.version;
         v->offset[v->n] = r.offset;

@@ -869,15 +869,15 @@ Test(durable, power_cut_hole_before_a_valid_record_is_still_corruption)
     free(orig);
 }
 
-Test(durable, sync_group_appends_by_default_and_preallocates_when_asked)
+Test(durable, sync_group_preallocates_by_default_and_appends_when_off)
 {
     char seg[512];
     snprintf(seg, sizeof seg, "%s/wal-0000000000000001.log", dfx_dir);
-    for (int asked = 0; asked < 2; asked++) {
+    for (int off = 0; off < 2; off++) {
         dfx_rm_tree(dfx_dir);
         theus_durable_options o = THEUS_DURABLE_OPTIONS_INIT;
         o.sync = THEUS_SYNC_GROUP;
-        o.prealloc_bytes = asked ? TEST_PREALLOC : 0;
+        o.prealloc_bytes = off ? THEUS_PREALLOC_OFF : 0;
         theus_state *st = NULL;
         cr_assert_eq(theus_state_open_durable(dfx_dir, tiny, NULL, &o, &st), THEUS_OK);
         for (uint64_t i = 1; i <= 3; i++)
@@ -891,15 +891,15 @@ Test(durable, sync_group_appends_by_default_and_preallocates_when_asked)
         cr_assert_eq((uint64_t)sb.st_size, size);
         theus_durable_stats ds;
         cr_assert_eq(theus_state_durable_stats(st, &ds), THEUS_OK);
-        if (asked) {
-            cr_assert_gt(size, end, "explicit prealloc_bytes under THEUS_SYNC_GROUP");
+        if (!off) {
+            cr_assert_gt(size, end, "THEUS_SYNC_GROUP by default: zeros ahead of the records");
             cr_assert_gt(ds.log_extends, 0);
         } else {
-            cr_assert_eq(size, end, "THEUS_SYNC_GROUP by default: the log ends at its record");
+            cr_assert_eq(size, end, "THEUS_PREALLOC_OFF: the log ends at its record");
             cr_assert_eq(ds.log_extends, 0);
         }
         theus_state_destroy(st);
-        st = reopen_ok(&o, 4, 0, 0, "group", asked);
+        st = reopen_ok(&o, 4, 0, 0, "group", !off);
         theus_state_destroy(st);
     }
 }

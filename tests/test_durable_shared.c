@@ -767,16 +767,16 @@ Test(durable_shared, cancelled_record_leaves_zeros)
  * under THEUS_SYNC_COMMIT, off under THEUS_SYNC_GROUP (a group's fdatasync over preallocated
  * blocks can leave a hole before unacknowledged records after a power cut); an explicit
  * prealloc_bytes preallocates under any policy. */
-Test(durable_shared, prealloc_default_follows_the_creators_sync_policy)
+Test(durable_shared, prealloc_is_the_creators_for_every_process)
 {
     const struct {
         theus_sync creator, joiner;
         uint64_t prealloc;
         int want;
     } c[] = {
-        {THEUS_SYNC_GROUP, THEUS_SYNC_GROUP, 0, 0},
-        {THEUS_SYNC_GROUP, THEUS_SYNC_COMMIT, 0, 0},
-        {THEUS_SYNC_COMMIT, THEUS_SYNC_COMMIT, 0, 1},
+        {THEUS_SYNC_GROUP, THEUS_SYNC_GROUP, 0, 1},
+        {THEUS_SYNC_GROUP, THEUS_SYNC_COMMIT, 0, 1},
+        {THEUS_SYNC_COMMIT, THEUS_SYNC_GROUP, THEUS_PREALLOC_OFF, 0},
         {THEUS_SYNC_GROUP, THEUS_SYNC_GROUP, 1u << 20, 1},
     };
     for (size_t k = 0; k < sizeof c / sizeof c[0]; k++) {

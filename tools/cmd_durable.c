@@ -222,10 +222,10 @@ static void walk_log(const dur_dir *d, walk *w, const walk_out *o, cli_progress 
             unmap_file(&m);
             break;
         }
-        uint64_t off = WAL_SEG_HEAD;
+        uint64_t off = WAL_SEG_HEAD, base = start;
         for (;;) {
             wal_rec r;
-            wal_scan sc = wal_next(m.p, m.n, off, &r, why, sizeof why);
+            wal_scan sc = wal_next(m.p, m.n, off, base, &r, why, sizeof why);
             if (sc == WAL_SCAN_END)
                 break;
             if (sc == WAL_SCAN_TORN || sc == WAL_SCAN_CORRUPT) {
@@ -252,6 +252,8 @@ static void walk_log(const dur_dir *d, walk *w, const walk_out *o, cli_progress 
                 continue;
             }
             w->records++;
+            if (r.kind == WAL_KIND_COMMIT)
+                base = r.version;
             if (!w->first)
                 w->first = r.version;
             w->last = r.version;

@@ -9,7 +9,7 @@
 tsan_suites=(test_concurrency test_tx test_parallel_replay test_stage_arena test_zero_copy
              test_shared test_state test_engine test_signal test_signal_shared test_workflow
              test_audit test_durable_shared test_engine_misuse
-             test_durable test_durable_ckpt)
+             test_durable test_durable_ckpt test_durable_claims)
 # Left out under TSan (they still run in the release and ASan builds), because:
 # - shared/kill_storm kills worker processes every few milliseconds and asserts that enough
 #   commits got through; TSan-instrumented workers take longer to start than that, and the

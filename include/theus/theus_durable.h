@@ -43,16 +43,13 @@ typedef struct theus_durable_options {
      *  many bytes (rounded up to 4 KiB, at most @c segment_bytes), written as zeros and
      *  fdatasync'ed once, so that a commit's fdatasync overwrites allocated blocks and has
      *  no file size or extent change to journal (docs/durability.md, "Log format"). 0: the
-     *  default — 1 MiB under THEUS_SYNC_COMMIT and THEUS_SYNC_NONE, no preallocation under
-     *  THEUS_SYNC_GROUP; THEUS_PREALLOC_OFF: no preallocation (the log grows record by
-     *  record, as before). A nonzero value under THEUS_SYNC_GROUP preallocates and trades
-     *  power-cut recovery for cheaper fdatasyncs: a power cut during a group's fdatasync can
-     *  persist a later record's page and not an earlier one's, leaving a hole before
-     *  records that were never acknowledged; recovery then refuses the directory with
-     *  THEUS_ECORRUPT rather than guess (docs/durability.md, "Limits"). A durable shared
-     *  state uses its creator's value, resolved against its creator's @c sync, for every
-     *  process. Segments are cut to their last record when closed; a zero-filled tail is
-     *  the clean end of a log. */
+     *  default, 1 MiB; THEUS_PREALLOC_OFF: no preallocation (the log grows record by record).
+     *  Under THEUS_SYNC_GROUP a power cut during a group's fdatasync can persist a later
+     *  record's sectors and not an earlier one's: every record says what was synced when it
+     *  was written, and recovery reads such a hole before records that were never
+     *  acknowledged as a torn tail (docs/durability.md, "Power cuts and preallocation").
+     *  A durable shared state uses its creator's value for every process. Segments are cut
+     *  to their last record when closed; a zero-filled tail is the clean end of a log. */
     uint64_t prealloc_bytes;
 } theus_durable_options;
 

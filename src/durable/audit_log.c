@@ -66,7 +66,9 @@ static int replay_segment(const theus_state *st, const char *path, audit_log_fn 
     uint64_t start, off = WAL_SEG_HEAD;
     wal_rec r;
     if (p && wal_seg_head_decode(p, size, &start, why, sizeof why) == 0)
-        while (wal_next(p, size, off, &r, why, sizeof why) == WAL_SCAN_RECORD) {
+        for (uint64_t base = start;
+             wal_next(p, size, off, base, &r, why, sizeof why) == WAL_SCAN_RECORD;
+             base = r.kind == WAL_KIND_COMMIT ? r.version : base) {
             wal_cursor c;
             uint32_t n;
             wal_audit_entry e;

@@ -118,20 +118,7 @@ static int log_durable(theus_state *st, durable *d)
     int rc = state_commit_lock(st, 0); /* the segment's fd changes only under it */
     if (rc != THEUS_OK)
         return rc;
-    pthread_mutex_lock(&w->m);
-    while (w->syncing)
-        pthread_cond_wait(&w->cv, &w->m);
-    if (w->synced < w->written) {
-        uint64_t target = w->written;
-        if (fdatasync(w->fd) == 0) {
-            w->synced = target;
-            atomic_fetch_add_explicit(&w->nsyncs, 1, memory_order_relaxed); /* its stats */
-        } else {
-            rc = err_set(st, THEUS_EIO, "checkpoint: fdatasync of the log: %s", strerror(errno));
-        }
-        pthread_cond_broadcast(&w->cv);
-    }
-    pthread_mutex_unlock(&w->m);
+    rc = wal_sync_written(w);
     state_commit_unlock(st);
     return rc;
 }

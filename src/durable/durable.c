@@ -186,13 +186,11 @@ int dur_resolve_options(const theus_durable_options *in, theus_durable_options *
         o->segment_bytes = DEFAULT_SEGMENT_BYTES;
     if (o->keep_checkpoints == 0)
         o->keep_checkpoints = DEFAULT_KEEP;
-    /* The default preallocates only where one record is synced before the next is written
-     * (or nothing is promised): a group's fdatasync over preallocated blocks can persist a
-     * later record's page without an earlier one's, a hole recovery must refuse; appending,
-     * the file's new size is committed after the data (ext4 data=ordered). */
+    /* Preallocated under every policy: a group's fdatasync over preallocated blocks can
+     * persist a later record's sectors without an earlier one's, and the records' claims
+     * (wal_record.h) let recovery read that hole as the unsynced group it is. */
     if (o->prealloc_bytes == 0)
-        o->prealloc_bytes =
-            o->sync == THEUS_SYNC_GROUP ? THEUS_PREALLOC_OFF : DEFAULT_PREALLOC_BYTES;
+        o->prealloc_bytes = DEFAULT_PREALLOC_BYTES;
     return THEUS_OK;
 }
 

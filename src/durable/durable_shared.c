@@ -37,6 +37,21 @@ typedef struct create_ctx {
 } create_ctx;
 
 /* Runs on the new shared state before its name exists. */
+/* fdatasync the file at @path: what recovery read may be in the page cache only (left by a
+ * process under THEUS_SYNC_NONE), and the first record's claim says everything before it
+ * is synced. 0, or -1 (errno). */
+static int sync_file(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fdatasync(fd);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
+
 static int init_new(theus_state *st, void *user)
 {
     create_ctx *c = user;
@@ -83,13 +98,16 @@ static int init_new(theus_state *st, void *user)
         wal_segment_path(d->dir, seg, p, sizeof p);
         struct stat sb;
         if (stat(p, &sb) != 0 || (!sa->prealloc && (uint64_t)sb.st_size > off &&
-                                  truncate(p, (off_t)off) != 0))
+                                  truncate(p, (off_t)off) != 0) ||
+            sync_file(p) != 0)
             return err_set(NULL, THEUS_EIO, "cannot open log segment '%s': %s", p,
                            strerror(errno));
         if (sa->prealloc && (uint64_t)sb.st_size > off)
             zero_end = (uint64_t)sb.st_size;
     }
     atomic_store_explicit(&sa->seg_first, seg, memory_order_relaxed);
+    atomic_store(&sa->append_version, d->info.version);
+    atomic_store(&sa->synced_version, d->info.version);
     sa->append_off = off;
     sa->zero_end = zero_end;
     sa->dirty_end = off;

@@ -104,7 +104,7 @@ int dur_versions(const char *dir, uint64_t *oldest, uint64_t *newest)
         if (wal_seg_head_decode(m.p, m.size, &s, why, sizeof why) == 0) {
             uint64_t off = WAL_SEG_HEAD, v = s;
             wal_rec r;
-            while (wal_next(m.p, m.size, off, &r, why, sizeof why) == WAL_SCAN_RECORD) {
+            while (wal_next(m.p, m.size, off, v, &r, why, sizeof why) == WAL_SCAN_RECORD) {
                 if (r.kind == WAL_KIND_COMMIT)
                     v = r.version;
                 off += r.size;

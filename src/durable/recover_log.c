@@ -159,7 +159,7 @@ int recover_replay_segment(theus_state *st, const char *path, uint64_t start, in
     uint64_t off = WAL_SEG_HEAD;
     wal_rec r;
     for (;;) {
-        wal_scan s = wal_next(m.p, m.size, off, &r, why, sizeof why);
+        wal_scan s = wal_next(m.p, m.size, off, *last, &r, why, sizeof why);
         if (s == WAL_SCAN_END)
             break;
         if (s == WAL_SCAN_TORN && newest) {

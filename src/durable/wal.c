@@ -14,6 +14,7 @@
 #include "alloc.h"
 #include "durable/fileio.h"
 #include "durable/wal_internal.h"
+#include "durable/wal_record.h"
 #include "error.h"
 #include "publish.h"
 
@@ -37,7 +38,6 @@ int wal_open(wal *w, theus_state *st, const char *dir, const theus_durable_optio
         return err_set(st, THEUS_ENOMEM, "out of memory opening the log");
     pthread_mutex_init(&w->m, NULL);
     pthread_cond_init(&w->cv, NULL);
-    pthread_cond_init(&w->gcv, NULL);
     int rc;
     if (create) {
         rc = wal_new_segment(w, start);
@@ -49,9 +49,12 @@ int wal_open(wal *w, theus_state *st, const char *dir, const theus_durable_optio
          * follows the valid end is zeros, which preallocation keeps as its zero-filled
          * part and which are cut off without it). */
         struct stat sb;
+        /* Synced once (what recovery read may be in the page cache only, left by a process
+         * under THEUS_SYNC_NONE): the first record's claim says everything before it is. */
         rc = w->fd >= 0 && fstat(w->fd, &sb) == 0 &&
                      (w->prealloc || ftruncate(w->fd, (off_t)size) == 0) &&
-                     lseek(w->fd, (off_t)size, SEEK_SET) == (off_t)size
+                     lseek(w->fd, (off_t)size, SEEK_SET) == (off_t)size &&
+                     (w->sync == THEUS_SYNC_NONE || fdatasync(w->fd) == 0)
                  ? THEUS_OK
                  : err_set(st, THEUS_EIO, "cannot open log segment '%s': %s", path,
                            strerror(errno));
@@ -60,6 +63,9 @@ int wal_open(wal *w, theus_state *st, const char *dir, const theus_durable_optio
         if (rc == THEUS_OK && w->prealloc && (uint64_t)sb.st_size > size)
             w->zero_end = (uint64_t)sb.st_size;
     }
+    /* The state is rebuilt: its version is the newest commit on disk. */
+    atomic_store(&w->append_version, theus_state_version(st));
+    atomic_store(&w->synced_version, theus_state_version(st));
     if (rc != THEUS_OK)
         wal_close(w);
     return rc;
@@ -79,7 +85,6 @@ int wal_open_shared(wal *w, theus_state *st, const char *dir, const theus_durabl
         return err_set(st, THEUS_ENOMEM, "out of memory opening the log");
     pthread_mutex_init(&w->m, NULL);
     pthread_cond_init(&w->cv, NULL);
-    pthread_cond_init(&w->gcv, NULL);
     pthread_mutex_lock(&w->m);
     int rc = wal_follow_segment(w);
     pthread_mutex_unlock(&w->m);
@@ -101,7 +106,6 @@ void wal_close(wal *w)
     if (w->dir) {
         pthread_mutex_destroy(&w->m);
         pthread_cond_destroy(&w->cv);
-        pthread_cond_destroy(&w->gcv);
     }
     theus_xfree(w->dir);
     theus_xfree(w->buf);
@@ -127,7 +131,7 @@ int wal_attach(wal *w, void (*release)(void *user), void *user)
     return publish_listen_owned(w->st, &l, release);
 }
 
-int wal_append_note(wal *w, const unsigned char *rec, size_t len, int sync)
+int wal_append_note(wal *w, unsigned char *rec, size_t len, int sync)
 {
     int broken = w->sa ? (int)atomic_load_explicit(&w->sa->broken, memory_order_acquire)
                        : w->broken;
@@ -146,6 +150,7 @@ int wal_append_note(wal *w, const unsigned char *rec, size_t len, int sync)
     /* Records are written at their position (pwrite): the end of the open segment, which
      * for a durable shared state is the shared append position. */
     uint64_t at = w->sa ? w->sa->append_off : w->seg_size;
+    wal_record_set_claim(rec, len, wal_claim_now(w, wal_get64(rec + 8)));
     uint64_t *zero_end = w->sa ? &w->sa->zero_end : &w->zero_end;
     wal_prealloc_room(w, w->fd, at, len, zero_end, w->sa ? &w->sa->log_extends : &w->nextends);
     /* A process killed while writing it leaves bytes past append_off: the agreement zeroes
@@ -171,9 +176,19 @@ int wal_append_note(wal *w, const unsigned char *rec, size_t len, int sync)
         w->sa->append_off = at + len;
     else
         w->seg_size = at + len;
+    /* Numbered as a record (nobody waits for it): the claims of the records after it know
+     * whether a sync covers it. */
+    _Atomic uint64_t *written = w->sa ? &w->sa->written : &w->written;
+    _Atomic uint64_t *synced = w->sa ? &w->sa->synced : &w->synced;
+    _Atomic uint64_t *synced_version = w->sa ? &w->sa->synced_version : &w->synced_version;
+    uint64_t target = atomic_fetch_add(written, 1) + 1;
+    uint64_t version = atomic_load(w->sa ? &w->sa->append_version : &w->append_version);
     if (sync && w->sync != THEUS_SYNC_NONE)
         wal_count_sync(w);
-    if (sync && w->sync != THEUS_SYNC_NONE && fdatasync(w->fd) != 0) {
+    if (sync && w->sync != THEUS_SYNC_NONE && fdatasync(w->fd) == 0) {
+        wal_max_store(synced, target);
+        wal_max_store(synced_version, version);
+    } else if (sync && w->sync != THEUS_SYNC_NONE) {
         /* as for a commit record whose sync failed */
         if (w->sa)
             wal_mark_broken(w);

@@ -31,16 +31,21 @@ typedef struct wal {
     _Atomic uint64_t nrecords, nsyncs, nextends;
     unsigned char *buf;        /* encoding scratch */
     size_t buf_cap;
-    /* Group sync: under m. Records are numbered in write order (seq); a committer returns
-     * once synced >= its record's number. */
+    /* Group sync (a private state): changed under m (written: under the commit lock),
+     * read without it by spinning waiters. Records are numbered in write order (seq); a
+     * committer returns once synced >= its record's number. */
     pthread_mutex_t m;
-    pthread_cond_t cv;
-    uint64_t written, synced;  /* record numbers */
-    int syncing;               /* a leader is in fdatasync */
-    int gathering;             /* a leader waits (group window) for more records: gcv */
-    pthread_cond_t gcv;
-    uint64_t last_group;       /* records the previous group fsync covered */
-    int broken;                /* a write or sync failed: every later commit is refused */
+    pthread_cond_t cv;         /* broadcast when a sync ends */
+    _Atomic uint64_t written, synced; /* record numbers */
+    _Atomic int syncing;       /* a leader is in fdatasync */
+    _Atomic uint64_t sync_ends; /* syncs ended so far (a waiter's "something changed") */
+    _Atomic uint64_t last_group; /* the group size wanted (wal_group_next) */
+    _Atomic uint64_t sync_ns;  /* moving average of the group fdatasync's time (spinning) */
+    /* The claims records carry (wal_record.h): the newest commit whose publish step is
+     * over (its record and audit records written), and the newest known synced with all
+     * before it. */
+    _Atomic uint64_t append_version, synced_version;
+    _Atomic int broken;        /* a write or sync failed: every later commit is refused */
     /* A durable shared state: the append position, segment and group sync live in the
      * shared segment (shared_durable_area.h); this process's fd follows sa->seg_first (fd and
      * seg_first change under m). NULL for a private state. */
@@ -75,13 +80,18 @@ int wal_attach(wal *w, void (*release)(void *user), void *user);
 /* Close the open segment (synced unless THEUS_SYNC_NONE) and start a new one at
  * @start. Under the commit lock. */
 int wal_rotate(wal *w, uint64_t start);
-/* Append a whole record (@len bytes, wal_record_encode's output) of a kind that changes no
- * state (WAL_KIND_AUDIT) at the end of the open segment, under the commit lock: after the
+/* Append a whole record (@len bytes, wal_record_encode's output; its claim, wal_record.h,
+ * is set here) of a kind that changes no state (WAL_KIND_AUDIT) at the end of the open
+ * segment, under the commit lock: after the
  * record of the commit in flight, if any (a cancel of that commit then drops it too). With
  * @sync (and a sync policy other than NONE) it is fdatasync'ed before the call returns;
  * else it reaches the disk with the next sync. A failed write is cut off again; when even
  * that fails the log is broken (later commits refused). THEUS_OK or THEUS_EIO. */
-int wal_append_note(wal *w, const unsigned char *rec, size_t len, int sync);
+int wal_append_note(wal *w, unsigned char *rec, size_t len, int sync);
+/* A private state's log, under the commit lock: fdatasync every record written so far
+ * unless a sync covers it already (after waiting out a group leader's). THEUS_OK, or
+ * THEUS_EIO (the log is broken then). */
+int wal_sync_written(wal *w);
 /* The preallocation step of resolved options (dur_resolve_options): 0 when off. */
 uint64_t wal_prealloc_step(const theus_durable_options *o);
 /* The counters of theus_state_durable_stats. */

@@ -123,6 +123,27 @@ static uint64_t body_len(const theus_state *st, const theus_tx *tx)
     return body;
 }
 
+uint32_t wal_claim_now(const wal *w, uint64_t version)
+{
+    if (w->sa) {
+        const shared_durable_area *sa = w->sa;
+        if (atomic_load(&sa->written) == atomic_load(&sa->synced))
+            return 0;
+        return wal_claim(version, atomic_load(&sa->synced_version));
+    }
+    if (atomic_load(&w->written) == atomic_load(&w->synced))
+        return 0;
+    return wal_claim(version, atomic_load(&w->synced_version));
+}
+
+void wal_max_store(_Atomic uint64_t *x, uint64_t v)
+{
+    uint64_t cur = atomic_load_explicit(x, memory_order_relaxed);
+    while (cur < v && !atomic_compare_exchange_weak_explicit(x, &cur, v, memory_order_release,
+                                                             memory_order_relaxed))
+        ;
+}
+
 /* Bytes of the record of @b. */
 uint64_t wal_record_len(const wal *w, const publish_batch *b)
 {
@@ -131,7 +152,8 @@ uint64_t wal_record_len(const wal *w, const publish_batch *b)
 
 /* The record of @b at byte @at of the open segment; *end: where it ends (failed: where it
  * would have ended — bytes up to there may have been written). */
-int wal_write_record(wal *w, const publish_batch *b, uint64_t at, uint64_t *end)
+int wal_write_record(wal *w, const publish_batch *b, uint64_t at, uint32_t claim,
+                     uint64_t *end)
 {
     const theus_tx *tx = b->tx;
     const theus_state *st = w->st;
@@ -157,7 +179,7 @@ int wal_write_record(wal *w, const publish_batch *b, uint64_t at, uint64_t *end)
     rw.crc = 0;
     unsigned char tmp[WAL_DELTA_HEAD + 16 * THEUS_MAX_DIMS + 8];
     wal_put32(tmp, (uint32_t)tx->ndeltas);
-    wal_put32(tmp + 4, 0);
+    wal_put32(tmp + 4, claim);
     rw_put(&rw, tmp, 8, 1);
     int rc = THEUS_OK;
     for (size_t k = 0; k < tx->ndeltas && rc == THEUS_OK && !rw.bad; k++) {

@@ -6,6 +6,7 @@
 #ifndef THEUS_SRC_DURABLE_WAL_INTERNAL_H
 #define THEUS_SRC_DURABLE_WAL_INTERNAL_H
 #include "publish_listener.h"
+#include <stdatomic.h>
 #include <stdint.h>
 
 /* struct wal is in wal.h, which each piece includes first (wal.h including this header
@@ -35,10 +36,17 @@ int wal_new_segment(wal *w, uint64_t start);
 
 /* Bytes of the record of @b. */
 uint64_t wal_record_len(const wal *w, const publish_batch *b);
-/* The record of @b at byte @at of the open segment; *end: where it ends (failed: where it
- * would have ended — bytes up to there may have been written). THEUS_OK, THEUS_ENOMEM,
- * THEUS_EIO or a backend's code (copying a payload to the host). */
-int wal_write_record(wal *w, const publish_batch *b, uint64_t at, uint64_t *end);
+/* The record of @b, with @claim (wal_record.h), at byte @at of the open segment; *end:
+ * where it ends (failed: where it would have ended — bytes up to there may have been
+ * written). THEUS_OK, THEUS_ENOMEM, THEUS_EIO or a backend's code (copying a payload to
+ * the host). */
+int wal_write_record(wal *w, const publish_batch *b, uint64_t at, uint32_t claim,
+                     uint64_t *end);
+/* The claim of a record of @version written now (under the commit lock): 0 when every
+ * record before it is synced, else what the synced version says (both listeners). */
+uint32_t wal_claim_now(const wal *w, uint64_t version);
+/* Raise *@x to @v (both listeners' version and record counters). */
+void wal_max_store(_Atomic uint64_t *x, uint64_t v);
 
 /* ---- wal_private.c -------------------------------------------------------------------- */
 
@@ -55,6 +63,11 @@ int wal_ack_ticket(wal *w, uint64_t *seq);
 
 /* The group size a leader gathers for next time (both listeners' group sync). */
 uint64_t wal_group_next(uint64_t want, uint64_t covered, int timed_out);
+/* How long a group waiter spins before it blocks, from the moving average of the group
+ * fdatasync's time in *@sync_ns (both listeners); wal_note_sync_ns adds one fdatasync that
+ * took @took ns to it. */
+uint64_t wal_spin_ns(_Atomic uint64_t *sync_ns);
+void wal_note_sync_ns(_Atomic uint64_t *sync_ns, uint64_t took);
 /* The listener of a private state (publish_listener's four steps; @user is the wal). */
 int wal_prepare(void *user, const publish_batch *b);
 void wal_cancel(void *user, const publish_batch *b);

@@ -8,6 +8,8 @@
 #include "error.h"
 
 #include <errno.h>
+#include <stdlib.h>
+#include <sched.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -31,7 +33,7 @@ int wal_prepare(void *user, const publish_batch *b)
     w->rec_start = w->seg_size;
     wal_prealloc_room(w, w->fd, w->rec_start, wal_record_len(w, b), &w->zero_end, &w->nextends);
     uint64_t end = 0;
-    int rc = wal_write_record(w, b, w->rec_start, &end);
+    int rc = wal_write_record(w, b, w->rec_start, wal_claim_now(w, b->version), &end);
     if (rc != THEUS_OK) {
         /* Leave the segment as it was; if even that fails the log is unusable. */
         int z;
@@ -41,12 +43,9 @@ int wal_prepare(void *user, const publish_batch *b)
     }
     w->seg_size = end;
     wal_count_record(w, 1);
-    pthread_mutex_lock(&w->m);
+    /* Record numbers change under the commit lock; group waiters read them without it. */
     wal_tls_rec.w = w;
-    wal_tls_rec.seq = ++w->written;
-    if (w->gathering)
-        pthread_cond_signal(&w->gcv);
-    pthread_mutex_unlock(&w->m);
+    wal_tls_rec.seq = atomic_fetch_add(&w->written, 1) + 1;
     return THEUS_OK;
 }
 
@@ -67,20 +66,20 @@ void wal_cancel(void *user, const publish_batch *b)
 
 void wal_published(void *user, const publish_batch *b)
 {
-    (void)b;
     wal *w = user;
+    wal_max_store(&w->append_version, b->version);
     if (w->sync != THEUS_SYNC_COMMIT)
         return;
-    pthread_mutex_lock(&w->m);
-    uint64_t target = w->written;
-    pthread_mutex_unlock(&w->m);
+    uint64_t target = atomic_load(&w->written);
     int ok = fdatasync(w->fd) == 0;
     wal_count_sync(w);
     pthread_mutex_lock(&w->m);
-    if (ok && target > w->synced)
-        w->synced = target;
-    if (!ok)
+    if (ok) {
+        wal_max_store(&w->synced, target);
+        wal_max_store(&w->synced_version, b->version);
+    } else {
         w->broken = 1;
+    }
     pthread_mutex_unlock(&w->m);
 }
 
@@ -93,11 +92,36 @@ uint64_t wal_group_next(uint64_t want, uint64_t covered, int timed_out)
     return timed_out || covered > want ? covered : want;
 }
 
-static void add_us(struct timespec *ts, uint32_t us)
+/* How long a committer spins (yielding the CPU between looks) before it blocks, waiting
+ * for a group's fdatasync or for the rest of a group to write their records: about two
+ * fdatasyncs, at most WAL_SPIN_MAX_NS. Blocking at once costs a wake-up per waiter on every
+ * group — tens of microseconds on a virtual machine whose idle CPUs halt, a quarter of an
+ * fdatasync; spinning with sched_yield keeps the CPU awake for the one wake-up that matters
+ * and still gives it to any thread that has work. */
+#define WAL_SPIN_MAX_NS (1000ull * 1000ull)
+
+uint64_t wal_spin_ns(_Atomic uint64_t *sync_ns)
 {
+    static long f = -1; if (f < 0) { const char *e = getenv("SPINF"); f = e ? atol(e) : 2; }
+    uint64_t s = f * atomic_load_explicit(sync_ns, memory_order_relaxed) / 4;
+    return s < WAL_SPIN_MAX_NS ? s : WAL_SPIN_MAX_NS;
+}
+
+void wal_note_sync_ns(_Atomic uint64_t *sync_ns, uint64_t took)
+{
+    /* A moving average (1/4 of the newest): one slow fdatasync does not set the spin. */
+    uint64_t old = atomic_load_explicit(sync_ns, memory_order_relaxed);
+    atomic_store_explicit(sync_ns, old ? old - old / 4 + took / 4 : took, memory_order_relaxed);
+}
+
+static void abs_time(struct timespec *ts, uint64_t mono_deadline)
+{
+    /* pthread_cond_timedwait's clock is CLOCK_REALTIME: the same distance from now. */
+    uint64_t now = state_now_ns(), left = mono_deadline > now ? mono_deadline - now : 0;
     clock_gettime(CLOCK_REALTIME, ts);
-    ts->tv_nsec += (long)us * 1000;
-    while (ts->tv_nsec >= 1000000000L) {
+    ts->tv_sec += (time_t)(left / 1000000000ull);
+    ts->tv_nsec += (long)(left % 1000000000ull);
+    if (ts->tv_nsec >= 1000000000L) {
         ts->tv_nsec -= 1000000000L;
         ts->tv_sec++;
     }
@@ -112,60 +136,128 @@ int wal_ack_ticket(wal *w, uint64_t *seq)
     return w->sync != THEUS_SYNC_NONE;
 }
 
+/* Whether a group may be synced now, by a committer whose window ends at @deadline: no
+ * window wanted, the group is complete (as many unsynced records as the size wanted,
+ * wal_group_next), or the window is over. */
+static int group_ready(const wal *w, uint64_t deadline, uint64_t now)
+{
+    uint64_t want = atomic_load_explicit(&w->last_group, memory_order_relaxed);
+    return !w->window_us || want <= 1 ||
+           atomic_load(&w->written) - atomic_load(&w->synced) >= want || now >= deadline;
+}
+
+/* Lead, with w->m held and no sync running: one fdatasync for everything written so far
+ * (w->m released around it), then wake the waiters. */
+static void lead_sync(wal *w, int timed_out)
+{
+    atomic_store(&w->syncing, 1);
+    uint64_t target = atomic_load(&w->written), before = atomic_load(&w->synced);
+    uint64_t version = atomic_load(&w->append_version);
+    int fd = w->fd;
+    pthread_mutex_unlock(&w->m);
+    uint64_t t0 = state_now_ns();
+    int ok = fdatasync(fd) == 0;
+    wal_note_sync_ns(&w->sync_ns, state_now_ns() - t0);
+    wal_count_sync(w);
+    pthread_mutex_lock(&w->m);
+    if (ok) {
+        /* The group wanted next counts the records written during the sync too: their
+         * writers are as active as the group's (else a writer that always arrives during
+         * the sync would stay in a group of its own). */
+        uint64_t seen = atomic_load(&w->written);
+        uint64_t want = atomic_load_explicit(&w->last_group, memory_order_relaxed);
+        atomic_store_explicit(&w->last_group,
+                              wal_group_next(want, seen > before ? seen - before : 0, timed_out),
+                              memory_order_relaxed);
+        wal_max_store(&w->synced, target);
+        wal_max_store(&w->synced_version, version);
+    } else {
+        w->broken = 1;
+    }
+    atomic_store(&w->syncing, 0);
+    atomic_fetch_add(&w->sync_ends, 1);
+    pthread_cond_broadcast(&w->cv);
+}
+
 int wal_acknowledge(void *user, const publish_batch *b)
 {
     wal *w = user;
     uint64_t seq;
     if (!wal_ack_ticket(w, &seq))
         return THEUS_OK;
-    pthread_mutex_lock(&w->m);
-    while (w->synced < seq && !w->broken) {
-        if (w->sync == THEUS_SYNC_COMMIT || w->syncing) {
-            /* COMMIT: published() synced it already unless it failed. GROUP: a leader is
-             * syncing; its sync may or may not cover this record. */
-            if (w->sync == THEUS_SYNC_COMMIT)
-                break;
-            pthread_cond_wait(&w->cv, &w->m);
+    /* THEUS_SYNC_COMMIT: published() synced it already unless that failed. GROUP: one
+     * committer leads a group's fdatasync while the others wait; the leader is the one that
+     * finds the group complete — the last writer of it usually, already on a CPU — or whose
+     * window is over, whichever first. Waiting spins (wal_spin_ns) before it blocks, and a
+     * waiter whose record is synced returns without taking w->m. */
+    uint64_t now = state_now_ns(), deadline = now + (uint64_t)w->window_us * 1000u;
+    uint64_t spin_end = now + wal_spin_ns(&w->sync_ns);
+    while (w->sync == THEUS_SYNC_GROUP && atomic_load(&w->synced) < seq && !w->broken) {
+        uint64_t ends = atomic_load(&w->sync_ends);
+        int syncing = atomic_load(&w->syncing);
+        now = state_now_ns();
+        if (!syncing && group_ready(w, deadline, now)) {
+            /* Lead, unless another committer is electing itself right now: w->m is held
+             * for moments only, but for a rotation's or a checkpoint's sync (then block). */
+            if (now < spin_end ? pthread_mutex_trylock(&w->m) != 0
+                               : pthread_mutex_lock(&w->m) != 0) {
+                sched_yield();
+                continue;
+            }
+            if (!w->syncing && atomic_load(&w->synced) < seq && !w->broken)
+                lead_sync(w, now >= deadline);
+            pthread_mutex_unlock(&w->m);
             continue;
         }
-        /* Lead: gather records for a moment when the last group was a crowd, then one
-         * fdatasync for everything written so far. */
-        w->syncing = 1;
-        int timed_out = 0;
-        if (w->window_us && w->last_group > 1) {
-            /* Until as many records as the group size wanted are unsynced (wal_group_next; the
-             * appenders signal gcv while it gathers), at most the window. */
-            struct timespec ts;
-            add_us(&ts, w->window_us);
-            w->gathering = 1;
-            while (w->written - w->synced < w->last_group && !w->broken)
-                if (pthread_cond_timedwait(&w->gcv, &w->m, &ts) != 0) {
-                    timed_out = 1;
-                    break;
-                }
-            w->gathering = 0;
+        if (now < spin_end) {
+            /* Until the record is synced, a sync ends or (none running) the group is ready:
+             * the next round sees which. */
+            while (now < spin_end && atomic_load(&w->synced) < seq && !w->broken &&
+                   atomic_load(&w->sync_ends) == ends &&
+                   (syncing || !group_ready(w, deadline, now))) {
+                sched_yield();
+                now = state_now_ns();
+            }
+            continue;
         }
-        uint64_t target = w->written;
-        int fd = w->fd;
-        pthread_mutex_unlock(&w->m);
-        int ok = fdatasync(fd) == 0;
-        wal_count_sync(w);
+        /* Spun long enough: block until a sync ends (or, none running, the window does). */
         pthread_mutex_lock(&w->m);
-        w->syncing = 0;
-        if (ok) {
-            w->last_group = wal_group_next(w->last_group,
-                                           target > w->synced ? target - w->synced : 0, timed_out);
-            if (target > w->synced)
-                w->synced = target;
+        if (atomic_load(&w->synced) < seq && !w->broken && atomic_load(&w->sync_ends) == ends) {
+            if (w->syncing) {
+                pthread_cond_wait(&w->cv, &w->m);
+            } else if (!group_ready(w, deadline, state_now_ns())) {
+                struct timespec ts;
+                abs_time(&ts, deadline);
+                pthread_cond_timedwait(&w->cv, &w->m, &ts);
+            }
+        }
+        pthread_mutex_unlock(&w->m);
+    }
+    if (atomic_load(&w->synced) >= seq)
+        return THEUS_OK;
+    return err_set(w->st, THEUS_EIO, "log: version %llu is published but its record could not "
+                   "be synced (not durable)", (unsigned long long)b->version);
+}
+
+int wal_sync_written(wal *w)
+{
+    int rc = THEUS_OK;
+    pthread_mutex_lock(&w->m);
+    while (w->syncing)
+        pthread_cond_wait(&w->cv, &w->m);
+    if (atomic_load(&w->synced) < atomic_load(&w->written)) {
+        uint64_t target = atomic_load(&w->written), version = atomic_load(&w->append_version);
+        if (fdatasync(w->fd) == 0) {
+            wal_count_sync(w);
+            wal_max_store(&w->synced, target);
+            wal_max_store(&w->synced_version, version);
         } else {
             w->broken = 1;
+            rc = err_set(w->st, THEUS_EIO, "log: fdatasync failed: %s", strerror(errno));
         }
+        atomic_fetch_add(&w->sync_ends, 1);
         pthread_cond_broadcast(&w->cv);
     }
-    int rc = w->synced >= seq ? THEUS_OK
-                              : err_set(w->st, THEUS_EIO, "log: version %llu is published but "
-                                        "its record could not be synced (not durable)",
-                                        (unsigned long long)b->version);
     pthread_mutex_unlock(&w->m);
     return rc;
 }
@@ -185,8 +277,10 @@ int wal_rotate_private(wal *w, uint64_t start)
     ok = ok && (w->sync == THEUS_SYNC_NONE || fdatasync(w->fd) == 0);
     if (ok && w->sync != THEUS_SYNC_NONE)
         wal_count_sync(w);
-    if (ok && w->written > w->synced)
-        w->synced = w->written;
+    if (ok) {
+        wal_max_store(&w->synced, atomic_load(&w->written));
+        wal_max_store(&w->synced_version, atomic_load(&w->append_version));
+    }
     pthread_cond_broadcast(&w->cv);
     int old = w->fd;
     uint64_t old_first = w->seg_first, old_size = w->seg_size;

@@ -70,71 +70,77 @@ static int head_valid(const unsigned char *p, uint64_t n)
     return kind == WAL_KIND_COMMIT || kind == WAL_KIND_INIT || kind == WAL_KIND_AUDIT;
 }
 
-/* A record at @off failed a check; @from is where its bytes end as far as it can tell (its
- * head, or the whole record). It is the torn last write when no valid record head follows
- * it anywhere in the buffer: a record written once and persisted in part, its pages in any
- * order (a power cut during the fdatasync of a preallocated segment can leave a later page
- * on the disk and an earlier one still zeros). It then covers @off to the end of its bytes
- * or of the non-zero data after it, whichever is further. A valid head after it means a
- * record that was written after this one: this one was damaged, not torn. */
-static wal_scan torn_or_corrupt(const unsigned char *buf, uint64_t size, uint64_t off,
-                                uint64_t from, wal_rec *r, char *why, size_t whylen)
+/* The first valid record head at or after @from, or @size when there is none. */
+static uint64_t next_head(const unsigned char *buf, uint64_t size, uint64_t from)
 {
-    if (from > size)
-        from = size;
-    for (uint64_t at = off + 1; at + WAL_REC_HEAD <= size; at++) {
+    for (uint64_t at = from; at + WAL_REC_HEAD <= size; at++) {
         const unsigned char *q = memchr(buf + at, WAL_REC_MAGIC & 0xffu, size - at);
         if (!q)
             break;
         at = (uint64_t)(q - buf);
-        if (head_valid(q, size - at)) {
-            size_t n = why ? strlen(why) : 0;
-            if (n < whylen)
-                why_set(why + n, whylen - n, ", with a valid record at byte %llu after it",
-                        (unsigned long long)at);
-            return WAL_SCAN_CORRUPT;
-        }
+        if (head_valid(q, size - at))
+            return at;
     }
-    uint64_t end = size;
-    while (end > from && buf[end - 1] == 0)
-        end--;
-    r->offset = off;
-    r->size = end - off;
-    return WAL_SCAN_TORN;
+    return size;
 }
 
-wal_scan wal_next(const unsigned char *buf, uint64_t size, uint64_t off, wal_rec *r, char *why,
-                  size_t whylen)
+uint32_t wal_claim(uint64_t version, uint64_t synced_version)
+{
+    if (synced_version > version)
+        return 1; /* claims `version` only: less than the truth, which is allowed */
+    uint64_t n = version + 1 - synced_version;
+    return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
+}
+
+void wal_record_set_claim(unsigned char *rec, uint64_t len, uint32_t claim)
+{
+    uint64_t body = wal_get64(rec + 16);
+    if (len < WAL_REC_OVERHEAD || body != len - WAL_REC_OVERHEAD || body < 8)
+        return;
+    wal_put32(rec + WAL_REC_HEAD + 4, claim);
+    wal_put32(rec + WAL_REC_HEAD + body, crc32c(0, rec + WAL_REC_HEAD, (size_t)body));
+}
+
+/* What starts at @off, before the torn-or-corrupt judgement. */
+typedef enum rec_state {
+    REC_OK,        /* *r: a valid record */
+    REC_END,       /* only zeros from @off on */
+    REC_CUT,       /* the buffer ends inside it: r->offset / r->size cover what is there */
+    REC_DAMAGED,   /* a failed check: its bytes end at *from as far as it can tell */
+    REC_UNKNOWN    /* a valid head of an unknown kind */
+} rec_state;
+
+static rec_state decode_at(const unsigned char *buf, uint64_t size, uint64_t off, wal_rec *r,
+                           uint64_t *from, char *why, size_t whylen)
 {
     memset(r, 0, sizeof *r);
-    if (off >= size)
-        return off == size ? WAL_SCAN_END : WAL_SCAN_CORRUPT;
     uint64_t left = size - off;
     const unsigned char *p = buf + off;
     if (all_zero(p, left)) {
         /* A preallocated segment's zero-filled tail (or a file grown by a crash before its
          * record reached the disk: the same thing, nothing of a record there). */
         why_set(why, whylen, "%llu zero bytes at the end", (unsigned long long)left);
-        return WAL_SCAN_END;
+        return REC_END;
     }
     if (left < WAL_REC_HEAD) {
         why_set(why, whylen, "record head cut after %llu bytes", (unsigned long long)left);
         r->offset = off;
         r->size = left;
-        return WAL_SCAN_TORN;
+        return REC_CUT;
     }
+    *from = off + WAL_REC_HEAD;
     if (wal_get32(p) != WAL_REC_MAGIC) {
         why_set(why, whylen, "bad record magic");
-        return torn_or_corrupt(buf, size, off, off + WAL_REC_HEAD, r, why, whylen);
+        return REC_DAMAGED;
     }
     if (wal_get32(p + 24) != crc32c(0, p, 24)) {
         why_set(why, whylen, "record head checksum mismatch");
-        return torn_or_corrupt(buf, size, off, off + WAL_REC_HEAD, r, why, whylen);
+        return REC_DAMAGED;
     }
     uint32_t kind = wal_get32(p + 4);
     if (kind != WAL_KIND_COMMIT && kind != WAL_KIND_INIT && kind != WAL_KIND_AUDIT) {
         why_set(why, whylen, "unknown record kind %u", kind);
-        return WAL_SCAN_CORRUPT;
+        return REC_UNKNOWN;
     }
     uint64_t body_len = wal_get64(p + 16);
     if (body_len > left - WAL_REC_HEAD || left - WAL_REC_HEAD - body_len < 4) {
@@ -143,14 +149,15 @@ wal_scan wal_next(const unsigned char *buf, uint64_t size, uint64_t off, wal_rec
                 (unsigned long long)(left - WAL_REC_HEAD));
         r->offset = off;
         r->size = left;
-        return WAL_SCAN_TORN;
+        return REC_CUT;
     }
     const unsigned char *body = p + WAL_REC_HEAD;
     uint64_t total = WAL_REC_OVERHEAD + body_len;
     if (wal_get32(body + body_len) != crc32c(0, body, (size_t)body_len)) {
         why_set(why, whylen, "record of version %llu: body checksum mismatch",
                 (unsigned long long)wal_get64(p + 8));
-        return torn_or_corrupt(buf, size, off, off + total, r, why, whylen);
+        *from = off + total;
+        return REC_DAMAGED;
     }
     r->kind = kind;
     r->version = wal_get64(p + 8);
@@ -158,7 +165,115 @@ wal_scan wal_next(const unsigned char *buf, uint64_t size, uint64_t off, wal_rec
     r->size = total;
     r->body = body;
     r->body_len = body_len;
-    return WAL_SCAN_RECORD;
+    uint32_t n = body_len >= 8 ? wal_get32(body + 4) : 0;
+    r->claim_all = n == 0;
+    r->durable_version = n && r->version + 1 >= n ? r->version + 1 - n : 0;
+    return REC_OK;
+}
+
+/* Whether the damaged span [from, to) holds a hole: the bytes from @from to the end of its
+ * sector (or @to) all zero, or a whole sector inside it all zero. */
+static int span_has_hole(const unsigned char *buf, uint64_t from, uint64_t to)
+{
+    uint64_t first_end = (from / WAL_SECTOR + 1) * WAL_SECTOR;
+    if (all_zero(buf + from, (first_end < to ? first_end : to) - from))
+        return 1;
+    for (uint64_t s = first_end; s + WAL_SECTOR <= to; s += WAL_SECTOR)
+        if (all_zero(buf + s, WAL_SECTOR))
+            return 1;
+    return 0;
+}
+
+static void why_add(char *why, size_t whylen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void why_add(char *why, size_t whylen, const char *fmt, ...)
+{
+    size_t n = why ? strlen(why) : 0;
+    if (!why || n >= whylen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why + n, whylen - n, fmt, ap);
+    va_end(ap);
+}
+
+/* A record at @off failed a check; @from is where its bytes end as far as it can tell (its
+ * head, or the whole record). Torn or corrupt as wal_next says: the torn last write when
+ * no valid record head follows it, the unsynced part of a group when everything after it
+ * claims nothing durable past @base and every damaged span holds a hole; then it covers
+ * @off to the end of its bytes or of the non-zero data after it, whichever is further. */
+static wal_scan torn_or_corrupt(const unsigned char *buf, uint64_t size, uint64_t off,
+                                uint64_t from, uint64_t base, wal_rec *r, char *why,
+                                size_t whylen)
+{
+    if (from > size)
+        from = size;
+    uint64_t at = next_head(buf, size, off + 1), damaged = off;
+    int group = at < size;
+    while (at < size) {
+        if (!span_has_hole(buf, damaged, at)) {
+            why_add(why, whylen, ", with a valid record at byte %llu after it",
+                    (unsigned long long)at);
+            return WAL_SCAN_CORRUPT;
+        }
+        /* The records from here on, up to the next damaged one (or the end). */
+        for (;;) {
+            wal_rec q;
+            uint64_t qfrom = at;
+            rec_state d = decode_at(buf, size, at, &q, &qfrom, NULL, 0);
+            if (d == REC_END || d == REC_CUT) {
+                at = size;
+                break;
+            }
+            if (d == REC_OK) {
+                if (q.claim_all || q.durable_version > base) {
+                    why_add(why, whylen, ", with a valid record at byte %llu after it "
+                            "(version %llu) written when the bytes at %llu were durable",
+                            (unsigned long long)at, (unsigned long long)q.version,
+                            (unsigned long long)off);
+                    return WAL_SCAN_CORRUPT;
+                }
+                at += q.size;
+                continue;
+            }
+            /* Damaged too (REC_UNKNOWN cannot start at a valid head): its span runs to the
+             * next valid head; none means it is the torn last write. */
+            damaged = at;
+            at = next_head(buf, size, at + 1);
+            break;
+        }
+    }
+    uint64_t end = size;
+    while (end > from && buf[end - 1] == 0)
+        end--;
+    r->offset = off;
+    r->size = end - off;
+    if (group)
+        why_add(why, whylen, "; the records after it are of the same unsynced group (none "
+                "claims a sync past version %llu)", (unsigned long long)base);
+    return WAL_SCAN_TORN;
+}
+
+wal_scan wal_next(const unsigned char *buf, uint64_t size, uint64_t off, uint64_t base_version,
+                  wal_rec *r, char *why, size_t whylen)
+{
+    memset(r, 0, sizeof *r);
+    if (off >= size)
+        return off == size ? WAL_SCAN_END : WAL_SCAN_CORRUPT;
+    uint64_t from = off;
+    switch (decode_at(buf, size, off, r, &from, why, whylen)) {
+    case REC_OK:
+        return WAL_SCAN_RECORD;
+    case REC_END:
+        return WAL_SCAN_END;
+    case REC_CUT:
+        return WAL_SCAN_TORN;
+    case REC_UNKNOWN:
+        return WAL_SCAN_CORRUPT;
+    case REC_DAMAGED:
+        break;
+    }
+    return torn_or_corrupt(buf, size, off, from, base_version, r, why, whylen);
 }
 
 /* A body is a count, 4 bytes of padding, then the items: start @c at the first. */

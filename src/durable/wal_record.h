@@ -23,10 +23,27 @@
 #define WAL_KIND_INIT 2u     /* theus_state_init_field (version 1, no new version) */
 #define WAL_KIND_AUDIT 3u    /* audit records of one commit; never changes the state (below) */
 
-/* Body: u32 delta count, u32 reserved (0), then per delta: u32 field, u32 op (0 assign,
+/* Body: u32 delta count, u32 claim (below), then per delta: u32 field, u32 op (0 assign,
  * 1 add), u32 ndim, u32 reserved, ndim x (i64 start, i64 stop), u64 payload bytes, payload
  * (C-contiguous in the region's shape, the field's dtype). */
 #define WAL_DELTA_HEAD 16u
+
+/* The claim (u32 at body byte 4 of every kind): what its writer knew durable when it wrote
+ * the record — it lets the reader tell the unsynced part of a group commit, which a power
+ * cut may persist with holes, from damage to what was durable.
+ *   0: every byte before the record in its segment was synced (what a writer before
+ *      2026-12-03 wrote in this field, then "reserved 0": its logs keep the strict reading);
+ *   n >= 1: the log was synced up to the end of the publish step of commit version
+ *      version + 1 - n (version: the record's own), and not known synced after it; n is
+ *      at most UINT32_MAX (a claim of an older version than the truth, never a newer one).
+ * wal_claim computes it; a reader decodes it into wal_rec.claim_all / durable_version. */
+uint32_t wal_claim(uint64_t version, uint64_t synced_version);
+/* Set the claim of the whole record at @rec (@len bytes, wal_record_encode's output) to
+ * @claim, its body checksum again. */
+void wal_record_set_claim(unsigned char *rec, uint64_t len, uint32_t claim);
+/* Disk writes are atomic per sector at most: a power cut leaves each 512-byte sector of an
+ * unfinished write either old or new (the torn-group reading in wal_next). */
+#define WAL_SECTOR 512u
 
 void wal_seg_head_encode(unsigned char out[WAL_SEG_HEAD], uint64_t start);
 /* 0 ok (start version in *start), -1 not a theus log segment (reason in @why). */
@@ -40,6 +57,11 @@ typedef struct wal_rec {
     uint64_t size;                /* whole record, head to trailer */
     const unsigned char *body;    /* borrowed from the buffer */
     uint64_t body_len;
+    /* Its claim (above): 1 — every byte before it was synced; else the version up to whose
+     * publish step the log was synced (0 when the body is too short to hold a claim: then
+     * claim_all). */
+    int claim_all;
+    uint64_t durable_version;
 } wal_rec;
 
 typedef enum wal_scan {
@@ -50,21 +72,31 @@ typedef enum wal_scan {
     WAL_SCAN_CORRUPT = -2         /* a check failed at @off and a valid record follows it */
 } wal_scan;
 
-/* Decode the record at @off of a segment of @size bytes. Everything from @off on being zero
- * bytes is the END (segments are preallocated with zeros ahead of their records). A record
- * is TORN when the buffer ends inside it, or when it fails its magic, head checksum or body
- * checksum and no valid record head (magic, head checksum, known kind) starts anywhere
- * after @off in the buffer: a last write persisted in part — the rest of it still the
- * preallocated zeros, past the end of the file, or (a power cut during the fdatasync of a
- * preallocated segment persists its pages in any order) an earlier page of it still zeros
- * and a later one on disk. Then r->offset = @off and r->size (> 0, <= @size - @off) says
- * which bytes it covered: the record's length as its head says, or its head when the head
- * failed, extended to the last non-zero byte after it, cut at the end of the buffer.
- * CORRUPT: a failed check with a valid record head after it (a record written later: this
- * one was damaged, not cut), an unknown kind. @why says what. Whether a TORN record may be
- * dropped (only at the end of the newest segment) is the caller's decision. */
-wal_scan wal_next(const unsigned char *buf, uint64_t size, uint64_t off, wal_rec *r, char *why,
-                  size_t whylen);
+/* Decode the record at @off of a segment of @size bytes; @base_version: the version of the
+ * last commit record before @off in the segment (its start version when there is none).
+ * Everything from @off on being zero bytes is the END (segments are preallocated with zeros
+ * ahead of their records). A record is TORN when the buffer ends inside it, or when it
+ * fails its magic, head checksum or body checksum and
+ *   - no valid record head (magic, head checksum, known kind) starts anywhere after @off
+ *     in the buffer: a last write persisted in part — the rest of it still the
+ *     preallocated zeros, past the end of the file, or an earlier sector of it still zeros
+ *     and a later one on disk (a power cut during an fdatasync persists the sectors of the
+ *     unsynced bytes in any order); or
+ *   - records follow, but it is the unsynced part of a group: every valid record after @off
+ *     claims nothing durable after base_version's publish step (claim n >= 1 with
+ *     version + 1 - n <= @base_version: none was written after a sync of these bytes had
+ *     returned, so none was acknowledged), and every damaged span from @off on (a record
+ *     that fails a check, up to the next valid head) holds a hole — the bytes from its start
+ *     to the end of that sector, or a whole 512-byte sector inside it, all zero: what the
+ *     preallocated zeros under a sector that did not reach the disk look like.
+ * Then r->offset = @off and r->size (> 0, <= @size - @off) says which bytes it covered: the
+ * record's length as its head says, or its head when the head failed, extended to the last
+ * non-zero byte after it, cut at the end of the buffer; the caller drops all of it.
+ * CORRUPT: a failed check that is neither (bytes that were durable, damaged), an unknown
+ * kind. @why says what. Whether a TORN record may be dropped (only at the end of the
+ * newest segment) is the caller's decision. */
+wal_scan wal_next(const unsigned char *buf, uint64_t size, uint64_t off, uint64_t base_version,
+                  wal_rec *r, char *why, size_t whylen);
 
 typedef struct wal_delta {
     uint32_t field, op;

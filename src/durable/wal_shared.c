@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -40,14 +41,6 @@ int wal_follow_segment(wal *w)
     w->fd = fd;
     w->seg_first = first;
     return THEUS_OK;
-}
-
-static void max_store(_Atomic uint64_t *x, uint64_t v)
-{
-    uint64_t cur = atomic_load_explicit(x, memory_order_relaxed);
-    while (cur < v && !atomic_compare_exchange_weak_explicit(x, &cur, v, memory_order_release,
-                                                             memory_order_relaxed))
-        ;
 }
 
 void wal_mark_broken(wal *w)
@@ -85,7 +78,8 @@ int wal_rotate_shared(wal *w, uint64_t start)
         return err_set(w->st, THEUS_EIO, "log: fdatasync failed: %s", strerror(errno));
     }
     wal_count_sync(w);
-    max_store(&sa->synced, written);
+    wal_max_store(&sa->synced, written);
+    wal_max_store(&sa->synced_version, atomic_load(&sa->append_version));
     sa->rotating = start;
     int fd;
     rc = wal_segment_create(w->st, w->dir, start, THEUS_SYNC_COMMIT, &fd);
@@ -130,7 +124,7 @@ int wal_shared_prepare(void *user, const publish_batch *b)
     sa->dirty_end = sa->inflight_off + len;
     sa->inflight = 1;
     uint64_t end = 0;
-    rc = wal_write_record(w, b, sa->inflight_off, &end);
+    rc = wal_write_record(w, b, sa->inflight_off, wal_claim_now(w, b->version), &end);
     if (rc != THEUS_OK) {
         int z;
         if (wal_cut_back(w->fd, sa->inflight_off, sa->dirty_end, &sa->zero_end, &z) != 0)
@@ -145,8 +139,6 @@ int wal_shared_prepare(void *user, const publish_batch *b)
     wal_fault(WAL_POINT_APPENDED);
     wal_tls_rec.w = w;
     wal_tls_rec.seq = atomic_fetch_add_explicit(&sa->written, 1, memory_order_acq_rel) + 1;
-    if (atomic_load_explicit(&sa->gathering, memory_order_acquire))
-        state_futex_wake(&sa->write_wake, 1);
     return THEUS_OK;
 }
 
@@ -173,18 +165,20 @@ void wal_shared_cancel(void *user, const publish_batch *b)
 
 void wal_shared_published(void *user, const publish_batch *b)
 {
-    (void)b;
     wal *w = user;
     shared_durable_area *sa = w->sa;
     sa->inflight = 0;
+    wal_max_store(&sa->append_version, b->version);
     if (w->sync != THEUS_SYNC_COMMIT)
         return;
     uint64_t target = atomic_load_explicit(&sa->written, memory_order_relaxed);
     wal_count_sync(w);
-    if (fdatasync(w->fd) == 0)
-        max_store(&sa->synced, target);
-    else
+    if (fdatasync(w->fd) == 0) {
+        wal_max_store(&sa->synced, target);
+        wal_max_store(&sa->synced_version, b->version);
+    } else {
         wal_mark_broken(w);
+    }
 }
 
 static uint64_t mono_ns(void)
@@ -194,36 +188,19 @@ static uint64_t mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* The leader's fdatasync of every record written so far. */
-static void lead_sync(wal *w)
+/* The leader's fdatasync of every record written so far; @timed_out: its window ended
+ * before the group was complete. */
+static void lead_sync(wal *w, int timed_out)
 {
     shared_durable_area *sa = w->sa;
     uint64_t before = atomic_load_explicit(&sa->synced, memory_order_acquire);
-    uint64_t group = atomic_load_explicit(&sa->last_group, memory_order_relaxed);
-    int timed_out = 0;
-    if (w->window_us && group > 1) {
-        /* Gather: wait (at most the window) until as many records as the group size wanted
-         * (wal_group_next) are in. */
-        atomic_store_explicit(&sa->gathering, 1, memory_order_release);
-        uint64_t end = mono_ns() + (uint64_t)w->window_us * 1000u;
-        for (;;) {
-            uint32_t seen = atomic_load_explicit(&sa->write_wake, memory_order_acquire);
-            uint64_t now = mono_ns();
-            if (atomic_load_explicit(&sa->written, memory_order_acquire) - before >= group)
-                break;
-            if (now >= end) {
-                timed_out = 1;
-                break;
-            }
-            state_futex_wait(&sa->write_wake, seen, 1, end - now);
-        }
-        atomic_store_explicit(&sa->gathering, 0, memory_order_release);
-    }
     /* Records up to target are in segments up to first; older ones were synced when they
      * were closed. */
     uint64_t target = atomic_load_explicit(&sa->written, memory_order_acquire);
+    uint64_t version = atomic_load_explicit(&sa->append_version, memory_order_acquire);
     uint64_t first = atomic_load_explicit(&sa->seg_first, memory_order_acquire);
     int ok = 1;
+    uint64_t t0 = mono_ns();
     pthread_mutex_lock(&w->m);
     if (w->fd >= 0 && w->seg_first == first) {
         ok = fdatasync(w->fd) == 0;
@@ -242,16 +219,33 @@ static void lead_sync(wal *w)
         }
     } /* else: this process already moved past `first`, whose rotation synced it */
     pthread_mutex_unlock(&w->m);
+    wal_note_sync_ns(&w->sync_ns, mono_ns() - t0);
     atomic_fetch_add_explicit(&sa->syncs, 1, memory_order_relaxed);
     if (ok) {
-        uint64_t prev = atomic_load_explicit(&sa->synced, memory_order_acquire);
+        /* The group wanted next counts the records written during the sync too (as in
+         * wal_private.c). */
+        uint64_t seen = atomic_load_explicit(&sa->written, memory_order_acquire);
+        uint64_t group = atomic_load_explicit(&sa->last_group, memory_order_relaxed);
         atomic_store_explicit(&sa->last_group,
-                              wal_group_next(group, target > prev ? target - prev : 0, timed_out),
+                              wal_group_next(group, seen > before ? seen - before : 0, timed_out),
                               memory_order_relaxed);
-        max_store(&sa->synced, target);
+        wal_max_store(&sa->synced, target);
+        wal_max_store(&sa->synced_version, version);
     } else {
         atomic_store_explicit(&sa->broken, 1, memory_order_release);
     }
+}
+
+/* Whether a group may be synced now by a committer whose window ends at @deadline (as in
+ * wal_private.c): no window, the group complete, or the window over. */
+static int group_ready(const wal *w, uint64_t deadline, uint64_t now)
+{
+    shared_durable_area *sa = w->sa;
+    uint64_t want = atomic_load_explicit(&sa->last_group, memory_order_relaxed);
+    return !w->window_us || want <= 1 ||
+           atomic_load_explicit(&sa->written, memory_order_acquire) -
+                   atomic_load_explicit(&sa->synced, memory_order_acquire) >= want ||
+           now >= deadline;
 }
 
 /* How often a waiter looks whether the leader still lives. */
@@ -266,6 +260,9 @@ int wal_shared_acknowledge(void *user, const publish_batch *b)
         return THEUS_OK;
     int32_t self = (int32_t)getpid();
     uint64_t bound_ns = shared_wait_bound_ms() * 1000000ull, stuck_since = 0;
+    /* This committer's window: it leads when the group is complete (usually as the last
+     * writer of it, already on a CPU) or when the window is over. */
+    uint64_t deadline = mono_ns() + (uint64_t)w->window_us * 1000u;
     while (w->sync == THEUS_SYNC_GROUP &&
            atomic_load_explicit(&sa->synced, memory_order_acquire) < seq &&
            !atomic_load_explicit(&sa->broken, memory_order_acquire)) {
@@ -273,17 +270,39 @@ int wal_shared_acknowledge(void *user, const publish_batch *b)
         if (atomic_load_explicit(&sa->synced, memory_order_acquire) >= seq)
             break;
         int32_t leader = atomic_load_explicit(&sa->leader_pid, memory_order_acquire);
-        if (leader == 0) {
+        uint64_t now = mono_ns();
+        if (leader == 0 && group_ready(w, deadline, now)) {
             int32_t none = 0;
             if (atomic_compare_exchange_strong(&sa->leader_pid, &none, self)) {
                 atomic_store_explicit(&sa->leader_start, shared_proc_start(getpid()),
                                       memory_order_release);
-                lead_sync(w);
+                lead_sync(w, now >= deadline);
                 atomic_store_explicit(&sa->leader_start, 0, memory_order_relaxed);
                 atomic_store_explicit(&sa->leader_pid, 0, memory_order_release);
                 state_futex_wake(&sa->sync_wake, 1);
                 stuck_since = 0;
             }
+            continue;
+        }
+        /* Wait for the leader's sync, or (none) for the group to fill: spinning first
+         * (wal_spin_ns), then on the futex — until the window's end when there is no leader,
+         * since then the window is this committer's to act on. */
+        uint64_t spin_end = now + wal_spin_ns(&w->sync_ns);
+        int moved = 0;
+        for (; now < spin_end; now = mono_ns()) {
+            if (atomic_load_explicit(&sa->sync_wake, memory_order_acquire) != seen ||
+                atomic_load_explicit(&sa->broken, memory_order_acquire) ||
+                (leader == 0 && group_ready(w, deadline, now))) {
+                moved = 1;
+                break;
+            }
+            sched_yield();
+        }
+        if (moved)
+            continue;
+        if (leader == 0) {
+            if (now < deadline)
+                state_futex_wait(&sa->sync_wake, seen, 1, deadline - now);
             continue;
         }
         state_futex_wait(&sa->sync_wake, seen, 1, LEADER_CHECK_NS);
@@ -292,7 +311,7 @@ int wal_shared_acknowledge(void *user, const publish_batch *b)
             continue;
         }
         /* Nothing moved for a while: is the leader still there? */
-        uint64_t now = mono_ns();
+        now = mono_ns();
         if (!stuck_since)
             stuck_since = now;
         uint64_t start = atomic_load_explicit(&sa->leader_start, memory_order_acquire);
