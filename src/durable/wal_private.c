@@ -8,7 +8,6 @@
 #include "error.h"
 
 #include <errno.h>
-#include <stdlib.h>
 #include <sched.h>
 #include <string.h>
 #include <time.h>
@@ -102,8 +101,7 @@ uint64_t wal_group_next(uint64_t want, uint64_t covered, int timed_out)
 
 uint64_t wal_spin_ns(_Atomic uint64_t *sync_ns)
 {
-    static long f = -1; if (f < 0) { const char *e = getenv("SPINF"); f = e ? atol(e) : 2; }
-    uint64_t s = f * atomic_load_explicit(sync_ns, memory_order_relaxed) / 4;
+    uint64_t s = 2 * atomic_load_explicit(sync_ns, memory_order_relaxed);
     return s < WAL_SPIN_MAX_NS ? s : WAL_SPIN_MAX_NS;
 }
 
