@@ -166,6 +166,10 @@ static inline int state_pshared(const theus_state *st)
  * state finishes a commit a dead process left half done), and fails only when that fails. */
 int state_lock(theus_state *st);
 void state_unlock(theus_state *st);
+/* pthread_mutex_trylock of @m again, yielding the CPU between tries, a few dozen times
+ * before it gives up: its result (0, EBUSY, EOWNERDEAD, ...). The commit locks' first step,
+ * private and shared (a holder keeps it for microseconds; blocking costs a wake-up). */
+int state_lock_spin(pthread_mutex_t *m);
 /* ---- holds, the replay gate and the read sequence (state_hold.c) -------------------- */
 /* Around a replay, with the commit lock held: wait until no one holds commits, make the
  * replay sequence odd (readers retry, new holds wait); leave makes it even again. */

@@ -290,7 +290,8 @@ int wal_shared_acknowledge(void *user, const publish_batch *b)
         uint64_t spin_end = now + wal_spin_ns(&w->sync_ns);
         int moved = 0;
         for (; now < spin_end; now = mono_ns()) {
-            if (atomic_load_explicit(&sa->sync_wake, memory_order_acquire) != seen ||
+            if (atomic_load_explicit(&sa->synced, memory_order_acquire) >= seq ||
+                atomic_load_explicit(&sa->sync_wake, memory_order_acquire) != seen ||
                 atomic_load_explicit(&sa->broken, memory_order_acquire) ||
                 (leader == 0 && group_ready(w, deadline, now))) {
                 moved = 1;

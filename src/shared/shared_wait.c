@@ -112,7 +112,7 @@ static int judge_holder(unsigned char *base, pthread_mutex_t *m, const char *wha
 int shared_lock(unsigned char *base, pthread_mutex_t *m, const char *what, const char *name,
                 int wait_for_live)
 {
-    int e = pthread_mutex_trylock(m);
+    int e = state_lock_spin(m);
     uint64_t bound = 0;
     int freed = 0;
     while (e == EBUSY || e == ETIMEDOUT) {
