@@ -48,7 +48,9 @@ typedef struct shared_durable_area {
     _Atomic uint64_t written;      /* records appended */
     _Atomic uint64_t synced;       /* every record up to this number is on disk */
     _Atomic uint32_t sync_wake;    /* futex: bumped when synced moves or the leader leaves */
-    uint32_t unused[2];            /* (a leader's gathering before 2026-12-03) */
+    _Atomic uint32_t sync_sleepers; /* waiters blocked on sync_wake (a leader skips the futex
+                                       call when none; a killed one only costs that) */
+    uint32_t unused;               /* (a leader's gathering before 2026-12-03) */
     _Atomic int32_t leader_pid;    /* the process whose thread leads a group sync (0: none) */
     _Atomic uint64_t leader_start; /* its start time (shared_proc_start), for liveness */
     _Atomic uint64_t last_group;   /* the group size wanted (wal_group_next) */
@@ -56,6 +58,9 @@ typedef struct shared_durable_area {
     /* The records' claims (wal_record.h): the newest commit whose publish step is over, and
      * the newest known synced with everything before it. */
     _Atomic uint64_t append_version, synced_version;
+    /* Moving average of the group fdatasync's time, of every process's leaders: how long a
+     * waiter spins before it blocks (wal_spin_ns). */
+    _Atomic uint64_t sync_ns;
     /* Preallocation (wal_segment.c). prealloc: the creator's step, set at creation (0: off). Under
      * the commit lock: [append_off, zero_end) of segment seg_first is written zeros (empty
      * when zero_end <= append_off); dirty_end: where the bytes written (or about to be) past

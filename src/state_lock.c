@@ -33,7 +33,7 @@ int state_lock(theus_state *st)
             pthread_mutex_unlock(&h->commit_lock);
         return rc;
     }
-    int e = state_lock_spin(&h->commit_lock);
+    int e = st->lock_spin ? state_lock_spin(&h->commit_lock) : EBUSY;
     if (e == EBUSY)
         e = pthread_mutex_lock(&h->commit_lock);
     if (e == EOWNERDEAD)

@@ -123,6 +123,8 @@ int wal_rotate(wal *w, uint64_t start)
 int wal_attach(wal *w, void (*release)(void *user), void *user)
 {
     (void)user;
+    /* A group's committers all come for the commit lock when its fdatasync returns. */
+    w->st->lock_spin = w->sync == THEUS_SYNC_GROUP;
     publish_listener l = {.prepare = w->sa ? wal_shared_prepare : wal_prepare,
                           .cancel = w->sa ? wal_shared_cancel : wal_cancel,
                           .published = w->sa ? wal_shared_published : wal_published,

@@ -40,7 +40,8 @@ typedef struct wal {
     _Atomic int syncing;       /* a leader is in fdatasync */
     _Atomic uint64_t sync_ends; /* syncs ended so far (a waiter's "something changed") */
     _Atomic uint64_t last_group; /* the group size wanted (wal_group_next) */
-    _Atomic uint64_t sync_ns;  /* moving average of the group fdatasync's time (spinning) */
+    _Atomic uint64_t sync_ns;  /* moving average of the group fdatasync's time (spinning; a
+                                  durable shared state keeps its own in the shared area) */
     /* The claims records carry (wal_record.h): the newest commit whose publish step is
      * over (its record and audit records written), and the newest known synced with all
      * before it. */

@@ -98,10 +98,13 @@ uint64_t wal_group_next(uint64_t want, uint64_t covered, int timed_out)
  * fdatasync; spinning with sched_yield keeps the CPU awake for the one wake-up that matters
  * and still gives it to any thread that has work. */
 #define WAL_SPIN_MAX_NS (1000ull * 1000ull)
+#define WAL_SPIN_FIRST_NS (200ull * 1000ull)
 
 uint64_t wal_spin_ns(_Atomic uint64_t *sync_ns)
 {
     uint64_t s = 2 * atomic_load_explicit(sync_ns, memory_order_relaxed);
+    if (s == 0)
+        return WAL_SPIN_FIRST_NS; /* no fdatasync timed yet */
     return s < WAL_SPIN_MAX_NS ? s : WAL_SPIN_MAX_NS;
 }
 

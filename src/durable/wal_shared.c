@@ -219,7 +219,7 @@ static void lead_sync(wal *w, int timed_out)
         }
     } /* else: this process already moved past `first`, whose rotation synced it */
     pthread_mutex_unlock(&w->m);
-    wal_note_sync_ns(&w->sync_ns, mono_ns() - t0);
+    wal_note_sync_ns(&sa->sync_ns, mono_ns() - t0);
     atomic_fetch_add_explicit(&sa->syncs, 1, memory_order_relaxed);
     if (ok) {
         /* The group wanted next counts the records written during the sync too (as in
@@ -246,6 +246,23 @@ static int group_ready(const wal *w, uint64_t deadline, uint64_t now)
            atomic_load_explicit(&sa->written, memory_order_acquire) -
                    atomic_load_explicit(&sa->synced, memory_order_acquire) >= want ||
            now >= deadline;
+}
+
+/* Bump sync_wake, and wake the waiters blocked on it if there are any: sync_sleepers is
+ * raised before a waiter blocks and read after the bump (both sequentially consistent), so
+ * either the leader sees the sleeper or the sleeper's futex wait sees the bump. */
+static void wake_waiters(shared_durable_area *sa)
+{
+    atomic_fetch_add(&sa->sync_wake, 1u);
+    if (atomic_load(&sa->sync_sleepers))
+        state_futex_wake(&sa->sync_wake, 1);
+}
+
+static void sleep_on(shared_durable_area *sa, uint32_t seen, uint64_t timeout_ns)
+{
+    atomic_fetch_add(&sa->sync_sleepers, 1u);
+    state_futex_wait(&sa->sync_wake, seen, 1, timeout_ns);
+    atomic_fetch_sub(&sa->sync_sleepers, 1u);
 }
 
 /* How often a waiter looks whether the leader still lives. */
@@ -279,7 +296,7 @@ int wal_shared_acknowledge(void *user, const publish_batch *b)
                 lead_sync(w, now >= deadline);
                 atomic_store_explicit(&sa->leader_start, 0, memory_order_relaxed);
                 atomic_store_explicit(&sa->leader_pid, 0, memory_order_release);
-                state_futex_wake(&sa->sync_wake, 1);
+                wake_waiters(sa);
                 stuck_since = 0;
             }
             continue;
@@ -287,7 +304,7 @@ int wal_shared_acknowledge(void *user, const publish_batch *b)
         /* Wait for the leader's sync, or (none) for the group to fill: spinning first
          * (wal_spin_ns), then on the futex — until the window's end when there is no leader,
          * since then the window is this committer's to act on. */
-        uint64_t spin_end = now + wal_spin_ns(&w->sync_ns);
+        uint64_t spin_end = now + wal_spin_ns(&sa->sync_ns);
         int moved = 0;
         for (; now < spin_end; now = mono_ns()) {
             if (atomic_load_explicit(&sa->synced, memory_order_acquire) >= seq ||
@@ -303,10 +320,10 @@ int wal_shared_acknowledge(void *user, const publish_batch *b)
             continue;
         if (leader == 0) {
             if (now < deadline)
-                state_futex_wait(&sa->sync_wake, seen, 1, deadline - now);
+                sleep_on(sa, seen, deadline - now);
             continue;
         }
-        state_futex_wait(&sa->sync_wake, seen, 1, LEADER_CHECK_NS);
+        sleep_on(sa, seen, LEADER_CHECK_NS);
         if (atomic_load_explicit(&sa->sync_wake, memory_order_acquire) != seen) {
             stuck_since = 0;
             continue;

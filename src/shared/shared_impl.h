@@ -92,9 +92,10 @@ uint64_t shared_wait_bound_ms(void);
  * bound with a message saying who holds it: THEUS_ECORRUPT when the lock word names a
  * thread that does not exist (or is not a lock), THEUS_EBUSY when a live process holds it
  * (stopped, stuck, or not attached to the state). With @wait_for_live, a holder that is a
- * running process holding a lease in the segment is waited for as long as it holds it. */
+ * running process holding a lease in the segment is waited for as long as it holds it. With
+ * @spin the first try is state_lock_spin's (theus_state.lock_spin). */
 int shared_lock(unsigned char *base, pthread_mutex_t *m, const char *what, const char *name,
-                int wait_for_live);
+                int wait_for_live, int spin);
 /* shared_lock of the segment's hold lock, without waiting for live holders. */
 int shared_hold_lock(unsigned char *base, const char *name);
 /* Whether the lock word of @m names a thread that does not exist (no wait). */

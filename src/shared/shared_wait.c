@@ -110,9 +110,9 @@ static int judge_holder(unsigned char *base, pthread_mutex_t *m, const char *wha
 }
 
 int shared_lock(unsigned char *base, pthread_mutex_t *m, const char *what, const char *name,
-                int wait_for_live)
+                int wait_for_live, int spin)
 {
-    int e = state_lock_spin(m);
+    int e = spin ? state_lock_spin(m) : pthread_mutex_trylock(m);
     uint64_t bound = 0;
     int freed = 0;
     while (e == EBUSY || e == ETIMEDOUT) {
@@ -155,7 +155,7 @@ int shared_lock(unsigned char *base, pthread_mutex_t *m, const char *what, const
 int shared_hold_lock(unsigned char *base, const char *name)
 {
     state_header *h = (state_header *)base;
-    return shared_lock(base, &h->hold_lock, "hold lock", name, 0);
+    return shared_lock(base, &h->hold_lock, "hold lock", name, 0, 0);
 }
 
 int shared_lock_stale(pthread_mutex_t *m)
@@ -168,5 +168,5 @@ int shared_lock_stale(pthread_mutex_t *m)
 int shared_commit_lock(theus_state *st)
 {
     return shared_lock((unsigned char *)st->hdr, &st->hdr->commit_lock, "commit lock",
-                       shared_area_of(st)->name, 1);
+                       shared_area_of(st)->name, 1, st->lock_spin);
 }
