@@ -1,15 +1,14 @@
 /* durable.group: group commit across threads and processes (theus/theus_durable.h), against
  * one fdatasync per commit. Commits/s of a 256-byte ADD per commit with 1, 2, 4 and 8 writers
- * (--quick: 1, 2):
+ * (--quick: 1, 2), each writer 64 commits a sample (--quick: 8; 24 until 2026-12-03, when a
+ * sample's start — threads created, processes woken — weighed a tenth of it):
  *   theus.threads.sync_commit / .sync_group: writer threads of one private durable state;
  *   theus.procs.sync_commit / .sync_group / .sync_none: writer processes of one durable shared
  *     state (theus_shared_open_durable; each process one handle), forked once and started for
  *     each sample through pipes (their set-up is not timed);
- *   the sync_group rows ask for log preallocation (prealloc_bytes = 1 MiB: under
- *     THEUS_SYNC_GROUP the default is the appending log, docs/durability.md "Group commit");
- *   *.prealloc_off: the same without log preallocation (THEUS_PREALLOC_OFF, the default of
- *     THEUS_SYNC_GROUP: the log grows record by record, so each fdatasync also journals the
- *     file's new size);
+ *   the rows use the default options (the log preallocated under every policy);
+ *   *.prealloc_off: the group rows without log preallocation (THEUS_PREALLOC_OFF: the log
+ *     grows record by record, so each fdatasync also journals the file's new size);
  *   baseline.write_fdatasync: one thread appending the same record bytes and fdatasync'ing
  *     after each (what one fdatasync per commit costs without theus);
  *   baseline.overwrite_fdatasync: the same into a zero-filled file synced beforehand (what an
@@ -227,9 +226,8 @@ typedef struct grp_method {
     int commit_row;            /* the row of the same writers under THEUS_SYNC_COMMIT */
 } grp_method;
 
-/* The preallocated group rows' step, explicit: THEUS_SYNC_GROUP does not preallocate by
- * default. */
-#define GROUP_PREALLOC (1ull << 20)
+/* The group rows' preallocation: the default (1 MiB). */
+#define GROUP_PREALLOC 0
 
 enum { BASE, BASE_OVER, T_COMMIT, T_GROUP, T_GROUP_OFF, P_COMMIT, P_GROUP, P_GROUP_OFF, P_NONE,
        NOPS };
