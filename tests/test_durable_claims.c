@@ -316,16 +316,25 @@ static int log_records(const unsigned char *img, size_t size, logrec *out, int m
 
 #define MAXREC 1024
 
+/* The first segment of the directory: its path in @seg, its bytes (the caller frees them)
+ * and its records in @rec (*n of them). */
+static unsigned char *first_segment(char *seg, size_t cap, size_t *size, logrec *rec, int *n)
+{
+    snprintf(seg, cap, "%s/wal-0000000000000001.log", dfx_dir);
+    unsigned char *img = read_all(seg, size);
+    *n = log_records(img, *size, rec, MAXREC);
+    return img;
+}
+
 /* Damage a whole sector inside record @k of the first segment and reopen: torn (the state
  * of the record before it, the torn offset reported) or THEUS_ECORRUPT naming the file. */
 static void damage_and_reopen(int k, int flip, int expect_torn, const char *what)
 {
     char seg[600];
-    snprintf(seg, sizeof seg, "%s/wal-0000000000000001.log", dfx_dir);
     size_t size;
-    unsigned char *img = read_all(seg, &size);
     static logrec rec[MAXREC];
-    int n = log_records(img, size, rec, MAXREC);
+    int n;
+    unsigned char *img = first_segment(seg, sizeof seg, &size, rec, &n);
     cr_assert_lt(k, n);
     uint64_t at = (rec[k].off + WAL_SECTOR - 1) / WAL_SECTOR * WAL_SECTOR;
     cr_assert_leq(at + WAL_SECTOR, rec[k].off + rec[k].size, "%s: a sector inside", what);
@@ -404,11 +413,10 @@ Test(claims, a_lone_writer_claims_everything_before_each_record)
     for (int p = 0; p < 2; p++) {
         write_log(pol[p], 1, 6);
         char seg[600];
-        snprintf(seg, sizeof seg, "%s/wal-0000000000000001.log", dfx_dir);
         size_t size;
-        unsigned char *img = read_all(seg, &size);
         static logrec rec[MAXREC];
-        int n = log_records(img, size, rec, MAXREC);
+        int n;
+        unsigned char *img = first_segment(seg, sizeof seg, &size, rec, &n);
         free(img);
         cr_assert_eq(n, 6);
         for (int i = 0; i < n; i++)
@@ -432,11 +440,10 @@ Test(claims, group_log_of_four_writers_says_where_its_last_group_begins)
 {
     write_log(THEUS_SYNC_GROUP, 4, 40);
     char seg[600];
-    snprintf(seg, sizeof seg, "%s/wal-0000000000000001.log", dfx_dir);
     size_t size;
-    unsigned char *img = read_all(seg, &size);
     static logrec rec[MAXREC];
-    int n = log_records(img, size, rec, MAXREC);
+    int n;
+    unsigned char *img = first_segment(seg, sizeof seg, &size, rec, &n);
     cr_assert_eq(n, 160);
     /* Claims only ever grow, and never reach the record's own version. */
     uint64_t seen = 0;

@@ -180,16 +180,14 @@ int wal_append_note(wal *w, unsigned char *rec, size_t len, int sync)
         w->seg_size = at + len;
     /* Numbered as a record (nobody waits for it): the claims of the records after it know
      * whether a sync covers it. */
-    _Atomic uint64_t *written = w->sa ? &w->sa->written : &w->written;
-    _Atomic uint64_t *synced = w->sa ? &w->sa->synced : &w->synced;
-    _Atomic uint64_t *synced_version = w->sa ? &w->sa->synced_version : &w->synced_version;
-    uint64_t target = atomic_fetch_add(written, 1) + 1;
-    uint64_t version = atomic_load(w->sa ? &w->sa->append_version : &w->append_version);
+    wal_counters c = wal_counters_of(w);
+    uint64_t target = atomic_fetch_add(c.written, 1) + 1;
+    uint64_t version = atomic_load(c.append_version);
     if (sync && w->sync != THEUS_SYNC_NONE)
         wal_count_sync(w);
     if (sync && w->sync != THEUS_SYNC_NONE && fdatasync(w->fd) == 0) {
-        wal_max_store(synced, target);
-        wal_max_store(synced_version, version);
+        wal_max_store(c.synced, target);
+        wal_max_store(c.synced_version, version);
     } else if (sync && w->sync != THEUS_SYNC_NONE) {
         /* as for a commit record whose sync failed */
         if (w->sa)

@@ -123,17 +123,12 @@ static uint64_t body_len(const theus_state *st, const theus_tx *tx)
     return body;
 }
 
-uint32_t wal_claim_now(const wal *w, uint64_t version)
+uint32_t wal_claim_now(wal *w, uint64_t version)
 {
-    if (w->sa) {
-        const shared_durable_area *sa = w->sa;
-        if (atomic_load(&sa->written) == atomic_load(&sa->synced))
-            return 0;
-        return wal_claim(version, atomic_load(&sa->synced_version));
-    }
-    if (atomic_load(&w->written) == atomic_load(&w->synced))
+    wal_counters c = wal_counters_of(w);
+    if (atomic_load(c.written) == atomic_load(c.synced))
         return 0;
-    return wal_claim(version, atomic_load(&w->synced_version));
+    return wal_claim(version, atomic_load(c.synced_version));
 }
 
 void wal_max_store(_Atomic uint64_t *x, uint64_t v)

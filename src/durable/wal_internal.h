@@ -44,7 +44,7 @@ int wal_write_record(wal *w, const publish_batch *b, uint64_t at, uint32_t claim
                      uint64_t *end);
 /* The claim of a record of @version written now (under the commit lock): 0 when every
  * record before it is synced, else what the synced version says (both listeners). */
-uint32_t wal_claim_now(const wal *w, uint64_t version);
+uint32_t wal_claim_now(wal *w, uint64_t version);
 /* Raise *@x to @v (both listeners' version and record counters). */
 void wal_max_store(_Atomic uint64_t *x, uint64_t v);
 
@@ -60,6 +60,20 @@ extern _Thread_local wal_rec_ticket wal_tls_rec;
  * 1 with *@seq the record to wait for; 0 when there is nothing to wait for (no record of
  * @w's on this thread, or THEUS_SYNC_NONE). */
 int wal_ack_ticket(wal *w, uint64_t *seq);
+
+/* The group-sync counters of @w's log: a private state's in the wal, a durable shared
+ * state's in the shared area (both listeners, and audit records). */
+typedef struct wal_counters {
+    _Atomic uint64_t *written, *synced, *append_version, *synced_version, *last_group;
+} wal_counters;
+wal_counters wal_counters_of(wal *w);
+/* After a group fdatasync that began with records @before < n <= @target written and
+ * commit @version's publish step over succeeded: raise synced and synced_version, and the
+ * group size wanted (wal_group_next) from the records written since @before — those of
+ * the sync and those written during it (their writers are as active as the group's, else
+ * a writer that always arrives during the sync would stay in a group of its own). */
+void wal_group_synced(const wal_counters *c, uint64_t before, uint64_t target, uint64_t version,
+                      int timed_out);
 
 /* The group size a leader gathers for next time (both listeners' group sync). */
 uint64_t wal_group_next(uint64_t want, uint64_t covered, int timed_out);

@@ -100,6 +100,27 @@ uint64_t wal_group_next(uint64_t want, uint64_t covered, int timed_out)
 #define WAL_SPIN_MAX_NS (1000ull * 1000ull)
 #define WAL_SPIN_FIRST_NS (200ull * 1000ull)
 
+wal_counters wal_counters_of(wal *w)
+{
+    if (w->sa)
+        return (wal_counters){&w->sa->written, &w->sa->synced, &w->sa->append_version,
+                              &w->sa->synced_version, &w->sa->last_group};
+    return (wal_counters){&w->written, &w->synced, &w->append_version, &w->synced_version,
+                          &w->last_group};
+}
+
+void wal_group_synced(const wal_counters *c, uint64_t before, uint64_t target, uint64_t version,
+                      int timed_out)
+{
+    uint64_t seen = atomic_load(c->written);
+    uint64_t want = atomic_load_explicit(c->last_group, memory_order_relaxed);
+    atomic_store_explicit(c->last_group,
+                          wal_group_next(want, seen > before ? seen - before : 0, timed_out),
+                          memory_order_relaxed);
+    wal_max_store(c->synced, target);
+    wal_max_store(c->synced_version, version);
+}
+
 uint64_t wal_spin_ns(_Atomic uint64_t *sync_ns)
 {
     uint64_t s = 2 * atomic_load_explicit(sync_ns, memory_order_relaxed);
@@ -162,16 +183,8 @@ static void lead_sync(wal *w, int timed_out)
     wal_count_sync(w);
     pthread_mutex_lock(&w->m);
     if (ok) {
-        /* The group wanted next counts the records written during the sync too: their
-         * writers are as active as the group's (else a writer that always arrives during
-         * the sync would stay in a group of its own). */
-        uint64_t seen = atomic_load(&w->written);
-        uint64_t want = atomic_load_explicit(&w->last_group, memory_order_relaxed);
-        atomic_store_explicit(&w->last_group,
-                              wal_group_next(want, seen > before ? seen - before : 0, timed_out),
-                              memory_order_relaxed);
-        wal_max_store(&w->synced, target);
-        wal_max_store(&w->synced_version, version);
+        wal_counters c = wal_counters_of(w);
+        wal_group_synced(&c, before, target, version, timed_out);
     } else {
         w->broken = 1;
     }

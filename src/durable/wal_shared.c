@@ -222,15 +222,8 @@ static void lead_sync(wal *w, int timed_out)
     wal_note_sync_ns(&sa->sync_ns, mono_ns() - t0);
     atomic_fetch_add_explicit(&sa->syncs, 1, memory_order_relaxed);
     if (ok) {
-        /* The group wanted next counts the records written during the sync too (as in
-         * wal_private.c). */
-        uint64_t seen = atomic_load_explicit(&sa->written, memory_order_acquire);
-        uint64_t group = atomic_load_explicit(&sa->last_group, memory_order_relaxed);
-        atomic_store_explicit(&sa->last_group,
-                              wal_group_next(group, seen > before ? seen - before : 0, timed_out),
-                              memory_order_relaxed);
-        wal_max_store(&sa->synced, target);
-        wal_max_store(&sa->synced_version, version);
+        wal_counters c = wal_counters_of(w);
+        wal_group_synced(&c, before, target, version, timed_out);
     } else {
         atomic_store_explicit(&sa->broken, 1, memory_order_release);
     }
