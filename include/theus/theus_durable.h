@@ -31,8 +31,9 @@ typedef enum theus_sync {
 /** Options of a durable state. Start from THEUS_DURABLE_OPTIONS_INIT. */
 typedef struct theus_durable_options {
     theus_sync sync;             /**< when a commit's log record is synced (default COMMIT) */
-    /** THEUS_SYNC_GROUP: how long the leader of a group fsync waits for more records when
-     *  the previous group had several (microseconds; 0: never waits). */
+    /** THEUS_SYNC_GROUP: how long a committer waits, from its record on, for the group to
+     *  complete (as many unsynced records as the groups have held) before it leads the
+     *  fdatasync of what is there (microseconds; 0: never waits; default 200). */
     uint32_t group_window_us;
     /** A log segment is closed once it holds this many bytes (0: 64 MiB). */
     uint64_t segment_bytes;
