@@ -14,7 +14,14 @@
 uint64_t shared_hash(uint64_t h, const void *p, size_t n)
 {
     const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, b + i, 8);
+        h = (h ^ w) * 0x100000001b3ull;
+        h ^= h >> 32;
+    }
+    for (; i < n; i++) {
         h ^= b[i];
         h *= 0x100000001b3ull;
     }
