@@ -20,6 +20,7 @@
 #include <theus/theus.h>
 #include <theus/theus_durable.h>
 
+#include "ckpt_while.h"
 #include "durable_fixture.h"
 #include "publish.h"
 
@@ -1154,12 +1155,7 @@ static const char *busy =
     "\"big\": {\"dtype\": \"f32\", \"shape\": [2048, 1024]},"
     "\"dev\": {\"dtype\": \"u32\", \"shape\": [2048, 256], \"placement\": \"device\"}}}";
 
-typedef struct busy_writer {
-    theus_state *st;
-    _Atomic int stop;      /* set by the test; by the writer itself after many failures */
-    _Atomic int failures;
-    _Atomic uint64_t commits;
-} busy_writer;
+typedef ckpt_writer busy_writer;
 
 static void *busy_loop(void *arg)
 {
@@ -1221,18 +1217,12 @@ Test(durable, full_checkpoint_while_committing_is_one_version)
     busy_writer w = {.st = st};
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, busy_loop, &w), 0);
-    /* However fast this machine is: checkpoints until commits ran during some of them (a
-     * few dozen at most), then the last six are checked. */
-    while (atomic_load(&w.commits) < 20 && !atomic_load(&w.stop))
-        sched_yield();
+    /* Checkpoints until commits ran during some of them (a few dozen at most), then the
+     * last six are checked. */
     uint64_t versions[6], during = 0;
     int k = 0;
-    for (; k < 6 || (during < 20 && k < 64); k++) {
-        uint64_t before = theus_state_version(st);
-        int rc = theus_state_checkpoint(st, 0, &versions[k % 6]);
-        cr_assert_eq(rc, THEUS_OK, "checkpoint: %s", theus_last_error_message());
-        during += theus_state_version(st) - before;
-    }
+    cr_assert_eq(ckpt_while_committing(&w, 6, 20, 64, versions, &k, &during), THEUS_OK,
+                 "checkpoint: %s", theus_last_error_message());
     /* A save (the same writer) to a file of its own; one that cannot be made fails and
      * leaves nothing behind. */
     char saved[600];

@@ -25,6 +25,7 @@
 
 #include "durable/durable.h"
 #include "durable/stfile.h"
+#include "ckpt_while.h"
 #include "durable_fixture.h"
 
 static void teardown(void)
@@ -448,12 +449,7 @@ static const char *wide_schema =
     "\"rows\": {\"dtype\": \"u32\", \"shape\": [1024]},"
     "\"wide\": {\"dtype\": \"f32\", \"shape\": [1024, 6144]}}}";
 
-typedef struct wide_writer {
-    theus_state *st;
-    _Atomic int stop;
-    _Atomic int failures;
-    _Atomic uint64_t commits;
-} wide_writer;
+typedef ckpt_writer wide_writer;
 
 static void *wide_loop(void *arg)
 {
@@ -494,16 +490,10 @@ static void wide_while_committing(void)
     wide_writer w = {.st = st};
     pthread_t th;
     cr_assert_eq(pthread_create(&th, NULL, wide_loop, &w), 0);
-    while (atomic_load(&w.commits) < 10 && !atomic_load(&w.stop))
-        sched_yield();
     uint64_t versions[4], during = 0;
     int k = 0;
-    for (; k < 4 || (during < 10 && k < 32); k++) {
-        uint64_t before = theus_state_version(st);
-        int rc = theus_state_checkpoint(st, 0, &versions[k % 4]);
-        cr_assert_eq(rc, THEUS_OK, "checkpoint: %s", theus_last_error_message());
-        during += theus_state_version(st) - before;
-    }
+    cr_assert_eq(ckpt_while_committing(&w, 4, 10, 32, versions, &k, &during), THEUS_OK,
+                 "checkpoint: %s", theus_last_error_message());
     atomic_store(&w.stop, 1);
     pthread_join(th, NULL);
     cr_assert_eq(w.failures, 0);
