@@ -1,8 +1,10 @@
 /* The log listener of a private state: the publish step's prepare writes the commit's
- * record (wal_encode.c) under the commit lock, cancel takes it off again, and published /
- * acknowledge make it durable under the sync policy — per commit, or as a group: one
- * committer leads an fdatasync for every record written so far while the others wait. With
- * the private segment rotation (it must not close a segment a group leader still syncs). */
+ * record (wal_encode.c) with its claim under the commit lock, cancel takes it off again,
+ * and published / acknowledge make it durable under the sync policy — per commit, or as a
+ * group: the committer that completes a group (or whose window ends) leads one fdatasync
+ * for every record written so far while the others spin, then block, until it ends. With
+ * the group counters both listeners share, and the private segment rotation (it must not
+ * close a segment a group leader still syncs). */
 #include "durable/wal.h"
 #include "durable/wal_internal.h"
 #include "error.h"
@@ -91,15 +93,6 @@ uint64_t wal_group_next(uint64_t want, uint64_t covered, int timed_out)
     return timed_out || covered > want ? covered : want;
 }
 
-/* How long a committer spins (yielding the CPU between looks) before it blocks, waiting
- * for a group's fdatasync or for the rest of a group to write their records: about two
- * fdatasyncs, at most WAL_SPIN_MAX_NS. Blocking at once costs a wake-up per waiter on every
- * group — tens of microseconds on a virtual machine whose idle CPUs halt, a quarter of an
- * fdatasync; spinning with sched_yield keeps the CPU awake for the one wake-up that matters
- * and still gives it to any thread that has work. */
-#define WAL_SPIN_MAX_NS (1000ull * 1000ull)
-#define WAL_SPIN_FIRST_NS (200ull * 1000ull)
-
 wal_counters wal_counters_of(wal *w)
 {
     if (w->sa)
@@ -120,6 +113,15 @@ void wal_group_synced(const wal_counters *c, uint64_t before, uint64_t target, u
     wal_max_store(c->synced, target);
     wal_max_store(c->synced_version, version);
 }
+
+/* How long a committer spins (yielding the CPU between looks) before it blocks, waiting
+ * for a group's fdatasync or for the rest of a group to write their records: about two
+ * fdatasyncs, at most WAL_SPIN_MAX_NS. Blocking at once costs a wake-up per waiter on every
+ * group — tens of microseconds on a virtual machine whose idle CPUs halt, a quarter of an
+ * fdatasync; spinning with sched_yield keeps the CPU awake for the one wake-up that matters
+ * and still gives it to any thread that has work. */
+#define WAL_SPIN_MAX_NS (1000ull * 1000ull)
+#define WAL_SPIN_FIRST_NS (200ull * 1000ull)
 
 uint64_t wal_spin_ns(_Atomic uint64_t *sync_ns)
 {
