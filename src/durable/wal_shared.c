@@ -19,8 +19,9 @@
  * The append position, the segment and the record numbers are in the shared area; records
  * are appended under the commit lock by whichever process commits (pwrite at append_off).
  * Group sync across threads and processes: a committer whose record is not synced yet
- * becomes the leader if there is none (CAS on leader_pid), fdatasyncs everything written so
- * far and wakes the others (futex sync_wake); the others wait on sync_wake. A waiter that
+ * becomes the leader when the group is ready (complete, or its window over) and there is
+ * none (CAS on leader_pid), fdatasyncs everything written so far and wakes the others
+ * (futex sync_wake, called only when one sleeps); the others spin, then wait on sync_wake. A waiter that
  * finds the leader dead — or, after THEUS_SHARED_WAIT_MS, stuck — takes over: two
  * concurrent fdatasyncs are harmless. */
 
