@@ -105,7 +105,7 @@ struct theus_state {
      * set by a durable state's log under THEUS_SYNC_GROUP, whose committers come in a herd
      * each time a group's fdatasync returns. Off elsewhere: blocking lets a thread that
      * commits in a loop take the lock again at once, which spinning waiters would make
-     * alternate (commit.contention: 0.4-0.8x with the spin). */
+     * alternate (commit.contention: 0.3-0.9x with the spin). */
     int lock_spin;
 };
 

@@ -36,7 +36,6 @@ typedef struct create_ctx {
     ino_t ino;
 } create_ctx;
 
-/* Runs on the new shared state before its name exists. */
 /* fdatasync the file at @path: what recovery read may be in the page cache only (left by a
  * process under THEUS_SYNC_NONE), and the first record's claim says everything before it
  * is synced. 0, or -1 (errno). */
@@ -52,6 +51,7 @@ static int sync_file(const char *path)
     return rc;
 }
 
+/* Runs on the new shared state before its name exists. */
 static int init_new(theus_state *st, void *user)
 {
     create_ctx *c = user;

@@ -75,7 +75,11 @@ wal_counters wal_counters_of(wal *w);
 void wal_group_synced(const wal_counters *c, uint64_t before, uint64_t target, uint64_t version,
                       int timed_out);
 
-/* The group size a leader gathers for next time (both listeners' group sync). */
+/* Whether a committer of @w whose window ends at @deadline may lead a group sync now (no
+ * sync running being the caller's to check): no window, the group complete (as many
+ * unsynced records as the size wanted, wal_group_next), or the window over. */
+int wal_group_ready(wal *w, uint64_t deadline, uint64_t now);
+/* The group size wanted next (both listeners' group sync). */
 uint64_t wal_group_next(uint64_t want, uint64_t covered, int timed_out);
 /* How long a group waiter spins before it blocks, from the moving average of the group
  * fdatasync's time in *@sync_ns (both listeners); wal_note_sync_ns adds one fdatasync that

@@ -74,14 +74,12 @@ void wal_published(void *user, const publish_batch *b)
     uint64_t target = atomic_load(&w->written);
     int ok = fdatasync(w->fd) == 0;
     wal_count_sync(w);
-    pthread_mutex_lock(&w->m);
     if (ok) {
         wal_max_store(&w->synced, target);
         wal_max_store(&w->synced_version, b->version);
     } else {
         w->broken = 1;
     }
-    pthread_mutex_unlock(&w->m);
 }
 
 /* The group size a leader gathers for next time: the largest group seen, until a window
@@ -160,14 +158,12 @@ int wal_ack_ticket(wal *w, uint64_t *seq)
     return w->sync != THEUS_SYNC_NONE;
 }
 
-/* Whether a group may be synced now, by a committer whose window ends at @deadline: no
- * window wanted, the group is complete (as many unsynced records as the size wanted,
- * wal_group_next), or the window is over. */
-static int group_ready(const wal *w, uint64_t deadline, uint64_t now)
+int wal_group_ready(wal *w, uint64_t deadline, uint64_t now)
 {
-    uint64_t want = atomic_load_explicit(&w->last_group, memory_order_relaxed);
+    wal_counters c = wal_counters_of(w);
+    uint64_t want = atomic_load_explicit(c.last_group, memory_order_relaxed);
     return !w->window_us || want <= 1 ||
-           atomic_load(&w->written) - atomic_load(&w->synced) >= want || now >= deadline;
+           atomic_load(c.written) - atomic_load(c.synced) >= want || now >= deadline;
 }
 
 /* Lead, with w->m held and no sync running: one fdatasync for everything written so far
@@ -212,7 +208,7 @@ int wal_acknowledge(void *user, const publish_batch *b)
         uint64_t ends = atomic_load(&w->sync_ends);
         int syncing = atomic_load(&w->syncing);
         now = state_now_ns();
-        if (!syncing && group_ready(w, deadline, now)) {
+        if (!syncing && wal_group_ready(w, deadline, now)) {
             /* Lead, unless another committer is electing itself right now: w->m is held
              * for moments only, but for a rotation's or a checkpoint's sync (then block). */
             if (now < spin_end ? pthread_mutex_trylock(&w->m) != 0
@@ -230,7 +226,7 @@ int wal_acknowledge(void *user, const publish_batch *b)
              * the next round sees which. */
             while (now < spin_end && atomic_load(&w->synced) < seq && !w->broken &&
                    atomic_load(&w->sync_ends) == ends &&
-                   (syncing || !group_ready(w, deadline, now))) {
+                   (syncing || !wal_group_ready(w, deadline, now))) {
                 sched_yield();
                 now = state_now_ns();
             }
@@ -241,7 +237,7 @@ int wal_acknowledge(void *user, const publish_batch *b)
         if (atomic_load(&w->synced) < seq && !w->broken && atomic_load(&w->sync_ends) == ends) {
             if (w->syncing) {
                 pthread_cond_wait(&w->cv, &w->m);
-            } else if (!group_ready(w, deadline, state_now_ns())) {
+            } else if (!wal_group_ready(w, deadline, state_now_ns())) {
                 struct timespec ts;
                 abs_time(&ts, deadline);
                 pthread_cond_timedwait(&w->cv, &w->m, &ts);

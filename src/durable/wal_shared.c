@@ -21,9 +21,9 @@
  * Group sync across threads and processes: a committer whose record is not synced yet
  * becomes the leader when the group is ready (complete, or its window over) and there is
  * none (CAS on leader_pid), fdatasyncs everything written so far and wakes the others
- * (futex sync_wake, called only when one sleeps); the others spin, then wait on sync_wake. A waiter that
- * finds the leader dead — or, after THEUS_SHARED_WAIT_MS, stuck — takes over: two
- * concurrent fdatasyncs are harmless. */
+ * (futex sync_wake, called only when one sleeps); the others spin, then wait on
+ * sync_wake. A waiter that finds the leader dead — or, after THEUS_SHARED_WAIT_MS, stuck —
+ * takes over: two concurrent fdatasyncs are harmless. */
 
 /* Shared: point this process's fd at the segment the shared area names (with w->m held). */
 int wal_follow_segment(wal *w)
@@ -230,18 +230,6 @@ static void lead_sync(wal *w, int timed_out)
     }
 }
 
-/* Whether a group may be synced now by a committer whose window ends at @deadline (as in
- * wal_private.c): no window, the group complete, or the window over. */
-static int group_ready(const wal *w, uint64_t deadline, uint64_t now)
-{
-    shared_durable_area *sa = w->sa;
-    uint64_t want = atomic_load_explicit(&sa->last_group, memory_order_relaxed);
-    return !w->window_us || want <= 1 ||
-           atomic_load_explicit(&sa->written, memory_order_acquire) -
-                   atomic_load_explicit(&sa->synced, memory_order_acquire) >= want ||
-           now >= deadline;
-}
-
 /* Bump sync_wake, and wake the waiters blocked on it if there are any: sync_sleepers is
  * raised before a waiter blocks and read after the bump (both sequentially consistent), so
  * either the leader sees the sleeper or the sleeper's futex wait sees the bump. */
@@ -282,7 +270,7 @@ int wal_shared_acknowledge(void *user, const publish_batch *b)
             break;
         int32_t leader = atomic_load_explicit(&sa->leader_pid, memory_order_acquire);
         uint64_t now = mono_ns();
-        if (leader == 0 && group_ready(w, deadline, now)) {
+        if (leader == 0 && wal_group_ready(w, deadline, now)) {
             int32_t none = 0;
             if (atomic_compare_exchange_strong(&sa->leader_pid, &none, self)) {
                 atomic_store_explicit(&sa->leader_start, shared_proc_start(getpid()),
@@ -304,7 +292,7 @@ int wal_shared_acknowledge(void *user, const publish_batch *b)
             if (atomic_load_explicit(&sa->synced, memory_order_acquire) >= seq ||
                 atomic_load_explicit(&sa->sync_wake, memory_order_acquire) != seen ||
                 atomic_load_explicit(&sa->broken, memory_order_acquire) ||
-                (leader == 0 && group_ready(w, deadline, now))) {
+                (leader == 0 && wal_group_ready(w, deadline, now))) {
                 moved = 1;
                 break;
             }
